@@ -1,0 +1,1 @@
+"""NullSpend for the Claude Agent SDK: with_nullspend() options."""

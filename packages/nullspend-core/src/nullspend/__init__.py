@@ -1,0 +1,1 @@
+"""NullSpend core: exact pricing of LLM calls, usage normalisation and budget policy."""

@@ -1,0 +1,97 @@
+"""``nullspend cost``: price a saved provider response (JSON body or SSE stream)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nullspend.cli.options import PricingFileOption, catalog_for, fail
+from nullspend.pricing import Cost, price_usage
+from nullspend.wire import FORMATS, detect_format
+from nullspend.wire.base import Reading, WireFormat
+
+
+def cost(
+    file: Annotated[
+        str, typer.Argument(help="A saved response: a JSON body or an SSE stream; - for stdin.")
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help=f"Force the wire format: {', '.join(FORMATS)}."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="The model, where the response names none.")
+    ] = None,
+    pricing_file: PricingFileOption = None,
+) -> None:
+    """Print the usage and exact cost of a provider response as JSON."""
+    catalog = catalog_for(pricing_file)
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        wire = _choose_format(data, format)
+        reading, streamed = _read(wire, data)
+    except (OSError, ValueError) as error:
+        raise fail(error) from None
+    reported = reading.model or model
+    if reported is None:
+        raise fail("the response names no model; pass --model")
+    priced = catalog.resolve(model or reported)
+    result: dict[str, Any] = {
+        "format": wire.name,
+        "provider": wire.provider,
+        "streamed": streamed,
+        "model": reported,
+        "resolved_model": priced.id if priced else None,
+        "usage": reading.usage.as_dict() if reading.usage else None,
+    }
+    if reading.usage is None:
+        result["no_usage"] = True
+        result["cost"] = None
+    elif priced is None:
+        result["cost"] = {"total_microdollars": None, "unpriced": True}
+    else:
+        result["cost"] = _cost_json(price_usage(reading.usage, priced))
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _choose_format(data: bytes, name: str | None) -> WireFormat:
+    if name is None:
+        return detect_format(data)
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown format {name!r}; use one of {', '.join(FORMATS)}") from None
+
+
+def _read(wire: WireFormat, data: bytes) -> tuple[Reading, bool]:
+    """A JSON document is a complete response; anything else is read as an SSE stream."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        stream = wire.stream()
+        stream.feed(data)
+        return stream.finish(), True
+    if not isinstance(body, dict):
+        raise ValueError("a response body must be a JSON object")
+    return wire.read_response(body), False
+
+
+def _cost_json(cost: Cost) -> dict[str, Any]:
+    return {
+        "total_microdollars": cost.total_microdollars,
+        "unpriced": False,
+        "long_context_tier_above": cost.tier_threshold,
+        "breakdown": {
+            line.component: {
+                "quantity": line.quantity,
+                "picodollars_per_unit": line.picodollars_per_unit,
+                "microdollars": line.microdollars,
+            }
+            for line in cost.lines()
+            if line.quantity
+        },
+    }

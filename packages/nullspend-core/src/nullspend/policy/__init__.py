@@ -1,0 +1,1 @@
+"""Budget policy: the pure decisions every surface enforces the same way (no storage here)."""

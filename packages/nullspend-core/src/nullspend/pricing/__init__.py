@@ -1,0 +1,27 @@
+"""Prices: the shipped catalog, overrides, exact costs and pre-request estimates."""
+
+from nullspend.pricing.catalog import (
+    Catalog,
+    PricedModel,
+    Prices,
+    default_catalog,
+    load_catalog,
+    shipped_catalog,
+)
+from nullspend.pricing.cost import Cost, CostLine, cost, price_usage
+from nullspend.pricing.estimate import Estimate, estimate_request
+
+__all__ = [
+    "Catalog",
+    "Cost",
+    "CostLine",
+    "Estimate",
+    "PricedModel",
+    "Prices",
+    "cost",
+    "default_catalog",
+    "estimate_request",
+    "load_catalog",
+    "price_usage",
+    "shipped_catalog",
+]

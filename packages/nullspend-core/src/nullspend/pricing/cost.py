@@ -1,0 +1,91 @@
+"""Exact cost of a model call: integer picodollars summed, rounded once to microdollars."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nullspend.errors import UnpricedModelError
+from nullspend.money import PICODOLLARS_PER_MICRODOLLAR, picodollars_to_microdollars
+from nullspend.pricing.catalog import Catalog, PricedModel, Prices, default_catalog
+from nullspend.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CostLine:
+    """One priced component of a call. ``microdollars`` is apportioned so the lines add up to
+    the total exactly (largest remainder); ``picodollars`` is the exact amount."""
+
+    component: str
+    quantity: int
+    picodollars_per_unit: int
+    picodollars: int
+    microdollars: int
+
+
+@dataclass(slots=True)  # not frozen: frozen init costs ~0.5 us, and this is built per call
+class Cost:
+    model: PricedModel
+    usage: Usage
+    prices: Prices
+    tier_threshold: int | None
+    """The long-context tier applied (its prompt-token threshold), or None for base prices."""
+    total_picodollars: int
+
+    @property
+    def total_microdollars(self) -> int:
+        return picodollars_to_microdollars(self.total_picodollars)
+
+    def lines(self) -> tuple[CostLine, ...]:
+        """The breakdown per component (reasoning shown apart from the rest of the output)."""
+        usage, prices = self.usage, self.prices
+        parts = (
+            ("input", usage.input_tokens, prices.input),
+            ("cache_read", usage.cache_read_tokens, prices.cache_read),
+            ("cache_write_5m", usage.cache_write_5m_tokens, prices.cache_write_5m),
+            ("cache_write_1h", usage.cache_write_1h_tokens, prices.cache_write_1h),
+            ("output", usage.output_tokens - usage.reasoning_tokens, prices.output),
+            ("reasoning", usage.reasoning_tokens, prices.output),
+            ("audio_input", usage.audio_input_tokens, prices.audio_input),
+            ("audio_output", usage.audio_output_tokens, prices.audio_output),
+            ("web_search", usage.web_search_requests, prices.web_search),
+        )
+        exact = [quantity * price for _, quantity, price in parts]
+        floors = [amount // PICODOLLARS_PER_MICRODOLLAR for amount in exact]
+        # Hand the microdollars the rounding adds to the lines with the largest remainders.
+        extra = self.total_microdollars - sum(floors)
+        by_remainder = sorted(
+            range(len(parts)), key=lambda i: exact[i] % PICODOLLARS_PER_MICRODOLLAR, reverse=True
+        )
+        for i in by_remainder[:extra]:
+            floors[i] += 1
+        return tuple(
+            CostLine(name, quantity, price, amount, micro)
+            for (name, quantity, price), amount, micro in zip(parts, exact, floors, strict=True)
+        )
+
+
+def price_usage(usage: Usage, model: PricedModel) -> Cost:
+    """Price usage with a resolved catalog model."""
+    prices, threshold = model.prices_for(usage.prompt_tokens)
+    total = (
+        usage.input_tokens * prices.input
+        + usage.cache_read_tokens * prices.cache_read
+        + usage.cache_write_5m_tokens * prices.cache_write_5m
+        + usage.cache_write_1h_tokens * prices.cache_write_1h
+        + usage.output_tokens * prices.output
+        + usage.audio_input_tokens * prices.audio_input
+        + usage.audio_output_tokens * prices.audio_output
+        + usage.web_search_requests * prices.web_search
+    )
+    return Cost(model, usage, prices, threshold, total)
+
+
+def cost(usage: Usage, model: str, catalog: Catalog | None = None) -> Cost:
+    """Price usage of a model named as a provider or a user names it.
+
+    Raises UnpricedModelError when the name is not in the catalog: an unknown model is never $0.
+    """
+    priced = (catalog or default_catalog()).resolve(model)
+    if priced is None:
+        raise UnpricedModelError(model)
+    return price_usage(usage, priced)

@@ -1,0 +1,83 @@
+"""Pre-request estimates: an upper bound on a call's cost, from its request body alone.
+
+The estimate is what a budget reserves before the request is forwarded; the actual cost always
+replaces it afterwards. It must bound ordinary requests from above, or concurrent requests could
+together spend past a hard cap, so every guess leans high: input is one token per 3 bytes of the
+body (English prose runs about 4 bytes a token, but code and JSON run near 3; the hosted
+service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles and keys as prompt
+text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more); the
+prompt is priced at the cache-write rate when the request asks for a cache write; output is the
+request's max tokens, else the model's output cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
+from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
+from nullspend.pricing.cost import price_usage
+from nullspend.usage import Usage
+from nullspend.wire.base import WireFormat
+
+# Assumed when neither the request nor the catalog gives an output cap.
+DEFAULT_OUTPUT_CAP = 32_768
+# What an unpriced model's call is assumed to cost: $1, as the hosted service assumes.
+UNPRICED_ESTIMATE_MICRODOLLARS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    microdollars: int
+    requested_model: str | None
+    model: PricedModel | None
+    """None when the model is not in the catalog: the estimate is then a flat assumption."""
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def unpriced(self) -> bool:
+        return self.model is None
+
+
+def estimate_input_tokens(raw_body: bytes) -> int:
+    size = len(raw_body)
+    if not raw_body.isascii():
+        size += size - len(raw_body.decode("ascii", "ignore"))
+    return -(-size // 3)  # ceil(size / 3), in integers
+
+
+def estimate_request(
+    wire: WireFormat,
+    body: Mapping[str, Any],
+    raw_body: bytes,
+    *,
+    model: str | None = None,
+    catalog: Catalog | None = None,
+    unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
+) -> Estimate:
+    """Estimate a request in ``wire``'s format; ``model`` names it where the body does not."""
+    requested = model or wire.requested_model(body)
+    priced = (catalog or default_catalog()).resolve(requested) if requested else None
+    input_tokens = estimate_input_tokens(raw_body)
+    output_tokens = (
+        wire.requested_output_cap(body)
+        or (priced.max_output_tokens if priced else None)
+        or DEFAULT_OUTPUT_CAP
+    )
+    if priced is None:
+        return Estimate(unpriced_microdollars, requested, None, input_tokens, output_tokens)
+    ttl = wire.requested_cache_ttl(body)
+    usage = Usage(
+        input_tokens=input_tokens if ttl is None else 0,
+        cache_write_5m_tokens=input_tokens if ttl == "5m" else 0,
+        cache_write_1h_tokens=input_tokens if ttl == "1h" else 0,
+        output_tokens=output_tokens,
+    )
+    total = price_usage(usage, priced).total_picodollars
+    microdollars = -(
+        -total // PICODOLLARS_PER_MICRODOLLAR
+    )  # round up: an estimate must not fall short
+    return Estimate(microdollars, requested, priced, input_tokens, output_tokens)

@@ -1,0 +1,68 @@
+"""The normalised usage record every provider's wire format maps into."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one model call, split into components that are priced differently.
+
+    The components are disjoint except ``reasoning_tokens``, which is the part of
+    ``output_tokens`` the model spent thinking (priced as output, shown in the breakdown).
+    ``input_tokens`` is uncached, non-audio input: what OpenAI and Gemini report as prompt tokens
+    minus cached, cache-written and audio tokens; what Anthropic reports as ``input_tokens``.
+    """
+
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    web_search_requests: int = 0
+
+    def __post_init__(self) -> None:
+        # Checked field by field only when something is off: this runs for every priced call.
+        if (
+            min(
+                self.input_tokens,
+                self.cache_read_tokens,
+                self.cache_write_5m_tokens,
+                self.cache_write_1h_tokens,
+                self.output_tokens,
+                self.reasoning_tokens,
+                self.audio_input_tokens,
+                self.audio_output_tokens,
+                self.web_search_requests,
+            )
+            < 0
+        ):
+            negative = {k: v for k, v in self.as_dict().items() if v < 0}
+            raise ValueError(f"usage counts cannot be negative: {negative}")
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError(
+                f"usage.reasoning_tokens ({self.reasoning_tokens}) is part of output_tokens "
+                f"({self.output_tokens}) and cannot exceed it"
+            )
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every token on the input side: the quantity long-context price tiers are based on."""
+        return (
+            self.input_tokens
+            + self.cache_read_tokens
+            + self.cache_write_5m_tokens
+            + self.cache_write_1h_tokens
+            + self.audio_input_tokens
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens + self.audio_output_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

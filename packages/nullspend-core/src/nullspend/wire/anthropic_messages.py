@@ -1,0 +1,129 @@
+"""Anthropic Messages (``POST /v1/messages``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from nullspend.usage import Usage
+from nullspend.wire._json import count, parse_object, request_int, section, text
+from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
+from nullspend.wire.sse import SSEAccumulator, SSEEvent
+
+_WHERE = "anthropic.messages usage"
+
+
+def _usage_from(usage: JSONObject) -> Usage:
+    """Map a ``Usage`` object: unlike OpenAI's, ``input_tokens`` already excludes cache traffic.
+
+    ``cache_creation_input_tokens`` is the billed write total; the ``cache_creation`` breakdown
+    only decides how much of it was written for 1h (the rest, or all of it without a breakdown,
+    is 5m). The total wins if the two disagree, as after a stream delta updated only the total.
+    """
+    split = section(usage, "cache_creation", _WHERE)
+    where_split = f"{_WHERE}.cache_creation"
+    write_1h = count(split, "ephemeral_1h_input_tokens", where_split)
+    if usage.get("cache_creation_input_tokens") is None:
+        written = count(split, "ephemeral_5m_input_tokens", where_split) + write_1h
+    else:
+        written = count(usage, "cache_creation_input_tokens", _WHERE)
+    write_1h = min(write_1h, written)
+    output = count(usage, "output_tokens", _WHERE)
+    thinking = count(
+        section(usage, "output_tokens_details", _WHERE),
+        "thinking_tokens",
+        f"{_WHERE}.output_tokens_details",
+    )
+    return Usage(
+        input_tokens=count(usage, "input_tokens", _WHERE),
+        cache_read_tokens=count(usage, "cache_read_input_tokens", _WHERE),
+        cache_write_5m_tokens=written - write_1h,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=output,
+        reasoning_tokens=min(output, thinking),
+        web_search_requests=count(
+            section(usage, "server_tool_use", _WHERE),
+            "web_search_requests",
+            f"{_WHERE}.server_tool_use",
+        ),
+    )
+
+
+class _MessagesStream(SSEAccumulator):
+    """message_start holds the input side; each message_delta restates running totals.
+
+    A delta's counts are cumulative, so a field it carries REPLACES the earlier value (adding
+    would double-count input and cache tokens that message_start already reported). Usage is
+    reported only once a delta arrived: before that, output_tokens is a placeholder and a
+    reading from it would understate a stream cut short, which must be estimated instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._totals: dict[str, Any] = {}
+
+    def _on_event(self, event: SSEEvent) -> None:
+        # Only these two events carry usage or the model; content deltas are never parsed.
+        if event.event == "message_delta":
+            delta = section(parse_object(event.data), "usage", "anthropic.messages message_delta")
+            totals = self._totals | {k: v for k, v in delta.items() if v is not None}
+            self._usage = _usage_from(totals)
+            self._totals = totals
+        elif event.event == "message_start":
+            message = section(parse_object(event.data), "message", "anthropic.messages event")
+            totals = dict(section(message, "usage", "anthropic.messages message"))
+            _usage_from(totals)  # unreadable start counts are skipped now, not at every delta
+            self._totals = totals
+            self._model = text(message, "model") or self._model
+
+
+def _cache_controls(body: JSONObject) -> Iterator[Any]:
+    """Every ``cache_control`` a request sets: top level, tools, system and content blocks."""
+    yield body.get("cache_control")
+    for key in ("tools", "system"):
+        yield from _block_cache_controls(body.get(key))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, Mapping):
+                yield from _block_cache_controls(message.get("content"))
+
+
+def _block_cache_controls(blocks: Any) -> Iterator[Any]:
+    if not isinstance(blocks, list):
+        return  # a plain string system prompt or message cannot carry cache_control
+    for block in blocks:
+        if isinstance(block, Mapping):
+            yield block.get("cache_control")
+            # tool_result and search_result blocks nest content blocks of their own.
+            yield from _block_cache_controls(block.get("content"))
+
+
+class AnthropicMessages:
+    name = "anthropic.messages"
+    provider = "anthropic"
+
+    def read_response(self, body: JSONObject) -> Reading:
+        usage = section(body, "usage", "anthropic.messages response")
+        return Reading(_usage_from(usage) if usage else None, text(body, "model"))
+
+    def stream(self) -> StreamAccumulator:
+        return _MessagesStream()
+
+    def requested_model(self, body: JSONObject) -> str | None:
+        return text(body, "model")
+
+    def requested_output_cap(self, body: JSONObject) -> int | None:
+        return request_int(body, "max_tokens")
+
+    def requested_cache_ttl(self, body: JSONObject) -> str | None:
+        ttl = None
+        for control in _cache_controls(body):
+            if isinstance(control, Mapping):
+                if control.get("ttl") == "1h":
+                    return "1h"
+                ttl = "5m"  # the default lifetime when ttl is omitted
+        return ttl
+
+
+ANTHROPIC_MESSAGES = AnthropicMessages()

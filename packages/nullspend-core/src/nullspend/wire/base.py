@@ -1,0 +1,65 @@
+"""The contract every provider wire format implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nullspend.usage import Usage
+
+JSONObject = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a response, or a whole stream, says about its own cost.
+
+    ``usage`` is None when the response carried no usage at all (a stream cut short, an OpenAI
+    chat stream without ``stream_options.include_usage``): the caller must then fall back to an
+    estimate, never to zero. ``model`` is the model as the provider reported it.
+    """
+
+    usage: Usage | None
+    model: str | None
+
+
+class StreamAccumulator(Protocol):
+    """Consumes a response's raw SSE bytes, in any split, and yields the final reading."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> Reading: ...
+
+
+class WireFormat(Protocol):
+    """One provider API's request and response format: the only place that knows its fields."""
+
+    name: str
+    """Stable identifier, e.g. ``openai.chat``."""
+    provider: str
+    """``openai``, ``anthropic`` or ``google``."""
+
+    def read_response(self, body: JSONObject) -> Reading:
+        """Usage and model from a complete (non-streamed) JSON response body."""
+        ...
+
+    def stream(self) -> StreamAccumulator:
+        """A fresh accumulator for one streamed response."""
+        ...
+
+    def requested_model(self, body: JSONObject) -> str | None:
+        """The model a request body asks for."""
+        ...
+
+    def requested_output_cap(self, body: JSONObject) -> int | None:
+        """The output-token ceiling a request body sets (max_tokens and its variants), if any."""
+        ...
+
+    def requested_cache_ttl(self, body: JSONObject) -> str | None:
+        """``"5m"`` or ``"1h"`` when the request asks the provider to write a prompt cache.
+
+        Cache writes cost more than plain input, so an estimate must price the prompt at the
+        write rate when the request may create a cache entry.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""NullSpend for LangChain: a callback handler that prices, attributes and caps every call."""

@@ -1,0 +1,1 @@
+"""NullSpend for LlamaIndex: instrumentation that prices, attributes and caps every LLM call."""

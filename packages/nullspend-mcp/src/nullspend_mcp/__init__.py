@@ -1,0 +1,1 @@
+"""NullSpend for MCP: budget and approval tools, a gating MCP proxy."""

@@ -1,0 +1,1 @@
+"""NullSpend reference server: OpenAI/Anthropic-compatible proxy, budgets, cost events."""

@@ -1,0 +1,316 @@
+"""Cost events: ingest (single, idempotent; batches of up to 100, all or nothing), list with a
+cursor and filters, and CSV export streamed straight from the database."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import Field, model_validator
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from nullspend.errors import ErrorCode
+from nullspend.pricing import default_catalog, price_usage
+from nullspend.usage import Usage
+from nullspend_server.api.event_queries import (
+    EventFilters,
+    EventQuery,
+    decode_cursor,
+    encode_cursor,
+)
+from nullspend_server.api.schema import (
+    ApiModel,
+    CustomerId,
+    Data,
+    Microdollars,
+    RequestModel,
+    SessionId,
+    Tags,
+    TokenCount,
+)
+from nullspend_server.auth import Member, Principal, Session, Viewer, WriteSession
+from nullspend_server.cost_events import record_cost_event, record_cost_events
+from nullspend_server.db.database import Database
+from nullspend_server.db.tables import CostEvent, utcnow
+from nullspend_server.errors import ApiError
+from nullspend_server.ids import new_id
+
+router = APIRouter(tags=["cost events"])
+MAX_BATCH = 100
+EXPORT_BATCH = 1_000
+
+
+class CostEventIn(RequestModel):
+    """One call's cost. Token counts follow ``nullspend.usage.Usage``: inputTokens is uncached
+    input (cachedInputTokens are the cache reads, counted apart); reasoningTokens are part of
+    outputTokens. Without costMicrodollars the server prices the usage with its catalog."""
+
+    provider: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=256)
+    input_tokens: TokenCount = 0
+    output_tokens: TokenCount = 0
+    cached_input_tokens: TokenCount = 0
+    cache_write_5m_tokens: TokenCount = Field(default=0, alias="cacheWrite5mTokens")
+    cache_write_1h_tokens: TokenCount = Field(default=0, alias="cacheWrite1hTokens")
+    reasoning_tokens: TokenCount = 0
+    audio_input_tokens: TokenCount = 0
+    audio_output_tokens: TokenCount = 0
+    web_search_requests: TokenCount = 0
+    cost_microdollars: Microdollars | None = None
+    duration_ms: TokenCount | None = None
+    session_id: SessionId | None = None
+    trace_id: str | None = Field(default=None, max_length=64)
+    customer: CustomerId | None = None
+    event_type: str | None = Field(default=None, max_length=64)
+    action_id: str | None = Field(default=None, max_length=64)
+    tags: Tags = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _reasoning_within_output(self) -> CostEventIn:
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError("reasoningTokens are part of outputTokens and cannot exceed them")
+        return self
+
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            cache_read_tokens=self.cached_input_tokens,
+            cache_write_5m_tokens=self.cache_write_5m_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens,
+            output_tokens=self.output_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            audio_input_tokens=self.audio_input_tokens,
+            audio_output_tokens=self.audio_output_tokens,
+            web_search_requests=self.web_search_requests,
+        )
+
+    def cost(self) -> int:
+        if self.cost_microdollars is not None:
+            return self.cost_microdollars
+        priced = default_catalog().resolve(self.model)
+        if priced is None:
+            raise ValueError(
+                f"model {self.model!r} is not in the pricing catalog: send costMicrodollars"
+            )
+        return price_usage(self.usage(), priced).total_microdollars
+
+
+class Batch(RequestModel):
+    events: list[CostEventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Ingested(ApiModel):
+    id: str
+    created_at: dt.datetime
+    cost_microdollars: int
+
+
+class BatchIngested(ApiModel):
+    inserted: int
+    ids: list[str]
+
+
+class CostEventOut(ApiModel):
+    id: str
+    created_at: dt.datetime
+    source: str
+    provider: str
+    model: str
+    api_key_id: str | None
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_5m_tokens: int = Field(serialization_alias="cacheWrite5mTokens")
+    cache_write_1h_tokens: int = Field(serialization_alias="cacheWrite1hTokens")
+    reasoning_tokens: int
+    audio_input_tokens: int
+    audio_output_tokens: int
+    web_search_requests: int
+    cost_microdollars: int
+    duration_ms: int | None
+    session_id: str | None
+    trace_id: str | None
+    customer: str | None
+    event_type: str | None
+    upstream_status: int | None
+    reservation_id: str | None
+    action_id: str | None
+    tags: dict[str, str]
+
+
+class EventPage(ApiModel):
+    data: list[CostEventOut]
+    cursor: str | None
+
+
+def _event(
+    principal: Principal,
+    body: CostEventIn,
+    cost: int,
+    now: dt.datetime,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> CostEvent:
+    return CostEvent(
+        id=new_id("ce"),
+        org_id=principal.org_id,
+        api_key_id=principal.key_id,
+        source="api",
+        **body.model_dump(exclude={"cost_microdollars", "tags"}),
+        cost_microdollars=cost,
+        tags={**principal.default_tags, **body.tags},
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_at=now,
+    )
+
+
+def _invalid(message: str, details: dict[str, Any] | None = None) -> ApiError:
+    return ApiError(ErrorCode.VALIDATION_ERROR, message, details)
+
+
+async def _replay(
+    db: Database, principal: Principal, key: str, request_hash: str
+) -> CostEvent | None:
+    async with db.sessions() as session:
+        query = select(CostEvent).where(
+            col(CostEvent.org_id) == principal.org_id, col(CostEvent.idempotency_key) == key
+        )
+        event = (await session.exec(query)).first()
+    if event is not None and event.request_hash != request_hash:
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "this Idempotency-Key was used with another body",
+            {"idempotencyKey": key, "id": event.id},
+        )
+    return event
+
+
+@router.post("/api/cost-events", status_code=201)
+async def ingest(
+    body: CostEventIn,
+    principal: Member,
+    session: WriteSession,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> Data[Ingested]:
+    request_hash = None
+    if idempotency_key is not None:
+        request_hash = hashlib.sha256(
+            json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+        if (
+            earlier := await _replay(request.app.state.db, principal, idempotency_key, request_hash)
+        ) is not None:
+            response.status_code = 200
+            return Data(data=Ingested.model_validate(earlier))
+    try:
+        cost = body.cost()
+    except ValueError as error:
+        raise _invalid(str(error), {"model": body.model}) from None
+    event = _event(principal, body, cost, utcnow(), idempotency_key, request_hash)
+    try:
+        await record_cost_event(session, event)
+        await session.commit()
+    except IntegrityError:  # the same key raced in from a concurrent retry
+        await session.rollback()
+        assert idempotency_key is not None
+        assert request_hash is not None
+        earlier = await _replay(request.app.state.db, principal, idempotency_key, request_hash)
+        assert earlier is not None
+        response.status_code = 200
+        return Data(data=Ingested.model_validate(earlier))
+    return Data(data=Ingested.model_validate(event))
+
+
+@router.post("/api/cost-events/batch", status_code=201)
+async def ingest_batch(body: Batch, principal: Member, session: WriteSession) -> BatchIngested:
+    costs, errors = [], []
+    for index, event in enumerate(body.events):
+        try:
+            costs.append(event.cost())
+        except ValueError as error:
+            errors.append({"index": index, "message": str(error)})
+    if errors:
+        raise _invalid("the batch was not ingested: some events are invalid", {"errors": errors})
+    now = utcnow()
+    events = [_event(principal, e, c, now) for e, c in zip(body.events, costs, strict=True)]
+    await record_cost_events(session, events)
+    await session.commit()
+    return BatchIngested(inserted=len(events), ids=[e.id for e in events])
+
+
+Filters = Annotated[EventQuery, Depends()]
+
+
+def _page_query(filters: EventFilters, after: int | None, limit: int) -> Any:
+    query = filters.apply(select(CostEvent)).order_by(col(CostEvent.seq).desc()).limit(limit)
+    if after is not None:
+        query = query.where(col(CostEvent.seq) < after)
+    return query
+
+
+@router.get("/api/cost-events")
+async def list_events(
+    principal: Viewer,
+    session: Session,
+    query: Filters,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> EventPage:
+    """Newest first. The cursor is a position in insertion order, so events ingested while
+    paging appear on the first page, never in the middle: no skips, no repeats."""
+    filters = query.filters(principal.org_id)
+    after = decode_cursor(cursor) if cursor else None
+    rows = list((await session.exec(_page_query(filters, after, limit + 1))).all())
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].seq) if len(rows) > limit else None
+    return EventPage(data=[CostEventOut.model_validate(r) for r in page], cursor=next_cursor)
+
+
+# The export's columns are the API's own field names.
+CSV_COLUMNS = [
+    field.serialization_alias or field.alias or name
+    for name, field in CostEventOut.model_fields.items()
+]
+
+
+@router.get("/api/cost-events/export.csv", response_class=StreamingResponse)
+async def export_events(principal: Viewer, query: Filters, request: Request) -> StreamingResponse:
+    filters = query.filters(principal.org_id)
+    db: Database = request.app.state.db
+
+    async def lines() -> AsyncIterator[str]:
+        yield _csv_line(CSV_COLUMNS)
+        after = None
+        while True:  # keyset batches: memory stays flat however many events match
+            async with db.sessions() as session:
+                rows = list((await session.exec(_page_query(filters, after, EXPORT_BATCH))).all())
+            for row in rows:
+                out = CostEventOut.model_validate(row).model_dump(by_alias=True)
+                out["tags"] = json.dumps(out["tags"], sort_keys=True)
+                yield _csv_line([out[name] for name in CSV_COLUMNS])
+            if len(rows) < EXPORT_BATCH:
+                return
+            after = rows[-1].seq
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="cost-events.csv"'},
+    )
+
+
+def _csv_line(values: list[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()

@@ -1,0 +1,167 @@
+"""Reading cost events: the filters, periods and cursor shared by the list, the CSV export,
+the summary and attribution."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Query, Request
+from sqlalchemy import ColumnElement, func, select
+from sqlmodel import col
+
+from nullspend.attribution import tag_errors
+from nullspend.errors import ErrorCode
+from nullspend_server.db.tables import CostEvent, CostEventTag, utcnow
+from nullspend_server.errors import ApiError
+
+# Query parameter -> CostEvent column, for equality filters.
+COLUMN_FILTERS = {
+    "provider": CostEvent.provider,
+    "model": CostEvent.model,
+    "source": CostEvent.source,
+    "apiKeyId": CostEvent.api_key_id,
+    "sessionId": CostEvent.session_id,
+    "traceId": CostEvent.trace_id,
+    "customer": CostEvent.customer,
+}
+PERIODS = {"7d": 7, "30d": 30, "90d": 90}
+
+
+def invalid(message: str, **details: Any) -> ApiError:
+    return ApiError(ErrorCode.VALIDATION_ERROR, message, details or None)
+
+
+Period = Literal["7d", "30d", "90d"]
+
+
+@dataclass
+class EventFilters:
+    org_id: str
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def within(self, period: str | None, default_period: str | None) -> None:
+        period = period or (None if self.start else default_period)
+        if period is not None:
+            self.end = self.end or utcnow()
+            self.start = self.end - dt.timedelta(days=PERIODS[period])
+        if self.start and self.end and self.start > self.end:
+            raise invalid("from must not be after to")
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        conditions = [col(CostEvent.org_id) == self.org_id]
+        for name, value in self.columns.items():
+            conditions.append(col(COLUMN_FILTERS[name]) == value)
+        for key, value in self.tags.items():
+            tagged = select(col(CostEventTag.event_seq)).where(
+                col(CostEventTag.org_id) == self.org_id,
+                col(CostEventTag.key) == key,
+                col(CostEventTag.value) == value,
+            )
+            conditions.append(col(CostEvent.seq).in_(tagged))
+        if self.start:
+            conditions.append(col(CostEvent.created_at) >= self.start)
+        if self.end:
+            conditions.append(col(CostEvent.created_at) <= self.end)
+        return conditions
+
+    def apply(self, query: Any) -> Any:
+        """``query`` restricted to the organization's events matching these filters."""
+        return query.where(*self.conditions())
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, seq = text.partition(":")
+        if version != "v1" or not seq.isdigit():
+            raise ValueError(cursor)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid("cursor is not one this API returned", parameter="cursor") from None
+
+
+def utc_day(dialect: str) -> ColumnElement[Any]:
+    """The UTC calendar day of an event, as a string YYYY-MM-DD, on either database."""
+    created = col(CostEvent.created_at)
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", created), "YYYY-MM-DD")
+    return func.strftime("%Y-%m-%d", created)  # SQLite stores UTC already
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+class EventQuery:
+    """The event filters, declared so that OpenAPI documents and FastAPI validates them. Tag
+    filters (``tag.<key>=<value>``, any number) are read from the query string; any other
+    undeclared parameter is an error, since a misspelt filter must not widen the result."""
+
+    declared = frozenset(
+        {
+            "provider",
+            "model",
+            "source",
+            "apiKeyId",
+            "sessionId",
+            "traceId",
+            "customer",
+            "from",
+            "to",
+            "period",
+            "limit",
+            "cursor",
+            "groupBy",
+        }
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        provider: str | None = None,
+        model: str | None = None,
+        source: Literal["proxy", "api", "mcp"] | None = None,
+        api_key_id: Annotated[str | None, Query(alias="apiKeyId")] = None,
+        session_id: Annotated[str | None, Query(alias="sessionId")] = None,
+        trace_id: Annotated[str | None, Query(alias="traceId")] = None,
+        customer: str | None = None,
+        start: Annotated[dt.datetime | None, Query(alias="from")] = None,
+        end: Annotated[dt.datetime | None, Query(alias="to")] = None,
+        period: Period | None = None,
+    ) -> None:
+        self.period = period
+        columns = {
+            "provider": provider,
+            "model": model,
+            "source": source,
+            "apiKeyId": api_key_id,
+            "sessionId": session_id,
+            "traceId": trace_id,
+            "customer": customer,
+        }
+        self.columns = {name: value for name, value in columns.items() if value is not None}
+        self.start, self.end = _aware(start), _aware(end)
+        self.tags: dict[str, str] = {}
+        for name, value in request.query_params.multi_items():
+            if name.startswith("tag."):
+                if errors := tag_errors({name[4:]: value}):
+                    raise invalid("; ".join(errors), parameter=name)
+                self.tags[name[4:]] = value
+            elif name not in self.declared:
+                raise invalid(f"unknown query parameter {name!r}", parameter=name)
+
+    def filters(self, org_id: str, default_period: str | None = None) -> EventFilters:
+        filters = EventFilters(org_id, dict(self.columns), dict(self.tags), self.start, self.end)
+        filters.within(self.period, default_period)
+        return filters

@@ -1,0 +1,212 @@
+"""Reservations: the enforcement engine over HTTP, so an SDK enforces exactly like the proxy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import Field, model_validator
+from sqlmodel import col, select
+
+from nullspend.errors import ErrorCode
+from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.usage import Usage
+from nullspend.wire import FORMATS, WireFormat
+from nullspend_server.api.schema import (
+    ApiModel,
+    CustomerId,
+    Data,
+    Microdollars,
+    RequestModel,
+    SessionId,
+    Tags,
+    UsageIn,
+)
+from nullspend_server.auth import Member, Session
+from nullspend_server.db.tables import Reservation
+from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement
+from nullspend_server.errors import ApiError, denial_error
+
+router = APIRouter(tags=["reservations"])
+
+FormatName = Literal[
+    "openai.chat", "openai.responses", "anthropic.messages", "gemini.generate_content"
+]
+
+
+class ReservationCreate(RequestModel):
+    estimate_microdollars: Microdollars | None = None
+    """A known estimate; otherwise give ``model`` and the provider ``request`` to estimate."""
+    model: str | None = Field(default=None, max_length=256)
+    provider: str | None = Field(default=None, max_length=64)
+    format: FormatName | None = None
+    """The request's wire format; inferred from its shape when omitted."""
+    request: dict[str, Any] | None = None
+    customer: CustomerId | None = None
+    session_id: SessionId | None = None
+    trace_id: str | None = Field(default=None, max_length=64)
+    tags: Tags = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_estimate(self) -> ReservationCreate:
+        if self.estimate_microdollars is None and self.request is None:
+            raise ValueError("give estimateMicrodollars, or model and the provider request")
+        return self
+
+
+class Reserved(ApiModel):
+    reservation_id: str
+    estimate_microdollars: int
+    expires_at: dt.datetime
+    unpriced: bool = False
+
+
+class SettleBody(RequestModel):
+    cost_microdollars: Microdollars | None = None
+    usage: UsageIn | None = None
+    model: str | None = Field(default=None, max_length=256)
+    provider: str | None = Field(default=None, max_length=64)
+    duration_ms: Microdollars | None = None
+    event_type: str | None = Field(default=None, max_length=64)
+    trace_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _something_to_settle(self) -> SettleBody:
+        if self.cost_microdollars is None and self.usage is None:
+            raise ValueError("give costMicrodollars, or usage (priced with the catalog)")
+        return self
+
+
+class Settled(ApiModel):
+    reservation_id: str
+    status: str
+    cost_event_id: str | None = None
+    cost_microdollars: int | None = None
+
+
+def _infer_format(body: dict[str, Any], provider: str | None, model: str | None) -> WireFormat:
+    if "contents" in body:
+        return FORMATS["gemini.generate_content"]
+    if "input" in body:
+        return FORMATS["openai.responses"]
+    priced = default_catalog().resolve(model) if model else None
+    if provider == "anthropic" or (priced is not None and priced.provider == "anthropic"):
+        return FORMATS["anthropic.messages"]
+    return FORMATS["openai.chat"]
+
+
+def _estimate(body: ReservationCreate) -> tuple[int, bool]:
+    """The estimate to reserve, and whether the model was unpriced."""
+    if body.estimate_microdollars is not None:
+        return body.estimate_microdollars, False
+    assert body.request is not None
+    wire = (
+        FORMATS[body.format]
+        if body.format
+        else _infer_format(body.request, body.provider, body.model or body.request.get("model"))
+    )
+    raw = json.dumps(body.request, separators=(",", ":"), ensure_ascii=False).encode()
+    estimate = estimate_request(wire, body.request, raw, model=body.model)
+    if estimate.requested_model is None:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "the request names no model; give model")
+    return estimate.microdollars, estimate.unpriced
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+@router.post("/api/reservations", status_code=201)
+async def create(body: ReservationCreate, principal: Member, request: Request) -> Data[Reserved]:
+    estimate, unpriced = _estimate(body)
+    try:
+        reservation, _ = await _engine(request).reserve(
+            principal,
+            ReservationRequest(
+                estimate_microdollars=estimate,
+                provider=body.provider,
+                model=body.model or (body.request or {}).get("model"),
+                customer=body.customer,
+                session_id=body.session_id,
+                trace_id=body.trace_id,
+                tags=body.tags,
+            ),
+        )
+    except DeniedError as denied:
+        raise denial_error(denied.denial) from None
+    return Data(
+        data=Reserved(
+            reservation_id=reservation.id,
+            estimate_microdollars=estimate,
+            expires_at=reservation.expires_at,
+            unpriced=unpriced,
+        )
+    )
+
+
+async def _usage_cost(
+    session: Session, org_id: str, reservation_id: str, body: SettleBody, usage: Usage
+) -> int:
+    """Price reported usage with the catalog (the model from the body, else the reservation)."""
+    model = body.model
+    if model is None:
+        query = select(Reservation.model).where(
+            col(Reservation.id) == reservation_id, col(Reservation.org_id) == org_id
+        )
+        model = (await session.exec(query)).first()
+    priced = default_catalog().resolve(model) if model else None
+    if priced is None:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"model {model!r} is not in the pricing catalog: send costMicrodollars",
+            {"model": model},
+        )
+    return price_usage(usage, priced).total_microdollars
+
+
+@router.post("/api/reservations/{reservation_id}/settle")
+async def settle_reservation(
+    reservation_id: str, body: SettleBody, principal: Member, session: Session, request: Request
+) -> Data[Settled]:
+    usage = None
+    if body.usage is not None:
+        try:
+            usage = Usage(**body.usage.model_dump())
+        except ValueError as error:
+            raise ApiError(ErrorCode.VALIDATION_ERROR, str(error)) from None
+    cost = body.cost_microdollars
+    if cost is None:
+        assert usage is not None
+        cost = await _usage_cost(session, principal.org_id, reservation_id, body, usage)
+    event = await _engine(request).settle(
+        principal.org_id,
+        reservation_id,
+        Settlement(
+            cost_microdollars=cost,
+            provider=body.provider,
+            model=body.model,
+            usage=usage,
+            duration_ms=body.duration_ms,
+            event_type=body.event_type,
+            trace_id=body.trace_id,
+        ),
+    )
+    return Data(
+        data=Settled(
+            reservation_id=reservation_id,
+            status="settled",
+            cost_event_id=event.id,
+            cost_microdollars=event.cost_microdollars,
+        )
+    )
+
+
+@router.delete("/api/reservations/{reservation_id}")
+async def release_reservation(
+    reservation_id: str, principal: Member, request: Request
+) -> Data[Settled]:
+    await _engine(request).release(principal.org_id, reservation_id)
+    return Data(data=Settled(reservation_id=reservation_id, status="released"))

@@ -1,0 +1,53 @@
+"""The ASGI application: routes, error format, and the process's background duties."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from nullspend_server.api import analytics, budgets, cost_events, keys, reservations
+from nullspend_server.auth import KeyCache
+from nullspend_server.db.database import Database
+from nullspend_server.engine import Engine
+from nullspend_server.errors import install_error_handlers
+from nullspend_server.proxy import routes as proxy_routes
+from nullspend_server.proxy.rate_limit import RateLimiter
+from nullspend_server.settings import ServerSettings
+
+# Every API module with a `router`, in the order they are mounted.
+API_MODULES = (keys, budgets, reservations, analytics, cost_events)
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """The server for ``settings`` (default: from the environment). The schema must be migrated."""
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        app.state.db = db
+        app.state.key_cache = KeyCache(settings.key_cache_seconds)
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        timeout = httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        app.state.upstream_client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        engine = Engine(db, settings)
+        app.state.engine = engine
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+            await app.state.upstream_client.aclose()
+            await db.dispose()
+
+    app = FastAPI(title="NullSpend", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in API_MODULES:
+        app.include_router(module.router)
+    app.include_router(proxy_routes.router)
+    return app

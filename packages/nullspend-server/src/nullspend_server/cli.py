@@ -1,0 +1,160 @@
+"""``nullspend serve``, ``nullspend migrate`` and ``nullspend keys``: added to the core command
+line through the ``nullspend.cli`` entry-point group."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from nullspend.attribution import tag_errors
+from nullspend.cli.options import fail
+from nullspend_server.accounts import bootstrap, create_key, default_org_id
+from nullspend_server.db.database import Database
+from nullspend_server.db.migrate import migrate as run_migrations
+from nullspend_server.db.tables import ApiKey, utcnow
+from nullspend_server.keys import ROLES
+from nullspend_server.settings import ServerSettings
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: NULLSPEND_DATABASE_URL or ./nullspend.db)."),
+]
+
+
+T = TypeVar("T")
+# What a wrong, unreachable or unsupported database raises: reported, not a traceback.
+DATABASE_ERRORS = (SQLAlchemyError, OSError, ValueError)
+
+
+def _database_url(db: str | None) -> str:
+    return db or ServerSettings().database_url
+
+
+def _with_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Migrate the database, then run one operation in a session; a database that cannot be
+    used is a clear error, not a traceback."""
+    try:
+        run_migrations(url)
+        return asyncio.run(_in_session(url, operation))
+    except DATABASE_ERRORS as error:
+        raise fail(f"cannot use the database {url}: {error}") from None
+
+
+async def _in_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    db = Database(url)
+    try:
+        async with db.write_session() as session:
+            return await operation(session)
+    finally:
+        await db.dispose()
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    db: DbOption = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Run the NullSpend server (migrating the database first)."""
+    import uvicorn
+
+    settings = ServerSettings()
+    url = _database_url(db)
+    key = _with_session(url, bootstrap)
+    if key:
+        typer.echo("Created an organization and its admin API key (shown once, keep it safe):")
+        typer.echo(f"  {key}")
+    # Workers are separate processes: they read the same settings from the environment.
+    os.environ["NULLSPEND_DATABASE_URL"] = url
+    uvicorn.run(
+        "nullspend_server.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_level="info",
+    )
+
+
+def migrate(db: DbOption = None) -> None:
+    """Bring the database schema up to date."""
+    url = _database_url(db)
+    try:
+        run_migrations(url)
+    except DATABASE_ERRORS as error:
+        raise fail(f"cannot use the database {url}: {error}") from None
+    typer.echo("database is up to date")
+
+
+keys = typer.Typer(help="Manage API keys without a running server.", no_args_is_help=True)
+
+
+@keys.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A name for the key.")],
+    role: Annotated[str, typer.Option("--role", help="admin, member or viewer.")] = "member",
+    default_tags: Annotated[
+        str | None, typer.Option("--default-tags", help='Tags as JSON, e.g. {"team": "ml"}.')
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Create an API key and print it (it is shown once)."""
+    if role not in ROLES:
+        raise fail(f"--role must be one of {', '.join(ROLES)}")
+    try:
+        tags = json.loads(default_tags) if default_tags else {}
+    except ValueError as error:
+        raise fail(f"--default-tags is not JSON: {error}") from None
+    if errors := tag_errors(tags):
+        raise fail("--default-tags: " + "; ".join(errors))
+
+    async def create(session: AsyncSession) -> str:
+        _, key = await create_key(session, await default_org_id(session), name, role, tags)
+        await session.commit()
+        return key
+
+    typer.echo(_with_session(_database_url(db), create))
+
+
+@keys.command("list")
+def keys_list(db: DbOption = None) -> None:
+    """List API keys (prefixes only: keys are never stored)."""
+
+    async def rows(session: AsyncSession) -> list[ApiKey]:
+        return list(await session.exec(select(ApiKey).order_by(col(ApiKey.created_at))))
+
+    for row in _with_session(_database_url(db), rows):
+        state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+        typer.echo(f"{row.id}  {row.prefix}...  {row.role:<6}  {state:<18}  {row.name}")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str, db: DbOption = None) -> None:
+    """Revoke an API key by id; servers refuse it within seconds."""
+
+    async def revoke(session: AsyncSession) -> bool:
+        row = await session.get(ApiKey, key_id)
+        if row is None:
+            return False
+        row.revoked_at = row.revoked_at or utcnow()
+        session.add(row)
+        await session.commit()
+        return True
+
+    if not _with_session(_database_url(db), revoke):
+        raise fail(f"no API key {key_id!r}")
+    typer.echo(f"revoked {key_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("migrate")(migrate)
+    app.add_typer(keys, name="keys")

@@ -1,0 +1,117 @@
+"""The error body every route answers with: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nullspend.errors import ErrorCode
+from nullspend.policy.denials import Denial
+
+log = logging.getLogger("nullspend.server")
+
+
+class ApiError(Exception):
+    """Raised anywhere in a request: answered with its code's HTTP status and the error body."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = dict(details) if details is not None else None
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        """Top-level body fields beside ``error`` (``upgrade_url`` on budget denials)."""
+
+    def response(self) -> JSONResponse:
+        return error_response(self.code, self.message, self.details, self.headers, self.extra)
+
+
+def denial_error(denial: Denial) -> ApiError:
+    """A policy denial as the HTTP answer every surface gives: its code and details, the
+    ``X-NullSpend-Denied`` marker, ``Retry-After`` where waiting helps, and ``upgrade_url``."""
+    headers = {"X-NullSpend-Denied": "1"}
+    if denial.retry_after_seconds is not None:
+        headers["Retry-After"] = str(denial.retry_after_seconds)
+    extra = {"upgrade_url": denial.upgrade_url} if denial.upgrade_url else None
+    return ApiError(denial.code, denial.message, denial.details, headers=headers, extra=extra)
+
+
+def error_response(
+    code: ErrorCode,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code.value, "message": message, "details": details}, **(extra or {})}
+    return JSONResponse(body, status_code=code.http_status, headers=dict(headers or {}))
+
+
+def _validation_details(error: RequestValidationError) -> dict[str, Any]:
+    return {
+        "errors": [
+            {"location": ".".join(str(part) for part in e.get("loc", ())), "message": e.get("msg")}
+            for e in error.errors()
+        ]
+    }
+
+
+_HTTP_CODES = {
+    401: ErrorCode.AUTHENTICATION_REQUIRED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(
+            ErrorCode.VALIDATION_ERROR, "the request is invalid", _validation_details(error)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(error.status_code, ErrorCode.VALIDATION_ERROR)
+        if error.status_code == 405:
+            return error_response(code, "method not allowed on this path", None)
+        return error_response(code, str(error.detail), None)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _storage_down(_request: Request, error: Exception) -> JSONResponse:
+        # The database cannot be reached: fail closed, with an answer a client can retry on.
+        log.error("storage unavailable: %s", error)
+        return error_response(
+            ErrorCode.BUDGET_UNAVAILABLE,
+            "storage is unavailable; retry later",
+            None,
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=error)
+        return error_response(ErrorCode.INTERNAL_ERROR, "internal error", None)

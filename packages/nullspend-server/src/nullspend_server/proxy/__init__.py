@@ -1,0 +1,1 @@
+"""The proxy: OpenAI- and Anthropic-compatible routes that price, attribute and cap every call."""

@@ -1,0 +1,346 @@
+"""The proxy routes. Per request: rate limit -> authenticate -> attribution -> estimate ->
+reserve (the engine: period reset, session, velocity, budgets) -> forward -> settle.
+
+Bytes from the upstream reach the client as they arrive; usage is read on the side. The only
+change ever made to a response: when the proxy had to ask an OpenAI chat stream for its usage
+(the client did not), the usage-only chunk it asked for is taken out again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from nullspend.attribution import TAG_CANCELLED, TAG_ESTIMATED, TAG_NO_USAGE, TAG_UNPRICED
+from nullspend.errors import ErrorCode
+from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
+from nullspend.usage import Usage
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
+from nullspend_server.auth import Principal, authenticate, presented_key
+from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
+from nullspend_server.errors import ApiError, denial_error
+from nullspend_server.proxy.headers import (
+    NOT_RETURNED,
+    Attribution,
+    read_attribution,
+    upstream_headers,
+)
+from nullspend_server.proxy.usage_chunks import UsageChunkFilter
+from nullspend_server.settings import ServerSettings
+
+router = APIRouter(include_in_schema=False)
+
+PRICED: dict[str, tuple[str, WireFormat]] = {
+    "/v1/chat/completions": ("openai", OPENAI_CHAT),
+    "/v1/responses": ("openai", OPENAI_RESPONSES),
+    "/v1/messages": ("anthropic", ANTHROPIC_MESSAGES),
+}
+FREE = {("POST", "/v1/messages/count_tokens"), ("GET", "/v1/models")}
+
+
+@dataclass
+class Call:
+    """One priced call as it goes through the pipeline."""
+
+    principal: Principal
+    wire: WireFormat
+    provider: str
+    attribution: Attribution
+    estimate: Estimate
+    reservation_id: str
+    started: float
+
+
+def _settings(request: Request) -> ServerSettings:
+    settings: ServerSettings = request.app.state.settings
+    return settings
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _upstream_base(provider: str, chosen: str | None, settings: ServerSettings) -> str:
+    if chosen is None:
+        return settings.anthropic_upstream if provider == "anthropic" else settings.openai_upstream
+    if chosen.rstrip("/") not in {u.rstrip("/") for u in settings.upstream_allowlist}:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "X-NullSpend-Upstream is not in NULLSPEND_UPSTREAM_ALLOWLIST",
+            {"upstream": chosen},
+        )
+    return chosen.rstrip("/")
+
+
+@router.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def proxy(path: str, request: Request) -> Response:
+    started = time.perf_counter()
+    route = f"/v1/{path}"
+    settings = _settings(request)
+    key = presented_key(request) or ""
+    if (wait := request.app.state.rate_limiter.admit(key)) is not None:
+        raise ApiError(
+            ErrorCode.RATE_LIMITED,
+            f"more than {settings.rate_limit_per_minute} requests a minute",
+            headers={"Retry-After": str(wait)},
+        )
+    principal = await authenticate(request)
+    if (request.method, route) in FREE:
+        provider = (
+            "anthropic"
+            if "x-api-key" in request.headers or route.endswith("count_tokens")
+            else "openai"
+        )
+        return await _forward_free(request, route, provider, settings)
+    if request.method != "POST" or route not in PRICED:
+        raise ApiError(
+            ErrorCode.NOT_FOUND,
+            f"{request.method} {route} is not a proxied route: nothing reaches a provider unpriced",
+            {"path": route},
+        )
+    provider, wire = PRICED[route]
+    return await _priced(request, route, provider, wire, principal, settings, started)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"request bodies are limited to {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"request bodies are limited to {limit} bytes"
+            )
+    return bytes(body)
+
+
+async def _priced(
+    request: Request,
+    route: str,
+    provider: str,
+    wire: WireFormat,
+    principal: Principal,
+    settings: ServerSettings,
+    started: float,
+) -> Response:
+    raw = await _read_body(request, settings.max_body_bytes)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(ErrorCode.VALIDATION_ERROR, "the request body must be a JSON object")
+    attribution = read_attribution(request.headers)
+    base = _upstream_base(provider, attribution.upstream, settings)
+    estimate = estimate_request(wire, body, raw)
+    if estimate.unpriced and settings.deny_unpriced:
+        raise ApiError(
+            ErrorCode.UNPRICED_MODEL,
+            f"model {estimate.requested_model!r} is not in the pricing catalog",
+            {"model": estimate.requested_model},
+            headers={"X-NullSpend-Denied": "1"},
+        )
+    streamed = body.get("stream") is True
+    strip_usage = False
+    if wire is OPENAI_CHAT and streamed:
+        options = body.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        if not options.get("include_usage"):
+            # Without this the stream carries no usage at all: ask for it, hide it again below.
+            body["stream_options"] = {**options, "include_usage": True}
+            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            strip_usage = True
+    engine = _engine(request)
+    try:
+        reservation, tightest = await engine.reserve(
+            principal,
+            ReservationRequest(
+                estimate_microdollars=estimate.microdollars,
+                source="proxy",
+                provider=provider,
+                model=estimate.requested_model,
+                customer=attribution.customer,
+                session_id=attribution.session_id,
+                trace_id=attribution.trace_id,
+                tags=attribution.tags,
+            ),
+        )
+    except DeniedError as denied:
+        error = denial_error(denied.denial)
+        error.headers.update(_nullspend_headers(request, attribution))
+        raise error from None
+    except (SQLAlchemyError, OSError):
+        raise ApiError(
+            ErrorCode.BUDGET_UNAVAILABLE,
+            "budgets cannot be checked right now; the call was not forwarded",
+            headers=_nullspend_headers(request, attribution),
+        ) from None
+    call = Call(principal, wire, provider, attribution, estimate, reservation.id, started)
+    client: httpx.AsyncClient = request.app.state.upstream_client
+    headers = upstream_headers(request.headers)
+    if "traceparent" not in {h.lower() for h in headers}:
+        headers["traceparent"] = f"00-{attribution.trace_id}-{attribution.trace_id[:16]}-01"
+    outgoing = client.build_request(
+        "POST", base + route, params=request.query_params, headers=headers, content=raw
+    )
+    sent_at = time.perf_counter()
+    try:
+        upstream = await client.send(outgoing, stream=True)
+    except httpx.HTTPError as error:
+        engine.settle_later(principal.org_id, reservation.id, None)
+        raise ApiError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"the upstream did not answer: {error!r}",
+            headers=_nullspend_headers(request, attribution),
+        ) from None
+    upstream_started = time.perf_counter()
+    response_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
+    response_headers.update(_nullspend_headers(request, attribution))
+    response_headers.update(_budget_headers(tightest))
+    if upstream.status_code >= 300:  # the provider refused: pass it on, spend nothing
+        content = await upstream.aread()
+        await upstream.aclose()
+        engine.settle_later(principal.org_id, reservation.id, None)
+        return Response(content, upstream.status_code, response_headers)
+    if not streamed:
+        content = await upstream.aread()
+        await upstream.aclose()
+        received_at = time.perf_counter()
+        settlement = _settlement(call, _reading(wire, content), upstream.status_code, ())
+        engine.settle_later(principal.org_id, reservation.id, settlement)
+        response_headers["X-NullSpend-Cost-Microdollars"] = str(settlement.cost_microdollars)
+        own = (sent_at - started) + (time.perf_counter() - received_at)
+        response_headers["x-nullspend-overhead-ms"] = _ms(own)
+        return Response(content, upstream.status_code, response_headers)
+    own = (sent_at - started) + (time.perf_counter() - upstream_started)
+    response_headers["x-nullspend-overhead-ms"] = _ms(own)
+    return StreamingResponse(
+        _relay(call, upstream, engine, strip_usage), upstream.status_code, response_headers
+    )
+
+
+async def _relay(
+    call: Call, upstream: httpx.Response, engine: Engine, strip_usage: bool
+) -> AsyncIterator[bytes]:
+    """Pass the stream through as it arrives, reading usage on the side; settle at the end,
+    however it ends (complete, cut short by the upstream, or abandoned by the client)."""
+    accumulator = call.wire.stream()
+    chunk_filter = UsageChunkFilter() if strip_usage else None
+    client_left = True  # unless the loop below ends, the client went away mid-stream
+    try:
+        try:
+            async for chunk in upstream.aiter_raw():
+                accumulator.feed(chunk)
+                out = chunk_filter.feed(chunk) if chunk_filter else chunk
+                if out:
+                    yield out
+            if chunk_filter and (rest := chunk_filter.finish()):
+                yield rest
+        except httpx.HTTPError:
+            client_left = False
+            raise  # the upstream broke off: the client sees its stream break off too
+        client_left = False
+    finally:
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()  # a client gone means the upstream call is closed too
+        extra = (TAG_CANCELLED,) if client_left else ()
+        settlement = _settlement(call, accumulator.finish(), upstream.status_code, extra)
+        engine.settle_later(call.principal.org_id, call.reservation_id, settlement)
+
+
+def _reading(wire: WireFormat, content: bytes) -> Reading:
+    try:
+        body = json.loads(content)
+        return wire.read_response(body) if isinstance(body, dict) else Reading(None, None)
+    except ValueError:
+        return Reading(None, None)
+
+
+def _settlement(
+    call: Call, reading: Reading, status: int, extra_tags: tuple[str, ...]
+) -> Settlement:
+    """The actual cost when the response carried usage of a priced model; else the estimate,
+    tagged with why."""
+    model = reading.model or call.estimate.requested_model
+    priced = default_catalog().resolve(model) if model else None
+    usage: Usage | None = reading.usage
+    tags = dict.fromkeys(extra_tags, "true")
+    if usage is None:
+        tags[TAG_NO_USAGE] = "true"
+    if priced is None:
+        tags[TAG_UNPRICED] = "true"
+    if usage is not None and priced is not None:
+        cost = price_usage(usage, priced).total_microdollars
+    else:
+        cost = call.estimate.microdollars
+        tags[TAG_ESTIMATED] = "true"
+    return Settlement(
+        cost_microdollars=cost,
+        provider=call.provider,
+        model=model,
+        usage=usage,
+        duration_ms=int((time.perf_counter() - call.started) * 1000),
+        upstream_status=status,
+        trace_id=call.attribution.trace_id,
+        system_tags=tags,
+    )
+
+
+def _nullspend_headers(request: Request, attribution: Attribution) -> dict[str, str]:
+    headers = {
+        "X-NullSpend-Trace-Id": attribution.trace_id,
+        "NullSpend-Version": _settings(request).api_version,
+    }
+    if attribution.session_id:
+        headers["X-NullSpend-Session"] = attribution.session_id
+    if attribution.warnings:
+        headers["X-NullSpend-Warning"] = " | ".join(attribution.warnings)
+    return headers
+
+
+def _budget_headers(tightest: Tightest | None) -> dict[str, str]:
+    if tightest is None:
+        return {}
+    return {
+        "X-NullSpend-Budget-Entity": tightest.entity,
+        "X-NullSpend-Budget-Limit": str(tightest.limit_microdollars),
+        "X-NullSpend-Budget-Spent": str(tightest.spent_microdollars),
+        "X-NullSpend-Budget-Remaining": str(tightest.remaining_microdollars),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(seconds, 0) * 1000:.3f}"
+
+
+async def _forward_free(
+    request: Request, route: str, provider: str, settings: ServerSettings
+) -> Response:
+    """count_tokens and model listings: forwarded, not priced (they cost nothing)."""
+    base = _upstream_base(provider, request.headers.get("x-nullspend-upstream"), settings)
+    client: httpx.AsyncClient = request.app.state.upstream_client
+    try:
+        upstream = await client.request(
+            request.method,
+            base + route,
+            params=request.query_params,
+            headers=upstream_headers(request.headers),
+            content=await _read_body(request, settings.max_body_bytes),
+        )
+    except httpx.HTTPError as error:
+        raise ApiError(
+            ErrorCode.UPSTREAM_UNAVAILABLE, f"the upstream did not answer: {error!r}"
+        ) from None
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
+    return Response(upstream.content, upstream.status_code, headers)

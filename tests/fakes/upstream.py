@@ -1,0 +1,353 @@
+"""A fake OpenAI and Anthropic API that speaks their exact wire formats (JSON and SSE), for
+testing the proxy without a network. The shapes follow the official SDKs' types (the fixtures in
+tests/nullspend/fixtures are validated against them).
+
+Per request, through headers the proxy forwards untouched:
+- ``x-fake-usage``: JSON ``{"input", "cached", "output", "reasoning", "cache_write"}``; for
+  OpenAI ``input`` is the prompt total (cached included), for Anthropic the uncached input.
+- ``x-fake-fault``: ``status:<code>`` (the provider's error body), ``hang`` (never answer),
+  ``drop-after:<n>`` (stream n events, then break the connection), ``no-usage`` (a complete
+  stream without usage), ``slow:<ms>`` (pause before each stream event).
+Every request received is recorded in ``app.state.requests``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_USAGE = {"input": 12, "cached": 0, "output": 9, "reasoning": 0, "cache_write": 0}
+WORDS = ["Hello", " there", "! 世界", " 🚀"]
+CREATED = 1_763_800_000
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Scenario:
+    def __init__(self, request: Request, body: dict[str, Any]) -> None:
+        self.usage = {**DEFAULT_USAGE, **json.loads(request.headers.get("x-fake-usage", "{}"))}
+        self.fault = request.headers.get("x-fake-fault", "")
+        self.model = body.get("model", "unknown")
+        self.stream = body.get("stream") is True
+        self.body = body
+
+    def fault_value(self, name: str) -> str | None:
+        return self.fault.split(":", 1)[1] if self.fault.startswith(f"{name}:") else None
+
+
+async def _events(scenario: Scenario, events: list[str]) -> AsyncIterator[bytes]:
+    slow = scenario.fault_value("slow")
+    drop = scenario.fault_value("drop-after")
+    for index, event in enumerate(events):
+        if drop is not None and index >= int(drop):
+            raise ConnectionAbortedError("fake upstream broke off the stream")
+        if slow is not None:
+            await asyncio.sleep(int(slow) / 1000)
+        yield event.encode()
+
+
+def _sse(scenario: Scenario, events: list[str]) -> StreamingResponse:
+    return StreamingResponse(_events(scenario, events), media_type="text/event-stream")
+
+
+# --- OpenAI Chat Completions ---------------------------------------------------------------
+
+
+def _chat_usage(u: dict[str, int]) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u["input"],
+        "completion_tokens": u["output"],
+        "total_tokens": u["input"] + u["output"],
+        "prompt_tokens_details": {"cached_tokens": u["cached"], "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": u["reasoning"],
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def chat(s: Scenario) -> Response:
+    if not s.stream:
+        return JSONResponse(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": s.model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(WORDS),
+                            "refusal": None,
+                            "annotations": [],
+                        },
+                    }
+                ],
+                "usage": _chat_usage(s.usage),
+            }
+        )
+    options = s.body.get("stream_options") or {}
+    with_usage = bool(options.get("include_usage")) and s.fault != "no-usage"
+    head = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": s.model,
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    }
+
+    def chunk(choices: list[Any], usage: Any = None) -> str:
+        # with include_usage, OpenAI puts "usage":null in every chunk but the last
+        tail = {"usage": usage} if with_usage else {}
+        return f"data: {_compact({**head, 'choices': choices, **tail})}\n\n"
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> list[Any]:
+        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+    events = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
+    events += [chunk(choice({"content": word})) for word in WORDS]
+    events.append(chunk(choice({}, "stop")))
+    if with_usage:
+        events.append(chunk([], _chat_usage(s.usage)))
+    events.append("data: [DONE]\n\n")
+    return _sse(s, events)
+
+
+# --- OpenAI Responses ----------------------------------------------------------------------
+
+
+def _response(s: Scenario, status: str, with_usage: bool) -> dict[str, Any]:
+    u = s.usage
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": CREATED,
+        "status": status,
+        "model": s.model,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "output": []
+        if status != "completed"
+        else [
+            {
+                "type": "message",
+                "id": "msg_fake",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "".join(WORDS), "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": u["input"],
+            "input_tokens_details": {
+                "cached_tokens": u["cached"],
+                "cache_write_tokens": u["cache_write"],
+            },
+            "output_tokens": u["output"],
+            "output_tokens_details": {"reasoning_tokens": u["reasoning"]},
+            "total_tokens": u["input"] + u["output"],
+        }
+        if with_usage
+        else None,
+    }
+
+
+def responses(s: Scenario) -> Response:
+    if not s.stream:
+        return JSONResponse(_response(s, "completed", True))
+    events = [("response.created", {"response": _response(s, "in_progress", False)})]
+    events += [
+        (
+            "response.output_text.delta",
+            {
+                "item_id": "msg_fake",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": w,
+                "logprobs": [],
+            },
+        )
+        for w in WORDS
+    ]
+    events.append(
+        ("response.completed", {"response": _response(s, "completed", s.fault != "no-usage")})
+    )
+    return _sse(
+        s,
+        [
+            f"event: {kind}\ndata: {_compact({'type': kind, 'sequence_number': n, **data})}\n\n"
+            for n, (kind, data) in enumerate(events)
+        ],
+    )
+
+
+# --- Anthropic Messages --------------------------------------------------------------------
+
+
+def _message_usage(u: dict[str, int], output: int) -> dict[str, Any]:
+    return {
+        "input_tokens": u["input"],
+        "cache_read_input_tokens": u["cached"],
+        "cache_creation_input_tokens": u["cache_write"],
+        "output_tokens": output,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": u["cache_write"],
+            "ephemeral_1h_input_tokens": 0,
+        },
+        "service_tier": "standard",
+    }
+
+
+def messages(s: Scenario) -> Response:
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": s.model,
+        "stop_sequence": None,
+    }
+    if not s.stream:
+        return JSONResponse(
+            {
+                **message,
+                "content": [{"type": "text", "text": "".join(WORDS)}],
+                "stop_reason": "end_turn",
+                "usage": _message_usage(s.usage, s.usage["output"]),
+            }
+        )
+    no_usage = s.fault == "no-usage"
+    start = {**message, "content": [], "stop_reason": None, "usage": _message_usage(s.usage, 1)}
+    delta: dict[str, Any] = {"delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+    if not no_usage:
+        delta["usage"] = {"output_tokens": s.usage["output"]}
+    events = [
+        ("message_start", {"message": start}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+    ]
+    events += [
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": w}})
+        for w in WORDS
+    ]
+    events += [("content_block_stop", {"index": 0}), ("message_delta", delta), ("message_stop", {})]
+    return _sse(
+        s, [f"event: {kind}\ndata: {_compact({'type': kind, **data})}\n\n" for kind, data in events]
+    )
+
+
+# --- the app -------------------------------------------------------------------------------
+
+HANDLERS = {"/v1/chat/completions": chat, "/v1/responses": responses, "/v1/messages": messages}
+
+
+def _error(path: str, status: int) -> JSONResponse:
+    if path.startswith("/v1/messages"):
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": "api_error", "message": "fake failure"},
+        }
+    else:
+        body = {
+            "error": {
+                "message": "fake failure",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    return JSONResponse(body, status_code=status)
+
+
+async def _handle(request: Request) -> Response:
+    raw = await request.body()
+    body = json.loads(raw) if raw else {}
+    request.app.state.requests.append(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": dict(request.headers),
+            "json": body,
+        }
+    )
+    if request.url.path == "/v1/models":
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": "gpt-4o-mini",
+                        "object": "model",
+                        "created": CREATED,
+                        "owned_by": "openai",
+                    }
+                ],
+            }
+        )
+    if request.url.path == "/v1/messages/count_tokens":
+        return JSONResponse({"input_tokens": 42})
+    scenario = Scenario(request, body)
+    if (status := scenario.fault_value("status")) is not None:
+        return _error(request.url.path, int(status))
+    if scenario.fault == "hang":
+        await asyncio.sleep(3600)
+    return HANDLERS[request.url.path](scenario)
+
+
+def create_app() -> Starlette:
+    paths = [*HANDLERS, "/v1/messages/count_tokens"]
+    app = Starlette(
+        routes=[Route(p, _handle, methods=["POST"]) for p in paths]
+        + [Route("/v1/models", _handle, methods=["GET"])]
+    )
+    app.state.requests = []
+    return app
+
+
+@contextmanager
+def run_fake_upstream() -> Iterator[tuple[str, Starlette]]:
+    """Serve a fresh fake upstream over real HTTP on a free loopback port, in a thread."""
+    app = create_app()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

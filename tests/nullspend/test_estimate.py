@@ -1,0 +1,144 @@
+"""Pre-request estimates: exact arithmetic on the documented heuristics, and an upper bound for
+ordinary requests."""
+
+import json
+from typing import Any
+
+import pytest
+
+from nullspend.pricing import cost, estimate_request
+from nullspend.pricing.estimate import DEFAULT_OUTPUT_CAP, UNPRICED_ESTIMATE_MICRODOLLARS
+from nullspend.usage import Usage
+from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, WireFormat
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def estimate(wire: WireFormat, body: dict[str, Any], model: str | None = None) -> Any:
+    return estimate_request(wire, body, encode(body), model=model)
+
+
+def test_input_is_a_token_per_three_body_bytes_and_output_the_request_cap() -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "x" * 351}],
+        "max_completion_tokens": 500,
+        "max_tokens": 9,
+    }
+    size = len(encode(body))
+    result = estimate(OPENAI_CHAT, body)
+    assert result.input_tokens == -(-size // 3)
+    assert result.output_tokens == 500  # max_completion_tokens wins over the legacy max_tokens
+    exact = cost(Usage(input_tokens=result.input_tokens, output_tokens=500), "gpt-4o")
+    assert result.microdollars == -(-exact.total_picodollars // 1_000_000)  # rounded up
+
+
+@pytest.mark.parametrize(
+    ("wire", "body", "cap"),
+    [
+        (OPENAI_RESPONSES, {"model": "o3", "input": "hi", "max_output_tokens": 77}, 77),
+        (ANTHROPIC_MESSAGES, {"model": "claude-haiku-4-5", "max_tokens": 12, "messages": []}, 12),
+        (GEMINI, {"contents": [], "generationConfig": {"maxOutputTokens": 33}}, 33),
+    ],
+)
+def test_each_format_reads_its_output_cap(wire: WireFormat, body: dict[str, Any], cap: int) -> None:
+    assert (
+        estimate(wire, body, model="gemini-2.5-flash" if wire is GEMINI else None).output_tokens
+        == cap
+    )
+
+
+def test_without_a_cap_the_model_output_cap_is_assumed() -> None:
+    result = estimate(OPENAI_RESPONSES, {"model": "o3", "input": "think hard"})
+    assert result.model is not None
+    assert result.output_tokens == result.model.max_output_tokens == 100_000
+
+
+def test_model_without_a_known_cap_falls_back_to_the_default() -> None:
+    result = estimate(OPENAI_CHAT, {"model": "chatgpt-4o-latest", "messages": []})
+    assert result.model is not None
+    assert result.model.max_output_tokens is None
+    assert result.output_tokens == DEFAULT_OUTPUT_CAP
+
+
+def test_non_ascii_bytes_count_double() -> None:
+    ascii_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "a" * 300}]}
+    cjk_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "世" * 100}]}
+    # both bodies are the same size in bytes; the CJK one is estimated at its 300 extra bytes more
+    assert len(encode(ascii_body)) == len(encode(cjk_body))
+    extra = (
+        estimate(OPENAI_CHAT, cjk_body).input_tokens
+        - estimate(OPENAI_CHAT, ascii_body).input_tokens
+    )
+    assert extra == pytest.approx(300 / 3, abs=1)
+
+
+def test_cache_writes_requested_are_priced_at_the_write_rate() -> None:
+    def body(cache_control: dict[str, str] | None) -> dict[str, Any]:
+        block: dict[str, Any] = {"type": "text", "text": "policy " * 2000}
+        if cache_control:
+            block["cache_control"] = cache_control
+        return {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "system": [block],
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+
+    plain = estimate(ANTHROPIC_MESSAGES, body(None)).microdollars
+    five_minutes = estimate(ANTHROPIC_MESSAGES, body({"type": "ephemeral"})).microdollars
+    one_hour = estimate(ANTHROPIC_MESSAGES, body({"type": "ephemeral", "ttl": "1h"})).microdollars
+    assert plain < five_minutes < one_hour
+
+
+def test_long_prompts_are_estimated_at_long_context_prices() -> None:
+    body = {
+        "model": "claude-sonnet-4-20250514",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "word " * 180_000}],
+    }  # ~900 kB: > 200k tokens
+    result = estimate(ANTHROPIC_MESSAGES, body)
+    assert result.input_tokens > 200_000
+    base_rate = cost(Usage(input_tokens=result.input_tokens, output_tokens=10), "claude-sonnet-4")
+    assert base_rate.tier_threshold == 200_000
+    assert result.microdollars >= base_rate.total_microdollars
+
+
+def test_unpriced_model_is_assumed_to_cost_a_dollar() -> None:
+    result = estimate(OPENAI_CHAT, {"model": "acme-private", "messages": []})
+    assert result.unpriced
+    assert result.microdollars == UNPRICED_ESTIMATE_MICRODOLLARS
+
+
+ENGLISH = (
+    "Summarise the quarterly report below for the board, in three bullet points, and flag any "
+    "line item whose spend grew by more than ten percent compared with the previous quarter. "
+)
+CJK = "请把下面的季度报告总结成三个要点，并标出支出比上季度增长超过百分之十的项目。"  # noqa: RUF001
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens_per_char"),
+    [
+        # English prose is about 4 characters a token; code and terse text nearer 3.
+        (ENGLISH * 40, 1 / 3),
+        # CJK text is up to about one token a character in current tokenizers.
+        (CJK * 40, 1.0),
+    ],
+    ids=["english", "cjk"],
+)
+@pytest.mark.parametrize("turns", [1, 12])
+def test_estimate_bounds_an_ordinary_conversation_from_above(
+    text: str, tokens_per_char: float, turns: int
+) -> None:
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": text[: len(text) // turns]}
+        for i in range(turns)
+    ]
+    body = {"model": "gpt-4.1", "messages": messages, "max_tokens": 800}
+    # a pessimistic actual: the text's tokens plus 4 tokens of framing per message and 3 to prime
+    prompt = int(sum(len(m["content"]) for m in messages) * tokens_per_char) + 4 * turns + 3
+    actual = cost(Usage(input_tokens=prompt, output_tokens=800), "gpt-4.1").total_microdollars
+    assert estimate(OPENAI_CHAT, body).microdollars >= actual

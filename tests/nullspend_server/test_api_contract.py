@@ -1,0 +1,148 @@
+"""The API as a whole: every route's role and organization rules, the OpenAPI description
+against the implementation, and a schemathesis run that must find no server error."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from nullspend_server.app import API_MODULES
+from nullspend_server.auth import RoleRequirement
+from nullspend_server.keys import ROLES
+from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.test_cost_events import _other_org_key
+
+API_ROUTES = [r for m in API_MODULES for r in m.router.routes if isinstance(r, APIRoute)]
+
+
+def required_role(route: APIRoute) -> str:
+    """The role a route declares through its Viewer / Member / Admin dependency."""
+    roles = [
+        d.call.role for d in route.dependant.dependencies if isinstance(d.call, RoleRequirement)
+    ]
+    assert len(roles) == 1, f"{route.path} declares no role"
+    return roles[0]
+
+
+CASES = [(route, method) for route in API_ROUTES for method in sorted(route.methods)]
+IDS = [f"{method} {route.path}" for route, method in CASES]
+
+
+def path_for(route: APIRoute, ids: dict[str, str]) -> str:
+    return re.sub(r"{(\w+)}", lambda m: ids.get(m.group(1), "missing"), route.path)
+
+
+# Valid bodies for the routes that act on an existing object, so that only ownership decides.
+VALID_BODIES = {
+    "/api/reservations/{reservation_id}/settle": {"costMicrodollars": 1},
+    "/api/budgets/{budget_id}": {"limitMicrodollars": 1},
+}
+
+
+def call(client: httpx.Client, method: str, path: str, body: Any = None) -> httpx.Response:
+    params = {"groupBy": "team"} if "attribution" in path else None
+    if body is None and method in ("POST", "PATCH"):
+        body = {}
+    return client.request(method, path, json=body, params=params)
+
+
+def test_every_api_route_declares_a_role() -> None:
+    assert len(API_ROUTES) >= 20
+    assert all(route.path.startswith("/api/") for route in API_ROUTES)
+    assert {required_role(route) for route in API_ROUTES} == set(ROLES)
+
+
+@pytest.mark.parametrize(("route", "method"), CASES, ids=IDS)
+def test_roles(server: RunningServer, route: APIRoute, method: str) -> None:
+    """No key: 401. Each role below the route's: 403, before the body is even looked at.
+    The route's role and above: through authorization (any other answer)."""
+    needed = required_role(route)
+    path = path_for(route, {})
+    with httpx.Client(base_url=server.base_url) as anonymous:
+        assert call(anonymous, method, path).status_code == 401
+    for role in ROLES:
+        with server.client(server.new_key(role)) as client:
+            status = call(client, method, path).status_code
+        if ROLES.index(role) < ROLES.index(needed):
+            assert status == 403, (role, status)
+        else:
+            assert status not in (401, 403), (role, status)
+
+
+def _objects(admin: httpx.Client) -> dict[str, str]:
+    """One object of each kind in the first organization, by path parameter name."""
+    budget = admin.post("/api/budgets", json={"entityType": "user", "limitMicrodollars": 10**6})
+    key = admin.post("/api/keys", json={"name": "victim"})
+    reservation = admin.post("/api/reservations", json={"estimateMicrodollars": 5})
+    return {
+        "budget_id": budget.json()["data"]["id"],
+        "key_id": key.json()["data"]["id"],
+        "reservation_id": reservation.json()["data"]["reservationId"],
+    }
+
+
+def test_another_organization_sees_none_of_it(server: RunningServer, admin: httpx.Client) -> None:
+    ids = _objects(admin)
+    other_key = asyncio.run(_other_org_key(server.database_url))
+    with server.client(other_key) as other:
+        for route, method in CASES:
+            names = set(re.findall(r"{(\w+)}", route.path))
+            if names and names <= ids.keys():
+                body = VALID_BODIES.get(route.path) if method in ("POST", "PATCH") else None
+                response = call(other, method, path_for(route, ids), body)
+                assert response.status_code == 404, (method, route.path, response.text)
+        assert other.get("/api/budgets").json()["data"] == []
+        assert other.get("/api/budgets/status").json()["entities"] == []
+        assert [k["name"] for k in other.get("/api/keys").json()["data"]] == ["other-admin"]
+    # and nothing the other organization tried changed the first one's objects
+    assert admin.get(f"/api/budgets/{ids['budget_id']}").status_code == 200
+    assert admin.delete(f"/api/reservations/{ids['reservation_id']}").status_code == 200
+
+
+def test_openapi_describes_the_implementation(admin: httpx.Client) -> None:
+    spec = admin.get("/openapi.json").json()
+    for route in API_ROUTES:
+        assert route.path in spec["paths"], route.path
+        assert {m.lower() for m in route.methods} <= set(spec["paths"][route.path])
+    schemas = spec["components"]["schemas"]
+    budget_bodies = [f"{entity}BudgetCreate" for entity in ("User", "ApiKey", "Customer", "Tag")]
+    for name in (*budget_bodies, "KeyCreate", "CostEventIn", "ReservationCreate"):
+        schema = schemas[name]
+        assert schema.get("additionalProperties") is False, name
+        assert all(not re.search(r"_[a-z]", prop) for prop in schema["properties"]), name
+    listed = {p["name"] for p in spec["paths"]["/api/cost-events"]["get"]["parameters"]}
+    assert {"provider", "model", "source", "apiKeyId", "customer", "from", "to", "cursor"} <= listed
+
+
+def test_schemathesis_finds_no_server_error(server: RunningServer, request: Any) -> None:
+    if "postgresql" in request.node.callspec.id:
+        pytest.skip("one database is enough for the fuzzer; it runs on SQLite")
+    done = subprocess.run(
+        [
+            "st",
+            "run",
+            f"{server.base_url}/openapi.json",
+            "-H",
+            f"X-NullSpend-Key: {server.admin_key}",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "15",
+            "--max-time",
+            "60",
+            "--generation-deterministic",
+            "--phases",
+            "coverage,fuzzing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "passed" in done.stdout

@@ -1,0 +1,384 @@
+"""The proxy, driven by the real openai and anthropic SDKs (and raw httpx for the bytes),
+against the fake upstream in tests/fakes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.fakes.upstream import run_fake_upstream
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.dbtools import rows
+
+USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as (base, app):
+        yield base, app
+
+
+@pytest.fixture
+def proxy(database_url: str, fake: tuple[str, Any]) -> Iterator[RunningServer]:
+    base, _ = fake
+    server = start_server(
+        database_url,
+        openai_upstream=base,
+        anthropic_upstream=base,
+        upstream_allowlist=[base],
+        upstream_timeout_seconds=3,
+        key_cache_seconds=0.2,
+    )
+    yield server
+    server.stop()
+
+
+def openai_client(proxy: RunningServer, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{proxy.base_url}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        default_headers={
+            "X-NullSpend-Key": proxy.admin_key,
+            "x-fake-usage": json.dumps(USAGE),
+            **headers,
+        },
+    )
+
+
+def anthropic_client(proxy: RunningServer, **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=proxy.base_url,
+        api_key="sk-ant-test",
+        max_retries=0,
+        default_headers={
+            "X-NullSpend-Key": proxy.admin_key,
+            "x-fake-usage": json.dumps(USAGE),
+            **headers,
+        },
+    )
+
+
+def events(proxy: RunningServer) -> list[dict[str, Any]]:
+    """The proxy settles after responding: wait for the cost events to land."""
+    deadline = time.monotonic() + 10
+    # pending first: an event committed after this read is still seen by the read below
+    while rows(proxy.database_url, "SELECT id FROM reservations WHERE status = 'active'"):
+        assert time.monotonic() < deadline, "the proxy did not settle"
+        time.sleep(0.05)
+    return rows(proxy.database_url, "SELECT * FROM cost_events ORDER BY seq")
+
+
+def tags_of(proxy: RunningServer, event: dict[str, Any]) -> dict[str, str]:
+    found = rows(
+        proxy.database_url,
+        "SELECT key, value FROM cost_event_tags WHERE event_seq = :s",
+        s=event["seq"],
+    )
+    return {r["key"]: r["value"] for r in found}
+
+
+# gpt-4o-mini: $0.15 input, $0.075 cached, $0.60 output per million tokens
+GPT_4O_MINI_COST = round((1200 - 1024) * 0.15 + 1024 * 0.075 + 90 * 0.6)
+
+
+def test_chat_completion_is_priced_and_recorded(
+    proxy: RunningServer, fake: tuple[str, Any]
+) -> None:
+    client = openai_client(proxy)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}], max_tokens=100
+    )
+    completion = raw.parse()
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == 1200
+    assert raw.headers["X-NullSpend-Cost-Microdollars"] == str(GPT_4O_MINI_COST)
+    assert len(raw.headers["X-NullSpend-Trace-Id"]) == 32
+    assert float(raw.headers["x-nullspend-overhead-ms"]) >= 0
+    [event] = events(proxy)
+    assert (event["source"], event["provider"], event["model"]) == (
+        "proxy",
+        "openai",
+        completion.model,
+    )
+    assert event["cost_microdollars"] == GPT_4O_MINI_COST
+    assert (event["input_tokens"], event["cached_input_tokens"]) == (176, 1024)
+    assert event["upstream_status"] == 200
+    forwarded = fake[1].state.requests[-1]
+    assert forwarded["headers"]["authorization"] == "Bearer sk-test"  # credentials pass through
+    assert not any(h.startswith("x-nullspend") for h in forwarded["headers"])
+
+
+def test_stream_without_include_usage_is_priced_and_looks_untouched(
+    proxy: RunningServer, fake: tuple[str, Any]
+) -> None:
+    stream = openai_client(proxy).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks
+    assert all(chunk.usage is None and chunk.choices for chunk in chunks)
+    assert fake[1].state.requests[-1]["json"]["stream_options"] == {"include_usage": True}
+    [event] = events(proxy)
+    assert event["cost_microdollars"] == GPT_4O_MINI_COST
+
+
+def test_stream_with_include_usage_keeps_the_usage_chunk(proxy: RunningServer) -> None:
+    stream = openai_client(proxy).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage for chunk in stream if chunk.usage]
+    assert usage[0].completion_tokens == 90
+    assert events(proxy)[0]["cost_microdollars"] == GPT_4O_MINI_COST
+
+
+def test_stream_bytes_pass_unchanged(proxy: RunningServer, fake: tuple[str, Any]) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    headers = {"Authorization": "Bearer sk-test", "x-fake-usage": json.dumps(USAGE)}
+    direct = httpx.post(f"{fake[0]}/v1/chat/completions", json=body, headers=headers).content
+    proxied = httpx.post(
+        f"{proxy.base_url}/v1/chat/completions",
+        json=body,
+        headers={**headers, "X-NullSpend-Key": proxy.admin_key},
+    ).content
+    assert proxied == direct
+
+
+def test_async_client_and_responses_stream(proxy: RunningServer) -> None:
+    async def run() -> int:
+        client = openai.AsyncOpenAI(
+            base_url=f"{proxy.base_url}/v1",
+            api_key="sk-test",
+            default_headers={"X-NullSpend-Key": proxy.admin_key, "x-fake-usage": json.dumps(USAGE)},
+        )
+        stream = await client.responses.create(model="gpt-4o-mini", input="Hi", stream=True)
+        kinds = [event.type async for event in stream]
+        await client.close()
+        return kinds.count("response.completed")
+
+    assert asyncio.run(run()) == 1
+    [event] = events(proxy)
+    assert event["cost_microdollars"] == GPT_4O_MINI_COST
+
+
+# claude-sonnet-4-5: $3 input, $0.30 cache read, $15 output per million tokens
+def test_anthropic_messages_and_stream_helper(proxy: RunningServer, fake: tuple[str, Any]) -> None:
+    usage = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
+    client = anthropic_client(proxy, **{"x-fake-usage": json.dumps(usage)})
+    message = client.messages.create(
+        model="claude-sonnet-4-5-20250929",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Hello"}],
+    )
+    assert message.usage.input_tokens == 20
+    with client.messages.stream(
+        model="claude-sonnet-4-5-20250929",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Hello"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.usage.output_tokens == 87
+    # the Claude Code CLI sends ?beta=true
+    beta = httpx.post(
+        f"{proxy.base_url}/v1/messages?beta=true",
+        headers={
+            "X-NullSpend-Key": proxy.admin_key,
+            "x-api-key": "sk-ant-test",
+            "anthropic-version": "2023-06-01",
+            "x-fake-usage": json.dumps(usage),
+        },
+        json={
+            "model": "claude-sonnet-4-5-20250929",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "Hello"}],
+        },
+    )
+    assert beta.status_code == 200
+    assert fake[1].state.requests[-1]["query"] == "beta=true"
+    expected = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15  # 8790 microdollars
+    assert [e["cost_microdollars"] for e in events(proxy)] == [expected] * 3
+
+
+def test_denied_before_any_byte_reaches_the_upstream(
+    proxy: RunningServer, fake: tuple[str, Any]
+) -> None:
+    with proxy.client() as admin:
+        admin.post("/api/budgets", json={"entityType": "user", "limitMicrodollars": 10})
+    before = len(fake[1].state.requests)
+    with pytest.raises(openai.RateLimitError) as denied:
+        openai_client(proxy).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=1000
+        )
+    assert denied.value.response.headers["X-NullSpend-Denied"] == "1"
+    assert denied.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert len(fake[1].state.requests) == before
+
+
+def test_upstream_error_passes_through_and_releases(proxy: RunningServer) -> None:
+    with pytest.raises(openai.InternalServerError) as failed:
+        openai_client(proxy, **{"x-fake-fault": "status:500"}).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert failed.value.status_code == 500
+    assert events(proxy) == []
+    [reservation] = rows(proxy.database_url, "SELECT status FROM reservations")
+    assert reservation["status"] == "released"
+
+
+def test_upstream_timeout_is_502(proxy: RunningServer) -> None:
+    response = httpx.post(
+        f"{proxy.base_url}/v1/chat/completions",
+        timeout=30,
+        headers={"X-NullSpend-Key": proxy.admin_key, "x-fake-fault": "hang"},
+        json={"model": "gpt-4o-mini", "messages": []},
+    )
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    events(proxy)
+    assert rows(proxy.database_url, "SELECT status FROM reservations")[0]["status"] == "released"
+
+
+def test_stream_cut_short_is_recorded_at_the_estimate(proxy: RunningServer) -> None:
+    stream = openai_client(proxy, **{"x-fake-fault": "drop-after:2"}).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        max_tokens=50,
+    )
+    with pytest.raises(Exception):  # noqa: B017, PT011  (the SDK sees the stream break off)
+        list(stream)
+    [event] = events(proxy)
+    assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(proxy, event).keys()
+
+
+def test_client_disconnect_settles_at_the_estimate(proxy: RunningServer) -> None:
+    headers = {"X-NullSpend-Key": proxy.admin_key, "x-fake-fault": "slow:300"}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+        "max_tokens": 50,
+    }
+    started = time.monotonic()
+    with httpx.stream(
+        "POST", f"{proxy.base_url}/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        first = next(response.iter_raw())
+    assert first.startswith(b"data:")
+    assert time.monotonic() - started < 1.0  # the first event arrived while upstream was slow
+    [event] = events(proxy)
+    assert {"_ns_estimated", "_ns_cancelled"} <= tags_of(proxy, event).keys()
+
+
+def test_unknown_model_is_forwarded_and_tagged_unpriced(proxy: RunningServer) -> None:
+    openai_client(proxy).chat.completions.create(
+        model="acme-private", messages=[{"role": "user", "content": "Hi"}], max_tokens=10
+    )
+    [event] = events(proxy)
+    assert {"_ns_estimated", "_ns_unpriced"} <= tags_of(proxy, event).keys()
+
+
+def test_unknown_route_and_oversized_body(proxy: RunningServer) -> None:
+    headers = {"X-NullSpend-Key": proxy.admin_key}
+    missing = httpx.post(f"{proxy.base_url}/v1/embeddings", json={}, headers=headers)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    huge = httpx.post(
+        f"{proxy.base_url}/v1/chat/completions",
+        headers=headers,
+        content=b"x" * (10 * 1024 * 1024 + 1),
+    )
+    assert huge.status_code == 413
+
+
+def test_attribution_headers(proxy: RunningServer) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    raw = openai_client(
+        proxy,
+        **{
+            "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+            "X-NullSpend-Session": "run-1",
+            "X-NullSpend-Tags": json.dumps({"team": "ml", "_ns_bad": "x"}),
+            "X-NullSpend-Customer": "acme",
+        },
+    ).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert raw.headers["X-NullSpend-Trace-Id"] == trace
+    assert raw.headers["X-NullSpend-Session"] == "run-1"
+    assert "tags ignored" in raw.headers["X-NullSpend-Warning"]
+    [event] = events(proxy)
+    assert (event["trace_id"], event["session_id"], event["customer"]) == (trace, "run-1", "acme")
+
+
+def test_async_sdks_and_streaming_helpers(proxy: RunningServer) -> None:
+    usage = json.dumps(USAGE)
+
+    async def run() -> tuple[int, int]:
+        anthropic_async = anthropic.AsyncAnthropic(
+            base_url=proxy.base_url,
+            api_key="sk-ant-test",
+            max_retries=0,
+            default_headers={"X-NullSpend-Key": proxy.admin_key, "x-fake-usage": usage},
+        )
+        async with anthropic_async.messages.stream(
+            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            final = await stream.get_final_message()
+        openai_async = openai.AsyncOpenAI(
+            base_url=f"{proxy.base_url}/v1",
+            api_key="sk-test",
+            max_retries=0,
+            default_headers={"X-NullSpend-Key": proxy.admin_key, "x-fake-usage": usage},
+        )
+        async with openai_async.chat.completions.stream(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+        ) as chat_stream:
+            completion = await chat_stream.get_final_completion()
+        return final.usage.output_tokens, len(completion.choices)
+
+    assert asyncio.run(run()) == (90, 1)
+    costs = sorted(e["cost_microdollars"] for e in events(proxy))
+    # claude-haiku-4-5 ($1 input, $0.10 cache read, $5 output) and gpt-4o-mini
+    assert costs == sorted([GPT_4O_MINI_COST, round(1200 * 1 + 1024 * 0.1 + 90 * 5)])
+
+
+def test_revoked_key_is_refused_by_the_proxy_within_the_cache_time(proxy: RunningServer) -> None:
+    """The proxy trusts a key lookup for NULLSPEND_KEY_CACHE_SECONDS (0.2 s in tests); a
+    revocation made elsewhere (the CLI, another process) is seen once that time has passed."""
+    member = proxy.new_key("member")
+    with proxy.client() as admin:
+        key_id = next(
+            k["id"] for k in admin.get("/api/keys").json()["data"] if k["prefix"] == member[:19]
+        )
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"X-NullSpend-Key": member}
+    url = f"{proxy.base_url}/v1/chat/completions"
+    assert httpx.post(url, json=body, headers=headers).status_code == 200
+    from tests.nullspend_server.dbtools import execute
+
+    now = "CURRENT_TIMESTAMP"
+    execute(
+        proxy.database_url, f"UPDATE api_keys SET revoked_at = {now} WHERE id = :id", id=key_id
+    )  # behind the server's back, as another process would
+    time.sleep(0.3)
+    refused = httpx.post(url, json=body, headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "authentication_required"

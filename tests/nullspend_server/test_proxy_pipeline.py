@@ -1,0 +1,194 @@
+"""The proxy's pipeline rules: upstream choice, free routes, rate limit, unpriced models,
+storage failure, budget headers, and exact stream costs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.fakes.upstream import run_fake_upstream
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.test_proxy import events
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20}
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as running:
+        yield running
+
+
+def serve(database_url: str, fake_base: str, **settings: Any) -> RunningServer:
+    return start_server(
+        database_url, openai_upstream="http://127.0.0.1:9", anthropic_upstream=fake_base, **settings
+    )
+
+
+def post(
+    server: RunningServer, path: str = "/v1/chat/completions", body: Any = None, **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}{path}",
+        json=CHAT if body is None else body,
+        headers={"X-NullSpend-Key": server.admin_key, **headers},
+        timeout=30,
+    )
+
+
+def test_upstream_override_only_from_the_allowlist(
+    database_url: str, fake: tuple[str, Any]
+) -> None:
+    server = serve(database_url, fake[0], upstream_allowlist=[fake[0]])
+    try:
+        assert post(server).status_code == 502  # the default OpenAI upstream here is closed
+        assert post(server, **{"X-NullSpend-Upstream": fake[0]}).status_code == 200
+        refused = post(server, **{"X-NullSpend-Upstream": "http://evil.example"})
+        assert refused.status_code == 400
+        assert "ALLOWLIST" in refused.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_count_tokens_and_models_are_forwarded_free(
+    database_url: str, fake: tuple[str, Any]
+) -> None:
+    server = serve(database_url, fake[0])
+    try:
+        counted = post(
+            server, "/v1/messages/count_tokens", {"model": "claude-haiku-4-5", "messages": []}
+        )
+        assert counted.json() == {"input_tokens": 42}
+        models = httpx.get(
+            f"{server.base_url}/v1/models",
+            headers={"X-NullSpend-Key": server.admin_key, "x-api-key": "sk-ant"},
+        )
+        assert models.json()["object"] == "list"
+        assert events(server) == []
+        assert httpx.get(f"{server.base_url}/v1/models").status_code == 401  # still our key
+    finally:
+        server.stop()
+
+
+def test_rate_limit_per_key(database_url: str, fake: tuple[str, Any]) -> None:
+    server = serve(database_url, fake[0], rate_limit_per_minute=3, upstream_allowlist=[fake[0]])
+    try:
+        statuses = [post(server, **{"X-NullSpend-Upstream": fake[0]}).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        limited = post(server)
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["Retry-After"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_unpriced_models_can_be_denied(database_url: str, fake: tuple[str, Any]) -> None:
+    server = serve(database_url, fake[0], deny_unpriced=True)
+    try:
+        denied = post(
+            server, "/v1/messages", {"model": "acme-private", "max_tokens": 5, "messages": []}
+        )
+        assert denied.status_code == 429
+        assert denied.json()["error"]["code"] == "unpriced_model"
+        assert fake[1].state.requests == []
+    finally:
+        server.stop()
+
+
+def test_storage_unavailable_fails_closed(postgres_url: str, fake: tuple[str, Any]) -> None:
+    """The database goes away (connections killed, new ones refused): the proxy answers 503
+    and forwards nothing, rather than letting a call through unmetered."""
+    server = serve(postgres_url, fake[0], key_cache_seconds=60)
+    name = make_url(postgres_url).database
+    message = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}
+    admin_url = make_url(postgres_url).set(drivername="postgresql", database="postgres")
+    try:
+        assert post(server, "/v1/messages", message).status_code == 200  # the key is now cached
+        with psycopg.connect(
+            admin_url.render_as_string(hide_password=False), autocommit=True
+        ) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            response = post(server, "/v1/messages", message)
+            unknown_key = httpx.get(
+                f"{server.base_url}/api/auth/introspect",
+                headers={"X-NullSpend-Key": "ns_live_sk_" + "1" * 32},
+            )
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert unknown_key.status_code == 503  # not a 500: the key cannot even be looked up
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "budget_unavailable"
+        assert len(fake[1].state.requests) == 1  # never an unmetered forward
+    finally:
+        server.stop()
+
+
+def test_budget_headers_name_the_tightest_budget(database_url: str, fake: tuple[str, Any]) -> None:
+    server = serve(database_url, fake[0])
+    try:
+        with server.client() as admin:
+            admin.post("/api/budgets", json={"entityType": "user", "limitMicrodollars": 10**9})
+            admin.post(
+                "/api/budgets",
+                json={"entityType": "tag", "entityId": "team=ml", "limitMicrodollars": 100_000},
+            )
+        response = post(
+            server,
+            "/v1/messages",
+            {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+            **{"X-NullSpend-Tags": json.dumps({"team": "ml"})},
+        )
+        assert response.headers["X-NullSpend-Budget-Entity"] == "tag:team=ml"
+        assert response.headers["X-NullSpend-Budget-Limit"] == "100000"
+        remaining = int(response.headers["X-NullSpend-Budget-Remaining"])
+        assert 0 < remaining < 100_000
+    finally:
+        server.stop()
+
+
+def test_stream_costs_are_exact_for_reasoning_and_long_context(
+    database_url: str, fake: tuple[str, Any]
+) -> None:
+    server = start_server(database_url, openai_upstream=fake[0], anthropic_upstream=fake[0])
+    try:
+        reasoning = {"input": 2_000, "cached": 0, "output": 9_000, "reasoning": 8_000}
+        client = openai.OpenAI(
+            base_url=f"{server.base_url}/v1",
+            api_key="sk",
+            max_retries=0,
+            default_headers={
+                "X-NullSpend-Key": server.admin_key,
+                "x-fake-usage": json.dumps(reasoning),
+            },
+        )
+        list(client.chat.completions.create(model="o3", messages=[], stream=True))
+        long = {"input": 150_000, "cached": 60_000, "output": 1_000, "cache_write": 0}
+        httpx.post(
+            f"{server.base_url}/v1/messages",
+            headers={"X-NullSpend-Key": server.admin_key, "x-fake-usage": json.dumps(long)},
+            json={
+                "model": "claude-sonnet-4-5-20250929",
+                "max_tokens": 10,
+                "stream": True,
+                "messages": [],
+            },
+            timeout=30,
+        )
+        costs = [e["cost_microdollars"] for e in events(server)]
+        reasoning_row = events(server)[0]
+    finally:
+        server.stop()
+    # o3: 2000 x $2 + 9000 x $8 per million; reasoning is inside the output
+    assert costs[0] == 2_000 * 2 + 9_000 * 8
+    assert reasoning_row["reasoning_tokens"] == 8_000
+    # sonnet 4.5 above 200k prompt tokens (cache reads count): $6 input, $0.60 read, $22.50 out
+    assert costs[1] == 150_000 * 6 + int(60_000 * 0.6) + int(1_000 * 22.5)

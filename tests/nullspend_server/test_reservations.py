@@ -1,0 +1,282 @@
+"""The enforcement engine over HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.dbtools import execute, rows
+
+
+def budget(admin: httpx.Client, **fields: Any) -> dict[str, Any]:
+    response = admin.post("/api/budgets", json=fields)
+    assert response.status_code == 201, response.text
+    return dict(response.json()["data"])
+
+
+def org_budget(admin: httpx.Client, limit: int, **fields: Any) -> dict[str, Any]:
+    return budget(admin, entityType="user", limitMicrodollars=limit, **fields)
+
+
+def reserve(client: httpx.Client, estimate: int, **fields: Any) -> httpx.Response:
+    return client.post("/api/reservations", json={"estimateMicrodollars": estimate, **fields})
+
+
+def read_budget(admin: httpx.Client, budget_id: str) -> dict[str, Any]:
+    return dict(admin.get(f"/api/budgets/{budget_id}").json()["data"])
+
+
+def test_reserve_then_settle_replaces_the_estimate(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    b = org_budget(admin, 1_000_000)
+    reserved = reserve(admin, 40_000, tags={"team": "ml"}, customer="acme", sessionId="s1")
+    assert reserved.status_code == 201
+    data = reserved.json()["data"]
+    assert data["estimateMicrodollars"] == 40_000
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == 40_000
+    settled = admin.post(
+        f"/api/reservations/{data['reservationId']}/settle",
+        json={"costMicrodollars": 12_345, "model": "gpt-4o", "provider": "openai"},
+    )
+    assert settled.status_code == 200, settled.text
+    state = read_budget(admin, b["id"])
+    assert (state["spendMicrodollars"], state["reservedMicrodollars"]) == (12_345, 0)
+    [event] = rows(server.database_url, "SELECT * FROM cost_events")
+    assert event["cost_microdollars"] == 12_345
+    assert event["source"] == "api"
+    assert event["reservation_id"] == data["reservationId"]
+    assert event["session_id"] == "s1"
+    tags = rows(server.database_url, "SELECT key, value FROM cost_event_tags ORDER BY key")
+    assert tags == [{"key": "customer", "value": "acme"}, {"key": "team", "value": "ml"}]
+
+
+def test_settle_with_usage_prices_it_with_the_catalog(admin: httpx.Client) -> None:
+    rid = reserve(admin, 500_000, model="claude-sonnet-4").json()["data"]["reservationId"]
+    usage = {"inputTokens": 1_000, "cacheReadTokens": 150_000, "outputTokens": 2_000}
+    settled = admin.post(f"/api/reservations/{rid}/settle", json={"usage": usage})
+    # 1000 x $3 + 150000 x $0.30 + 2000 x $15 per million tokens
+    assert settled.json()["data"]["costMicrodollars"] == 3_000 + 45_000 + 30_000
+
+
+def test_reservation_estimated_from_the_provider_request(admin: httpx.Client) -> None:
+    request = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Hello"}],
+    }
+    data = admin.post("/api/reservations", json={"request": request}).json()["data"]
+    assert 0 < data["estimateMicrodollars"] < 1_000  # 100 output tokens at $0.60/M plus input
+    assert data["unpriced"] is False
+    unknown = admin.post(
+        "/api/reservations", json={"request": {**request, "model": "acme-private"}}
+    ).json()["data"]
+    assert unknown["unpriced"] is True
+    assert unknown["estimateMicrodollars"] == 1_000_000
+    settle = admin.post(
+        f"/api/reservations/{unknown['reservationId']}/settle", json={"usage": {"inputTokens": 5}}
+    )
+    assert settle.status_code == 400
+    assert "costMicrodollars" in settle.json()["error"]["message"]
+
+
+def test_release_and_double_settle(admin: httpx.Client) -> None:
+    b = org_budget(admin, 100_000)
+    rid = reserve(admin, 30_000).json()["data"]["reservationId"]
+    assert admin.delete(f"/api/reservations/{rid}").json()["data"]["status"] == "released"
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == 0
+    again = admin.post(f"/api/reservations/{rid}/settle", json={"costMicrodollars": 1})
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "conflict"
+    missing = admin.delete("/api/reservations/rsv_missing")
+    assert missing.status_code == 404
+
+
+def test_budget_denial_body(admin: httpx.Client, server: RunningServer) -> None:
+    key = server.new_key("member")
+    key_id = httpx.get(
+        f"{server.base_url}/api/auth/introspect", headers={"X-NullSpend-Key": key}
+    ).json()["data"]["keyId"]
+    budget(
+        admin,
+        entityType="api_key",
+        entityId=key_id,
+        limitMicrodollars=10_000,
+        upgradeUrl="https://example.com/upgrade",
+    )
+    with server.client(key) as member:
+        assert reserve(member, 6_000).status_code == 201
+        denied = reserve(member, 6_000)
+    assert denied.status_code == 429
+    assert denied.headers["X-NullSpend-Denied"] == "1"
+    body = denied.json()
+    assert body["error"]["code"] == "budget_exceeded"
+    assert body["error"]["details"] == {
+        "entity_type": "api_key",
+        "entity_id": key_id,
+        "budget_limit_microdollars": 10_000,
+        "budget_spend_microdollars": 0,
+        "estimated_cost_microdollars": 6_000,
+    }
+    assert body["upgrade_url"] == "https://example.com/upgrade"
+
+
+def test_customer_and_tag_denial_bodies(admin: httpx.Client) -> None:
+    budget(
+        admin,
+        entityType="customer",
+        entityId="acme",
+        limitMicrodollars=5_000,
+        upgradeUrl="https://example.com/upgrade?c={customer_id}",
+    )
+    budget(admin, entityType="tag", entityId="team=ml", limitMicrodollars=5_000)
+    customer = reserve(admin, 6_000, customer="acme").json()
+    assert customer["error"]["code"] == "customer_budget_exceeded"
+    assert customer["error"]["details"] == {
+        "customer_id": "acme",
+        "budget_limit_microdollars": 5_000,
+        "budget_spend_microdollars": 0,
+    }
+    assert customer["upgrade_url"] == "https://example.com/upgrade?c=acme"
+    tag = reserve(admin, 6_000, tags={"team": "ml"}).json()
+    assert tag["error"]["code"] == "tag_budget_exceeded"
+    assert tag["error"]["details"] == {
+        "tag_key": "team",
+        "tag_value": "ml",
+        "budget_limit_microdollars": 5_000,
+        "budget_spend_microdollars": 0,
+    }
+    assert reserve(admin, 6_000, tags={"team": "search"}).status_code == 201  # other tag value
+
+
+def test_soft_block_and_warn_policies(admin: httpx.Client) -> None:
+    org_budget(admin, 10_000, policy="soft_block")
+    assert reserve(admin, 8_000).status_code == 201
+    assert reserve(admin, 8_000).status_code == 201  # overshoots once: soft
+    assert reserve(admin, 1).status_code == 429  # at the limit now
+    budget(admin, entityType="tag", entityId="mode=warn", limitMicrodollars=1, policy="warn")
+
+
+def test_session_limit(admin: httpx.Client) -> None:
+    org_budget(admin, 10**9, sessionLimitMicrodollars=10_000)
+    first = reserve(admin, 7_000, sessionId="agent-run-1").json()["data"]["reservationId"]
+    denied = reserve(admin, 7_000, sessionId="agent-run-1")
+    assert denied.status_code == 429
+    assert denied.json()["error"] == {
+        "code": "session_limit_exceeded",
+        "message": denied.json()["error"]["message"],
+        "details": {
+            "session_id": "agent-run-1",
+            "session_spend_microdollars": 0,
+            "session_limit_microdollars": 10_000,
+        },
+    }
+    assert reserve(admin, 7_000, sessionId="agent-run-2").status_code == 201
+    # settling corrects the session's spend to the actual cost
+    admin.post(f"/api/reservations/{first}/settle", json={"costMicrodollars": 1_000})
+    assert reserve(admin, 7_000, sessionId="agent-run-1").status_code == 201
+
+
+def test_velocity_trips_a_cooldown_with_retry_after(admin: httpx.Client) -> None:
+    org_budget(admin, 10**9, velocityLimitMicrodollars=2_500, windowSeconds=60, cooldownSeconds=30)
+    assert reserve(admin, 1_000).status_code == 201
+    assert reserve(admin, 1_000).status_code == 201
+    tripped = reserve(admin, 1_000)
+    assert tripped.status_code == 429
+    assert tripped.json()["error"]["code"] == "velocity_exceeded"
+    assert tripped.headers["Retry-After"] == "30"
+    details = tripped.json()["error"]["details"]
+    assert details["velocity_limit_microdollars"] == 2_500
+    assert details["current_spend_microdollars"] == 2_000
+    cooling = reserve(admin, 1)  # even a tiny request waits out the cooldown
+    assert cooling.status_code == 429
+    assert 1 <= int(cooling.headers["Retry-After"]) <= 30
+
+
+def test_lazy_period_reset(server: RunningServer, admin: httpx.Client) -> None:
+    b = org_budget(admin, 10_000, resetInterval="daily")
+    rid = reserve(admin, 9_000).json()["data"]["reservationId"]
+    admin.post(f"/api/reservations/{rid}/settle", json={"costMicrodollars": 9_000})
+    assert reserve(admin, 2_000).status_code == 429
+    yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    execute(
+        server.database_url,
+        "UPDATE budgets SET current_period_start = :start WHERE id = :id",
+        start=yesterday.replace(tzinfo=None) if "sqlite" in server.database_url else yesterday,
+        id=b["id"],
+    )
+    assert reserve(admin, 2_000).status_code == 201  # the crossing request starts a new period
+    state = read_budget(admin, b["id"])
+    assert state["spendMicrodollars"] == 0
+    assert state["currentPeriodStart"].startswith(dt.datetime.now(dt.UTC).date().isoformat())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"estimateMicrodollars": -1},
+        {"estimateMicrodollars": "5"},
+        {"estimateMicrodollars": 2**63},
+        {"estimateMicrodollars": 5, "unknown": 1},
+        {"estimateMicrodollars": 5, "tags": {"_ns_estimated": "1"}},
+        {"estimateMicrodollars": 5, "customer": "bad customer!"},
+        {},
+        {"request": {"messages": []}},
+    ],
+)
+def test_reservation_validation(admin: httpx.Client, body: dict[str, Any]) -> None:
+    response = admin.post("/api/reservations", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_viewer_cannot_reserve(server: RunningServer) -> None:
+    with server.client(server.new_key("viewer")) as viewer:
+        assert reserve(viewer, 1).status_code == 403
+
+
+async def _reserve_many(server: RunningServer, count: int, estimate: int) -> list[int]:
+    limits = httpx.Limits(max_connections=50)
+    async with server.async_client(limits=limits) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post("/api/reservations", json={"estimateMicrodollars": estimate})
+                for _ in range(count)
+            )
+        )
+    return [r.status_code for r in responses]
+
+
+def test_concurrent_reservations_admit_exactly_what_fits(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    admitted = 37
+    b = org_budget(admin, admitted * 1_000)
+    statuses = asyncio.run(_reserve_many(server, 200, 1_000))
+    assert statuses.count(201) == admitted
+    assert statuses.count(429) == 200 - admitted
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == admitted * 1_000
+
+
+def test_expired_reservations_are_settled_at_their_estimate(database_url: str) -> None:
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=0.2)
+    try:
+        with server.client() as admin:
+            b = org_budget(admin, 100_000)
+            reserve(admin, 25_000, model="gpt-4o", provider="openai")
+            deadline = time.monotonic() + 15
+            while read_budget(admin, b["id"])["spendMicrodollars"] == 0:
+                assert time.monotonic() < deadline, "the expired reservation was not settled"
+                time.sleep(0.2)
+            state = read_budget(admin, b["id"])
+    finally:
+        server.stop()
+    assert (state["spendMicrodollars"], state["reservedMicrodollars"]) == (25_000, 0)
+    tags = {r["key"] for r in rows(database_url, "SELECT key FROM cost_event_tags")}
+    assert {"_ns_estimated", "_ns_expired"} <= tags

@@ -1,0 +1,32 @@
+"""Every Python example in a package README runs as written."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+READMES = sorted(ROOT.glob("packages/*/README.md"))
+EXAMPLES = [
+    pytest.param(block, id=f"{readme.parent.name}-{i}")
+    for readme in READMES
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", readme.read_text(), re.S))
+]
+
+
+@pytest.mark.parametrize("code", EXAMPLES)
+def test_readme_example_runs(code: str) -> None:
+    exec(compile(code, "<README example>", "exec"), {})
+
+
+def test_the_main_job_in_the_root_readme_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    command = re.search(r"`uv run (nullspend cost \S+)`", text)
+    assert command is not None
+    args = shlex.split(command.group(1))
+    script = Path(sys.executable).with_name("nullspend")
+    done = subprocess.run([script, *args[1:]], cwd=ROOT, capture_output=True, check=True)
+    assert b'"total_microdollars"' in done.stdout
