@@ -5,40 +5,61 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Protocol, TypeVar
 
-from sqlalchemy import or_, update
-from sqlmodel import col
+from sqlalchemy import String, bindparam, or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nullspend.policy.periods import needs_reset, period_start
+from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import Budget
+
+_BUDGETS = Budget.__table__  # type: ignore[attr-defined]
+_period_start = bindparam("start", type_=_BUDGETS.c.current_period_start.type)
+# Only if the stored period is still the old one: concurrent resets of a budget are harmless.
+_RESET = (
+    _BUDGETS.update()
+    .where(_BUDGETS.c.id == bindparam("budget_id", type_=String))
+    .where(
+        or_(
+            _BUDGETS.c.current_period_start.is_(None),
+            _BUDGETS.c.current_period_start < _period_start,
+        )
+    )
+    .values(
+        spend_microdollars=0,
+        current_period_start=_period_start,
+        updated_at=bindparam("now", type_=_BUDGETS.c.updated_at.type),
+    )
+)
+
+
+class Periodic(Protocol):
+    """A budget row (ORM or the engine's own) as far as resets are concerned."""
+
+    id: str
+    reset_interval: str
+    current_period_start: dt.datetime | None
+    spend_microdollars: int
+
+
+B = TypeVar("B", bound=Periodic)
 
 
 async def reset_due_periods(
-    session: AsyncSession, budgets: Iterable[Budget], now: dt.datetime
-) -> list[Budget]:
+    db: AsyncSession | Executor, budgets: Iterable[B], now: dt.datetime
+) -> list[B]:
     """Start a new period for each budget that crossed a boundary; returns the budgets reset.
 
-    Each reset is one conditional UPDATE (only if the stored period is still the old one), so
-    concurrent resets of the same budget are harmless. Reservations in flight stay reserved.
-    Runs in the caller's transaction; the in-memory rows are updated to match.
+    Runs in the caller's transaction (on rows it has locked); the in-memory rows are updated to
+    match. Reservations in flight stay reserved.
     """
     reset = []
     for budget in budgets:
         if not needs_reset(budget.reset_interval, budget.current_period_start, now):
             continue
         start = period_start(budget.reset_interval, now)
-        await session.execute(
-            update(Budget)
-            .where(col(Budget.id) == budget.id)
-            .where(
-                or_(
-                    col(Budget.current_period_start).is_(None),
-                    col(Budget.current_period_start) < start,
-                )
-            )
-            .values(spend_microdollars=0, current_period_start=start, updated_at=now)
-        )
+        await db.execute(_RESET, {"budget_id": budget.id, "start": start, "now": now})
         budget.spend_microdollars = 0
         budget.current_period_start = start
         reset.append(budget)

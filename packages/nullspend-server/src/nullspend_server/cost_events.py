@@ -3,40 +3,45 @@ event is stored the same way whichever path produced it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import insert
-from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import CostEvent, CostEventTag
 
+COST_EVENTS = CostEvent.__table__  # type: ignore[attr-defined]
+_INSERT_EVENTS = COST_EVENTS.insert().returning(COST_EVENTS.c.seq, sort_by_parameter_order=True)
+_INSERT_TAGS = CostEventTag.__table__.insert()  # type: ignore[attr-defined]
 
-async def record_cost_events(session: AsyncSession, events: Sequence[CostEvent]) -> None:
-    """Insert ``events`` and their tag rows in the session's transaction (the caller commits):
-    one multi-row INSERT ... RETURNING for the events, one for their tags.
+
+def event_columns(event: CostEvent) -> dict[str, Any]:
+    """An ORM event as the column values ``record_cost_events`` takes."""
+    return event.model_dump(exclude={"seq"})
+
+
+async def record_cost_events(
+    db: AsyncSession | Executor, events: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert ``events`` (column values; every event the same columns, ``seq`` left to the
+    database) and their tag rows in the caller's transaction: one multi-row INSERT ...
+    RETURNING for the events, one for their tags.
 
     A customer id also becomes the tag ``customer=<id>``, so attribution by customer and by any
-    tag share one mechanism. Each event's ``seq`` is set from the database.
+    tag share one mechanism.
     """
-    for event in events:
-        if event.customer and "customer" not in event.tags:
-            event.tags = {**event.tags, "customer": event.customer}
-    result = await session.execute(
-        insert(CostEvent).returning(col(CostEvent.seq), sort_by_parameter_order=True),
-        [event.model_dump(exclude={"seq"}) for event in events],
-    )
-    tags = []
-    for event, seq in zip(events, result.scalars(), strict=True):
-        event.seq = seq
-        tags += [
-            {"event_seq": seq, "key": k, "value": v, "org_id": event.org_id}
-            for k, v in event.tags.items()
-        ]
+    rows = [
+        {**event, "tags": {"customer": event["customer"], **event["tags"]}}
+        if event["customer"]
+        else event
+        for event in events
+    ]
+    result = await db.execute(_INSERT_EVENTS, rows)
+    tags = [
+        {"event_seq": seq, "key": k, "value": v, "org_id": row["org_id"]}
+        for row, seq in zip(rows, result.scalars(), strict=True)
+        for k, v in row["tags"].items()
+    ]
     if tags:
-        await session.execute(insert(CostEventTag), tags)
-
-
-async def record_cost_event(session: AsyncSession, event: CostEvent) -> CostEvent:
-    await record_cost_events(session, [event])
-    return event
+        await db.execute(_INSERT_TAGS, tags)

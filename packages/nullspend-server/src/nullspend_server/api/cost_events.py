@@ -37,7 +37,7 @@ from nullspend_server.api.schema import (
     TokenCount,
 )
 from nullspend_server.auth import Member, Principal, Session, Viewer, WriteSession
-from nullspend_server.cost_events import record_cost_event, record_cost_events
+from nullspend_server.cost_events import event_columns, record_cost_events
 from nullspend_server.db.database import Database
 from nullspend_server.db.tables import CostEvent, utcnow
 from nullspend_server.errors import ApiError
@@ -219,7 +219,7 @@ async def ingest(
         raise _invalid(str(error), {"model": body.model}) from None
     event = _event(principal, body, cost, utcnow(), idempotency_key, request_hash)
     try:
-        await record_cost_event(session, event)
+        await record_cost_events(session, [event_columns(event)])
         await session.commit()
     except IntegrityError:  # the same key raced in from a concurrent retry
         await session.rollback()
@@ -244,7 +244,7 @@ async def ingest_batch(body: Batch, principal: Member, session: WriteSession) ->
         raise _invalid("the batch was not ingested: some events are invalid", {"errors": errors})
     now = utcnow()
     events = [_event(principal, e, c, now) for e, c in zip(body.events, costs, strict=True)]
-    await record_cost_events(session, events)
+    await record_cost_events(session, [event_columns(e) for e in events])
     await session.commit()
     return BatchIngested(inserted=len(events), ids=[e.id for e in events])
 

@@ -123,7 +123,7 @@ def _engine(request: Request) -> Engine:
 async def create(body: ReservationCreate, principal: Member, request: Request) -> Data[Reserved]:
     estimate, unpriced = _estimate(body)
     try:
-        reservation, _ = await _engine(request).reserve(
+        admission = await _engine(request).reserve(
             principal,
             ReservationRequest(
                 estimate_microdollars=estimate,
@@ -139,9 +139,9 @@ async def create(body: ReservationCreate, principal: Member, request: Request) -
         raise denial_error(denied.denial) from None
     return Data(
         data=Reserved(
-            reservation_id=reservation.id,
+            reservation_id=admission.reservation_id,
             estimate_microdollars=estimate,
-            expires_at=reservation.expires_at,
+            expires_at=admission.expires_at,
             unpriced=unpriced,
         )
     )
@@ -181,7 +181,7 @@ async def settle_reservation(
     if cost is None:
         assert usage is not None
         cost = await _usage_cost(session, principal.org_id, reservation_id, body, usage)
-    event = await _engine(request).settle(
+    event_id = await _engine(request).settle(
         principal.org_id,
         reservation_id,
         Settlement(
@@ -198,8 +198,8 @@ async def settle_reservation(
         data=Settled(
             reservation_id=reservation_id,
             status="settled",
-            cost_event_id=event.id,
-            cost_microdollars=event.cost_microdollars,
+            cost_event_id=event_id,
+            cost_microdollars=cost,
         )
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -68,3 +68,12 @@ def create_engine_async(url: str | URL, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
+
+
+def create_engine_sqlite_sync(url: str | URL) -> Engine:
+    """A synchronous SQLite engine for use on the event loop's thread (see
+    ``Database.write_transaction``). Its connections never leave that thread while in use; the
+    check is off only so that the pool can be disposed of from another one."""
+    engine = create_engine(sync_url(url), connect_args={"check_same_thread": False})
+    configure_sqlite(engine)
+    return engine

@@ -6,9 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, update
-from sqlmodel import col
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy import BigInteger, String, bindparam, or_
 
 from nullspend.policy import denials
 from nullspend.policy.budgets import admits
@@ -16,14 +14,44 @@ from nullspend.policy.denials import Denial
 from nullspend.policy.velocity import VelocityWindow, rate, retry_after, roll
 from nullspend_server.auth import Principal
 from nullspend_server.budget_periods import reset_due_periods
-from nullspend_server.db.tables import Budget, Reservation
-from nullspend_server.engine.matching import lock_budgets
-from nullspend_server.engine.sessions import lock_session_spend
+from nullspend_server.db.database import Executor
+from nullspend_server.db.tables import Reservation
+from nullspend_server.engine.matching import BUDGETS, BudgetState, lock_budgets
+from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND, lock_session_spend
 from nullspend_server.ids import new_id
 
 # Which denial a request hears first when several budgets refuse it: its own key's, then the
 # organization's, then its customer's, then its tags'.
 _ENTITY_ORDER = {"api_key": 0, "user": 1, "customer": 2, "tag": 3}
+RESERVATIONS = Reservation.__table__  # type: ignore[attr-defined]
+_INSERT_RESERVATION = RESERVATIONS.insert()
+# Adds the estimate to a budget's reserved amount and stores its velocity window. The database
+# refuses it if it would overdraw a strict budget: a guard, the locked checks already decided.
+_estimate = bindparam("estimate", type_=BigInteger)
+_RESERVE_BUDGET = (
+    BUDGETS.update()
+    .where(BUDGETS.c.id == bindparam("budget_id", type_=String))
+    .where(
+        or_(
+            BUDGETS.c.policy != "strict_block",
+            _estimate == 0,
+            BUDGETS.c.spend_microdollars + BUDGETS.c.reserved_microdollars + _estimate
+            <= BUDGETS.c.limit_microdollars,
+        )
+    )
+    .values(
+        reserved_microdollars=BUDGETS.c.reserved_microdollars + _estimate,
+        **{
+            column: bindparam(f"new_{column}", type_=BUDGETS.c[column].type)
+            for column in (
+                "velocity_window_start",
+                "velocity_current_microdollars",
+                "velocity_previous_microdollars",
+                "velocity_cooldown_until",
+            )
+        },
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,45 +90,94 @@ def effective_tags(principal: Principal, request: ReservationRequest) -> dict[st
     return tags
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    reservation_id: str
+    expires_at: dt.datetime
+    tightest: Tightest | None
+
+
 async def reserve(
-    session: AsyncSession,
+    db: Executor,
     principal: Principal,
     request: ReservationRequest,
     *,
     now: dt.datetime,
     expires_at: dt.datetime,
     instance_id: str,
-) -> tuple[Reservation, Tightest | None]:
-    """Reserve ``request``'s estimate in one transaction, or raise DeniedError.
+) -> Admission | Denial:
+    """Reserve ``request``'s estimate, or say why not, in the caller's transaction.
 
     The matching budget rows are locked first, so every check below reads values no other
-    transaction can change before this one commits. State that must survive a denial (period
-    resets, a tripped velocity cooldown) is committed before DeniedError is raised.
+    transaction can change before this one commits. A denial also leaves state to commit
+    (period resets, a tripped velocity cooldown).
     """
     estimate = request.estimate_microdollars
     tags = effective_tags(principal, request)
-    budgets = await lock_budgets(
-        session, principal.org_id, principal.key_id, request.customer, tags
-    )
-    await reset_due_periods(session, budgets, now)
+    budgets = await lock_budgets(db, principal.org_id, principal.key_id, request.customer, tags)
+    await reset_due_periods(db, budgets, now)
 
-    spend_row = None
     session_limits = [b.session_limit_microdollars for b in budgets if b.session_limit_microdollars]
     if request.session_id and session_limits:
-        spend_row = await lock_session_spend(session, principal.org_id, request.session_id, now)
+        spend, reserved = await lock_session_spend(db, principal.org_id, request.session_id, now)
         limit = min(session_limits)
-        if spend_row.spend_microdollars + spend_row.reserved_microdollars + estimate > limit:
-            await _deny(
-                session,
-                denials.session_limit_exceeded(
-                    request.session_id, spend_row.spend_microdollars, limit
-                ),
-            )
+        if spend + reserved + estimate > limit:
+            return denials.session_limit_exceeded(request.session_id, spend, limit)
+
+    denial = _first_denial(budgets, estimate, now)
+    if denial is not None:
+        for budget in budgets:
+            if budget.velocity_limit_microdollars:
+                await _save_reservation(db, budget, 0)  # keep the rolled window, or a cooldown
+        return denial
 
     for budget in budgets:
-        if denial := _check_velocity(budget, estimate, now):
-            await _deny(session, denial)
+        if budget.velocity_limit_microdollars:
+            budget.velocity_current_microdollars += estimate  # counted at the estimate
+        await _save_reservation(db, budget, estimate)
+    if request.session_id and session_limits:
+        await db.execute(
+            CHANGE_SESSION_SPEND,
+            {
+                "org": principal.org_id,
+                "session": request.session_id,
+                "reserved": estimate,
+                "actual": 0,
+                "now": now,
+            },
+        )
+    reservation_id = new_id("rsv")
+    await db.execute(
+        _INSERT_RESERVATION,
+        {
+            "id": reservation_id,
+            "org_id": principal.org_id,
+            "api_key_id": principal.key_id,
+            "status": "active",
+            "estimate_microdollars": estimate,
+            "budget_ids": [b.id for b in budgets],
+            "source": request.source,
+            "provider": request.provider,
+            "model": request.model,
+            "customer": request.customer,
+            "session_id": request.session_id,
+            "trace_id": request.trace_id,
+            "tags": tags,
+            "instance_id": instance_id,
+            "created_at": now,
+            "expires_at": expires_at,
+            "finished_at": None,
+        },
+    )
+    return Admission(reservation_id, expires_at, _tightest(budgets, estimate))
 
+
+def _first_denial(budgets: list[BudgetState], estimate: int, now: dt.datetime) -> Denial | None:
+    """Velocity first (checking a window rolls it, and may trip its cooldown), then the
+    budgets in the order their denials are heard."""
+    for budget in budgets:
+        if denial := _check_velocity(budget, estimate, now):
+            return denial
     for budget in sorted(budgets, key=lambda b: (_ENTITY_ORDER[b.entity_type], b.id)):
         if not admits(
             budget.policy,
@@ -109,41 +186,11 @@ async def reserve(
             budget.reserved_microdollars,
             estimate,
         ):
-            await _deny(session, _budget_denial(budget, estimate))
-
-    for budget in budgets:
-        if budget.velocity_limit_microdollars:
-            budget.velocity_current_microdollars += estimate  # counted at the estimate
-    await session.flush()  # velocity buckets and resets, before the guarded increments
-    for budget in budgets:
-        await _add_reserved(session, budget.id, estimate)
-    if spend_row is not None:
-        spend_row.reserved_microdollars += estimate
-        spend_row.updated_at = now
-    reservation = Reservation(
-        id=new_id("rsv"),
-        org_id=principal.org_id,
-        api_key_id=principal.key_id,
-        status="active",
-        estimate_microdollars=estimate,
-        budget_ids=[b.id for b in budgets],
-        source=request.source,
-        provider=request.provider,
-        model=request.model,
-        customer=request.customer,
-        session_id=request.session_id,
-        trace_id=request.trace_id,
-        tags=tags,
-        instance_id=instance_id,
-        created_at=now,
-        expires_at=expires_at,
-    )
-    session.add(reservation)
-    await session.commit()
-    return reservation, _tightest(budgets, estimate)
+            return _budget_denial(budget, estimate)
+    return None
 
 
-def _tightest(budgets: list[Budget], estimate: int) -> Tightest | None:
+def _tightest(budgets: list[BudgetState], estimate: int) -> Tightest | None:
     if not budgets:
         return None
     left = {
@@ -159,7 +206,7 @@ def _tightest(budgets: list[Budget], estimate: int) -> Tightest | None:
     )
 
 
-def _check_velocity(budget: Budget, estimate: int, now: dt.datetime) -> Denial | None:
+def _check_velocity(budget: BudgetState, estimate: int, now: dt.datetime) -> Denial | None:
     """Roll the budget's velocity window to now and deny if it is cooling down or the estimate
     would take it over its limit (which trips the cooldown). Charging happens only once every
     check has passed, so a denial elsewhere leaves this window as it was."""
@@ -198,7 +245,7 @@ def _check_velocity(budget: Budget, estimate: int, now: dt.datetime) -> Denial |
     return denial
 
 
-def _budget_denial(budget: Budget, estimate: int) -> Denial:
+def _budget_denial(budget: BudgetState, estimate: int) -> Denial:
     limit, spend = budget.limit_microdollars, budget.spend_microdollars
     if budget.entity_type == "customer":
         return denials.customer_budget_exceeded(budget.entity_id, limit, spend, budget.upgrade_url)
@@ -210,29 +257,20 @@ def _budget_denial(budget: Budget, estimate: int) -> Denial:
     )
 
 
-async def _add_reserved(session: AsyncSession, budget_id: str, estimate: int) -> None:
-    """The reservation itself: one conditional update, refused by the database if a strict
-    budget would be overdrawn (a guard: the locked checks above already decided)."""
-    result = await session.execute(
-        update(Budget)
-        .where(col(Budget.id) == budget_id)
-        .where(
-            or_(
-                col(Budget.policy) != "strict_block",
-                col(Budget.spend_microdollars) + col(Budget.reserved_microdollars) + estimate
-                <= col(Budget.limit_microdollars),
-            )
-        )
-        .values(reserved_microdollars=col(Budget.reserved_microdollars) + estimate)
-        .execution_options(synchronize_session=False)
+async def _save_reservation(db: Executor, budget: BudgetState, estimate: int) -> None:
+    result = await db.execute(
+        _RESERVE_BUDGET,
+        {
+            "budget_id": budget.id,
+            "estimate": estimate,
+            "new_velocity_window_start": budget.velocity_window_start,
+            "new_velocity_current_microdollars": budget.velocity_current_microdollars,
+            "new_velocity_previous_microdollars": budget.velocity_previous_microdollars,
+            "new_velocity_cooldown_until": budget.velocity_cooldown_until,
+        },
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise RuntimeError(f"budget {budget_id} changed while locked")
+    if result.rowcount != 1:
+        raise RuntimeError(f"budget {budget.id} changed while locked")
 
 
-async def _deny(session: AsyncSession, denial: Denial) -> None:
-    await session.commit()  # keep resets and cooldown trips; nothing was reserved
-    raise DeniedError(denial)
-
-
-__all__ = ["DeniedError", "ReservationRequest", "effective_tags", "reserve"]
+__all__ = ["Admission", "DeniedError", "ReservationRequest", "effective_tags", "reserve"]

@@ -14,9 +14,9 @@ from sqlmodel import col, or_, select
 from nullspend.attribution import TAG_EXPIRED, TAG_RECOVERED
 from nullspend_server.auth import Principal
 from nullspend_server.db.database import Database
-from nullspend_server.db.tables import CostEvent, Reservation, ServerInstance, utcnow
-from nullspend_server.engine.reserve import ReservationRequest, Tightest, reserve
-from nullspend_server.engine.settle import Settlement, release, settle, settle_at_estimate
+from nullspend_server.db.tables import Reservation, ServerInstance, utcnow
+from nullspend_server.engine.reserve import Admission, DeniedError, ReservationRequest, reserve
+from nullspend_server.engine.settle import Settlement, release, settle, settle_abandoned
 from nullspend_server.ids import new_id
 from nullspend_server.settings import ServerSettings
 
@@ -34,28 +34,27 @@ class Engine:
         self._duties: asyncio.Task[None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
 
-    async def reserve(
-        self, principal: Principal, request: ReservationRequest
-    ) -> tuple[Reservation, Tightest | None]:
+    async def reserve(self, principal: Principal, request: ReservationRequest) -> Admission:
+        """Reserve the request's estimate, or raise DeniedError (after committing what the
+        decision changed: period resets, a tripped velocity cooldown)."""
         now = utcnow()
         expires_at = now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
-        async with self.db.write_session() as session:
-            return await reserve(
-                session,
-                principal,
-                request,
-                now=now,
-                expires_at=expires_at,
-                instance_id=self.instance_id,
+        async with self.db.write_transaction() as db:
+            outcome = await reserve(
+                db, principal, request, now=now, expires_at=expires_at, instance_id=self.instance_id
             )
+        if not isinstance(outcome, Admission):
+            raise DeniedError(outcome)
+        return outcome
 
-    async def settle(self, org_id: str, reservation_id: str, settlement: Settlement) -> CostEvent:
-        async with self.db.write_session() as session:
-            return await settle(session, org_id, reservation_id, settlement, utcnow())
+    async def settle(self, org_id: str, reservation_id: str, settlement: Settlement) -> str:
+        """Settle at the actual cost; returns the id of the cost event written."""
+        async with self.db.write_transaction() as db:
+            return await settle(db, org_id, reservation_id, settlement, utcnow())
 
     async def release(self, org_id: str, reservation_id: str) -> None:
-        async with self.db.write_session() as session:
-            await release(session, org_id, reservation_id, utcnow())
+        async with self.db.write_transaction() as db:
+            await release(db, org_id, reservation_id, utcnow())
 
     def settle_later(self, org_id: str, reservation_id: str, settlement: Settlement | None) -> None:
         """Settle (or, with no settlement, release) off the request path: the caller's response
@@ -119,22 +118,11 @@ class Engine:
         settled = 0
         for reservation_id, expires_at in candidates:
             reason = TAG_EXPIRED if expires_at < now else TAG_RECOVERED
-            settled += await self._settle_abandoned(reservation_id, reason)
+            async with self.db.write_transaction() as db:
+                settled += await settle_abandoned(db, reservation_id, reason, utcnow())
         if settled:
             log.warning("settled %d abandoned reservations at their estimate", settled)
         return settled
-
-    async def _settle_abandoned(self, reservation_id: str, reason: str) -> int:
-        async with self.db.write_session() as session:
-            query = (
-                select(Reservation).where(col(Reservation.id) == reservation_id).with_for_update()
-            )
-            reservation = (await session.exec(query)).first()
-            if reservation is None or reservation.status != "active":
-                return 0  # settled meanwhile, by its owner or another recovering process
-            await settle_at_estimate(session, reservation, reason, utcnow())
-            await session.commit()
-            return 1
 
     async def _run_duties(self) -> None:
         while True:

@@ -4,33 +4,54 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy import BigInteger, String, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import SessionSpend
+
+SESSION_SPEND = SessionSpend.__table__  # type: ignore[attr-defined]
+
+_ONE = (
+    SESSION_SPEND.c.org_id == bindparam("org", type_=String),
+    SESSION_SPEND.c.session_id == bindparam("session", type_=String),
+)
+_NEW = {
+    "org_id": bindparam("org"),
+    "session_id": bindparam("session"),
+    "spend_microdollars": 0,
+    "reserved_microdollars": 0,
+    "updated_at": bindparam("now", type_=SESSION_SPEND.c.updated_at.type),
+}
+_CREATE = {
+    name: dialect.insert(SESSION_SPEND).values(_NEW).on_conflict_do_nothing()
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_LOCK = (
+    select(SESSION_SPEND.c.spend_microdollars, SESSION_SPEND.c.reserved_microdollars)
+    .where(*_ONE)
+    .with_for_update()
+)
+# Reserving adds the estimate to the reserved amount (actual 0); settling moves it to spend.
+CHANGE_SESSION_SPEND = (
+    SESSION_SPEND.update()
+    .where(*_ONE)
+    .values(
+        reserved_microdollars=SESSION_SPEND.c.reserved_microdollars
+        + bindparam("reserved", type_=BigInteger),
+        spend_microdollars=SESSION_SPEND.c.spend_microdollars
+        + bindparam("actual", type_=BigInteger),
+        updated_at=bindparam("now"),
+    )
+)
 
 
 async def lock_session_spend(
-    session: AsyncSession, org_id: str, session_id: str, now: dt.datetime
-) -> SessionSpend:
-    """The session's spend row, created at zero if new, locked for this transaction."""
-    connection = await session.connection()
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    await session.execute(
-        dialect.insert(SessionSpend)
-        .values(
-            org_id=org_id,
-            session_id=session_id,
-            spend_microdollars=0,
-            reserved_microdollars=0,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing()
-    )
-    query = (
-        select(SessionSpend)
-        .where(col(SessionSpend.org_id) == org_id, col(SessionSpend.session_id) == session_id)
-        .with_for_update()
-    )
-    return (await session.exec(query)).one()
+    db: Executor, org_id: str, session_id: str, now: dt.datetime
+) -> tuple[int, int]:
+    """The session's spend and reserved amounts (its row created at zero if new), locked for
+    this transaction."""
+    key = {"org": org_id, "session": session_id}
+    await db.execute(_CREATE[db.dialect.name], {**key, "now": now})
+    row = (await db.execute(_LOCK, key)).one()
+    return row.spend_microdollars, row.reserved_microdollars

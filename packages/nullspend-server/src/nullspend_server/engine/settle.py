@@ -6,20 +6,32 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy import Row, String, bindparam, select
 
 from nullspend.attribution import TAG_ESTIMATED
 from nullspend.errors import ErrorCode
 from nullspend.usage import Usage
 from nullspend_server.budget_periods import reset_due_periods
-from nullspend_server.cost_events import record_cost_event
-from nullspend_server.db.tables import Budget, CostEvent, Reservation, SessionSpend
-from nullspend_server.engine.matching import lock_budgets_by_id
+from nullspend_server.cost_events import record_cost_events
+from nullspend_server.db.database import Executor
+from nullspend_server.engine.matching import SETTLE_BUDGETS, lock_budgets_by_id
+from nullspend_server.engine.reserve import RESERVATIONS
+from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND
 from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
+
+_reservation_id = RESERVATIONS.c.id == bindparam("reservation_id", type_=String)
+_LOCK = select(RESERVATIONS).where(_reservation_id).with_for_update()
+_FINISH = (
+    RESERVATIONS.update()
+    .where(_reservation_id)
+    .values(
+        status=bindparam("new_status", type_=String),
+        finished_at=bindparam("now", type_=RESERVATIONS.c.finished_at.type),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,44 +51,48 @@ class Settlement:
 
 
 async def settle(
-    session: AsyncSession,
+    db: Executor,
     org_id: str,
     reservation_id: str,
     settlement: Settlement,
     now: dt.datetime,
-) -> CostEvent:
-    reservation = await _lock_active(session, org_id, reservation_id)
-    event = await _finish(session, reservation, settlement, "settled", now)
-    await session.commit()
-    assert event is not None
-    return event
+) -> str:
+    """Settle at the actual cost; returns the id of the cost event written."""
+    reservation = await _lock_active(db, org_id, reservation_id)
+    event_id = await _finish(db, reservation, settlement, "settled", now)
+    assert event_id is not None
+    return event_id
 
 
-async def release(
-    session: AsyncSession, org_id: str, reservation_id: str, now: dt.datetime
-) -> None:
+async def release(db: Executor, org_id: str, reservation_id: str, now: dt.datetime) -> None:
     """Give the estimate back: the call never happened (or cost nothing)."""
-    reservation = await _lock_active(session, org_id, reservation_id)
-    await _finish(session, reservation, None, "released", now)
-    await session.commit()
+    reservation = await _lock_active(db, org_id, reservation_id)
+    await _finish(db, reservation, None, "released", now)
 
 
-async def settle_at_estimate(
-    session: AsyncSession, reservation: Reservation, reason_tag: str, now: dt.datetime
-) -> CostEvent | None:
-    """For reservations nobody settled (expired, or their process died): spend the estimate,
-    tagged so the event can be told apart from a measured one. The caller holds the row lock
-    and commits."""
+async def settle_abandoned(
+    db: Executor, reservation_id: str, reason_tag: str, now: dt.datetime
+) -> bool:
+    """For a reservation nobody settled (expired, or its process died): spend the estimate,
+    tagged so the event can be told apart from a measured one. False if it was settled
+    meanwhile, by its owner or another recovering process."""
+    reservation = await _lock(db, reservation_id)
+    if reservation is None or reservation.status != "active":
+        return False
     settlement = Settlement(
         cost_microdollars=reservation.estimate_microdollars,
         system_tags={TAG_ESTIMATED: "true", reason_tag: "true"},
     )
-    return await _finish(session, reservation, settlement, "expired", now)
+    await _finish(db, reservation, settlement, "expired", now)
+    return True
 
 
-async def _lock_active(session: AsyncSession, org_id: str, reservation_id: str) -> Reservation:
-    query = select(Reservation).where(col(Reservation.id) == reservation_id).with_for_update()
-    reservation = (await session.exec(query)).first()
+async def _lock(db: Executor, reservation_id: str) -> Row[Any] | None:
+    return (await db.execute(_LOCK, {"reservation_id": reservation_id})).first()
+
+
+async def _lock_active(db: Executor, org_id: str, reservation_id: str) -> Row[Any]:
+    reservation = await _lock(db, reservation_id)
     if reservation is None or reservation.org_id != org_id:
         raise ApiError(ErrorCode.NOT_FOUND, f"no reservation {reservation_id!r}")
     if reservation.status != "active":
@@ -89,74 +105,67 @@ async def _lock_active(session: AsyncSession, org_id: str, reservation_id: str) 
 
 
 async def _finish(
-    session: AsyncSession,
-    reservation: Reservation,
+    db: Executor,
+    reservation: Row[Any],
     settlement: Settlement | None,
     status: str,
     now: dt.datetime,
-) -> CostEvent | None:
+) -> str | None:
     estimate = reservation.estimate_microdollars
     actual = settlement.cost_microdollars if settlement else 0
-    budgets = await lock_budgets_by_id(session, reservation.budget_ids)
-    await reset_due_periods(session, budgets, now)  # actual spend lands in the current period
-    await session.execute(
-        update(Budget)
-        .where(col(Budget.id).in_([b.id for b in budgets]))
-        .values(
-            reserved_microdollars=col(Budget.reserved_microdollars) - estimate,
-            spend_microdollars=col(Budget.spend_microdollars) + actual,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    budgets = await lock_budgets_by_id(db, reservation.budget_ids)
+    await reset_due_periods(db, budgets, now)  # actual spend lands in the current period
+    change = {"estimate": estimate, "actual": actual, "now": now}
+    if budgets:
+        await db.execute(SETTLE_BUDGETS, {**change, "ids": [b.id for b in budgets]})
     if reservation.session_id:
-        await session.execute(
-            update(SessionSpend)
-            .where(
-                col(SessionSpend.org_id) == reservation.org_id,
-                col(SessionSpend.session_id) == reservation.session_id,
-            )
-            .values(
-                reserved_microdollars=col(SessionSpend.reserved_microdollars) - estimate,
-                spend_microdollars=col(SessionSpend.spend_microdollars) + actual,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
+        await db.execute(
+            CHANGE_SESSION_SPEND,
+            {
+                "org": reservation.org_id,
+                "session": reservation.session_id,
+                "reserved": -estimate,
+                "actual": actual,
+                "now": now,
+            },
         )
-    reservation.status = status
-    reservation.finished_at = now
-    session.add(reservation)
+    await db.execute(_FINISH, {"reservation_id": reservation.id, "new_status": status, "now": now})
     if settlement is None:
         return None
-    return await record_cost_event(session, _event(reservation, settlement, now))
+    event = _event(reservation, settlement, now)
+    await record_cost_events(db, [event])
+    return str(event["id"])
 
 
-def _event(reservation: Reservation, settlement: Settlement, now: dt.datetime) -> CostEvent:
+def _event(reservation: Row[Any], settlement: Settlement, now: dt.datetime) -> dict[str, Any]:
     usage = settlement.usage or Usage()
-    return CostEvent(
-        id=new_id("ce"),
-        org_id=reservation.org_id,
-        api_key_id=reservation.api_key_id,
-        source=reservation.source,
-        provider=settlement.provider or reservation.provider or "unknown",
-        model=settlement.model or reservation.model or "unknown",
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cached_input_tokens=usage.cache_read_tokens,
-        cache_write_5m_tokens=usage.cache_write_5m_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        audio_input_tokens=usage.audio_input_tokens,
-        audio_output_tokens=usage.audio_output_tokens,
-        web_search_requests=usage.web_search_requests,
-        cost_microdollars=settlement.cost_microdollars,
-        duration_ms=settlement.duration_ms,
-        session_id=reservation.session_id,
-        trace_id=settlement.trace_id or reservation.trace_id,
-        customer=reservation.customer,
-        event_type=settlement.event_type,
-        upstream_status=settlement.upstream_status,
-        reservation_id=reservation.id,
-        tags={**reservation.tags, **settlement.system_tags},
-        created_at=now,
-    )
+    return {
+        "id": new_id("ce"),
+        "org_id": reservation.org_id,
+        "api_key_id": reservation.api_key_id,
+        "source": reservation.source,
+        "provider": settlement.provider or reservation.provider or "unknown",
+        "model": settlement.model or reservation.model or "unknown",
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cache_read_tokens,
+        "cache_write_5m_tokens": usage.cache_write_5m_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "audio_input_tokens": usage.audio_input_tokens,
+        "audio_output_tokens": usage.audio_output_tokens,
+        "web_search_requests": usage.web_search_requests,
+        "cost_microdollars": settlement.cost_microdollars,
+        "duration_ms": settlement.duration_ms,
+        "session_id": reservation.session_id,
+        "trace_id": settlement.trace_id or reservation.trace_id,
+        "customer": reservation.customer,
+        "event_type": settlement.event_type,
+        "upstream_status": settlement.upstream_status,
+        "reservation_id": reservation.id,
+        "action_id": None,
+        "idempotency_key": None,
+        "request_hash": None,
+        "tags": {**reservation.tags, **settlement.system_tags},
+        "created_at": now,
+    }

@@ -163,7 +163,7 @@ async def _priced(
             strip_usage = True
     engine = _engine(request)
     try:
-        reservation, tightest = await engine.reserve(
+        admission = await engine.reserve(
             principal,
             ReservationRequest(
                 estimate_microdollars=estimate.microdollars,
@@ -186,7 +186,8 @@ async def _priced(
             "budgets cannot be checked right now; the call was not forwarded",
             headers=_nullspend_headers(request, attribution),
         ) from None
-    call = Call(principal, wire, provider, attribution, estimate, reservation.id, started)
+    reservation_id = admission.reservation_id
+    call = Call(principal, wire, provider, attribution, estimate, reservation_id, started)
     client: httpx.AsyncClient = request.app.state.upstream_client
     headers = upstream_headers(request.headers)
     if "traceparent" not in {h.lower() for h in headers}:
@@ -198,7 +199,7 @@ async def _priced(
     try:
         upstream = await client.send(outgoing, stream=True)
     except httpx.HTTPError as error:
-        engine.settle_later(principal.org_id, reservation.id, None)
+        engine.settle_later(principal.org_id, reservation_id, None)
         raise ApiError(
             ErrorCode.UPSTREAM_UNAVAILABLE,
             f"the upstream did not answer: {error!r}",
@@ -207,18 +208,18 @@ async def _priced(
     upstream_started = time.perf_counter()
     response_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
     response_headers.update(_nullspend_headers(request, attribution))
-    response_headers.update(_budget_headers(tightest))
+    response_headers.update(_budget_headers(admission.tightest))
     if upstream.status_code >= 300:  # the provider refused: pass it on, spend nothing
         content = await upstream.aread()
         await upstream.aclose()
-        engine.settle_later(principal.org_id, reservation.id, None)
+        engine.settle_later(principal.org_id, reservation_id, None)
         return Response(content, upstream.status_code, response_headers)
     if not streamed:
         content = await upstream.aread()
         await upstream.aclose()
         received_at = time.perf_counter()
         settlement = _settlement(call, _reading(wire, content), upstream.status_code, ())
-        engine.settle_later(principal.org_id, reservation.id, settlement)
+        engine.settle_later(principal.org_id, reservation_id, settlement)
         response_headers["X-NullSpend-Cost-Microdollars"] = str(settlement.cost_microdollars)
         own = (sent_at - started) + (time.perf_counter() - received_at)
         response_headers["x-nullspend-overhead-ms"] = _ms(own)
