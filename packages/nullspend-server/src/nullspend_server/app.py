@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 
 from nullspend_server.api import analytics, budgets, cost_events, keys, reservations
@@ -15,6 +14,7 @@ from nullspend_server.engine import Engine
 from nullspend_server.errors import install_error_handlers
 from nullspend_server.proxy import routes as proxy_routes
 from nullspend_server.proxy.rate_limit import RateLimiter
+from nullspend_server.proxy.upstream import upstream_session
 from nullspend_server.settings import ServerSettings
 
 # Every API module with a `router`, in the order they are mounted.
@@ -31,9 +31,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.state.db = db
         app.state.key_cache = KeyCache(settings.key_cache_seconds)
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
-        timeout = httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        app.state.upstream_client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        app.state.upstream = upstream_session(settings)
         engine = Engine(db, settings)
         app.state.engine = engine
         await engine.start()
@@ -41,7 +39,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             yield
         finally:
             await engine.stop()
-            await app.state.upstream_client.aclose()
+            await app.state.upstream.close()
             await db.dispose()
 
     app = FastAPI(title="NullSpend", version="0.1.0", lifespan=lifespan)
@@ -49,5 +47,5 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in API_MODULES:
         app.include_router(module.router)
-    app.include_router(proxy_routes.router)
+    app.mount("/v1", proxy_routes.proxy_app)
     return app

@@ -13,11 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import anyio
-import httpx
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+import aiohttp
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from nullspend.attribution import TAG_CANCELLED, TAG_ESTIMATED, TAG_NO_USAGE, TAG_UNPRICED
 from nullspend.errors import ErrorCode
@@ -33,10 +33,9 @@ from nullspend_server.proxy.headers import (
     read_attribution,
     upstream_headers,
 )
+from nullspend_server.proxy.upstream import UPSTREAM_ERRORS
 from nullspend_server.proxy.usage_chunks import UsageChunkFilter
 from nullspend_server.settings import ServerSettings
-
-router = APIRouter(include_in_schema=False)
 
 PRICED: dict[str, tuple[str, WireFormat]] = {
     "/v1/chat/completions": ("openai", OPENAI_CHAT),
@@ -81,10 +80,18 @@ def _upstream_base(provider: str, chosen: str | None, settings: ServerSettings) 
     return chosen.rstrip("/")
 
 
-@router.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def proxy(path: str, request: Request) -> Response:
+async def proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Mounted at /v1 as a plain ASGI app: FastAPI's per-route machinery (dependencies,
+    validation) would cost more than the proxy's own work. Errors raised here reach the
+    application's error handlers like any route's."""
+    request = Request(scope, receive)
+    response = await proxy(request)
+    await response(scope, receive, send)
+
+
+async def proxy(request: Request) -> Response:
     started = time.perf_counter()
-    route = f"/v1/{path}"
+    route = request.scope["path"]
     settings = _settings(request)
     key = presented_key(request) or ""
     if (wait := request.app.state.rate_limiter.admit(key)) is not None:
@@ -188,17 +195,16 @@ async def _priced(
         ) from None
     reservation_id = admission.reservation_id
     call = Call(principal, wire, provider, attribution, estimate, reservation_id, started)
-    client: httpx.AsyncClient = request.app.state.upstream_client
+    session: aiohttp.ClientSession = request.app.state.upstream
     headers = upstream_headers(request.headers)
     if "traceparent" not in {h.lower() for h in headers}:
         headers["traceparent"] = f"00-{attribution.trace_id}-{attribution.trace_id[:16]}-01"
-    outgoing = client.build_request(
-        "POST", base + route, params=request.query_params, headers=headers, content=raw
-    )
     sent_at = time.perf_counter()
     try:
-        upstream = await client.send(outgoing, stream=True)
-    except httpx.HTTPError as error:
+        upstream = await session.post(
+            base + route, params=request.query_params.multi_items(), headers=headers, data=raw
+        )
+    except UPSTREAM_ERRORS as error:
         engine.settle_later(principal.org_id, reservation_id, None)
         raise ApiError(
             ErrorCode.UPSTREAM_UNAVAILABLE,
@@ -206,33 +212,39 @@ async def _priced(
             headers=_nullspend_headers(request, attribution),
         ) from None
     upstream_started = time.perf_counter()
-    response_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
+    response_headers = _returned_headers(upstream)
     response_headers.update(_nullspend_headers(request, attribution))
     response_headers.update(_budget_headers(admission.tightest))
-    if upstream.status_code >= 300:  # the provider refused: pass it on, spend nothing
-        content = await upstream.aread()
-        await upstream.aclose()
+    if upstream.status >= 300:  # the provider refused: pass it on, spend nothing
+        content = await _read_all(upstream)
         engine.settle_later(principal.org_id, reservation_id, None)
-        return Response(content, upstream.status_code, response_headers)
+        return Response(content, upstream.status, response_headers)
     if not streamed:
-        content = await upstream.aread()
-        await upstream.aclose()
+        try:
+            content = await _read_all(upstream)
+        except UPSTREAM_ERRORS as error:
+            engine.settle_later(principal.org_id, reservation_id, None)
+            raise ApiError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"the upstream broke off its answer: {error!r}",
+                headers=_nullspend_headers(request, attribution),
+            ) from None
         received_at = time.perf_counter()
-        settlement = _settlement(call, _reading(wire, content), upstream.status_code, ())
+        settlement = _settlement(call, _reading(wire, content), upstream.status, ())
         engine.settle_later(principal.org_id, reservation_id, settlement)
         response_headers["X-NullSpend-Cost-Microdollars"] = str(settlement.cost_microdollars)
         own = (sent_at - started) + (time.perf_counter() - received_at)
         response_headers["x-nullspend-overhead-ms"] = _ms(own)
-        return Response(content, upstream.status_code, response_headers)
+        return Response(content, upstream.status, response_headers)
     own = (sent_at - started) + (time.perf_counter() - upstream_started)
     response_headers["x-nullspend-overhead-ms"] = _ms(own)
     return StreamingResponse(
-        _relay(call, upstream, engine, strip_usage), upstream.status_code, response_headers
+        _relay(call, upstream, engine, strip_usage), upstream.status, response_headers
     )
 
 
 async def _relay(
-    call: Call, upstream: httpx.Response, engine: Engine, strip_usage: bool
+    call: Call, upstream: aiohttp.ClientResponse, engine: Engine, strip_usage: bool
 ) -> AsyncIterator[bytes]:
     """Pass the stream through as it arrives, reading usage on the side; settle at the end,
     however it ends (complete, cut short by the upstream, or abandoned by the client)."""
@@ -241,22 +253,24 @@ async def _relay(
     client_left = True  # unless the loop below ends, the client went away mid-stream
     try:
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 accumulator.feed(chunk)
                 out = chunk_filter.feed(chunk) if chunk_filter else chunk
                 if out:
                     yield out
             if chunk_filter and (rest := chunk_filter.finish()):
                 yield rest
-        except httpx.HTTPError:
+        except UPSTREAM_ERRORS:
             client_left = False
             raise  # the upstream broke off: the client sees its stream break off too
         client_left = False
     finally:
-        with anyio.CancelScope(shield=True):
-            await upstream.aclose()  # a client gone means the upstream call is closed too
+        if client_left:
+            upstream.close()  # a client gone means the upstream call is closed too
+        else:
+            upstream.release()
         extra = (TAG_CANCELLED,) if client_left else ()
-        settlement = _settlement(call, accumulator.finish(), upstream.status_code, extra)
+        settlement = _settlement(call, accumulator.finish(), upstream.status, extra)
         engine.settle_later(call.principal.org_id, call.reservation_id, settlement)
 
 
@@ -330,18 +344,27 @@ async def _forward_free(
 ) -> Response:
     """count_tokens and model listings: forwarded, not priced (they cost nothing)."""
     base = _upstream_base(provider, request.headers.get("x-nullspend-upstream"), settings)
-    client: httpx.AsyncClient = request.app.state.upstream_client
+    session: aiohttp.ClientSession = request.app.state.upstream
     try:
-        upstream = await client.request(
+        async with session.request(
             request.method,
             base + route,
-            params=request.query_params,
+            params=request.query_params.multi_items(),
             headers=upstream_headers(request.headers),
-            content=await _read_body(request, settings.max_body_bytes),
-        )
-    except httpx.HTTPError as error:
+            data=await _read_body(request, settings.max_body_bytes),
+        ) as upstream:
+            content = await upstream.read()
+    except UPSTREAM_ERRORS as error:
         raise ApiError(
             ErrorCode.UPSTREAM_UNAVAILABLE, f"the upstream did not answer: {error!r}"
         ) from None
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
-    return Response(upstream.content, upstream.status_code, headers)
+    return Response(content, upstream.status, _returned_headers(upstream))
+
+
+def _returned_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
+
+
+async def _read_all(upstream: aiohttp.ClientResponse) -> bytes:
+    async with upstream:
+        return await upstream.read()
