@@ -205,30 +205,20 @@ async def _priced(
             base + route, params=request.query_params.multi_items(), headers=headers, data=raw
         )
     except UPSTREAM_ERRORS as error:
-        engine.settle_later(principal.org_id, reservation_id, None)
-        raise ApiError(
-            ErrorCode.UPSTREAM_UNAVAILABLE,
-            f"the upstream did not answer: {error!r}",
-            headers=_nullspend_headers(request, attribution),
-        ) from None
+        raise _upstream_failed(request, call, engine, f"did not answer: {error!r}") from None
     upstream_started = time.perf_counter()
     response_headers = _returned_headers(upstream)
     response_headers.update(_nullspend_headers(request, attribution))
     response_headers.update(_budget_headers(admission.tightest))
-    if upstream.status >= 300:  # the provider refused: pass it on, spend nothing
-        content = await _read_all(upstream)
-        engine.settle_later(principal.org_id, reservation_id, None)
-        return Response(content, upstream.status, response_headers)
-    if not streamed:
+    if upstream.status >= 300 or not streamed:
         try:
             content = await _read_all(upstream)
         except UPSTREAM_ERRORS as error:
-            engine.settle_later(principal.org_id, reservation_id, None)
-            raise ApiError(
-                ErrorCode.UPSTREAM_UNAVAILABLE,
-                f"the upstream broke off its answer: {error!r}",
-                headers=_nullspend_headers(request, attribution),
-            ) from None
+            raise _upstream_failed(request, call, engine, f"broke off: {error!r}") from None
+    if upstream.status >= 300:  # the provider refused: pass it on, spend nothing
+        engine.settle_later(principal.org_id, reservation_id, None)
+        return Response(content, upstream.status, response_headers)
+    if not streamed:
         received_at = time.perf_counter()
         settlement = _settlement(call, _reading(wire, content), upstream.status, ())
         engine.settle_later(principal.org_id, reservation_id, settlement)
@@ -272,6 +262,16 @@ async def _relay(
         extra = (TAG_CANCELLED,) if client_left else ()
         settlement = _settlement(call, accumulator.finish(), upstream.status, extra)
         engine.settle_later(call.principal.org_id, call.reservation_id, settlement)
+
+
+def _upstream_failed(request: Request, call: Call, engine: Engine, what: str) -> ApiError:
+    """The call failed before its answer was complete: nothing was spent, release the estimate."""
+    engine.settle_later(call.principal.org_id, call.reservation_id, None)
+    return ApiError(
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        f"the upstream {what}",
+        headers=_nullspend_headers(request, call.attribution),
+    )
 
 
 def _reading(wire: WireFormat, content: bytes) -> Reading:
