@@ -12,9 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nullspend.policy.periods import needs_reset, period_start
 from nullspend_server.db.database import Executor
-from nullspend_server.db.tables import Budget
+from nullspend_server.db.tables import BUDGETS as _BUDGETS
 
-_BUDGETS = Budget.__table__  # type: ignore[attr-defined]
 _period_start = bindparam("start", type_=_BUDGETS.c.current_period_start.type)
 # Only if the stored period is still the old one: concurrent resets of a budget are harmless.
 _RESET = (

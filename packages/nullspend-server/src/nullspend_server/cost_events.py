@@ -9,11 +9,10 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nullspend_server.db.database import Executor
-from nullspend_server.db.tables import CostEvent, CostEventTag
+from nullspend_server.db.tables import COST_EVENT_TAGS, COST_EVENTS, CostEvent
 
-COST_EVENTS = CostEvent.__table__  # type: ignore[attr-defined]
 _INSERT_EVENTS = COST_EVENTS.insert().returning(COST_EVENTS.c.seq, sort_by_parameter_order=True)
-_INSERT_TAGS = CostEventTag.__table__.insert()  # type: ignore[attr-defined]
+_INSERT_TAGS = COST_EVENT_TAGS.insert()
 
 
 def event_columns(event: CostEvent) -> dict[str, Any]:

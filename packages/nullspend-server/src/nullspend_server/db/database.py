@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from nullspend_server.db.engine import (
     WRITE_TRANSACTION,
     create_engine_async,
-    create_engine_sqlite_sync,
+    create_engine_sync,
     is_sqlite,
 )
 
@@ -53,7 +53,7 @@ class Database:
         # SQLite has one writer at a time. Queueing this process's writers here is far cheaper
         # than letting each connection spin in SQLite's busy handler (sleeps of up to 100 ms).
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
-        self._sqlite_on_loop = create_engine_sqlite_sync(url) if self.is_sqlite else None
+        self._sqlite_on_loop = create_engine_sync(url) if self.is_sqlite else None
 
     async def dispose(self) -> None:
         await self.engine.dispose()

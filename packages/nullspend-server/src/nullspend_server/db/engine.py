@@ -70,10 +70,13 @@ def create_engine_async(url: str | URL, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def create_engine_sqlite_sync(url: str | URL) -> Engine:
-    """A synchronous SQLite engine for use on the event loop's thread (see
-    ``Database.write_transaction``). Its connections never leave that thread while in use; the
-    check is off only so that the pool can be disposed of from another one."""
-    engine = create_engine(sync_url(url), connect_args={"check_same_thread": False})
+def create_engine_sync(url: str | URL) -> Engine:
+    """A synchronous engine (migrations, CLI, and the engine's SQLite transactions on the event
+    loop's thread, see ``Database.write_transaction``). SQLite connections never change thread
+    while in use; the check is off only so that a pool can be disposed of from another one."""
+    target = sync_url(url)
+    if target.get_backend_name() != "sqlite":
+        return create_engine(target)
+    engine = create_engine(target, connect_args={"check_same_thread": False})
     configure_sqlite(engine)
     return engine

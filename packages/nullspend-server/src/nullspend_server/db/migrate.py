@@ -7,10 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
 
-from nullspend_server.db.engine import configure_sqlite, is_sqlite, sync_url
+from nullspend_server.db.engine import create_engine_sync, is_sqlite, sync_url
 
 
 def alembic_config() -> Config:
@@ -24,9 +23,7 @@ def migrate(url: str | URL) -> None:
     target = sync_url(url)
     if is_sqlite(target) and target.database not in (None, "", ":memory:"):
         Path(target.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(target)
-    if is_sqlite(target):
-        configure_sqlite(engine)
+    engine = create_engine_sync(target)
     try:
         with engine.connect() as connection:
             config = alembic_config()

@@ -9,7 +9,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, Index, Integer, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    Table,
+    UniqueConstraint,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -202,3 +212,16 @@ class ServerInstance(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     started_at: dt.datetime = _when(nullable=False)
     heartbeat_at: dt.datetime = _when(nullable=False)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+# The tables themselves, for Core statements (the enforcement engine's hot path builds no ORM
+# objects).
+BUDGETS = _table(Budget)
+COST_EVENTS = _table(CostEvent)
+COST_EVENT_TAGS = _table(CostEventTag)
+RESERVATIONS = _table(Reservation)
+SESSION_SPEND = _table(SessionSpend)

@@ -13,9 +13,7 @@ from dataclasses import dataclass, fields
 from sqlalchemy import BigInteger, String, and_, bindparam, or_, select
 
 from nullspend_server.db.database import Executor
-from nullspend_server.db.tables import Budget
-
-BUDGETS = Budget.__table__  # type: ignore[attr-defined]
+from nullspend_server.db.tables import BUDGETS
 
 
 @dataclass(slots=True)

@@ -15,15 +15,14 @@ from nullspend.policy.velocity import VelocityWindow, rate, retry_after, roll
 from nullspend_server.auth import Principal
 from nullspend_server.budget_periods import reset_due_periods
 from nullspend_server.db.database import Executor
-from nullspend_server.db.tables import Reservation
-from nullspend_server.engine.matching import BUDGETS, BudgetState, lock_budgets
+from nullspend_server.db.tables import BUDGETS, RESERVATIONS
+from nullspend_server.engine.matching import BudgetState, lock_budgets
 from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND, lock_session_spend
 from nullspend_server.ids import new_id
 
 # Which denial a request hears first when several budgets refuse it: its own key's, then the
 # organization's, then its customer's, then its tags'.
 _ENTITY_ORDER = {"api_key": 0, "user": 1, "customer": 2, "tag": 3}
-RESERVATIONS = Reservation.__table__  # type: ignore[attr-defined]
 _INSERT_RESERVATION = RESERVATIONS.insert()
 # Adds the estimate to a budget's reserved amount and stores its velocity window. The database
 # refuses it if it would overdraw a strict budget: a guard, the locked checks already decided.

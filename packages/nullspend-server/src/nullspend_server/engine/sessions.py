@@ -8,9 +8,7 @@ from sqlalchemy import BigInteger, String, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from nullspend_server.db.database import Executor
-from nullspend_server.db.tables import SessionSpend
-
-SESSION_SPEND = SessionSpend.__table__  # type: ignore[attr-defined]
+from nullspend_server.db.tables import SESSION_SPEND
 
 _ONE = (
     SESSION_SPEND.c.org_id == bindparam("org", type_=String),

@@ -16,8 +16,8 @@ from nullspend.usage import Usage
 from nullspend_server.budget_periods import reset_due_periods
 from nullspend_server.cost_events import record_cost_events
 from nullspend_server.db.database import Executor
+from nullspend_server.db.tables import RESERVATIONS
 from nullspend_server.engine.matching import SETTLE_BUDGETS, lock_budgets_by_id
-from nullspend_server.engine.reserve import RESERVATIONS
 from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND
 from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
