@@ -81,27 +81,21 @@ _HTTP_CODES = {
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+def error_response_for(error: Exception) -> JSONResponse:
+    """The answer to an exception a request raised: the one mapping the API routes (through
+    FastAPI's handlers) and the bare proxy app share."""
+    if isinstance(error, ApiError):
         return error.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    if isinstance(error, RequestValidationError):
         return error_response(
             ErrorCode.VALIDATION_ERROR, "the request is invalid", _validation_details(error)
         )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if isinstance(error, StarletteHTTPException):
         code = _HTTP_CODES.get(error.status_code, ErrorCode.VALIDATION_ERROR)
         if error.status_code == 405:
             return error_response(code, "method not allowed on this path", None)
         return error_response(code, str(error.detail), None)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    async def _storage_down(_request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, OperationalError | InterfaceError):
         # The database cannot be reached: fail closed, with an answer a client can retry on.
         log.error("storage unavailable: %s", error)
         return error_response(
@@ -110,8 +104,20 @@ def install_error_handlers(app: FastAPI) -> None:
             None,
             {"Retry-After": "1"},
         )
+    log.exception("unexpected error", exc_info=error)
+    return error_response(ErrorCode.INTERNAL_ERROR, "internal error", None)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=error)
-        return error_response(ErrorCode.INTERNAL_ERROR, "internal error", None)
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(_request: Request, error: Exception) -> JSONResponse:
+        return error_response_for(error)
+
+    for error_type in (
+        ApiError,
+        RequestValidationError,
+        StarletteHTTPException,
+        OperationalError,
+        InterfaceError,
+        Exception,
+    ):
+        app.add_exception_handler(error_type, handle)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, CursorResult, Dialect, Executable
+from sqlalchemy import Dialect, Engine, Executable, PoolProxiedConnection
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,6 +19,22 @@ from nullspend_server.db.engine import (
     create_engine_sync,
     is_sqlite,
 )
+from nullspend_server.db.sqlite_direct import DirectSQLite
+
+
+class Rows(Protocol):
+    """What the engine reads of a statement's result (SQLAlchemy's results are such)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def first(self) -> Any: ...
+
+    def one(self) -> Any: ...
+
+    def scalars(self) -> Iterable[Any]: ...
 
 
 class Executor(Protocol):
@@ -26,22 +43,7 @@ class Executor(Protocol):
     @property
     def dialect(self) -> Dialect: ...
 
-    async def execute(
-        self, statement: Executable, parameters: Any = None, /
-    ) -> CursorResult[Any]: ...
-
-
-class _OnLoopConnection:
-    """A synchronous SQLite connection used from the event loop's own thread. A transaction
-    there takes tens of microseconds: less than a single hop to aiosqlite's worker thread,
-    of which an ORM transaction makes a dozen."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self.dialect = connection.dialect
-
-    async def execute(self, statement: Executable, parameters: Any = None, /) -> CursorResult[Any]:
-        return self._connection.execute(statement, parameters)
+    async def execute(self, statement: Executable, parameters: Any = None, /) -> Rows: ...
 
 
 class Database:
@@ -53,29 +55,67 @@ class Database:
         # SQLite has one writer at a time. Queueing this process's writers here is far cheaper
         # than letting each connection spin in SQLite's busy handler (sleeps of up to 100 ms).
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
-        self._sqlite_on_loop = create_engine_sync(url) if self.is_sqlite else None
+        # The event loop's connections never checkpoint: a checkpoint copies the WAL into the
+        # database file and fsyncs it, milliseconds that would land on one unlucky request.
+        self._sqlite_on_loop = (
+            create_engine_sync(url, autocheckpoint=False) if self.is_sqlite else None
+        )
+
+        self._sqlite_connection: PoolProxiedConnection | None = None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._sqlite_connection is not None:
+            self._sqlite_connection.close()
+            self._sqlite_connection = None
         if self._sqlite_on_loop is not None:
             self._sqlite_on_loop.dispose()
+
+    async def run_checkpoints(self, interval_seconds: float) -> None:
+        """SQLite: copy the WAL back into the database file every ``interval_seconds``, in a
+        worker thread, for as long as the task runs (PostgreSQL: returns at once)."""
+        if self._sqlite_on_loop is None:
+            return
+        while True:
+            await asyncio.sleep(interval_seconds)
+            await asyncio.to_thread(self._checkpoint, self._sqlite_on_loop)
+
+    @staticmethod
+    def _checkpoint(engine: Engine) -> None:
+        # The DB-API connection, outside any transaction (SQLAlchemy's would begin one).
+        # PASSIVE: copies what it can without waiting for, or blocking, readers and writers.
+        connection = engine.raw_connection()
+        try:
+            connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            connection.close()
 
     @asynccontextmanager
     async def write_transaction(self) -> AsyncIterator[Executor]:
         """The enforcement engine's transactions: Core statements, committed when the block
         ends, rolled back if it raises. On SQLite the statements run on the event loop's
         thread (after this process's other writers, see ``write_session``); a writer in another
-        process is waited for by SQLite's busy timeout. On PostgreSQL, an async connection."""
+        process is waited for by SQLite's busy timeout. On PostgreSQL, an async connection.
+
+        On SQLite the transaction is on this process's one engine connection, kept open, and
+        its statements skip SQLAlchemy's execution layer (``sqlite_direct``)."""
         if self._sqlite_on_loop is None:
             async with self.engine.begin() as connection:
                 yield connection
             return
         assert self._sqlite_writer is not None
         async with self._sqlite_writer:
-            with self._sqlite_on_loop.connect() as connection:
-                connection.execution_options(**WRITE_TRANSACTION)
-                with connection.begin():
-                    yield _OnLoopConnection(connection)
+            if self._sqlite_connection is None:
+                self._sqlite_connection = self._sqlite_on_loop.raw_connection()
+            raw = self._sqlite_connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                yield DirectSQLite(raw, self._sqlite_on_loop.dialect)
+            except BaseException:
+                raw.rollback()
+                raise
+            raw.commit()
 
     @asynccontextmanager
     async def write_session(self) -> AsyncIterator[AsyncSession]:

@@ -39,8 +39,10 @@ def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def configure_sqlite(engine: Any) -> None:
-    """WAL, a busy timeout, foreign keys; BEGIN IMMEDIATE for write transactions."""
+def configure_sqlite(engine: Any, *, autocheckpoint: bool = True) -> None:
+    """WAL, a busy timeout, foreign keys; BEGIN IMMEDIATE for write transactions. Without
+    ``autocheckpoint`` a commit never copies the WAL back into the database file (and fsyncs
+    it): someone else must (``Database.run_checkpoints``)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -51,6 +53,8 @@ def configure_sqlite(engine: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -70,7 +74,7 @@ def create_engine_async(url: str | URL, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def create_engine_sync(url: str | URL) -> Engine:
+def create_engine_sync(url: str | URL, *, autocheckpoint: bool = True) -> Engine:
     """A synchronous engine (migrations, CLI, and the engine's SQLite transactions on the event
     loop's thread, see ``Database.write_transaction``). SQLite connections never change thread
     while in use; the check is off only so that a pool can be disposed of from another one."""
@@ -78,5 +82,5 @@ def create_engine_sync(url: str | URL) -> Engine:
     if target.get_backend_name() != "sqlite":
         return create_engine(target)
     engine = create_engine(target, connect_args={"check_same_thread": False})
-    configure_sqlite(engine)
+    configure_sqlite(engine, autocheckpoint=autocheckpoint)
     return engine

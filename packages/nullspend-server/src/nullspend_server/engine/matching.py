@@ -95,11 +95,11 @@ async def lock_budgets(
             "tag_entities": [f"{k}={v}" for k, v in tags.items()],
         },
     )
-    return [BudgetState(*row) for row in rows]  # type: ignore[call-arg]
+    return [BudgetState(*row) for row in rows]
 
 
 async def lock_budgets_by_id(db: Executor, ids: list[str]) -> list[BudgetState]:
     if not ids:
         return []
     rows = await db.execute(_BY_ID, {"ids": ids})
-    return [BudgetState(*row) for row in rows]  # type: ignore[call-arg]
+    return [BudgetState(*row) for row in rows]

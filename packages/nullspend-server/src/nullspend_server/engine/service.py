@@ -23,6 +23,7 @@ from nullspend_server.settings import ServerSettings
 log = logging.getLogger("nullspend.engine")
 # A process that missed this many heartbeats is taken for dead and its reservations recovered.
 MISSED_HEARTBEATS = 3
+CHECKPOINT_SECONDS = 1.0
 RECOVERY_BATCH = 500
 
 
@@ -31,7 +32,7 @@ class Engine:
         self.db = db
         self.settings = settings
         self.instance_id = new_id("inst")
-        self._duties: asyncio.Task[None] | None = None
+        self._duties: list[asyncio.Task[None]] = []
         self._settling: set[asyncio.Task[None]] = set()
 
     async def reserve(self, principal: Principal, request: ReservationRequest) -> Admission:
@@ -81,15 +82,18 @@ class Engine:
             session.add(ServerInstance(id=self.instance_id, started_at=now, heartbeat_at=now))
             await session.commit()
         await self.recover()
-        self._duties = asyncio.create_task(self._run_duties())
+        self._duties = [
+            asyncio.create_task(self._run_duties()),
+            asyncio.create_task(self.db.run_checkpoints(CHECKPOINT_SECONDS)),
+        ]
 
     async def stop(self) -> None:
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
-        if self._duties is not None:
-            self._duties.cancel()
+        for duty in self._duties:
+            duty.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._duties
+                await duty
         # A clean stop: let the next recovery pass settle whatever this process left at once.
         async with self.db.write_session() as session:
             await session.execute(

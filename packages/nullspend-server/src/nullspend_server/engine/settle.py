@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, String, bindparam, select
+from sqlalchemy import String, bindparam, select
 
 from nullspend.attribution import TAG_ESTIMATED
 from nullspend.errors import ErrorCode
@@ -87,11 +87,11 @@ async def settle_abandoned(
     return True
 
 
-async def _lock(db: Executor, reservation_id: str) -> Row[Any] | None:
+async def _lock(db: Executor, reservation_id: str) -> Any:
     return (await db.execute(_LOCK, {"reservation_id": reservation_id})).first()
 
 
-async def _lock_active(db: Executor, org_id: str, reservation_id: str) -> Row[Any]:
+async def _lock_active(db: Executor, org_id: str, reservation_id: str) -> Any:
     reservation = await _lock(db, reservation_id)
     if reservation is None or reservation.org_id != org_id:
         raise ApiError(ErrorCode.NOT_FOUND, f"no reservation {reservation_id!r}")
@@ -106,7 +106,7 @@ async def _lock_active(db: Executor, org_id: str, reservation_id: str) -> Row[An
 
 async def _finish(
     db: Executor,
-    reservation: Row[Any],
+    reservation: Any,
     settlement: Settlement | None,
     status: str,
     now: dt.datetime,
@@ -137,7 +137,7 @@ async def _finish(
     return str(event["id"])
 
 
-def _event(reservation: Row[Any], settlement: Settlement, now: dt.datetime) -> dict[str, Any]:
+def _event(reservation: Any, settlement: Settlement, now: dt.datetime) -> dict[str, Any]:
     usage = settlement.usage or Usage()
     return {
         "id": new_id("ce"),

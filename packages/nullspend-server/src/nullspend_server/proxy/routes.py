@@ -26,7 +26,7 @@ from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 from nullspend_server.auth import Principal, authenticate, presented_key
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
-from nullspend_server.errors import ApiError, denial_error
+from nullspend_server.errors import ApiError, denial_error, error_response_for
 from nullspend_server.proxy.headers import (
     NOT_RETURNED,
     Attribution,
@@ -81,11 +81,14 @@ def _upstream_base(provider: str, chosen: str | None, settings: ServerSettings) 
 
 
 async def proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """Mounted at /v1 as a plain ASGI app: FastAPI's per-route machinery (dependencies,
-    validation) would cost more than the proxy's own work. Errors raised here reach the
-    application's error handlers like any route's."""
+    """The proxy as a plain ASGI app, reached before FastAPI's middleware and routing (see
+    ``nullspend_server.app``): they would cost more than the proxy's own work. Errors are
+    answered in the same format as the API's."""
     request = Request(scope, receive)
-    response = await proxy(request)
+    try:
+        response = await proxy(request)
+    except Exception as error:
+        response = error_response_for(error)
     await response(scope, receive, send)
 
 
