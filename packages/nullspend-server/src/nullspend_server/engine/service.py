@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import delete, update
 from sqlmodel import col, or_, select
@@ -24,6 +25,18 @@ log = logging.getLogger("nullspend.engine")
 # A process that missed this many heartbeats is taken for dead and its reservations recovered.
 MISSED_HEARTBEATS = 3
 CHECKPOINT_SECONDS = 1.0
+# At most this many settlements share one SQLite transaction.
+SQLITE_SETTLE_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    org_id: str
+    id: str
+    settlement: Settlement | None
+    """None: release (the call cost nothing)."""
+
+
 RECOVERY_BATCH = 500
 
 
@@ -33,7 +46,8 @@ class Engine:
         self.settings = settings
         self.instance_id = new_id("inst")
         self._duties: list[asyncio.Task[None]] = []
-        self._settling: set[asyncio.Task[None]] = set()
+        self._pending: list[_Pending] = []
+        self._settler: asyncio.Task[None] | None = None
 
     async def reserve(self, principal: Principal, request: ReservationRequest) -> Admission:
         """Reserve the request's estimate, or raise DeniedError (after committing what the
@@ -60,20 +74,40 @@ class Engine:
     def settle_later(self, org_id: str, reservation_id: str, settlement: Settlement | None) -> None:
         """Settle (or, with no settlement, release) off the request path: the caller's response
         does not wait for the transaction. If it fails, the reservation expires and is settled
-        at its estimate, so nothing is lost; ``stop()`` waits for the ones in flight."""
+        at its estimate, so nothing is lost; ``stop()`` waits for what is queued."""
+        self._pending.append(_Pending(org_id, reservation_id, settlement))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._settle_pending())
 
-        async def finish() -> None:
+    async def _settle_pending(self) -> None:
+        """Drain the queue, several settlements per transaction where that is safe: on SQLite
+        (one writer at a time) a transaction's begin and commit are much of a settlement's
+        cost. On PostgreSQL one transaction each, because a batch would lock the budgets of
+        several calls out of one global order, and two processes could deadlock."""
+        batch_size = SQLITE_SETTLE_BATCH if self.db.is_sqlite else 1
+        while self._pending:
+            batch = self._pending[:batch_size]
+            del self._pending[:batch_size]
             try:
-                if settlement is None:
-                    await self.release(org_id, reservation_id)
-                else:
-                    await self.settle(org_id, reservation_id, settlement)
+                await self._settle_batch(batch)
             except Exception:
-                log.exception("settling reservation %s failed; it will expire", reservation_id)
+                if len(batch) == 1:
+                    log.exception("settling reservation %s failed; it will expire", batch[0].id)
+                    continue
+                for one in batch:  # one bad settlement must not take the others with it
+                    try:
+                        await self._settle_batch([one])
+                    except Exception:
+                        log.exception("settling reservation %s failed; it will expire", one.id)
 
-        task = asyncio.get_running_loop().create_task(finish())
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+    async def _settle_batch(self, batch: list[_Pending]) -> None:
+        async with self.db.write_transaction() as db:
+            now = utcnow()
+            for one in batch:
+                if one.settlement is None:
+                    await release(db, one.org_id, one.id, now)
+                else:
+                    await settle(db, one.org_id, one.id, one.settlement, now)
 
     async def start(self) -> None:
         """Register this process, recover what dead processes left, start the duties."""
@@ -88,8 +122,8 @@ class Engine:
         ]
 
     async def stop(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        if self._settler is not None:
+            await self._settler
         for duty in self._duties:
             duty.cancel()
             with contextlib.suppress(asyncio.CancelledError):
