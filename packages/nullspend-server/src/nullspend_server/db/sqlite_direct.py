@@ -43,7 +43,8 @@ class _Prepared:
     """By the lengths of the expanding parameters."""
     row_type: Callable[..., Any] | None
     """Builds a row (attribute access by column name) from the processed values."""
-    result_processors: Sequence[_Processor | None]
+    result_processors: Sequence[tuple[int, _Processor]]
+    """(column index, processor) for the columns whose values need converting."""
 
     def plan(self, parameters: Mapping[str, Any], dialect: Dialect) -> _Plan:
         lengths = tuple(len(parameters[name]) for name in self.expanding)
@@ -101,15 +102,12 @@ class DirectSQLite:
         cursor = self._connection.execute(plan.sql, values)
         rows = []
         if prepared.row_type is not None:
+            make, processors = prepared.row_type, prepared.result_processors
             for raw in cursor.fetchall():
-                rows.append(
-                    prepared.row_type(
-                        *(
-                            process(value) if process is not None else value
-                            for process, value in zip(prepared.result_processors, raw, strict=True)
-                        )
-                    )
-                )
+                values = list(raw)
+                for index, process in processors:
+                    values[index] = process(values[index])
+                rows.append(make(*values))
         return DirectRows(rows, cursor.rowcount)
 
     def _execute_many(
@@ -146,7 +144,9 @@ def _prepare(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> 
     columns = list(statement.exported_columns)  # type: ignore[attr-defined]
     row_type = namedtuple("Row", [c.key for c in columns]) if columns else None
     result_processors = [
-        c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+        (index, process)
+        for index, column in enumerate(columns)
+        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
     ]
     prepared = _Prepared(compiled, expanding, {}, row_type, result_processors)
     # The engine's statements are module constants: one entry per statement and key set.

@@ -272,10 +272,10 @@ class StreamRelay:
                 }
             )
             async for chunk in upstream.content.iter_any():
-                accumulator.feed(chunk)
                 out = chunk_filter.feed(chunk) if chunk_filter else chunk
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+                accumulator.feed(chunk)  # after passing it on: usage is not the client's wait
             if chunk_filter and (rest := chunk_filter.finish()):
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
