@@ -287,7 +287,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=10.0, help="throughput window")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before the window")
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="let the OS place every process"
+    )
     return parser.parse_args()
+
+
+def pin(targets: dict[str, Target]) -> str:
+    """The proxies under test on the last core; this client and the fake upstream, which stand
+    in for machines of their own in a deployment, on the others. Without it, on a small
+    machine, the three processes of one call contend for the same cores and the scheduler's
+    noise swamps the differences measured. Returns how the processes were placed."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return "not pinned (one core)"
+    proxies, others = {cores[-1]}, set(cores[:-1])
+    os.sched_setaffinity(0, others)
+    for name, (*_, pid) in targets.items():
+        os.sched_setaffinity(pid, others if name == "direct" else proxies)
+    return f"proxies pinned to core {cores[-1]}, client and fake upstream to {sorted(others)}"
 
 
 def start_servers(tmp: str, stack: ExitStack) -> dict[str, Target]:
@@ -328,10 +346,12 @@ def main() -> None:
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         os.environ["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
         targets = start_servers(tmp, stack)
+        placement = pin(targets) if args.pin else "not pinned"
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}; nullspend-server {version('nullspend-server')}, "
-            f"litellm {version('litellm')}\n\n{args.calls} sequential calls per measure; "
+            f"litellm {version('litellm')}; {placement}\n\n"
+            f"{args.calls} sequential calls per measure; "
             "NullSpend: SQLite, 2 budgets, every cost event persisted\n"
         )
         paths = {path: targets[path][1:3] for path in ("direct", "NullSpend", "floor")}

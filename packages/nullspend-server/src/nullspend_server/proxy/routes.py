@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+from yarl import URL
 
 from nullspend.attribution import TAG_CANCELLED, TAG_ESTIMATED, TAG_NO_USAGE, TAG_UNPRICED
 from nullspend.errors import ErrorCode
@@ -205,9 +206,7 @@ async def _priced(
         headers["traceparent"] = f"00-{attribution.trace_id}-{attribution.trace_id[:16]}-01"
     sent_at = time.perf_counter()
     try:
-        upstream = await session.post(
-            base + route, params=request.query_params.multi_items(), headers=headers, data=raw
-        )
+        upstream = await session.post(_target(base, route, request), headers=headers, data=raw)
     except UPSTREAM_ERRORS as error:
         raise _upstream_failed(request, call, engine, f"did not answer: {error!r}") from None
     upstream_started = time.perf_counter()
@@ -384,8 +383,7 @@ async def _forward_free(
     try:
         async with session.request(
             request.method,
-            base + route,
-            params=request.query_params.multi_items(),
+            _target(base, route, request),
             headers=upstream_headers(request.headers),
             data=await _read_body(request, settings.max_body_bytes),
         ) as upstream:
@@ -395,6 +393,13 @@ async def _forward_free(
             ErrorCode.UPSTREAM_UNAVAILABLE, f"the upstream did not answer: {error!r}"
         ) from None
     return Response(content, upstream.status, _returned_headers(upstream))
+
+
+def _target(base: str, route: str, request: Request) -> URL:
+    """The upstream URL: the route (one of the fixed proxied paths) and the query string as
+    the client sent it, not re-encoded."""
+    query: bytes = request.scope["query_string"]
+    return URL(f"{base}{route}?{query.decode('latin-1')}" if query else base + route, encoded=True)
 
 
 def _returned_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
