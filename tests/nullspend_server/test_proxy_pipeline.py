@@ -4,7 +4,9 @@ storage failure, budget headers, and exact stream costs."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +15,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from nullspend_server.db.sqlite_direct import DirectSQLite
 from tests.fakes.upstream import run_fake_upstream
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer, fresh_database, start_server
 from tests.nullspend_server.test_proxy import events
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20}
@@ -192,3 +195,29 @@ def test_stream_costs_are_exact_for_reasoning_and_long_context(
     assert reasoning_row["reasoning_tokens"] == 8_000
     # sonnet 4.5 above 200k prompt tokens (cache reads count): $6 input, $0.60 read, $22.50 out
     assert costs[1] == 150_000 * 6 + int(60_000 * 0.6) + int(1_000 * 22.5)
+
+
+def test_sqlite_failing_fails_closed(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    fake: tuple[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine's direct SQLite path fails (an I/O error): 503, nothing forwarded."""
+    sqlite_url = next(fresh_database("sqlite", tmp_path, request))
+    server = serve(sqlite_url, fake[0])
+    message = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}
+    try:
+        assert post(server, "/v1/messages", message).status_code == 200
+
+        async def broken(*_: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(DirectSQLite, "execute", broken)
+        response = post(server, "/v1/messages", message)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "budget_unavailable"
+        assert len(fake[1].state.requests) == 1  # never an unmetered forward
+    finally:
+        monkeypatch.undo()
+        server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,7 +96,9 @@ def error_response_for(error: Exception) -> JSONResponse:
         if error.status_code == 405:
             return error_response(code, "method not allowed on this path", None)
         return error_response(code, str(error.detail), None)
-    if isinstance(error, OperationalError | InterfaceError):
+    if isinstance(
+        error, OperationalError | InterfaceError | sqlite3.OperationalError | sqlite3.InterfaceError
+    ):
         # The database cannot be reached: fail closed, with an answer a client can retry on.
         log.error("storage unavailable: %s", error)
         return error_response(

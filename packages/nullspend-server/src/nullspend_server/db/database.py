@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Dialect, Engine, Executable, PoolProxiedConnection
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -20,6 +21,10 @@ from nullspend_server.db.engine import (
     is_sqlite,
 )
 from nullspend_server.db.sqlite_direct import DirectSQLite
+
+# What a database that cannot be used raises, on either path (SQLAlchemy's, or the engine's
+# direct SQLite one): enforcement answers 503 ``budget_unavailable`` and forwards nothing.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error, OSError)
 
 
 class Rows(Protocol):

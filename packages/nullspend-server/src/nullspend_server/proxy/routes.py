@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +25,7 @@ from nullspend.pricing import Estimate, default_catalog, estimate_request, price
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 from nullspend_server.auth import Principal, authenticate, presented_key
+from nullspend_server.db.database import STORAGE_ERRORS
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
 from nullspend_server.errors import ApiError, denial_error, error_response_for
 from nullspend_server.proxy.headers import (
@@ -192,7 +192,7 @@ async def _priced(
         error = denial_error(denied.denial)
         error.headers.update(_nullspend_headers(request, attribution))
         raise error from None
-    except (SQLAlchemyError, OSError):
+    except STORAGE_ERRORS:
         raise ApiError(
             ErrorCode.BUDGET_UNAVAILABLE,
             "budgets cannot be checked right now; the call was not forwarded",
