@@ -161,6 +161,23 @@ def test_stream_bytes_pass_unchanged(proxy: RunningServer, fake: tuple[str, Any]
     assert proxied == direct
 
 
+def test_streamed_responses_carry_the_nullspend_headers(proxy: RunningServer) -> None:
+    """A stream's response head is written by the proxy's own responder: the provider's headers
+    and NullSpend's, but no cost (it is not known before the stream ends)."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    headers = {"X-NullSpend-Key": proxy.admin_key, "X-NullSpend-Session": "run-7"}
+    with httpx.stream(
+        "POST", f"{proxy.base_url}/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        response.read()
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert len(response.headers["X-NullSpend-Trace-Id"]) == 32
+    assert response.headers["NullSpend-Version"]
+    assert response.headers["X-NullSpend-Session"] == "run-7"
+    assert float(response.headers["x-nullspend-overhead-ms"]) >= 0
+    assert "X-NullSpend-Cost-Microdollars" not in response.headers
+
+
 def test_async_client_and_responses_stream(proxy: RunningServer) -> None:
     async def run() -> int:
         client = openai.AsyncOpenAI(

@@ -105,6 +105,13 @@ def test_unpriced_models_can_be_denied(database_url: str, fake: tuple[str, Any])
         server.stop()
 
 
+def assert_failed_closed(response: httpx.Response, fake: tuple[str, Any]) -> None:
+    """503 ``budget_unavailable``, and the upstream saw only the call made before the fault."""
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "budget_unavailable"
+    assert len(fake[1].state.requests) == 1  # never an unmetered forward
+
+
 def test_storage_unavailable_fails_closed(postgres_url: str, fake: tuple[str, Any]) -> None:
     """The database goes away (connections killed, new ones refused): the proxy answers 503
     and forwards nothing, rather than letting a call through unmetered."""
@@ -128,9 +135,7 @@ def test_storage_unavailable_fails_closed(postgres_url: str, fake: tuple[str, An
             )
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         assert unknown_key.status_code == 503  # not a 500: the key cannot even be looked up
-        assert response.status_code == 503
-        assert response.json()["error"]["code"] == "budget_unavailable"
-        assert len(fake[1].state.requests) == 1  # never an unmetered forward
+        assert_failed_closed(response, fake)
     finally:
         server.stop()
 
@@ -214,10 +219,7 @@ def test_sqlite_failing_fails_closed(
             raise sqlite3.OperationalError("disk I/O error")
 
         monkeypatch.setattr(DirectSQLite, "execute", broken)
-        response = post(server, "/v1/messages", message)
-        assert response.status_code == 503
-        assert response.json()["error"]["code"] == "budget_unavailable"
-        assert len(fake[1].state.requests) == 1  # never an unmetered forward
+        assert_failed_closed(post(server, "/v1/messages", message), fake)
     finally:
         monkeypatch.undo()
         server.stop()

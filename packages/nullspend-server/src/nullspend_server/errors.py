@@ -73,6 +73,15 @@ def _validation_details(error: RequestValidationError) -> dict[str, Any]:
     }
 
 
+# What a database that cannot be reached raises, through SQLAlchemy or the engine's direct
+# SQLite path: answered 503 ``budget_unavailable`` (fail closed).
+STORAGE_UNAVAILABLE = (
+    OperationalError,
+    InterfaceError,
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+)
+
 _HTTP_CODES = {
     401: ErrorCode.AUTHENTICATION_REQUIRED,
     403: ErrorCode.FORBIDDEN,
@@ -96,9 +105,7 @@ def error_response_for(error: Exception) -> JSONResponse:
         if error.status_code == 405:
             return error_response(code, "method not allowed on this path", None)
         return error_response(code, str(error.detail), None)
-    if isinstance(
-        error, OperationalError | InterfaceError | sqlite3.OperationalError | sqlite3.InterfaceError
-    ):
+    if isinstance(error, STORAGE_UNAVAILABLE):
         # The database cannot be reached: fail closed, with an answer a client can retry on.
         log.error("storage unavailable: %s", error)
         return error_response(
@@ -115,12 +122,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, error: Exception) -> JSONResponse:
         return error_response_for(error)
 
+    # Each type named: Starlette answers a bare ``Exception`` and then raises it again.
     for error_type in (
         ApiError,
         RequestValidationError,
         StarletteHTTPException,
-        OperationalError,
-        InterfaceError,
+        *STORAGE_UNAVAILABLE,
         Exception,
     ):
         app.add_exception_handler(error_type, handle)

@@ -65,7 +65,6 @@ class Database:
         self._sqlite_on_loop = (
             create_engine_sync(url, autocheckpoint=False) if self.is_sqlite else None
         )
-
         self._sqlite_connection: PoolProxiedConnection | None = None
 
     async def dispose(self) -> None:

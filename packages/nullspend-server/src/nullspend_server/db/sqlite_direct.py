@@ -46,11 +46,11 @@ class _Prepared:
     result_processors: Sequence[tuple[int, _Processor]]
     """(column index, processor) for the columns whose values need converting."""
 
-    def plan(self, parameters: Mapping[str, Any], dialect: Dialect) -> _Plan:
+    def plan(self, parameters: Mapping[str, Any]) -> _Plan:
         lengths = tuple(len(parameters[name]) for name in self.expanding)
         plan = self.plans.get(lengths)
         if plan is None:
-            plan = self.plans[lengths] = _plan(self.compiled, parameters, dialect)
+            plan = self.plans[lengths] = _plan(self.compiled, parameters)
         return plan
 
 
@@ -92,7 +92,7 @@ class DirectSQLite:
 
     def _execute_one(self, statement: Executable, parameters: Mapping[str, Any]) -> DirectRows:
         prepared = _prepare(statement, self.dialect, tuple(parameters))
-        plan = prepared.plan(parameters, self.dialect)
+        plan = prepared.plan(parameters)
         values = []
         for name, index, constant, process in plan.slots:
             value = constant if name is None else parameters[name]
@@ -104,10 +104,10 @@ class DirectSQLite:
         if prepared.row_type is not None:
             make, processors = prepared.row_type, prepared.result_processors
             for raw in cursor.fetchall():
-                values = list(raw)
+                row = list(raw)
                 for index, process in processors:
-                    values[index] = process(values[index])
-                rows.append(make(*values))
+                    row[index] = process(row[index])
+                rows.append(make(*row))
         return DirectRows(rows, cursor.rowcount)
 
     def _execute_many(
@@ -154,7 +154,7 @@ def _prepare(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> 
     return prepared
 
 
-def _plan(compiled: SQLCompiler, parameters: Mapping[str, Any], dialect: Dialect) -> _Plan:
+def _plan(compiled: SQLCompiler, parameters: Mapping[str, Any]) -> _Plan:
     """Let SQLAlchemy expand the statement for these list lengths once; remember where each
     placeholder's value comes from, so later executions skip the expansion."""
     state = compiled.construct_expanded_state(parameters)
@@ -168,8 +168,8 @@ def _plan(compiled: SQLCompiler, parameters: Mapping[str, Any], dialect: Dialect
         name, index = origin.get(placeholder, (placeholder, None))
         bind = compiled.binds[name]
         process = state.processors.get(placeholder) or bind.type.dialect_impl(
-            dialect
-        ).bind_processor(dialect)
+            compiled.dialect
+        ).bind_processor(compiled.dialect)
         if name in parameters:
             slots.append((name, index, None, process))
         else:  # a value the statement itself carries

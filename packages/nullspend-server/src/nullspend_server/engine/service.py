@@ -27,6 +27,7 @@ MISSED_HEARTBEATS = 3
 CHECKPOINT_SECONDS = 1.0
 # At most this many settlements share one SQLite transaction.
 SQLITE_SETTLE_BATCH = 100
+RECOVERY_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +36,6 @@ class _Pending:
     id: str
     settlement: Settlement | None
     """None: release (the call cost nothing)."""
-
-
-RECOVERY_BATCH = 500
 
 
 class Engine:
@@ -88,17 +86,20 @@ class Engine:
         while self._pending:
             batch = self._pending[:batch_size]
             del self._pending[:batch_size]
+            if len(batch) == 1:
+                await self._settle_alone(batch[0])
+                continue
             try:
                 await self._settle_batch(batch)
             except Exception:
-                if len(batch) == 1:
-                    log.exception("settling reservation %s failed; it will expire", batch[0].id)
-                    continue
                 for one in batch:  # one bad settlement must not take the others with it
-                    try:
-                        await self._settle_batch([one])
-                    except Exception:
-                        log.exception("settling reservation %s failed; it will expire", one.id)
+                    await self._settle_alone(one)
+
+    async def _settle_alone(self, one: _Pending) -> None:
+        try:
+            await self._settle_batch([one])
+        except Exception:
+            log.exception("settling reservation %s failed; it will expire", one.id)
 
     async def _settle_batch(self, batch: list[_Pending]) -> None:
         async with self.db.write_transaction() as db:

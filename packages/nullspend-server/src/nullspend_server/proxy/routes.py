@@ -283,9 +283,7 @@ class StreamRelay:
                 raise  # the upstream broke off: the client sees its stream break off too
         finally:
             watch.cancel()
-            if self.client_left:
-                upstream.close()
-            else:
+            if not self.client_left:  # else the watch has closed it
                 upstream.release()
             extra = (TAG_CANCELLED,) if self.client_left else ()
             settlement = _settlement(call, accumulator.finish(), upstream.status, extra)
