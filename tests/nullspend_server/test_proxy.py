@@ -328,7 +328,7 @@ def test_unknown_route_and_oversized_body(proxy: RunningServer) -> None:
     assert huge.status_code == 413
 
 
-def test_attribution_headers(proxy: RunningServer) -> None:
+def test_attribution_headers(proxy: RunningServer, fake: tuple[str, Any]) -> None:
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     raw = openai_client(
         proxy,
@@ -346,6 +346,10 @@ def test_attribution_headers(proxy: RunningServer) -> None:
     assert "tags ignored" in raw.headers["X-NullSpend-Warning"]
     [event] = events(proxy)
     assert (event["trace_id"], event["session_id"], event["customer"]) == (trace, "run-1", "acme")
+    assert event["duration_ms"] is not None  # the call's latency is recorded
+    assert event["duration_ms"] >= 0
+    forwarded = fake[1].state.requests[-1]["headers"]
+    assert forwarded["traceparent"] == f"00-{trace}-00f067aa0ba902b7-01"  # passed on as sent
 
 
 def test_async_sdks_and_streaming_helpers(proxy: RunningServer) -> None:
