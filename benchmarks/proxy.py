@@ -7,10 +7,10 @@ the fake upstream; the NullSpend proxy on SQLite with two budgets enforced and e
 persisted; the floor, a bare pass-through with no accounting (benchmarks/passthrough.py); and
 LiteLLM's proxy (its own CLI, no database, so no budgets and no spend logs).
 
-1. Latency: one client, sequential calls; each round calls the fake upstream directly, then
-   through NullSpend, then through the floor, so drift hits all three alike. Non-streamed total
-   time and time to first byte on streams: p50/p99 of the paired difference (via - direct), of
-   each distribution, and p99(via) - p99(direct).
+1. Latency: one client, sequential calls, one proxy at a time; each round calls the fake
+   upstream directly, then through the proxy, so drift hits both alike. Non-streamed total time
+   and time to first byte on streams: p50/p99 of the paired difference (via - direct), of each
+   distribution, and p99(via) - p99(direct).
 2. Throughput: 32 concurrent clients (an asyncio aiohttp load generator in its own process),
    non-streamed calls, successful responses per second over a fixed window after a warm-up, with
    the CPU each process used in the window (100% = one core): on a 2-core machine the client,
@@ -171,28 +171,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sequential(bases: dict[str, tuple[str, Headers]], calls: int) -> dict[str, list[float]]:
-    """Milliseconds per call, keyed 'measure|path'; every round calls every path once."""
-    samples: dict[str, list[float]] = {}
+def sequential(
+    direct: tuple[str, Headers], proxies: dict[str, tuple[str, Headers]], calls: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Milliseconds per call, keyed 'measure|proxy': (through the proxy, direct). One proxy at a
+    time, as a deployment runs it: each round calls the fake upstream directly, then through
+    that proxy, so drift hits both alike; another proxy's calls in between would share the
+    proxy's core and evict its caches."""
+    samples: dict[str, tuple[list[float], list[float]]] = {}
     with httpx.Client(timeout=30) as client:
         for measure, body, first_byte in (
             ("non-streamed, total", BODY, False),
             ("streamed, first byte", {**BODY, "stream": True}, True),
         ):
-            for _ in range(calls):
-                for path, (base, headers) in bases.items():
+            for name, (base, headers) in proxies.items():
+                via, plain = samples.setdefault(f"{measure}|{name}", ([], []))
+                for _ in range(calls):
+                    seconds = timed(client, direct[0] + ROUTE, direct[1], body, first_byte)
+                    plain.append(seconds * 1000)
                     seconds = timed(client, base + ROUTE, headers, body, first_byte)
-                    samples.setdefault(f"{measure}|{path}", []).append(seconds * 1000)
+                    via.append(seconds * 1000)
     return samples
 
 
-def print_latency(samples: dict[str, list[float]]) -> None:
+def print_latency(samples: dict[str, tuple[list[float], list[float]]]) -> None:
     print(LATENCY_HEADER + "\n|---|" + "---:|" * 8)
-    for key, via in samples.items():
+    for key, (via, direct) in samples.items():
         measure, path = key.split("|")
-        if path == "direct":
-            continue
-        direct = samples[f"{measure}|direct"]
         added = [v - d for v, d in zip(via, direct, strict=True)]
         figures = [percentile(added, 0.5), percentile(added, 0.99), statistics.mean(added)]
         figures += [percentile(direct, 0.5), percentile(direct, 0.99)]
@@ -354,8 +359,8 @@ def main() -> None:
             f"{args.calls} sequential calls per measure; "
             "NullSpend: SQLite, 2 budgets, every cost event persisted\n"
         )
-        paths = {path: targets[path][1:3] for path in ("direct", "NullSpend", "floor")}
-        print_latency(sequential(paths, args.calls))
+        proxies = {path: targets[path][1:3] for path in ("NullSpend", "floor")}
+        print_latency(sequential(targets["direct"][1:3], proxies, args.calls))
         rates = throughput(targets, args)
         stack.close()  # every server stops; NullSpend settles what is pending as it does
         with closing(sqlite3.connect(f"{tmp}/bench.db")) as db:
