@@ -4,7 +4,10 @@ storage failure, budget headers, and exact stream costs."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from sqlalchemy.engine import make_url
 from nullspend_server.db.sqlite_direct import DirectSQLite
 from tests.fakes.upstream import run_fake_upstream
 from tests.nullspend_server.conftest import RunningServer, fresh_database, start_server
+from tests.nullspend_server.dbtools import rows
 from tests.nullspend_server.test_proxy import events
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20}
@@ -92,6 +96,30 @@ def test_rate_limit_per_key(database_url: str, fake: tuple[str, Any]) -> None:
         server.stop()
 
 
+def test_client_gone_before_its_body_arrived(
+    database_url: str, fake: tuple[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing reserved, nothing forwarded, no error logged; the next call goes through."""
+    server = serve(database_url, fake[0], upstream_allowlist=[fake[0]])
+    try:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                + f"X-NullSpend-Key: {server.admin_key}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                + b'{"model": "gpt-4o-mini", '
+            )
+            time.sleep(0.3)  # the proxy is now waiting for the rest of the body
+        time.sleep(0.3)
+        assert post(server, **{"X-NullSpend-Upstream": fake[0]}).status_code == 200
+        assert len(rows(database_url, "SELECT id FROM reservations")) == 1
+        assert len(fake[1].state.requests) == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        server.stop()
+
+
 def test_unpriced_models_can_be_denied(database_url: str, fake: tuple[str, Any]) -> None:
     server = serve(database_url, fake[0], deny_unpriced=True)
     try:
@@ -140,25 +168,42 @@ def test_storage_unavailable_fails_closed(postgres_url: str, fake: tuple[str, An
         server.stop()
 
 
-def test_budget_headers_name_the_tightest_budget(database_url: str, fake: tuple[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("team", "entity_header"),
+    [
+        ("ml", "tag:team=ml"),
+        ("機械\n学習 50%", "tag:team=%E6%A9%9F%E6%A2%B0%0A%E5%AD%A6%E7%BF%92 50%25"),
+    ],
+)
+def test_budget_headers_name_the_tightest_budget(
+    database_url: str, fake: tuple[str, Any], team: str, entity_header: str
+) -> None:
+    """A tag value may hold any character; the header carries it percent-encoded where HTTP
+    would not (it used to answer 500 after the provider was paid)."""
     server = serve(database_url, fake[0])
     try:
         with server.client() as admin:
             admin.post("/api/budgets", json={"entityType": "user", "limitMicrodollars": 10**9})
             admin.post(
                 "/api/budgets",
-                json={"entityType": "tag", "entityId": "team=ml", "limitMicrodollars": 100_000},
+                json={
+                    "entityType": "tag",
+                    "entityId": f"team={team}",
+                    "limitMicrodollars": 100_000,
+                },
+            ).raise_for_status()
+        for stream in (False, True):
+            response = post(
+                server,
+                "/v1/messages",
+                {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [], "stream": stream},
+                **{"X-NullSpend-Tags": json.dumps({"team": team})},
             )
-        response = post(
-            server,
-            "/v1/messages",
-            {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
-            **{"X-NullSpend-Tags": json.dumps({"team": "ml"})},
-        )
-        assert response.headers["X-NullSpend-Budget-Entity"] == "tag:team=ml"
-        assert response.headers["X-NullSpend-Budget-Limit"] == "100000"
-        remaining = int(response.headers["X-NullSpend-Budget-Remaining"])
-        assert 0 < remaining < 100_000
+            assert response.status_code == 200, response.text
+            assert response.headers["X-NullSpend-Budget-Entity"] == entity_header
+            assert response.headers["X-NullSpend-Budget-Limit"] == "100000"
+            remaining = int(response.headers["X-NullSpend-Budget-Remaining"])
+            assert 0 < remaining < 100_000
     finally:
         server.stop()
 

@@ -4,7 +4,7 @@ organization and role. Lookups are cached briefly; a revocation is seen within t
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -56,17 +56,18 @@ class KeyCache:
         self._entries.clear()
 
 
-def presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-nullspend-key")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents, from its (lower-case) header names."""
+    key = headers.get("x-nullspend-key")
     if key is None:
-        authorization = request.headers.get("authorization", "")
+        authorization = headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
             key = authorization[7:].strip()
     return key
 
 
-async def authenticate(request: Request) -> Principal:
-    key = presented_key(request)
+async def principal_for(key: str | None, db: Database, cache: KeyCache) -> Principal:
+    """Who presented ``key``, or the 401 to answer."""
     if not key:
         raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "X-NullSpend-Key header is required")
     if KEY_PATTERN.fullmatch(key) is None:
@@ -74,10 +75,15 @@ async def authenticate(request: Request) -> Principal:
             ErrorCode.AUTHENTICATION_REQUIRED,
             "malformed API key: expected ns_live_sk_ followed by 32 hex characters",
         )
-    principal = await request.app.state.key_cache.lookup(request.app.state.db, key)
+    principal = await cache.lookup(db, key)
     if principal is None:
         raise ApiError(ErrorCode.AUTHENTICATION_REQUIRED, "unknown or revoked API key")
-    return principal  # type: ignore[no-any-return]
+    return principal
+
+
+async def authenticate(request: Request) -> Principal:
+    state = request.app.state
+    return await principal_for(presented_key(request.headers), state.db, state.key_cache)
 
 
 class RoleRequirement:

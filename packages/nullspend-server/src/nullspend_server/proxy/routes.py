@@ -12,10 +12,11 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
@@ -24,7 +25,7 @@ from nullspend.errors import ErrorCode
 from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
-from nullspend_server.auth import Principal, authenticate, presented_key
+from nullspend_server.auth import Principal, presented_key, principal_for
 from nullspend_server.db.database import STORAGE_ERRORS
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
 from nullspend_server.errors import ApiError, denial_error, error_response_for
@@ -59,14 +60,65 @@ class Call:
     started: float
 
 
-def _settings(request: Request) -> ServerSettings:
-    settings: ServerSettings = request.app.state.settings
-    return settings
+@dataclass(slots=True)
+class Incoming:
+    """A proxied request as the ASGI server handed it over, its headers decoded once into a
+    dict (lower-case names; a repeated header keeps its first value). Lighter than Starlette's
+    ``Request``, whose header lookups scan the raw list each time."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: dict[str, str]
+    receive: Receive
+    state: State
+
+    @classmethod
+    def from_scope(cls, scope: Scope, receive: Receive) -> Incoming:
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        path, query = scope["path"], scope["query_string"]
+        return cls(scope["method"], path, query, headers, receive, scope["app"].state)
+
+    @property
+    def settings(self) -> ServerSettings:
+        settings: ServerSettings = self.state.settings
+        return settings
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.state.engine
+        return engine
+
+    @property
+    def upstream(self) -> aiohttp.ClientSession:
+        session: aiohttp.ClientSession = self.state.upstream
+        return session
 
 
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
+class Buffered:
+    """A whole response, sent as two ASGI messages."""
+
+    def __init__(self, content: bytes, status: int, headers: dict[str, str]) -> None:
+        self.content = content
+        self.status = status
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _raw_headers(self.headers)
+        headers.append((b"content-length", str(len(self.content)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.content})
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    # UTF-8 with surrogateescape gives back exactly the bytes aiohttp decoded an upstream
+    # header from, and encodes our own values (a tag's, say) whatever their characters.
+    return [
+        (k.lower().encode("latin-1"), v.encode("utf-8", "surrogateescape"))
+        for k, v in headers.items()
+    ]
 
 
 def _upstream_base(provider: str, chosen: str | None, settings: ServerSettings) -> str:
@@ -85,60 +137,64 @@ async def proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
     """The proxy as a plain ASGI app, reached before FastAPI's middleware and routing (see
     ``nullspend_server.app``): they would cost more than the proxy's own work. Errors are
     answered in the same format as the API's."""
-    request = Request(scope, receive)
     response: ASGIApp
     try:
-        response = await proxy(request)
+        response = await proxy(Incoming.from_scope(scope, receive))
+    except ClientDisconnect:
+        return  # gone before its request was read: nothing reserved, no one to answer
     except Exception as error:
         response = error_response_for(error)
     await response(scope, receive, send)
 
 
-async def proxy(request: Request) -> ASGIApp:
+async def proxy(request: Incoming) -> ASGIApp:
     started = time.perf_counter()
-    route = request.scope["path"]
-    settings = _settings(request)
-    key = presented_key(request) or ""
-    if (wait := request.app.state.rate_limiter.admit(key)) is not None:
+    route, method, settings = request.path, request.method, request.settings
+    key = presented_key(request.headers)
+    if (wait := request.state.rate_limiter.admit(key or "")) is not None:
         raise ApiError(
             ErrorCode.RATE_LIMITED,
             f"more than {settings.rate_limit_per_minute} requests a minute",
             headers={"Retry-After": str(wait)},
         )
-    principal = await authenticate(request)
-    if (request.method, route) in FREE:
+    principal = await principal_for(key, request.state.db, request.state.key_cache)
+    if (method, route) in FREE:
         provider = (
             "anthropic"
             if "x-api-key" in request.headers or route.endswith("count_tokens")
             else "openai"
         )
         return await _forward_free(request, route, provider, settings)
-    if request.method != "POST" or route not in PRICED:
+    if method != "POST" or route not in PRICED:
         raise ApiError(
             ErrorCode.NOT_FOUND,
-            f"{request.method} {route} is not a proxied route: nothing reaches a provider unpriced",
+            f"{method} {route} is not a proxied route: nothing reaches a provider unpriced",
             {"path": route},
         )
     provider, wire = PRICED[route]
     return await _priced(request, route, provider, wire, principal, settings, started)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Incoming, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"request bodies are limited to {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        body += message.get("body", b"")
         if len(body) > limit:
             raise ApiError(
                 ErrorCode.PAYLOAD_TOO_LARGE, f"request bodies are limited to {limit} bytes"
             )
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 async def _priced(
-    request: Request,
+    request: Incoming,
     route: str,
     provider: str,
     wire: WireFormat,
@@ -173,7 +229,7 @@ async def _priced(
             body["stream_options"] = {**options, "include_usage": True}
             raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             strip_usage = True
-    engine = _engine(request)
+    engine = request.engine
     try:
         admission = await engine.reserve(
             principal,
@@ -200,13 +256,14 @@ async def _priced(
         ) from None
     reservation_id = admission.reservation_id
     call = Call(principal, wire, provider, attribution, estimate, reservation_id, started)
-    session: aiohttp.ClientSession = request.app.state.upstream
     headers = upstream_headers(request.headers)
-    if "traceparent" not in {h.lower() for h in headers}:
+    if "traceparent" not in headers:
         headers["traceparent"] = f"00-{attribution.trace_id}-{attribution.trace_id[:16]}-01"
     sent_at = time.perf_counter()
     try:
-        upstream = await session.post(_target(base, route, request), headers=headers, data=raw)
+        upstream = await request.upstream.post(
+            _target(base, route, request), headers=headers, data=raw
+        )
     except UPSTREAM_ERRORS as error:
         raise _upstream_failed(request, call, engine, f"did not answer: {error!r}") from None
     upstream_started = time.perf_counter()
@@ -220,7 +277,7 @@ async def _priced(
             raise _upstream_failed(request, call, engine, f"broke off: {error!r}") from None
     if upstream.status >= 300:  # the provider refused: pass it on, spend nothing
         engine.settle_later(principal.org_id, reservation_id, None)
-        return Response(content, upstream.status, response_headers)
+        return Buffered(content, upstream.status, response_headers)
     if not streamed:
         received_at = time.perf_counter()
         settlement = _settlement(call, _reading(wire, content), upstream.status, ())
@@ -228,7 +285,7 @@ async def _priced(
         response_headers["X-NullSpend-Cost-Microdollars"] = str(settlement.cost_microdollars)
         own = (sent_at - started) + (time.perf_counter() - received_at)
         response_headers["x-nullspend-overhead-ms"] = _ms(own)
-        return Response(content, upstream.status, response_headers)
+        return Buffered(content, upstream.status, response_headers)
     own = (sent_at - started) + (time.perf_counter() - upstream_started)
     response_headers["x-nullspend-overhead-ms"] = _ms(own)
     return StreamRelay(call, upstream, engine, strip_usage, response_headers)
@@ -267,7 +324,7 @@ class StreamRelay:
                 {
                     "type": "http.response.start",
                     "status": upstream.status,
-                    "headers": [(k.lower().encode(), v.encode()) for k, v in self.headers.items()],
+                    "headers": _raw_headers(self.headers),
                 }
             )
             async for chunk in upstream.content.iter_any():
@@ -297,7 +354,7 @@ class StreamRelay:
         self.upstream.close()
 
 
-def _upstream_failed(request: Request, call: Call, engine: Engine, what: str) -> ApiError:
+def _upstream_failed(request: Incoming, call: Call, engine: Engine, what: str) -> ApiError:
     """The call failed before its answer was complete: nothing was spent, release the estimate."""
     engine.settle_later(call.principal.org_id, call.reservation_id, None)
     return ApiError(
@@ -345,10 +402,10 @@ def _settlement(
     )
 
 
-def _nullspend_headers(request: Request, attribution: Attribution) -> dict[str, str]:
+def _nullspend_headers(request: Incoming, attribution: Attribution) -> dict[str, str]:
     headers = {
         "X-NullSpend-Trace-Id": attribution.trace_id,
-        "NullSpend-Version": _settings(request).api_version,
+        "NullSpend-Version": request.settings.api_version,
     }
     if attribution.session_id:
         headers["X-NullSpend-Session"] = attribution.session_id
@@ -357,11 +414,15 @@ def _nullspend_headers(request: Request, attribution: Attribution) -> dict[str, 
     return headers
 
 
+_VISIBLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
 def _budget_headers(tightest: Tightest | None) -> dict[str, str]:
     if tightest is None:
         return {}
     return {
-        "X-NullSpend-Budget-Entity": tightest.entity,
+        # A tag's value may hold any character: percent-encoded where HTTP would not carry it.
+        "X-NullSpend-Budget-Entity": quote(tightest.entity, safe=_VISIBLE_ASCII),
         "X-NullSpend-Budget-Limit": str(tightest.limit_microdollars),
         "X-NullSpend-Budget-Spent": str(tightest.spent_microdollars),
         "X-NullSpend-Budget-Remaining": str(tightest.remaining_microdollars),
@@ -373,13 +434,12 @@ def _ms(seconds: float) -> str:
 
 
 async def _forward_free(
-    request: Request, route: str, provider: str, settings: ServerSettings
-) -> Response:
+    request: Incoming, route: str, provider: str, settings: ServerSettings
+) -> Buffered:
     """count_tokens and model listings: forwarded, not priced (they cost nothing)."""
     base = _upstream_base(provider, request.headers.get("x-nullspend-upstream"), settings)
-    session: aiohttp.ClientSession = request.app.state.upstream
     try:
-        async with session.request(
+        async with request.upstream.request(
             request.method,
             _target(base, route, request),
             headers=upstream_headers(request.headers),
@@ -390,13 +450,13 @@ async def _forward_free(
         raise ApiError(
             ErrorCode.UPSTREAM_UNAVAILABLE, f"the upstream did not answer: {error!r}"
         ) from None
-    return Response(content, upstream.status, _returned_headers(upstream))
+    return Buffered(content, upstream.status, _returned_headers(upstream))
 
 
-def _target(base: str, route: str, request: Request) -> URL:
+def _target(base: str, route: str, request: Incoming) -> URL:
     """The upstream URL: the route (one of the fixed proxied paths) and the query string as
     the client sent it, not re-encoded."""
-    query: bytes = request.scope["query_string"]
+    query = request.query
     return URL(f"{base}{route}?{query.decode('latin-1')}" if query else base + route, encoded=True)
 
 
