@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +26,7 @@ from nullspend_server.db.sqlite_direct import DirectSQLite
 # What a database that cannot be used raises, on either path (SQLAlchemy's, or the engine's
 # direct SQLite one): enforcement answers 503 ``budget_unavailable`` and forwards nothing.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error, OSError)
+log = logging.getLogger("nullspend.db")
 
 
 class Rows(Protocol):
@@ -55,13 +57,15 @@ class Database:
     def __init__(self, url: str | URL) -> None:
         self.url = url
         self.is_sqlite = is_sqlite(url)
-        self.engine = create_engine_async(url)
+        # No connection of this process checkpoints as it commits: a checkpoint copies the WAL
+        # into the database file and fsyncs it, and whichever write comes next fsyncs the
+        # WAL's new header: milliseconds that would land on one unlucky request, or on the event
+        # loop. ``run_checkpoints`` does both in a worker thread.
+        self.engine = create_engine_async(url, autocheckpoint=False)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         # SQLite has one writer at a time. Queueing this process's writers here is far cheaper
         # than letting each connection spin in SQLite's busy handler (sleeps of up to 100 ms).
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
-        # The event loop's connections never checkpoint: a checkpoint copies the WAL into the
-        # database file and fsyncs it, milliseconds that would land on one unlucky request.
         self._sqlite_on_loop = (
             create_engine_sync(url, autocheckpoint=False) if self.is_sqlite else None
         )
@@ -77,22 +81,44 @@ class Database:
 
     async def run_checkpoints(self, interval_seconds: float) -> None:
         """SQLite: copy the WAL back into the database file every ``interval_seconds``, in a
-        worker thread, for as long as the task runs (PostgreSQL: returns at once)."""
+        worker thread, for as long as the task runs (PostgreSQL: returns at once).
+
+        SQLite starts the WAL over in the first write after a checkpoint that copied all of it,
+        and that write fsyncs the WAL's new header: milliseconds spent on the event loop, in
+        whichever request wrote first, once a second (benchmarks/README.md, the tail). So this
+        duty writes first: once a checkpoint has copied the whole WAL, while this process's
+        writers wait, it copies what they added meanwhile and starts the WAL over itself."""
         if self._sqlite_on_loop is None:
             return
+        assert self._sqlite_writer is not None
         while True:
             await asyncio.sleep(interval_seconds)
-            await asyncio.to_thread(self._checkpoint, self._sqlite_on_loop)
+            try:
+                if not await asyncio.to_thread(self._checkpoint, self._sqlite_on_loop):
+                    continue  # a reader kept it from the end: the WAL cannot start over yet
+                async with self._sqlite_writer:
+                    await asyncio.to_thread(self._checkpoint, self._sqlite_on_loop, restart=True)
+            except STORAGE_ERRORS:  # the next round tries again; the WAL keeps every write
+                log.exception("checkpointing the SQLite WAL failed")
 
     @staticmethod
-    def _checkpoint(engine: Engine) -> None:
+    def _checkpoint(engine: Engine, *, restart: bool = False) -> bool:
+        """A PASSIVE checkpoint (copies what it can without waiting for, or blocking, readers
+        and writers); True if it copied the whole WAL. With ``restart``, a write follows that
+        starts the WAL over (it rewrites ``user_version`` unchanged: one page)."""
         # The DB-API connection, outside any transaction (SQLAlchemy's would begin one).
-        # PASSIVE: copies what it can without waiting for, or blocking, readers and writers.
         connection = engine.raw_connection()
         try:
-            connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cursor = connection.cursor()
+            _busy, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if restart and frames == copied:
+                (version,) = cursor.execute("PRAGMA user_version").fetchone()
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute(f"PRAGMA user_version = {int(version)}")
+                cursor.execute("COMMIT")
         finally:
             connection.close()
+        return bool(frames == copied)
 
     @asynccontextmanager
     async def write_transaction(self) -> AsyncIterator[Executor]:

@@ -63,11 +63,13 @@ def configure_sqlite(engine: Any, *, autocheckpoint: bool = True) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def create_engine_async(url: str | URL, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine_async(
+    url: str | URL, *, pool_size: int = 10, autocheckpoint: bool = True
+) -> AsyncEngine:
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         engine = create_async_engine(target)
-        configure_sqlite(engine.sync_engine)
+        configure_sqlite(engine.sync_engine, autocheckpoint=autocheckpoint)
         return engine
     return create_async_engine(
         target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
