@@ -55,9 +55,8 @@ def main() -> None:
                 own = float(response.headers["x-nullspend-overhead-ms"])
                 calls_made.append((start - begin, (via - direct) * 1000, own))
     added = [a for _, a, _ in calls_made]
-    print(
-        f"{calls} calls: added p50 {percentile(added, 0.5):.2f} ms, p99 {percentile(added, 0.99):.2f}"
-    )
+    p50, p99 = percentile(added, 0.5), percentile(added, 0.99)
+    print(f"{calls} calls: added p50 {p50:.2f} ms, p99 {p99:.2f}")
     threshold = percentile(added, 0.985)
     print("| at, s | added, ms | of which the proxy's own, ms |\n|---:|---:|---:|")
     for when, extra, own in calls_made:
