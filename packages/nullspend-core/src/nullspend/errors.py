@@ -1,8 +1,22 @@
-"""The exception hierarchy users catch. Every error NullSpend raises derives from NullSpendError."""
+"""The exception hierarchy users catch. Every error NullSpend raises derives from NullSpendError.
+
+NullSpendError
+├── PricingError: UnpricedModelError, PricingFileError
+├── ConnectionFailedError            the server could not be reached
+└── ApiError                         the server (or the embedded engine) refused, with a code
+    ├── AuthenticationError, PermissionDeniedError, ValidationError, NotFoundError,
+    │   ConflictError, PayloadTooLargeError, RateLimitedError
+    ├── DeniedError                  enforcement said no before any provider was called
+    │   ├── BudgetExceededError, CustomerBudgetExceededError, TagBudgetExceededError
+    │   ├── VelocityExceededError, SessionLimitExceededError, UnpricedModelDeniedError
+    └── BudgetUnavailableError, UpstreamUnavailableError, InternalServerError
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class NullSpendError(Exception):
@@ -71,3 +85,155 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UPSTREAM_UNAVAILABLE: 502,
     ErrorCode.INTERNAL_ERROR: 500,
 }
+
+
+class ConnectionFailedError(NullSpendError, ConnectionError):
+    """The NullSpend server could not be reached, or did not answer in time."""
+
+
+class ApiError(NullSpendError):
+    """An error answer, ``{"error": {"code", "message", "details"}}``, as the server sent it.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, where waiting helps."""
+
+    code: ErrorCode | str = ErrorCode.INTERNAL_ERROR
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | str | None = None,
+        status: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+        upgrade_url: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.status = status
+        self.details: dict[str, Any] = dict(details or {})
+        self.retry_after = retry_after
+        self.upgrade_url = upgrade_url
+
+
+class AuthenticationError(ApiError):
+    code = ErrorCode.AUTHENTICATION_REQUIRED
+
+
+class PermissionDeniedError(ApiError):
+    code = ErrorCode.FORBIDDEN
+
+
+class ValidationError(ApiError, ValueError):
+    code = ErrorCode.VALIDATION_ERROR
+
+
+class NotFoundError(ApiError, LookupError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ConflictError(ApiError):
+    code = ErrorCode.CONFLICT
+
+
+class PayloadTooLargeError(ApiError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class RateLimitedError(ApiError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class DeniedError(ApiError):
+    """Enforcement refused the call before it reached a provider: nothing was spent."""
+
+
+class BudgetExceededError(DeniedError):
+    code = ErrorCode.BUDGET_EXCEEDED
+
+
+class CustomerBudgetExceededError(DeniedError):
+    code = ErrorCode.CUSTOMER_BUDGET_EXCEEDED
+
+
+class TagBudgetExceededError(DeniedError):
+    code = ErrorCode.TAG_BUDGET_EXCEEDED
+
+
+class VelocityExceededError(DeniedError):
+    code = ErrorCode.VELOCITY_EXCEEDED
+
+
+class SessionLimitExceededError(DeniedError):
+    code = ErrorCode.SESSION_LIMIT_EXCEEDED
+
+
+class UnpricedModelDeniedError(DeniedError):
+    """The model is not in the pricing catalog and unpriced calls are denied."""
+
+    code = ErrorCode.UNPRICED_MODEL
+
+
+class BudgetUnavailableError(ApiError):
+    """Budgets could not be checked (storage down): the call was not made (fail closed)."""
+
+    code = ErrorCode.BUDGET_UNAVAILABLE
+
+
+class UpstreamUnavailableError(ApiError):
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+class InternalServerError(ApiError):
+    code = ErrorCode.INTERNAL_ERROR
+
+
+API_ERRORS: dict[ErrorCode, type[ApiError]] = {
+    ErrorCode(cls.code): cls
+    for cls in (
+        AuthenticationError,
+        PermissionDeniedError,
+        ValidationError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        RateLimitedError,
+        BudgetExceededError,
+        CustomerBudgetExceededError,
+        TagBudgetExceededError,
+        VelocityExceededError,
+        SessionLimitExceededError,
+        UnpricedModelDeniedError,
+        BudgetUnavailableError,
+        UpstreamUnavailableError,
+        InternalServerError,
+    )
+}
+"""The exception for each error code: every code has one (a test checks)."""
+
+
+def api_error(
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    details: Mapping[str, Any] | None = None,
+    retry_after: float | None = None,
+    upgrade_url: str | None = None,
+) -> ApiError:
+    """The typed exception for ``code``; a code this version does not know is a plain
+    ``ApiError`` that still carries it."""
+    try:
+        cls = API_ERRORS[ErrorCode(code)]
+    except ValueError:
+        cls = ApiError
+    return cls(
+        message,
+        code=code,
+        status=status,
+        details=details,
+        retry_after=retry_after,
+        upgrade_url=upgrade_url,
+    )

@@ -1,0 +1,31 @@
+"""Clients of a NullSpend server: ``NullSpend`` (sync) and ``AsyncNullSpend`` (asyncio)."""
+
+from nullspend.client.aio import AsyncNullSpend
+from nullspend.client.models import (
+    Budget,
+    BudgetStatus,
+    CostEvent,
+    CostEventPage,
+    Introspection,
+    NewCostEvent,
+    RecordedBatch,
+    RecordedEvent,
+    Reservation,
+    Settled,
+)
+from nullspend.client.sync import NullSpend
+
+__all__ = [
+    "AsyncNullSpend",
+    "Budget",
+    "BudgetStatus",
+    "CostEvent",
+    "CostEventPage",
+    "Introspection",
+    "NewCostEvent",
+    "NullSpend",
+    "RecordedBatch",
+    "RecordedEvent",
+    "Reservation",
+    "Settled",
+]

@@ -1,0 +1,124 @@
+"""``AsyncNullSpend``: the server API from asyncio code; the same calls as ``NullSpend``."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import httpx
+
+from nullspend.client import calls
+from nullspend.client.models import (
+    Budget,
+    BudgetStatus,
+    CostEventPage,
+    Introspection,
+    NewCostEvent,
+    RecordedBatch,
+    RecordedEvent,
+    Reservation,
+    Settled,
+)
+from nullspend.errors import ConnectionFailedError
+
+T = TypeVar("T")
+
+
+class AsyncNullSpend:
+    """``NullSpend`` for asyncio: the same calls, awaited."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = calls.DEFAULT_TIMEOUT,
+        max_retries: int = calls.DEFAULT_MAX_RETRIES,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.connection = calls.Connection.resolve(api_key, base_url)
+        self.max_retries = max_retries
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncNullSpend:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _send(self, call: calls.Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return call.result(await self._attempt(call))
+            except Exception as failure:
+                wait = calls.wait_before_retry(attempt, failure) if call.idempotent else None
+                if wait is None or attempt >= self.max_retries:
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
+        try:
+            return await self._http.request(**call.request(self.connection))
+        except httpx.TransportError as error:
+            raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
+
+    async def introspect(self) -> Introspection:
+        """The key's id, organization and role."""
+        return await self._send(calls.introspect())
+
+    async def budgets(self) -> list[Budget]:
+        """Every budget of the organization, with its settings."""
+        return await self._send(calls.budgets())
+
+    async def budget_status(self) -> list[BudgetStatus]:
+        """Every budget's limit, spend, reserved and remaining amounts in its current period."""
+        return await self._send(calls.budget_status())
+
+    async def reserve(
+        self, estimate_microdollars: int | None = None, **options: Unpack[calls.ReserveOptions]
+    ) -> Reservation:
+        """Admit an estimate against every budget it is subject to, or raise the
+        ``DeniedError`` that says why not. Give the estimate, or the provider ``request`` body
+        (and ``model``) for the server to estimate it as the proxy does."""
+        return await self._send(calls.reserve(estimate_microdollars, **options))
+
+    async def settle(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> Settled:
+        """Replace the estimate by the actual cost (``cost_microdollars``, or priced from
+        ``usage``) and record the cost event."""
+        return await self._send(calls.settle(reservation_id, **options))
+
+    async def release(self, reservation_id: str) -> Settled:
+        """Give the estimate back: the call did not happen."""
+        return await self._send(calls.release(reservation_id))
+
+    async def report(
+        self, event: NewCostEvent, *, idempotency_key: str | None = None
+    ) -> RecordedEvent:
+        """Record one call's cost. Retries are safe: the server records it once per key (one
+        is made up when none is given)."""
+        return await self._send(calls.report(event, idempotency_key))
+
+    async def report_batch(self, events: list[NewCostEvent]) -> RecordedBatch:
+        """Record up to 100 events at once, all or none."""
+        return await self._send(calls.report_batch(events))
+
+    async def cost_events(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        **filters: Unpack[calls.EventFilters],
+    ) -> CostEventPage:
+        """Recorded events, newest first, filtered; pass the page's ``cursor`` for the next."""
+        return await self._send(calls.cost_events(limit, cursor, **filters))

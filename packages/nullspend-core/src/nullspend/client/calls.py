@@ -1,0 +1,298 @@
+"""The server API's calls, described once for the sync and the async client: what to send, how
+to read the answer, whether a retry is safe. The clients only move bytes and wait."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from nullspend.client.models import (
+    Budget,
+    BudgetStatus,
+    CostEventPage,
+    Introspection,
+    NewCostEvent,
+    RecordedBatch,
+    RecordedEvent,
+    Reservation,
+    Settled,
+)
+from nullspend.errors import ApiError, ConnectionFailedError, ErrorCode, api_error
+from nullspend.settings import CoreSettings
+from nullspend.usage import Usage
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 3
+# Worth another try of a call that is safe to repeat: the server could not check budgets, a
+# proxy in front of it failed, or the key's rate limit is full for now.
+_RETRIED_CODES = {ErrorCode.BUDGET_UNAVAILABLE, ErrorCode.RATE_LIMITED}
+_RETRIED_STATUSES = {502, 503, 504}
+_MAX_WAIT_SECONDS = 30.0
+_USAGE_FIELDS = {
+    "input_tokens": "inputTokens",
+    "cache_read_tokens": "cacheReadTokens",
+    "cache_write_5m_tokens": "cacheWrite5mTokens",
+    "cache_write_1h_tokens": "cacheWrite1hTokens",
+    "output_tokens": "outputTokens",
+    "reasoning_tokens": "reasoningTokens",
+    "audio_input_tokens": "audioInputTokens",
+    "audio_output_tokens": "audioOutputTokens",
+    "web_search_requests": "webSearchRequests",
+}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the server is and the key to present, from the arguments or the environment
+    (``NULLSPEND_BASE_URL``, ``NULLSPEND_API_KEY``)."""
+
+    base_url: str
+    api_key: str
+
+    @classmethod
+    def resolve(cls, api_key: str | None, base_url: str | None) -> Connection:
+        settings = CoreSettings()
+        key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+        url = base_url or settings.base_url
+        if not url:
+            raise ValueError("no NullSpend server: pass base_url or set NULLSPEND_BASE_URL")
+        if not key:
+            raise ValueError("no API key: pass api_key or set NULLSPEND_API_KEY")
+        return cls(url.rstrip("/"), key)
+
+    def headers(self) -> dict[str, str]:
+        return {"X-NullSpend-Key": self.api_key, "User-Agent": "nullspend-python"}
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    read: Callable[[Any], T]
+    """Turns the answer's JSON into the result."""
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    idempotent: bool = False
+    """Safe to send again when the first try's outcome is unknown."""
+
+    def request(self, connection: Connection) -> dict[str, Any]:
+        """The arguments of ``httpx.Client.request`` (or ``AsyncClient``'s) for this call."""
+        return {
+            "method": self.method,
+            "url": connection.base_url + self.path,
+            "json": self.json,
+            "params": self.params,
+            "headers": {**connection.headers(), **self.headers},
+        }
+
+    def result(self, response: httpx.Response) -> T:
+        if response.status_code >= 400:
+            raise error_from(response)
+        return self.read(response.json())
+
+
+def _data(model: type[BaseModel]) -> Callable[[Any], Any]:
+    return lambda body: model.model_validate(body["data"])
+
+
+def _listed(model: type[T], key: str) -> Callable[[Any], list[T]]:
+    adapter = TypeAdapter(list[model])  # type: ignore[valid-type]
+    return lambda body: adapter.validate_python(body[key])
+
+
+def error_from(response: httpx.Response) -> ApiError:
+    """The typed error for an error answer; one that is not NullSpend's JSON (a proxy's HTML
+    page, say) still becomes an ``ApiError`` with the status."""
+    try:
+        error = response.json()["error"]
+        code, message, details = error["code"], error["message"], error.get("details")
+        upgrade_url = response.json().get("upgrade_url")
+    except (ValueError, KeyError, TypeError):
+        code = _code_for_status(response.status_code)
+        message = f"HTTP {response.status_code}: {response.text[:200]}"
+        details, upgrade_url = None, None
+    return api_error(
+        code,
+        message,
+        status=response.status_code,
+        details=details if isinstance(details, Mapping) else None,
+        retry_after=_retry_after(response),
+        upgrade_url=upgrade_url if isinstance(upgrade_url, str) else None,
+    )
+
+
+def _code_for_status(status: int) -> str:
+    return next((c for c in ErrorCode if c.http_status == status), ErrorCode.INTERNAL_ERROR)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def wait_before_retry(attempt: int, failure: Exception) -> float | None:
+    """Seconds to wait before try ``attempt + 1`` of an idempotent call that failed with
+    ``failure``, or None when it must not be retried. Exponential backoff with jitter
+    (0.5 s, 1 s, 2 s ...), or the server's Retry-After when it gave one."""
+    if isinstance(failure, ApiError):
+        retried = failure.code in _RETRIED_CODES or failure.status in _RETRIED_STATUSES
+        if not retried:
+            return None
+        if failure.retry_after is not None:
+            return min(failure.retry_after, _MAX_WAIT_SECONDS)
+    elif not isinstance(failure, ConnectionFailedError):
+        return None
+    backoff: float = min(0.5 * 2**attempt, _MAX_WAIT_SECONDS)
+    return backoff * random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not a secret)
+
+
+# --- the calls -----------------------------------------------------------------------------
+
+
+def introspect() -> Call[Introspection]:
+    return Call("GET", "/api/auth/introspect", _data(Introspection), idempotent=True)
+
+
+def budgets() -> Call[list[Budget]]:
+    return Call("GET", "/api/budgets", _listed(Budget, "data"), idempotent=True)
+
+
+def budget_status() -> Call[list[BudgetStatus]]:
+    return Call("GET", "/api/budgets/status", _listed(BudgetStatus, "entities"), idempotent=True)
+
+
+class ReserveOptions(TypedDict, total=False):
+    model: str
+    provider: str
+    request: Mapping[str, Any]
+    """The provider request body, for the server to estimate as the proxy does."""
+    wire_format: str
+    """``openai.chat``, ``openai.responses``, ``anthropic.messages`` or
+    ``gemini.generate_content``; inferred from the request when omitted."""
+    customer: str
+    session_id: str
+    trace_id: str
+    tags: Mapping[str, str]
+
+
+def reserve(
+    estimate_microdollars: int | None, **options: Unpack[ReserveOptions]
+) -> Call[Reservation]:
+    request = options.get("request")
+    body = {
+        "estimateMicrodollars": estimate_microdollars,
+        "model": options.get("model"),
+        "provider": options.get("provider"),
+        "request": dict(request) if request is not None else None,
+        "format": options.get("wire_format"),
+        "customer": options.get("customer"),
+        "sessionId": options.get("session_id"),
+        "traceId": options.get("trace_id"),
+        "tags": dict(options.get("tags") or {}),
+    }
+    # Not idempotent: a retry after a lost answer would reserve twice.
+    return Call("POST", "/api/reservations", _data(Reservation), json=_present(body))
+
+
+class SettleOptions(TypedDict, total=False):
+    cost_microdollars: int
+    usage: Usage
+    """Priced with the server's catalog when no cost is given."""
+    model: str
+    provider: str
+    duration_ms: int
+    event_type: str
+    trace_id: str
+
+
+def settle(reservation_id: str, **options: Unpack[SettleOptions]) -> Call[Settled]:
+    usage = options.get("usage")
+    body = {
+        "costMicrodollars": options.get("cost_microdollars"),
+        "usage": _usage(usage) if usage is not None else None,
+        "model": options.get("model"),
+        "provider": options.get("provider"),
+        "durationMs": options.get("duration_ms"),
+        "eventType": options.get("event_type"),
+        "traceId": options.get("trace_id"),
+    }
+    return Call(
+        "POST", f"/api/reservations/{reservation_id}/settle", _data(Settled), json=_present(body)
+    )
+
+
+def release(reservation_id: str) -> Call[Settled]:
+    return Call("DELETE", f"/api/reservations/{reservation_id}", _data(Settled))
+
+
+def report(event: NewCostEvent, idempotency_key: str | None) -> Call[RecordedEvent]:
+    # With a key the server records the event once however often it is sent: safe to retry.
+    key = idempotency_key or uuid.uuid4().hex
+    return Call(
+        "POST",
+        "/api/cost-events",
+        _data(RecordedEvent),
+        json=event.wire(),
+        headers={"Idempotency-Key": key},
+        idempotent=True,
+    )
+
+
+def report_batch(events: list[NewCostEvent]) -> Call[RecordedBatch]:
+    return Call(
+        "POST",
+        "/api/cost-events/batch",
+        RecordedBatch.model_validate,
+        json={"events": [e.wire() for e in events]},
+    )
+
+
+class EventFilters(TypedDict, total=False):
+    provider: str
+    model: str
+    source: str
+    session_id: str
+    trace_id: str
+    customer: str
+    tags: Mapping[str, str]
+    """Events carrying every one of these tags."""
+
+
+def cost_events(
+    limit: int, cursor: str | None, **filters: Unpack[EventFilters]
+) -> Call[CostEventPage]:
+    params = _present(
+        {
+            "limit": limit,
+            "cursor": cursor,
+            "provider": filters.get("provider"),
+            "model": filters.get("model"),
+            "source": filters.get("source"),
+            "sessionId": filters.get("session_id"),
+            "traceId": filters.get("trace_id"),
+            "customer": filters.get("customer"),
+            **{f"tag.{k}": v for k, v in (filters.get("tags") or {}).items()},
+        }
+    )
+    return Call(
+        "GET", "/api/cost-events", CostEventPage.model_validate, params=params, idempotent=True
+    )
+
+
+def _present(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {wire: getattr(usage, name) for name, wire in _USAGE_FIELDS.items()}

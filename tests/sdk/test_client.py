@@ -1,0 +1,289 @@
+"""``NullSpend`` and ``AsyncNullSpend`` against a real server: typed results, one typed error per
+code with the server's details, retries only where repeating is safe."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from nullspend.client import AsyncNullSpend, NewCostEvent, NullSpend, Reservation
+from nullspend.errors import (
+    API_ERRORS,
+    ApiError,
+    AuthenticationError,
+    BudgetExceededError,
+    BudgetUnavailableError,
+    ConflictError,
+    ConnectionFailedError,
+    CustomerBudgetExceededError,
+    DeniedError,
+    ErrorCode,
+    NotFoundError,
+    SessionLimitExceededError,
+    TagBudgetExceededError,
+    ValidationError,
+    VelocityExceededError,
+)
+from nullspend.usage import Usage
+from tests.nullspend_server.conftest import RunningServer, start_server
+
+# gpt-4o-mini: $0.15 input, $0.60 output per million tokens
+USAGE = Usage(input_tokens=1_000, output_tokens=500)
+USAGE_COST = 1_000 * 0.15 + 500 * 0.6
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url)
+    yield running
+    running.stop()
+
+
+def budget(server: RunningServer, **fields: Any) -> None:
+    with server.client() as admin:
+        admin.post("/api/budgets", json=fields).raise_for_status()
+
+
+def test_every_error_code_has_its_exception() -> None:
+    assert set(API_ERRORS) == set(ErrorCode)
+    assert all(issubclass(API_ERRORS[c], DeniedError) for c in ErrorCode if "exceeded" in c)
+
+
+def test_reserve_settle_and_read_back(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        me = ns.introspect()
+        budget(server, entityType="api_key", entityId=me.key_id, limitMicrodollars=1_000_000)
+        reservation = ns.reserve(
+            model="gpt-4o-mini",
+            request={"model": "gpt-4o-mini", "max_tokens": 500, "messages": []},
+            session_id="s-1",
+            tags={"team": "ml"},
+        )
+        assert reservation.estimate_microdollars > 0
+        (status,) = ns.budget_status()
+        assert status.reserved_microdollars == reservation.estimate_microdollars
+        settled = ns.settle(reservation.reservation_id, usage=USAGE, model="gpt-4o-mini")
+        assert (settled.status, settled.cost_microdollars) == ("settled", USAGE_COST)
+        (status,) = ns.budget_status()
+        assert (status.spend_microdollars, status.reserved_microdollars) == (USAGE_COST, 0)
+        assert status.remaining_microdollars == 1_000_000 - USAGE_COST
+        (event,) = ns.cost_events(session_id="s-1").data
+        assert event.id == settled.cost_event_id
+        assert (event.reservation_id, event.input_tokens, event.tags) == (
+            reservation.reservation_id,
+            1_000,
+            {"team": "ml"},
+        )
+        (listed,) = ns.budgets()
+        assert (listed.entity_id, listed.limit_microdollars) == (me.key_id, 1_000_000)
+
+        released = ns.release(ns.reserve(1_000).reservation_id)
+        assert released.status == "released"
+        with pytest.raises(ConflictError) as twice:
+            ns.release(released.reservation_id)
+        assert twice.value.status == 409
+        with pytest.raises(NotFoundError):
+            ns.settle("rsv_missing", cost_microdollars=1)
+
+
+def test_reports_are_recorded_once_per_idempotency_key(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        event = NewCostEvent(provider="openai", model="gpt-4o-mini", input_tokens=1_000)
+        first = ns.report(event, idempotency_key="call-1")
+        again = ns.report(event, idempotency_key="call-1")
+        assert again.id == first.id
+        assert first.cost_microdollars == 150
+        batch = ns.report_batch([event, event.model_copy(update={"customer": "acme"})])
+        assert batch.inserted == 2
+        assert len(ns.cost_events(limit=10).data) == 3
+        (acme,) = ns.cost_events(customer="acme").data
+        assert acme.id == batch.ids[1]
+
+
+def test_denials_raise_their_typed_error_with_the_server_details(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        me = ns.introspect()
+        budget(server, entityType="api_key", entityId=me.key_id, limitMicrodollars=5_000)
+        with pytest.raises(BudgetExceededError) as over:
+            ns.reserve(6_000)
+        assert over.value.status == 429
+        assert over.value.details == {
+            "entity_type": "api_key",
+            "entity_id": me.key_id,
+            "budget_limit_microdollars": 5_000,
+            "budget_spend_microdollars": 0,
+            "estimated_cost_microdollars": 6_000,
+        }
+        budget(server, entityType="tag", entityId="team=ml", limitMicrodollars=100)
+        with pytest.raises(TagBudgetExceededError) as tag:
+            ns.reserve(200, tags={"team": "ml"})
+        assert tag.value.details["tag_value"] == "ml"
+        budget(server, entityType="customer", entityId="acme", limitMicrodollars=100)
+        with pytest.raises(CustomerBudgetExceededError) as customer:
+            ns.reserve(200, customer="acme")
+        assert customer.value.details["customer_id"] == "acme"
+
+    with NullSpend(server.new_key(), server.base_url) as other:
+        budget(
+            server,
+            entityType="user",
+            limitMicrodollars=10**9,
+            sessionLimitMicrodollars=1_000,
+            velocityLimitMicrodollars=3_000,
+            windowSeconds=60,
+            cooldownSeconds=30,
+        )
+        with pytest.raises(SessionLimitExceededError) as session:
+            other.reserve(2_000, session_id="s-9")
+        assert session.value.details["session_limit_microdollars"] == 1_000
+        other.reserve(2_500)
+        with pytest.raises(VelocityExceededError) as velocity:
+            other.reserve(1_000)
+        assert velocity.value.retry_after == 30
+        assert velocity.value.details["velocity_limit_microdollars"] == 3_000
+
+    with (
+        NullSpend("ns_live_sk_" + "0" * 32, server.base_url) as stranger,
+        pytest.raises(AuthenticationError),
+    ):
+        stranger.introspect()
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        with pytest.raises(ValidationError) as invalid:
+            ns.reserve(-1)
+        assert invalid.value.code == "validation_error"
+
+
+def test_async_client(server: RunningServer) -> None:
+    """Fifteen concurrent reservations of 1,000 against a cap of 10,000: ten admitted, five
+    denied with the typed error, and the cap holds after settling."""
+
+    async def run() -> None:
+        async with AsyncNullSpend(server.admin_key, server.base_url) as ns:
+            me = await ns.introspect()
+            budget(server, entityType="api_key", entityId=me.key_id, limitMicrodollars=10_000)
+            outcomes = await asyncio.gather(
+                *(ns.reserve(1_000) for _ in range(15)), return_exceptions=True
+            )
+            admitted = [r for r in outcomes if isinstance(r, Reservation)]
+            denied = [r for r in outcomes if isinstance(r, BudgetExceededError)]
+            assert (len(admitted), len(denied)) == (10, 5)
+            for reservation in admitted:
+                await ns.settle(reservation.reservation_id, cost_microdollars=500)
+            (status,) = await ns.budget_status()
+            assert (status.spend_microdollars, status.reserved_microdollars) == (5_000, 0)
+            page = await ns.cost_events(limit=20)
+            assert sum(e.cost_microdollars for e in page.data) == 5_000
+
+    asyncio.run(run())
+
+
+def test_configured_from_the_environment(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NULLSPEND_API_KEY", server.admin_key)
+    monkeypatch.setenv("NULLSPEND_BASE_URL", server.base_url + "/")
+    with NullSpend() as ns:
+        assert ns.introspect().role == "admin"
+    monkeypatch.delenv("NULLSPEND_BASE_URL")
+    with pytest.raises(ValueError, match="NULLSPEND_BASE_URL"):
+        NullSpend()
+
+
+# --- retries, against a server that fails on purpose ----------------------------------------
+
+
+class Flaky:
+    """Answers ``failures`` times 503 budget_unavailable (Retry-After: 0), then succeeds;
+    records each request's path and Idempotency-Key."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.seen: list[tuple[str, str | None]] = []
+
+    async def endpoint(self, request: Request) -> JSONResponse:
+        self.seen.append((request.url.path, request.headers.get("idempotency-key")))
+        if len(self.seen) <= self.failures:
+            error = {"code": "budget_unavailable", "message": "storage down", "details": None}
+            return JSONResponse({"error": error}, 503, {"Retry-After": "0"})
+        if request.url.path == "/api/auth/introspect":
+            data = {"keyId": "k", "orgId": "o", "role": "admin", "apiVersion": "1"}
+            return JSONResponse({"data": data})
+        now = "2026-11-23T00:00:00Z"
+        return JSONResponse(
+            {"data": {"id": "ce_1", "createdAt": now, "costMicrodollars": 1}}, status_code=201
+        )
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[str, Flaky]]:
+    handler = Flaky(failures=2)
+    paths = ["/api/auth/introspect", "/api/cost-events", "/api/reservations"]
+    app = Starlette(routes=[Route(p, handler.endpoint, methods=["GET", "POST"]) for p in paths])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", handler
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_idempotent_calls_are_retried(flaky: tuple[str, Flaky]) -> None:
+    base, handler = flaky
+    with NullSpend("ns_live_sk_" + "1" * 32, base) as ns:
+        assert ns.introspect().org_id == "o"
+    assert len(handler.seen) == 3
+
+
+def test_a_report_is_retried_with_the_same_idempotency_key(flaky: tuple[str, Flaky]) -> None:
+    base, handler = flaky
+    with NullSpend("ns_live_sk_" + "1" * 32, base) as ns:
+        ns.report(NewCostEvent(provider="openai", model="gpt-4o-mini"))
+    keys = {key for _, key in handler.seen}
+    assert len(handler.seen) == 3
+    assert len(keys) == 1
+    assert None not in keys
+
+
+def test_a_reservation_is_never_sent_twice(flaky: tuple[str, Flaky]) -> None:
+    base, handler = flaky
+    with (
+        NullSpend("ns_live_sk_" + "1" * 32, base) as ns,
+        pytest.raises(BudgetUnavailableError) as unavailable,
+    ):
+        ns.reserve(1_000)
+    assert unavailable.value.retry_after == 0
+    assert isinstance(unavailable.value, ApiError)
+    assert len(handler.seen) == 1
+
+
+def test_retries_give_up_after_max_retries(flaky: tuple[str, Flaky]) -> None:
+    base, handler = flaky
+    with (
+        NullSpend("ns_live_sk_" + "1" * 32, base, max_retries=1) as ns,
+        pytest.raises(BudgetUnavailableError),
+    ):
+        ns.introspect()
+    assert len(handler.seen) == 2
+
+
+def test_an_unreachable_server_is_a_connection_error() -> None:
+    with (
+        NullSpend("ns_live_sk_" + "1" * 32, "http://127.0.0.1:9", max_retries=1) as ns,
+        pytest.raises(ConnectionFailedError),
+    ):
+        ns.introspect()
