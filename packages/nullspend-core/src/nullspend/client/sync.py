@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import httpx
 
@@ -21,6 +22,10 @@ from nullspend.client.models import (
     Settled,
 )
 from nullspend.errors import ConnectionFailedError
+from nullspend.tracked.metering import Scope
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 
@@ -45,6 +50,7 @@ class NullSpend:
     ) -> None:
         self.connection = calls.Connection.resolve(api_key, base_url)
         self.max_retries = max_retries
+        self.scope = Scope()
         self._http = http_client or httpx.Client(timeout=timeout)
 
     def close(self) -> None:
@@ -78,6 +84,32 @@ class NullSpend:
             return self._http.request(**call.request(self.connection))
         except httpx.TransportError as error:
             raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
+
+    def scoped(
+        self,
+        *,
+        customer: str | None = None,
+        session_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> NullSpend:
+        """This client (sharing its connections) with calls attributed to ``customer``,
+        ``session_id`` and ``tags``, on top of this one's: its tracked provider clients are
+        held to those budgets."""
+        twin = copy.copy(self)
+        twin.scope = self.scope.narrowed(customer, session_id, tags)
+        return twin
+
+    def customer(self, customer: str) -> NullSpend:
+        """``scoped(customer=customer)``."""
+        return self.scoped(customer=customer)
+
+    def openai(self, **kwargs: Any) -> openai.OpenAI:
+        """A real ``openai.OpenAI`` whose calls are reserved, priced and settled here;
+        ``kwargs`` go to its constructor. A denial raises the typed ``DeniedError`` (also an
+        ``openai.OpenAIError``) before anything is sent."""
+        from nullspend.tracked.providers import openai_client
+
+        return openai_client(self, **kwargs)
 
     def introspect(self) -> Introspection:
         """The key's id, organization and role."""

@@ -25,6 +25,7 @@ from nullspend.errors import ErrorCode
 from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
+from nullspend.wire.usage_chunks import UsageChunkFilter
 from nullspend_server.auth import Principal, presented_key, principal_for
 from nullspend_server.db.database import STORAGE_ERRORS
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
@@ -36,7 +37,6 @@ from nullspend_server.proxy.headers import (
     upstream_headers,
 )
 from nullspend_server.proxy.upstream import UPSTREAM_ERRORS
-from nullspend_server.proxy.usage_chunks import UsageChunkFilter
 from nullspend_server.settings import ServerSettings
 
 PRICED: dict[str, tuple[str, WireFormat]] = {

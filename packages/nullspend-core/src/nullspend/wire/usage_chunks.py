@@ -1,9 +1,9 @@
-"""Giving a client the OpenAI chat stream it asked for, when the proxy asked for more.
+"""Giving a client the OpenAI chat stream it asked for, when NullSpend asked for more.
 
 With ``stream_options.include_usage`` OpenAI adds a final usage-only chunk (``choices: []``)
-and a ``"usage":null`` field to every other chunk. When the proxy added the option itself, both
-are taken out again, event by event; everything else passes byte for byte. Each event is held
-only until its blank line arrives.
+and a ``"usage":null`` field to every other chunk. When NullSpend added the option itself, both
+are taken out again, event by event (by the proxy, or by a tracked SDK client); everything else
+passes byte for byte. Each event is held only until its blank line arrives.
 """
 
 from __future__ import annotations

@@ -1,0 +1,114 @@
+"""One provider call as NullSpend meters it, whatever client carries it: which wire format the
+request is in, what to reserve, what to change in the request (only: ask an OpenAI chat stream
+for its usage), and what the answer cost. The transports only move bytes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.usage import Usage
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
+from nullspend.wire.usage_chunks import UsageChunkFilter
+
+log = logging.getLogger("nullspend.tracked")
+
+# The priced routes, by how their path ends (the base URL may carry /v1 or a gateway prefix).
+_ROUTES: tuple[tuple[str, WireFormat], ...] = (
+    ("/chat/completions", OPENAI_CHAT),
+    ("/responses", OPENAI_RESPONSES),
+    ("/messages", ANTHROPIC_MESSAGES),
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who a call is attributed to: customer, session and tags."""
+
+    customer: str | None = None
+    session_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def narrowed(
+        self, customer: str | None, session_id: str | None, tags: dict[str, str] | None
+    ) -> Scope:
+        return Scope(
+            customer or self.customer,
+            session_id or self.session_id,
+            {**self.tags, **(tags or {})},
+        )
+
+
+@dataclass
+class Metered:
+    """A priced call between its reservation and its settlement."""
+
+    wire: WireFormat
+    model: str | None
+    estimate_microdollars: int
+    body: bytes
+    """The request body to send: the caller's, or with ``include_usage`` added."""
+    strip_usage: bool
+    started: float = field(default_factory=time.perf_counter)
+    reservation_id: str = ""
+
+    @classmethod
+    def for_request(cls, method: str, path: str, body: bytes) -> Metered | None:
+        """The metering of a request, or None for one that costs nothing (a model listing,
+        a token count) or is not JSON."""
+        wire = next((w for suffix, w in _ROUTES if path.endswith(suffix)), None)
+        if method != "POST" or wire is None:
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(parsed, dict):
+            return None
+        strip_usage = False
+        if wire is OPENAI_CHAT and parsed.get("stream") is True:
+            options = parsed.get("stream_options")
+            options = options if isinstance(options, dict) else {}
+            if not options.get("include_usage"):
+                # Without it the stream carries no usage at all: ask, and hide it again.
+                parsed["stream_options"] = {**options, "include_usage": True}
+                body = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+                strip_usage = True
+        estimate = estimate_request(wire, parsed, body)
+        return cls(wire, estimate.requested_model, estimate.microdollars, body, strip_usage)
+
+    def reading_of(self, content: bytes) -> Reading:
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            return Reading(None, None)
+        return self.wire.read_response(parsed) if isinstance(parsed, dict) else Reading(None, None)
+
+    def settlement(self, reading: Reading) -> dict[str, Any]:
+        """The settle call's options: the exact cost when the answer carried usage of a priced
+        model, else the estimate (never zero)."""
+        model = reading.model or self.model
+        priced = default_catalog().resolve(model) if model else None
+        usage: Usage | None = reading.usage
+        cost = (
+            price_usage(usage, priced).total_microdollars
+            if usage is not None and priced is not None
+            else self.estimate_microdollars
+        )
+        options: dict[str, Any] = {
+            "cost_microdollars": cost,
+            "provider": self.wire.provider,
+            "duration_ms": int((time.perf_counter() - self.started) * 1000),
+        }
+        if model:
+            options["model"] = model
+        if usage is not None:
+            options["usage"] = usage
+        return options
+
+    def stream_filter(self) -> UsageChunkFilter | None:
+        return UsageChunkFilter() if self.strip_usage else None

@@ -1,0 +1,211 @@
+"""httpx transports that meter the provider calls they carry: reserve, forward, settle (or
+release). Bytes pass through as they arrive; a denial raises before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
+from nullspend.tracked.metering import Metered, log
+from nullspend.wire import Reading
+
+if TYPE_CHECKING:
+    from nullspend.client.aio import AsyncNullSpend
+    from nullspend.client.sync import NullSpend
+
+RaiseAs = Callable[[ApiError], Exception]
+"""Turns a NullSpend error into what the provider SDK lets through unwrapped (see providers)."""
+
+
+def _refusal(error: NullSpendError, raise_as: RaiseAs) -> Exception:
+    if isinstance(error, ConnectionFailedError):  # budgets cannot be checked: fail closed
+        error = BudgetUnavailableError(f"the NullSpend server cannot be reached: {error}")
+    assert isinstance(error, ApiError)
+    return raise_as(error)
+
+
+def _reserve_options(metered: Metered, scope: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {"provider": metered.wire.provider, "tags": scope.tags}
+    if metered.model:
+        options["model"] = metered.model
+    if scope.customer:
+        options["customer"] = scope.customer
+    if scope.session_id:
+        options["session_id"] = scope.session_id
+    return options
+
+
+def _with_body(request: httpx.Request, body: bytes) -> httpx.Request:
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
+    return httpx.Request(
+        request.method, request.url, headers=headers, content=body, extensions=request.extensions
+    )
+
+
+def _is_stream(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
+
+
+class TrackedTransport(httpx.BaseTransport):
+    def __init__(self, ns: NullSpend, inner: httpx.BaseTransport, raise_as: RaiseAs) -> None:
+        self.ns = ns
+        self.inner = inner
+        self.raise_as = raise_as
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        metered = Metered.for_request(request.method, request.url.path, request.read())
+        if metered is None:
+            return self.inner.handle_request(request)
+        try:
+            reservation = self.ns.reserve(
+                metered.estimate_microdollars, **_reserve_options(metered, self.ns.scope)
+            )
+        except NullSpendError as error:
+            raise _refusal(error, self.raise_as) from None
+        metered.reservation_id = reservation.reservation_id
+        try:
+            response = self.inner.handle_request(_with_body(request, metered.body))
+        except BaseException:
+            self._release(metered)
+            raise
+        if response.status_code >= 300:  # the provider refused: nothing was spent
+            self._release(metered)
+        elif _is_stream(response):
+            response.stream = _MeteredStream(response.stream, metered, self._settle)
+        else:
+            self._settle(metered, metered.reading_of(response.read()))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _settle(self, metered: Metered, reading: Reading) -> None:
+        try:
+            self.ns.settle(metered.reservation_id, **metered.settlement(reading))
+        except NullSpendError as error:  # the answer is the caller's already
+            log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
+
+    def _release(self, metered: Metered) -> None:
+        try:
+            self.ns.release(metered.reservation_id)
+        except NullSpendError as error:
+            log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
+
+
+class AsyncTrackedTransport(httpx.AsyncBaseTransport):
+    def __init__(
+        self, ns: AsyncNullSpend, inner: httpx.AsyncBaseTransport, raise_as: RaiseAs
+    ) -> None:
+        self.ns = ns
+        self.inner = inner
+        self.raise_as = raise_as
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        metered = Metered.for_request(request.method, request.url.path, await request.aread())
+        if metered is None:
+            return await self.inner.handle_async_request(request)
+        try:
+            reservation = await self.ns.reserve(
+                metered.estimate_microdollars, **_reserve_options(metered, self.ns.scope)
+            )
+        except NullSpendError as error:
+            raise _refusal(error, self.raise_as) from None
+        metered.reservation_id = reservation.reservation_id
+        try:
+            response = await self.inner.handle_async_request(_with_body(request, metered.body))
+        except BaseException:
+            await self._release(metered)
+            raise
+        if response.status_code >= 300:
+            await self._release(metered)
+        elif _is_stream(response):
+            response.stream = _AsyncMeteredStream(response.stream, metered, self._settle)
+        else:
+            await self._settle(metered, metered.reading_of(await response.aread()))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def _settle(self, metered: Metered, reading: Reading) -> None:
+        try:
+            await self.ns.settle(metered.reservation_id, **metered.settlement(reading))
+        except NullSpendError as error:
+            log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
+
+    async def _release(self, metered: Metered) -> None:
+        try:
+            await self.ns.release(metered.reservation_id)
+        except NullSpendError as error:
+            log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
+
+
+class _MeteredStream(httpx.SyncByteStream):
+    """The provider's stream, passed on as it arrives, usage read on the side; settled once,
+    when it ends or the caller closes it (with what usage was seen, else the estimate)."""
+
+    def __init__(
+        self,
+        inner: Any,
+        metered: Metered,
+        settle: Callable[[Metered, Reading], None],
+    ) -> None:
+        self.inner = inner
+        self.metered = metered
+        self.settle = settle
+        self.accumulator = metered.wire.stream()
+        self.settled = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunk_filter = self.metered.stream_filter()
+        for chunk in self.inner:
+            out = chunk_filter.feed(chunk) if chunk_filter else chunk
+            if out:
+                yield out
+            self.accumulator.feed(chunk)
+        if chunk_filter and (rest := chunk_filter.finish()):
+            yield rest
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            if not self.settled:
+                self.settled = True
+                self.settle(self.metered, self.accumulator.finish())
+
+
+class _AsyncMeteredStream(httpx.AsyncByteStream):
+    def __init__(
+        self,
+        inner: Any,
+        metered: Metered,
+        settle: Callable[[Metered, Reading], Any],
+    ) -> None:
+        self.inner = inner
+        self.metered = metered
+        self.settle = settle
+        self.accumulator = metered.wire.stream()
+        self.settled = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunk_filter = self.metered.stream_filter()
+        async for chunk in self.inner:
+            out = chunk_filter.feed(chunk) if chunk_filter else chunk
+            if out:
+                yield out
+            self.accumulator.feed(chunk)
+        if chunk_filter and (rest := chunk_filter.finish()):
+            yield rest
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            if not self.settled:
+                self.settled = True
+                await self.settle(self.metered, self.accumulator.finish())

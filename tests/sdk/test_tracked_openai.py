@@ -1,0 +1,156 @@
+"""``ns.openai()``: a real ``openai.OpenAI`` (and ``AsyncOpenAI``) whose transport reserves,
+forwards to the provider directly (the fake upstream), prices the answer and settles; streams
+reach the caller as the provider would have sent them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from nullspend.client import AsyncNullSpend, NullSpend
+from nullspend.errors import BudgetUnavailableError, DeniedError
+from tests.fakes.upstream import run_fake_upstream
+from tests.nullspend_server.conftest import RunningServer, start_server
+
+USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
+# gpt-4o-mini: $0.15 input, $0.075 cached, $0.60 output per million tokens
+COST = round((1200 - 1024) * 0.15 + 1024 * 0.075 + 90 * 0.6)
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as running:
+        yield running
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url)
+    yield running
+    running.stop()
+
+
+def client_kwargs(fake: tuple[str, Any]) -> dict[str, Any]:
+    return {
+        "base_url": f"{fake[0]}/v1",
+        "api_key": "sk-test",
+        "max_retries": 0,
+        "default_headers": {"x-fake-usage": json.dumps(USAGE)},
+    }
+
+
+def settled_events(ns: NullSpend, count: int) -> list[Any]:
+    deadline = time.monotonic() + 5
+    while len(events := ns.cost_events().data) < count:
+        assert time.monotonic() < deadline, "not settled"
+        time.sleep(0.02)
+    return events
+
+
+def test_a_call_is_reserved_priced_and_settled(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        client = ns.customer("acme").scoped(session_id="s-1").openai(**client_kwargs(fake))
+        completion = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=100
+        )
+        assert completion.usage is not None
+        assert completion.usage.prompt_tokens == 1200
+        (event,) = settled_events(ns, 1)
+        assert (event.provider, event.model, event.cost_microdollars) == (
+            "openai",
+            completion.model,
+            COST,
+        )
+        assert (event.customer, event.session_id) == ("acme", "s-1")
+        assert (event.input_tokens, event.cached_input_tokens) == (176, 1024)
+        assert event.reservation_id is not None
+        forwarded = fake[1].state.requests[-1]
+        assert forwarded["headers"]["authorization"] == "Bearer sk-test"
+
+
+def test_a_stream_is_passed_through_unchanged_and_priced(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        client = ns.openai(**client_kwargs(fake))
+        chunks = list(
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        )
+        assert chunks
+        assert all(chunk.usage is None and chunk.choices for chunk in chunks)  # as asked
+        assert fake[1].state.requests[-1]["json"]["stream_options"] == {"include_usage": True}
+        with client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as stream:
+            kept = list(stream)
+        assert kept[-1].usage is not None  # asked for by the caller: kept
+        events = settled_events(ns, 2)
+        assert [e.cost_microdollars for e in events] == [COST, COST]
+
+
+def test_a_denied_call_raises_before_anything_is_sent(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        with server.client() as admin:
+            budget = {"entityType": "customer", "entityId": "acme", "limitMicrodollars": 10}
+            admin.post("/api/budgets", json=budget).raise_for_status()
+        client = ns.customer("acme").openai(**{**client_kwargs(fake), "max_retries": 2})
+        with pytest.raises(DeniedError) as denied:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert denied.value.code == "customer_budget_exceeded"
+        assert isinstance(denied.value, openai.OpenAIError)  # the SDK let it through, unretried
+        assert fake[1].state.requests == []
+        # Not the customer's: admitted.
+        ns.openai(**client_kwargs(fake)).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        assert len(fake[1].state.requests) == 1
+
+
+def test_an_unreachable_server_fails_closed(fake: tuple[str, Any]) -> None:
+    with (
+        NullSpend("ns_live_sk_" + "1" * 32, "http://127.0.0.1:9", max_retries=0) as ns,
+        pytest.raises(BudgetUnavailableError),
+    ):
+        ns.openai(**client_kwargs(fake)).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+    assert fake[1].state.requests == []
+
+
+def test_async_openai(server: RunningServer, fake: tuple[str, Any]) -> None:
+    async def run() -> None:
+        async with AsyncNullSpend(server.admin_key, server.base_url) as ns:
+            client = ns.customer("acme").openai(**client_kwargs(fake))
+            completion = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES
+            )
+            assert completion.choices
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, stream=True
+            )
+            assert [c async for c in stream]
+            with server.client() as admin:
+                budget = {"entityType": "customer", "entityId": "acme", "limitMicrodollars": 1}
+                admin.post("/api/budgets", json=budget).raise_for_status()
+            with pytest.raises(DeniedError):
+                await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    asyncio.run(run())
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        events = settled_events(ns, 2)
+        assert [e.cost_microdollars for e in events] == [COST, COST]
+        assert {e.customer for e in events} == {"acme"}
