@@ -4,11 +4,13 @@ import re
 import shlex
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from nullspend_server.db.migrate import migrate
+from tests.fakes.upstream import run_fake_upstream
 from tests.nullspend_server.conftest import start_server
 
 ROOT = Path(__file__).parent.parent
@@ -29,11 +31,14 @@ def test_readme_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.Monk
         server = start_server(url)
         monkeypatch.setenv("NULLSPEND_API_KEY", server.admin_key)
         monkeypatch.setenv("NULLSPEND_BASE_URL", server.base_url)
-    try:
-        exec(compile(code, "<README example>", "exec"), {})
-    finally:
+    with ExitStack() as stack:
         if server is not None:
-            server.stop()
+            stack.callback(server.stop)
+        if ".openai(" in code:  # and a provider: the fake one, where OPENAI_BASE_URL points
+            fake_base, _ = stack.enter_context(run_fake_upstream())
+            monkeypatch.setenv("OPENAI_BASE_URL", f"{fake_base}/v1")
+            monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        exec(compile(code, "<README example>", "exec"), {})
 
 
 def test_the_main_job_in_the_root_readme_runs() -> None:

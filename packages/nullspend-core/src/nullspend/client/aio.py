@@ -25,6 +25,7 @@ from nullspend.errors import ConnectionFailedError
 from nullspend.tracked.metering import Scope
 
 if TYPE_CHECKING:
+    import anthropic
     import openai
 
 T = TypeVar("T")
@@ -104,6 +105,13 @@ class AsyncNullSpend:
         from nullspend.tracked.providers import async_openai_client
 
         return async_openai_client(self, **kwargs)
+
+    def anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        """A real ``anthropic.AsyncAnthropic``, tracked as ``openai()`` is (a denial is also an
+        ``anthropic.AnthropicError``)."""
+        from nullspend.tracked.providers import async_anthropic_client
+
+        return async_anthropic_client(self, **kwargs)
 
     async def introspect(self) -> Introspection:
         """The key's id, organization and role."""

@@ -25,6 +25,7 @@ from nullspend.errors import ConnectionFailedError
 from nullspend.tracked.metering import Scope
 
 if TYPE_CHECKING:
+    import anthropic
     import openai
 
 T = TypeVar("T")
@@ -110,6 +111,13 @@ class NullSpend:
         from nullspend.tracked.providers import openai_client
 
         return openai_client(self, **kwargs)
+
+    def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
+        """A real ``anthropic.Anthropic``, tracked as ``openai()`` is (a denial is also an
+        ``anthropic.AnthropicError``)."""
+        from nullspend.tracked.providers import anthropic_client
+
+        return anthropic_client(self, **kwargs)
 
     def introspect(self) -> Introspection:
         """The key's id, organization and role."""

@@ -1,9 +1,15 @@
 """httpx transports that meter the provider calls they carry: reserve, forward, settle (or
-release). Bytes pass through as they arrive; a denial raises before anything is sent."""
+release). Bytes pass through as they arrive; a denial raises before anything is sent.
+
+They serve httpx and its fork httpx2 (which newer anthropic SDKs use) alike: the two have the
+same transport interface, but each client accepts only its own module's byte streams, so the
+metered stream is made per module (``http``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import cache
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -40,7 +46,7 @@ def _reserve_options(metered: Metered, scope: Any) -> dict[str, Any]:
 
 def _with_body(request: httpx.Request, body: bytes) -> httpx.Request:
     headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
-    return httpx.Request(
+    return type(request)(  # httpx's or httpx2's
         request.method, request.url, headers=headers, content=body, extensions=request.extensions
     )
 
@@ -51,10 +57,17 @@ def _is_stream(response: httpx.Response) -> bool:
 
 
 class TrackedTransport(httpx.BaseTransport):
-    def __init__(self, ns: NullSpend, inner: httpx.BaseTransport, raise_as: RaiseAs) -> None:
+    def __init__(
+        self,
+        ns: NullSpend,
+        inner: httpx.BaseTransport,  # or httpx2's: the same interface
+        raise_as: RaiseAs,
+        http: ModuleType = httpx,
+    ) -> None:
         self.ns = ns
         self.inner = inner
         self.raise_as = raise_as
+        self.stream_type = _stream_type(_MeteredStream, http.SyncByteStream)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         metered = Metered.for_request(request.method, request.url.path, request.read())
@@ -75,7 +88,7 @@ class TrackedTransport(httpx.BaseTransport):
         if response.status_code >= 300:  # the provider refused: nothing was spent
             self._release(metered)
         elif _is_stream(response):
-            response.stream = _MeteredStream(response.stream, metered, self._settle)
+            response.stream = self.stream_type(response.stream, metered, self._settle)
         else:
             self._settle(metered, metered.reading_of(response.read()))
         return response
@@ -98,11 +111,16 @@ class TrackedTransport(httpx.BaseTransport):
 
 class AsyncTrackedTransport(httpx.AsyncBaseTransport):
     def __init__(
-        self, ns: AsyncNullSpend, inner: httpx.AsyncBaseTransport, raise_as: RaiseAs
+        self,
+        ns: AsyncNullSpend,
+        inner: httpx.AsyncBaseTransport,  # or httpx2's
+        raise_as: RaiseAs,
+        http: ModuleType = httpx,
     ) -> None:
         self.ns = ns
         self.inner = inner
         self.raise_as = raise_as
+        self.stream_type = _stream_type(_AsyncMeteredStream, http.AsyncByteStream)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         metered = Metered.for_request(request.method, request.url.path, await request.aread())
@@ -123,7 +141,7 @@ class AsyncTrackedTransport(httpx.AsyncBaseTransport):
         if response.status_code >= 300:
             await self._release(metered)
         elif _is_stream(response):
-            response.stream = _AsyncMeteredStream(response.stream, metered, self._settle)
+            response.stream = self.stream_type(response.stream, metered, self._settle)
         else:
             await self._settle(metered, metered.reading_of(await response.aread()))
         return response
@@ -144,7 +162,7 @@ class AsyncTrackedTransport(httpx.AsyncBaseTransport):
             log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
 
 
-class _MeteredStream(httpx.SyncByteStream):
+class _MeteredStream:
     """The provider's stream, passed on as it arrives, usage read on the side; settled once,
     when it ends or the caller closes it (with what usage was seen, else the estimate)."""
 
@@ -179,7 +197,7 @@ class _MeteredStream(httpx.SyncByteStream):
                 self.settle(self.metered, self.accumulator.finish())
 
 
-class _AsyncMeteredStream(httpx.AsyncByteStream):
+class _AsyncMeteredStream:
     def __init__(
         self,
         inner: Any,
@@ -209,3 +227,9 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
             if not self.settled:
                 self.settled = True
                 await self.settle(self.metered, self.accumulator.finish())
+
+
+@cache
+def _stream_type(metered: type[Any], base: type[Any]) -> Any:
+    """``metered`` as a byte stream of ``base``'s module (httpx or httpx2)."""
+    return type(metered.__name__, (metered, base), {})

@@ -1,0 +1,94 @@
+"""``ns.anthropic()``: a real ``anthropic.Anthropic`` (and ``AsyncAnthropic``, on the SDK's own
+httpx2) tracked like ``ns.openai()``: messages and the stream helper priced exactly, a denial
+typed and raised before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+
+from nullspend.client import AsyncNullSpend, NullSpend
+from nullspend.errors import DeniedError, TagBudgetExceededError
+from tests.fakes.upstream import run_fake_upstream
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.sdk.test_tracked_openai import settled_events
+
+USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
+# claude-sonnet-4-5: $3 input, $0.30 cache read, $3.75 cache write (5 min), $15 output per M
+COST = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15
+MODEL = "claude-sonnet-4-5-20250929"
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as running:
+        yield running
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url)
+    yield running
+    running.stop()
+
+
+def client_kwargs(fake: tuple[str, Any]) -> dict[str, Any]:
+    return {
+        "base_url": fake[0],
+        "api_key": "sk-ant-test",
+        "max_retries": 0,
+        "default_headers": {"x-fake-usage": json.dumps(USAGE)},
+    }
+
+
+def test_messages_and_the_stream_helper(server: RunningServer, fake: tuple[str, Any]) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        client = ns.scoped(tags={"team": "ml"}).anthropic(**client_kwargs(fake))
+        message = client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES)
+        assert message.usage.input_tokens == 20
+        with client.messages.stream(model=MODEL, max_tokens=200, messages=MESSAGES) as stream:
+            final = stream.get_final_message()
+        assert final.usage.output_tokens == 87
+        events = settled_events(ns, 2)
+        assert [e.cost_microdollars for e in events] == [COST, COST]
+        assert all(e.provider == "anthropic" and e.tags == {"team": "ml"} for e in events)
+        assert fake[1].state.requests[-1]["headers"]["authorization"] == "Bearer sk-ant-test"
+
+        with server.client() as admin:
+            budget = {"entityType": "tag", "entityId": "team=ml", "limitMicrodollars": 1}
+            admin.post("/api/budgets", json=budget).raise_for_status()
+        sent = len(fake[1].state.requests)
+        with pytest.raises(TagBudgetExceededError) as denied:
+            client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES)
+        assert isinstance(denied.value, anthropic.AnthropicError)
+        assert denied.value.details["tag_key"] == "team"
+        assert len(fake[1].state.requests) == sent
+
+
+def test_async_anthropic(server: RunningServer, fake: tuple[str, Any]) -> None:
+    async def run() -> None:
+        async with AsyncNullSpend(server.admin_key, server.base_url) as ns:
+            client = ns.customer("acme").anthropic(**client_kwargs(fake))
+            message = await client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES)
+            assert message.content
+            async with client.messages.stream(
+                model=MODEL, max_tokens=200, messages=MESSAGES
+            ) as stream:
+                assert (await stream.get_final_message()).usage.output_tokens == 87
+            with server.client() as admin:
+                budget = {"entityType": "customer", "entityId": "acme", "limitMicrodollars": 1}
+                admin.post("/api/budgets", json=budget).raise_for_status()
+            with pytest.raises(DeniedError):
+                await client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES)
+
+    asyncio.run(run())
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        events = settled_events(ns, 2)
+        assert [e.cost_microdollars for e in events] == [COST, COST]
+        assert {e.customer for e in events} == {"acme"}
