@@ -1,0 +1,243 @@
+"""``NullSpendCallbackHandler``: every LangChain chat-model and LLM call reserved before it is
+made (a denial raises there, before any provider request), priced from the usage it reports,
+and settled; a failed call releases its reservation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
+
+from nullspend.attribution import tag_errors
+from nullspend.client import NullSpend
+from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.usage import Usage
+from nullspend.wire import OPENAI_CHAT
+from nullspend_langchain.usage import usage_from_metadata
+
+log = logging.getLogger("nullspend.langchain")
+
+CUSTOMER_KEY = "nullspend_customer"
+SESSION_KEY = "nullspend_session"
+_MAX_TAGS = 10
+
+
+@dataclass
+class _Open:
+    """A call between its start and its end."""
+
+    reservation_id: str
+    estimate_microdollars: int
+    model: str | None
+    provider: str | None
+    trace_id: str
+    started: float
+    streamed: bool = False
+
+
+class NullSpendCallbackHandler(BaseCallbackHandler):
+    """Attach with ``config={"callbacks": [handler]}`` or a model's ``callbacks=[handler]``.
+
+    ``api_key`` and ``base_url`` default to ``NULLSPEND_API_KEY`` and ``NULLSPEND_BASE_URL``.
+    ``customer``, ``session_id`` and ``tags`` attribute every call; a run's metadata
+    ``nullspend_customer`` / ``nullspend_session`` override them per run, and the run's
+    LangChain tags that are valid NullSpend tag keys are recorded too.
+    """
+
+    raise_error = True  # a denial must stop the call, not be logged and ignored
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        customer: str | None = None,
+        session_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        *,
+        client: NullSpend | None = None,
+    ) -> None:
+        self.client = client or NullSpend(api_key, base_url)
+        self.customer = customer
+        self.session_id = session_id
+        self.tags = dict(tags or {})
+        self._open: dict[UUID, _Open] = {}
+        self._lock = threading.Lock()  # async runs call a sync handler from executor threads
+
+    # --- start: reserve --------------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        text = [m.content for batch in messages for m in batch]
+        self._reserve(run_id, parent_run_id, tags, metadata, kwargs, text)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._reserve(run_id, parent_run_id, tags, metadata, kwargs, list(prompts))
+
+    def _reserve(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        run_tags: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+        kwargs: Mapping[str, Any],
+        text: list[Any],
+    ) -> None:
+        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        metadata = metadata or {}
+        model = _model_of(params, metadata)
+        body: dict[str, Any] = {"model": model, "messages": [{"content": text}]}
+        cap = params.get("max_tokens") or params.get("max_completion_tokens")
+        if isinstance(cap, int):
+            body["max_tokens"] = cap
+        raw = json.dumps(body, default=str).encode()
+        estimate = estimate_request(OPENAI_CHAT, body, raw, model=model)
+        provider = metadata.get("ls_provider")
+        trace_id = (parent_run_id or run_id).hex
+        options: dict[str, Any] = {
+            "model": model or "unknown",
+            "provider": provider if isinstance(provider, str) else "unknown",
+            "trace_id": trace_id,
+            "tags": self._tags(run_tags),
+        }
+        if customer := metadata.get(CUSTOMER_KEY) or self.customer:
+            options["customer"] = customer
+        if session_id := metadata.get(SESSION_KEY) or self.session_id:
+            options["session_id"] = session_id
+        # Raises the typed DeniedError: LangChain re-raises it (raise_error), the call stops.
+        reservation = self.client.reserve(estimate.microdollars, **options)
+        with self._lock:
+            self._open[run_id] = _Open(
+                reservation.reservation_id,
+                estimate.microdollars,
+                model,
+                provider if isinstance(provider, str) else None,
+                trace_id,
+                time.perf_counter(),
+            )
+
+    def _tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
+        tags = dict(self.tags)
+        for tag in run_tags or ():  # LangChain tags are bare strings: recorded as key=true
+            candidate = {**tags, tag: "true"}
+            if len(candidate) <= _MAX_TAGS and not tag_errors(candidate):
+                tags = candidate
+        return tags
+
+    def on_llm_new_token(
+        self, token: str | list[str | dict[str, Any]], *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        # The only sign a call streams: invocation_params say stream=False either way.
+        if (call := self._open.get(run_id)) is not None:
+            call.streamed = True
+
+    # --- end: settle, or release ---------------------------------------------------------------
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            call = self._open.pop(run_id, None)
+        if call is None:
+            return
+        usage, model = _reading(response)
+        model = model or call.model
+        priced = default_catalog().resolve(model) if model else None
+        if usage is None and call.streamed:
+            warnings.warn(
+                "a streamed LangChain call ended without usage; recorded at its estimate. "
+                "Models with a custom base_url report stream usage only with stream_usage=True",
+                stacklevel=2,
+            )
+        cost = (
+            price_usage(usage, priced).total_microdollars
+            if usage is not None and priced is not None
+            else call.estimate_microdollars
+        )
+        options: dict[str, Any] = {
+            "cost_microdollars": cost,
+            "duration_ms": int((time.perf_counter() - call.started) * 1000),
+            "trace_id": call.trace_id,
+        }
+        if model:
+            options["model"] = model
+        if call.provider:
+            options["provider"] = call.provider
+        if usage is not None:
+            options["usage"] = usage
+        try:
+            self.client.settle(call.reservation_id, **options)
+        except Exception as error:  # the answer is the caller's already
+            log.warning("settling %s failed (%s); it will expire", call.reservation_id, error)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            call = self._open.pop(run_id, None)
+        if call is None:
+            return
+        try:
+            self.client.release(call.reservation_id)
+        except Exception as failure:
+            log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
+
+
+def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
+    for value in (
+        params.get("model"),
+        params.get("model_name"),
+        metadata.get("ls_model_name"),
+    ):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _reading(response: LLMResult) -> tuple[Usage | None, str | None]:
+    """The usage and model a result reports: from the message's usage_metadata (chat models),
+    else the provider's token_usage in llm_output."""
+    for generations in response.generations:
+        for generation in generations:
+            if isinstance(generation, ChatGeneration):
+                message = generation.message
+                metadata = getattr(message, "usage_metadata", None)
+                model = message.response_metadata.get(
+                    "model_name"
+                ) or message.response_metadata.get("model")
+                if metadata:
+                    return usage_from_metadata(metadata), model
+    output = response.llm_output or {}
+    token_usage = output.get("token_usage") or output.get("usage")
+    if isinstance(token_usage, Mapping) and token_usage:
+        prompt = int(token_usage.get("prompt_tokens") or token_usage.get("input_tokens") or 0)
+        completion = int(
+            token_usage.get("completion_tokens") or token_usage.get("output_tokens") or 0
+        )
+        model = output.get("model_name") or output.get("model")
+        return Usage(input_tokens=prompt, output_tokens=completion), model
+    return None, None

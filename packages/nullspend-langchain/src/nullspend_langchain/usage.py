@@ -1,0 +1,34 @@
+"""LangChain's ``usage_metadata`` as NullSpend's ``Usage``.
+
+LangChain counts input in total (cache reads and writes and audio included) and output in total
+(reasoning included), with the parts in ``input_token_details`` and ``output_token_details``;
+``Usage`` keeps the parts apart, each priced at its own rate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nullspend.usage import Usage
+
+
+def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
+    details_in: Mapping[str, Any] = metadata.get("input_token_details") or {}
+    details_out: Mapping[str, Any] = metadata.get("output_token_details") or {}
+    cache_read = int(details_in.get("cache_read") or 0)
+    write_1h = int(details_in.get("ephemeral_1h_input_tokens") or 0)
+    cache_creation = int(details_in.get("cache_creation") or 0)
+    write_5m = max(cache_creation - write_1h, int(details_in.get("ephemeral_5m_input_tokens") or 0))
+    audio_in = int(details_in.get("audio") or 0)
+    audio_out = int(details_out.get("audio") or 0)
+    total_in = int(metadata.get("input_tokens") or 0)
+    return Usage(
+        input_tokens=max(total_in - cache_read - write_5m - write_1h - audio_in, 0),
+        cache_read_tokens=cache_read,
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=max(int(metadata.get("output_tokens") or 0) - audio_out, 0),
+        reasoning_tokens=int(details_out.get("reasoning") or 0),
+        audio_input_tokens=audio_in,
+        audio_output_tokens=audio_out,
+    )

@@ -1,0 +1,158 @@
+"""``NullSpendCallbackHandler`` with the real langchain-openai and langchain-anthropic chat
+models and a LangGraph prebuilt agent, against the fake upstream and a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_anthropic import ChatAnthropic
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+
+from nullspend.client import NullSpend
+from nullspend.errors import CustomerBudgetExceededError, DeniedError
+from nullspend_langchain import NullSpendCallbackHandler
+from tests.fakes.upstream import run_fake_upstream
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
+
+ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
+ANTHROPIC_COST = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as running:
+        yield running
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def ns(server: RunningServer) -> Iterator[NullSpend]:
+    with NullSpend(server.admin_key, server.base_url) as client:
+        yield client
+
+
+def chat_openai(fake: tuple[str, Any], **kwargs: Any) -> ChatOpenAI:
+    return ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers={"x-fake-usage": json.dumps(USAGE)},
+        **kwargs,
+    )
+
+
+def test_invoke_batch_and_metadata(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    handler = NullSpendCallbackHandler(client=ns, tags={"team": "ml"})
+    model = chat_openai(fake)
+    reply = model.invoke(
+        "Hello",
+        config={"callbacks": [handler], "metadata": {"nullspend_customer": "acme"}, "tags": ["x"]},
+    )
+    assert reply.content
+    (event,) = settled_events(ns, 1)
+    assert (event.model, event.cost_microdollars, event.customer) == (
+        "gpt-4o-mini",
+        COST,
+        "acme",
+    )
+    assert (event.input_tokens, event.cached_input_tokens, event.output_tokens) == (176, 1024, 90)
+    assert event.tags == {"team": "ml", "x": "true", "customer": "acme"}
+    assert event.trace_id is not None
+    assert len(event.trace_id) == 32
+    model.batch(["a", "b", "c"], config={"callbacks": [handler]})
+    assert len(settled_events(ns, 4)) == 4
+
+
+def test_streams_with_and_without_usage(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    handler = NullSpendCallbackHandler(client=ns)
+    with_usage = chat_openai(fake, stream_usage=True, callbacks=[handler])
+    assert "".join(str(c.content) for c in with_usage.stream("Hi"))
+    (event,) = settled_events(ns, 1)
+    assert event.cost_microdollars == COST
+    without = chat_openai(fake, callbacks=[handler])  # a custom base_url: no stream usage
+    with pytest.warns(UserWarning, match="stream_usage=True"):
+        list(without.stream("Hi"))
+    estimated = settled_events(ns, 2)[0]
+    assert estimated.cost_microdollars > COST  # the estimate, which bounds it from above
+
+
+def test_denied_before_the_provider_is_called(
+    ns: NullSpend, server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    with server.client() as admin:
+        budget = {"entityType": "customer", "entityId": "acme", "limitMicrodollars": 10}
+        admin.post("/api/budgets", json=budget).raise_for_status()
+    handler = NullSpendCallbackHandler(client=ns, customer="acme")
+    model = chat_openai(fake, callbacks=[handler])
+    with pytest.raises(CustomerBudgetExceededError) as denied:
+        model.invoke("Hello")
+    assert denied.value.details["customer_id"] == "acme"
+    with pytest.raises(DeniedError):
+        asyncio.run(model.ainvoke("Hello"))
+    assert fake[1].state.requests == []
+
+
+def test_ainvoke_and_astream(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    handler = NullSpendCallbackHandler(client=ns, session_id="s-7")
+    model = chat_openai(fake, stream_usage=True, callbacks=[handler])
+
+    async def run() -> None:
+        await model.ainvoke("Hello")
+        assert [c async for c in model.astream("Hello")]
+
+    asyncio.run(run())
+    events = settled_events(ns, 2)
+    assert [e.cost_microdollars for e in events] == [COST, COST]
+    assert {e.session_id for e in events} == {"s-7"}
+
+
+def test_chat_anthropic(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    handler = NullSpendCallbackHandler(client=ns)
+    model = ChatAnthropic(
+        model_name="claude-sonnet-4-5-20250929",
+        base_url=fake[0],
+        api_key="sk-ant-test",  # type: ignore[arg-type]
+        max_retries=0,
+        max_tokens_to_sample=200,
+        default_headers={"x-fake-usage": json.dumps(ANTHROPIC_USAGE)},
+        callbacks=[handler],
+        timeout=None,
+        stop=None,
+    )
+    model.invoke("Hello")
+    (event,) = settled_events(ns, 1)
+    assert event.cost_microdollars == ANTHROPIC_COST
+    assert (event.cached_input_tokens, event.cache_write_5m_tokens) == (6000, 1500)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_a_langgraph_prebuilt_agent(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    from langgraph.prebuilt import create_react_agent
+
+    handler = NullSpendCallbackHandler(client=ns, customer="acme")
+    agent = create_react_agent(chat_openai(fake), tools=[add])
+    result = agent.invoke(
+        {"messages": [{"role": "user", "content": "What is 2 + 3?"}]},
+        config={"callbacks": [handler]},
+    )
+    assert result["messages"]
+    events = settled_events(ns, 1)
+    assert all(e.cost_microdollars == COST and e.customer == "acme" for e in events)
