@@ -25,7 +25,7 @@ EXAMPLES = [
 @pytest.mark.parametrize("code", EXAMPLES)
 def test_readme_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = None
-    if "NullSpend(" in code:  # a client example: give it a server, as its reader would have
+    if "NullSpend" in code:  # a client example: give it a server, as its reader would have
         url = f"sqlite:///{tmp_path / 'nullspend.db'}"
         migrate(url)
         server = start_server(url)
@@ -34,7 +34,7 @@ def test_readme_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.Monk
     with ExitStack() as stack:
         if server is not None:
             stack.callback(server.stop)
-        if ".openai(" in code:  # and a provider: the fake one, where OPENAI_BASE_URL points
+        if ".openai(" in code or "ChatOpenAI(" in code:  # and a provider: the fake one
             fake_base, _ = stack.enter_context(run_fake_upstream())
             monkeypatch.setenv("OPENAI_BASE_URL", f"{fake_base}/v1")
             monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
