@@ -1,0 +1,82 @@
+"""Time the LangChain handler adds to a call, as a ratio against the same call without it, in
+one run: a fake chat model (no network), so only the handler's own work is measured.
+
+    uv run python benchmarks/integrations.py [--calls 2000]
+
+Server mode: the handler reserves and settles over HTTP with a NullSpend server on this machine
+(its own process, SQLite), two round trips per call. Embedded mode (an in-process engine) is
+not built yet, so it is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nullspend.client import NullSpend
+from nullspend_langchain import NullSpendCallbackHandler
+from nullspend_server.db.migrate import migrate
+from tests.nullspend_server.conftest import _bootstrap, spawn_server
+
+BATCHES = 5
+
+
+def per_call(model: FakeListChatModel, calls: int, config: dict[str, object]) -> float:
+    """Microseconds per ``invoke``, best of a few batches (the machine is shared and noisy)."""
+    best = float("inf")
+    for _ in range(BATCHES):
+        start = time.perf_counter()
+        for _ in range(calls // BATCHES):
+            model.invoke("Hello", config=config)  # type: ignore[arg-type]
+        best = min(best, (time.perf_counter() - start) / (calls // BATCHES) * 1e6)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    calls = parser.parse_args().calls
+    model = FakeListChatModel(responses=["Hello back"])
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        migrate(url)
+        key = asyncio.run(_bootstrap(url))
+        server, base = spawn_server(url, rate_limit_per_minute=str(10**9))
+        try:
+            with NullSpend(key, base) as ns:
+                handler = NullSpendCallbackHandler(client=ns)
+                per_call(model, 200, {"callbacks": [handler]})  # warm-up
+                plain = per_call(model, calls, {})
+                tracked = per_call(model, calls, {"callbacks": [handler]})
+                plain_again = per_call(model, calls, {})
+                recorded = len(ns.cost_events(limit=200).data)
+        finally:
+            server.terminate()
+            server.wait(10)
+    baseline = statistics.mean([plain, plain_again])
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; {calls} calls per measure, best of {BATCHES} batches\n"
+    )
+    print("| LangChain invoke, fake chat model | µs per call | added µs | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| no handler | {baseline:,.0f} | - | 1.00 |")
+    print(
+        f"| NullSpend handler, server mode (reserve + settle over HTTP) | {tracked:,.0f} "
+        f"| {tracked - baseline:,.0f} | {tracked / baseline:.2f} |"
+    )
+    print(f"\n(the server recorded at least {recorded} cost events)")
+
+
+if __name__ == "__main__":
+    main()
