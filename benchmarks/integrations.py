@@ -3,9 +3,9 @@ one run: a fake chat model (no network), so only the handler's own work is measu
 
     uv run python benchmarks/integrations.py [--calls 2000]
 
-Server mode: the handler reserves and settles over HTTP with a NullSpend server on this machine
-(its own process, SQLite), two round trips per call. Embedded mode (an in-process engine) is
-not built yet, so it is not measured.
+Embedded mode: the handler enforces a budget in-process (``LocalNullSpend``, spend in memory).
+Server mode: it reserves and settles over HTTP with a NullSpend server on this machine (its own
+process, SQLite), two round trips per call. Goal for embedded mode: at most 5 % and 50 µs.
 """
 
 from __future__ import annotations
@@ -20,15 +20,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nullspend.client import NullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend_langchain import NullSpendCallbackHandler
 from nullspend_server.db.migrate import migrate
 from tests.nullspend_server.conftest import _bootstrap, spawn_server
 
 BATCHES = 5
+
+
+class DoNothing(BaseCallbackHandler):
+    """What LangChain's callback machinery costs a handler that does nothing: the floor."""
+
+    def on_chat_model_start(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def on_llm_end(self, *args: object, **kwargs: object) -> None:
+        pass
 
 
 def per_call(model: FakeListChatModel, calls: int, config: dict[str, object]) -> float:
@@ -47,6 +59,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     calls = parser.parse_args().calls
     model = FakeListChatModel(responses=["Hello back"])
+    local = NullSpendCallbackHandler(client=LocalNullSpend([LocalBudget.total(10**15)]))
+    per_call(model, 200, {"callbacks": [local]})  # warm-up
+    plain_local = per_call(model, calls, {})
+    embedded = per_call(model, calls, {"callbacks": [local]})
+    nothing = per_call(model, calls, {"callbacks": [DoNothing()]})
+    plain_local_again = per_call(model, calls, {})
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         migrate(url)
@@ -64,13 +82,23 @@ def main() -> None:
             server.terminate()
             server.wait(10)
     baseline = statistics.mean([plain, plain_again])
+    baseline_local = statistics.mean([plain_local, plain_local_again])
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; {calls} calls per measure, best of {BATCHES} batches\n"
     )
     print("| LangChain invoke, fake chat model | µs per call | added µs | ratio |")
     print("|---|---:|---:|---:|")
-    print(f"| no handler | {baseline:,.0f} | - | 1.00 |")
+    print(f"| no handler | {baseline_local:,.0f} | - | 1.00 |")
+    print(
+        f"| a handler that does nothing | {nothing:,.0f} "
+        f"| {nothing - baseline_local:,.0f} | {nothing / baseline_local:.2f} |"
+    )
+    print(
+        f"| NullSpend handler, embedded mode | {embedded:,.0f} "
+        f"| {embedded - baseline_local:,.0f} | {embedded / baseline_local:.2f} |"
+    )
+    print(f"| no handler (again, beside server mode) | {baseline:,.0f} | - | 1.00 |")
     print(
         f"| NullSpend handler, server mode (reserve + settle over HTTP) | {tracked:,.0f} "
         f"| {tracked - baseline:,.0f} | {tracked / baseline:.2f} |"

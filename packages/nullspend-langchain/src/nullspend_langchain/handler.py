@@ -9,8 +9,9 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +21,9 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.settings import CoreSettings
 from nullspend.usage import Usage
 from nullspend.wire import OPENAI_CHAT
 from nullspend_langchain.usage import usage_from_metadata
@@ -49,6 +52,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     """Attach with ``config={"callbacks": [handler]}`` or a model's ``callbacks=[handler]``.
 
     ``api_key`` and ``base_url`` default to ``NULLSPEND_API_KEY`` and ``NULLSPEND_BASE_URL``.
+    With no server at all it runs embedded: ``budgets`` declared in code, spend in memory or in
+    the SQLite file at ``path`` (see ``nullspend.embedded``).
     ``customer``, ``session_id`` and ``tags`` attribute every call; a run's metadata
     ``nullspend_customer`` / ``nullspend_session`` override them per run, and the run's
     LangChain tags that are valid NullSpend tag keys are recorded too.
@@ -64,9 +69,11 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         session_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         *,
-        client: NullSpend | None = None,
+        budgets: Iterable[LocalBudget] = (),
+        path: str | Path | None = None,
+        client: NullSpend | LocalNullSpend | None = None,
     ) -> None:
-        self.client = client or NullSpend(api_key, base_url)
+        self.client = client or _client(api_key, base_url, budgets, path)
         self.customer = customer
         self.session_id = session_id
         self.tags = dict(tags or {})
@@ -205,6 +212,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self.client.release(call.reservation_id)
         except Exception as failure:
             log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
+
+
+def _client(
+    api_key: str | None,
+    base_url: str | None,
+    budgets: Iterable[LocalBudget],
+    path: str | Path | None,
+) -> NullSpend | LocalNullSpend:
+    if base_url or CoreSettings().base_url:
+        return NullSpend(api_key, base_url)
+    return LocalNullSpend(budgets, path=path)
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:

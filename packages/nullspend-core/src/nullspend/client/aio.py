@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 import httpx
 
@@ -22,16 +21,13 @@ from nullspend.client.models import (
     Settled,
 )
 from nullspend.errors import ConnectionFailedError
+from nullspend.tracked.clients import AsyncTrackedClients
 from nullspend.tracked.metering import Scope
-
-if TYPE_CHECKING:
-    import anthropic
-    import openai
 
 T = TypeVar("T")
 
 
-class AsyncNullSpend:
+class AsyncNullSpend(AsyncTrackedClients):
     """``NullSpend`` for asyncio: the same calls, awaited."""
 
     def __init__(
@@ -79,39 +75,6 @@ class AsyncNullSpend:
             return await self._http.request(**call.request(self.connection))
         except httpx.TransportError as error:
             raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
-
-    def scoped(
-        self,
-        *,
-        customer: str | None = None,
-        session_id: str | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> AsyncNullSpend:
-        """This client (sharing its connections) with calls attributed to ``customer``,
-        ``session_id`` and ``tags``, on top of this one's: its tracked provider clients are
-        held to those budgets."""
-        twin = copy.copy(self)
-        twin.scope = self.scope.narrowed(customer, session_id, tags)
-        return twin
-
-    def customer(self, customer: str) -> AsyncNullSpend:
-        """``scoped(customer=customer)``."""
-        return self.scoped(customer=customer)
-
-    def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        """A real ``openai.AsyncOpenAI`` whose calls are reserved, priced and settled here;
-        ``kwargs`` go to its constructor. A denial raises the typed ``DeniedError`` (also an
-        ``openai.OpenAIError``) before anything is sent."""
-        from nullspend.tracked.providers import async_openai_client
-
-        return async_openai_client(self, **kwargs)
-
-    def anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
-        """A real ``anthropic.AsyncAnthropic``, tracked as ``openai()`` is (a denial is also an
-        ``anthropic.AnthropicError``)."""
-        from nullspend.tracked.providers import async_anthropic_client
-
-        return async_anthropic_client(self, **kwargs)
 
     async def introspect(self) -> Introspection:
         """The key's id, organization and role."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack
 
 import httpx
 
@@ -22,16 +21,13 @@ from nullspend.client.models import (
     Settled,
 )
 from nullspend.errors import ConnectionFailedError
+from nullspend.tracked.clients import TrackedClients
 from nullspend.tracked.metering import Scope
-
-if TYPE_CHECKING:
-    import anthropic
-    import openai
 
 T = TypeVar("T")
 
 
-class NullSpend:
+class NullSpend(TrackedClients):
     """A client of a NullSpend server: cost events, budgets, reservations, introspection.
 
     ``api_key`` and ``base_url`` default to ``NULLSPEND_API_KEY`` and ``NULLSPEND_BASE_URL``.
@@ -85,39 +81,6 @@ class NullSpend:
             return self._http.request(**call.request(self.connection))
         except httpx.TransportError as error:
             raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
-
-    def scoped(
-        self,
-        *,
-        customer: str | None = None,
-        session_id: str | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> NullSpend:
-        """This client (sharing its connections) with calls attributed to ``customer``,
-        ``session_id`` and ``tags``, on top of this one's: its tracked provider clients are
-        held to those budgets."""
-        twin = copy.copy(self)
-        twin.scope = self.scope.narrowed(customer, session_id, tags)
-        return twin
-
-    def customer(self, customer: str) -> NullSpend:
-        """``scoped(customer=customer)``."""
-        return self.scoped(customer=customer)
-
-    def openai(self, **kwargs: Any) -> openai.OpenAI:
-        """A real ``openai.OpenAI`` whose calls are reserved, priced and settled here;
-        ``kwargs`` go to its constructor. A denial raises the typed ``DeniedError`` (also an
-        ``openai.OpenAIError``) before anything is sent."""
-        from nullspend.tracked.providers import openai_client
-
-        return openai_client(self, **kwargs)
-
-    def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
-        """A real ``anthropic.Anthropic``, tracked as ``openai()`` is (a denial is also an
-        ``anthropic.AnthropicError``)."""
-        from nullspend.tracked.providers import anthropic_client
-
-        return anthropic_client(self, **kwargs)
 
     def introspect(self) -> Introspection:
         """The key's id, organization and role."""

@@ -1,0 +1,377 @@
+"""The enforcement engine in-process, for code with no NullSpend server (a notebook, a script):
+budgets declared in code, spend kept in memory or in a local SQLite file. ``LocalNullSpend``
+answers the calls the integrations make of a server client (reserve, settle, release, reads),
+with the same typed denials, so a handler or a tracked provider client works with either.
+
+What it enforces: a total budget, per-customer and per-tag budgets, and a per-session limit,
+each ``strict_block``, ``soft_block`` or ``warn``. Calendar periods and velocity limits need the
+server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Unpack
+
+from nullspend.attribution import tag_errors
+from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
+from nullspend.client.models import BudgetStatus, CostEvent, CostEventPage, Reservation, Settled
+from nullspend.errors import ApiError, ConflictError, NotFoundError, ValidationError, api_error
+from nullspend.policy import denials
+from nullspend.policy.budgets import Policy, admits, remaining
+from nullspend.policy.denials import Denial
+from nullspend.tracked.clients import AsyncTrackedClients, TrackedClients
+from nullspend.usage import Usage
+
+EntityType = Literal["user", "customer", "tag"]
+# Which denial a call hears first when several budgets refuse it, as on the server.
+_ORDER = {"user": 0, "customer": 1, "tag": 2}
+RESERVATION_TTL = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class LocalBudget:
+    """A budget declared in code: ``LocalBudget.total(5_000_000)`` (every call),
+    ``.customer("acme", ...)`` or ``.tag("team", "ml", ...)``."""
+
+    limit_microdollars: int
+    entity_type: EntityType = "user"
+    entity_id: str = "local"
+    policy: Policy = "strict_block"
+    session_limit_microdollars: int | None = None
+    """Every session (``session_id``) may spend at most this much, when set."""
+
+    @classmethod
+    def total(cls, limit_microdollars: int, **settings: Any) -> LocalBudget:
+        return cls(limit_microdollars, "user", "local", **settings)
+
+    @classmethod
+    def customer(cls, customer: str, limit_microdollars: int, **settings: Any) -> LocalBudget:
+        return cls(limit_microdollars, "customer", customer, **settings)
+
+    @classmethod
+    def tag(cls, key: str, value: str, limit_microdollars: int, **settings: Any) -> LocalBudget:
+        return cls(limit_microdollars, "tag", f"{key}={value}", **settings)
+
+
+@dataclass
+class _Account:
+    budget: LocalBudget
+    spend: int = 0
+    reserved: int = 0
+
+
+@dataclass
+class _Held:
+    estimate: int
+    accounts: list[_Account]
+    attribution: dict[str, Any]
+    tags: dict[str, str]
+    expires_at: dt.datetime
+
+
+@dataclass
+class _Store:
+    """Spend and events in a SQLite file, so they outlive the process."""
+
+    path: Path
+    _connection: sqlite3.Connection = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._connection = sqlite3.connect(self.path, check_same_thread=False)
+        self._connection.executescript(
+            "CREATE TABLE IF NOT EXISTS cost_events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);"
+        )
+
+    def events(self) -> list[CostEvent]:
+        rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
+        return [CostEvent.model_validate_json(body) for (body,) in rows]
+
+    def add(self, event: CostEvent) -> None:
+        with self._connection:
+            self._connection.execute(
+                "INSERT INTO cost_events (body) VALUES (?)", (event.model_dump_json(),)
+            )
+
+
+class LocalNullSpend(TrackedClients):
+    """``NullSpend``'s enforcement calls, answered in-process.
+
+    >>> ns = LocalNullSpend([LocalBudget.total(5_000_000)])  # a $5 hard cap
+    """
+
+    def __init__(
+        self, budgets: Iterable[LocalBudget] = (), *, path: str | Path | None = None
+    ) -> None:
+        self._accounts = [_Account(b) for b in budgets]
+        self._held: dict[str, _Held] = {}
+        self._sessions: dict[str, int] = {}
+        self._events: list[CostEvent] = []
+        self._lock = threading.Lock()
+        self._store = _Store(Path(path)) if path is not None else None
+        if self._store is not None:  # spend so far, from the events on file
+            for event in self._store.events():
+                self._count(event)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalNullSpend:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- enforcement --------------------------------------------------------------------------
+
+    def reserve(
+        self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
+    ) -> Reservation:
+        if estimate_microdollars is None or estimate_microdollars < 0:
+            raise ValidationError("give estimate_microdollars (at least 0)")
+        tags = dict(options.get("tags") or {})
+        if errors := tag_errors(tags):
+            raise ValidationError("; ".join(errors))
+        customer, session_id = options.get("customer"), options.get("session_id")
+        if customer:
+            tags.setdefault("customer", customer)
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            accounts = self._matching(customer, tags)
+            if denial := self._first_denial(accounts, session_id, estimate_microdollars):
+                raise _error(denial)
+            for account in accounts:
+                account.reserved += estimate_microdollars
+            if session_id:
+                self._sessions[session_id] = (
+                    self._sessions.get(session_id, 0) + estimate_microdollars
+                )
+            reservation_id = f"rsv_{uuid.uuid4().hex[:24]}"
+            attribution = {
+                "model": options.get("model"),
+                "provider": options.get("provider"),
+                "customer": customer,
+                "session_id": session_id,
+                "trace_id": options.get("trace_id"),
+            }
+            self._held[reservation_id] = _Held(
+                estimate_microdollars, accounts, attribution, tags, now + RESERVATION_TTL
+            )
+        # Built without validation (the fields are ours and typed): this is a call's hot path.
+        return Reservation.model_construct(
+            reservation_id=reservation_id,
+            estimate_microdollars=estimate_microdollars,
+            expires_at=now + RESERVATION_TTL,
+            unpriced=False,
+        )
+
+    def settle(self, reservation_id: str, **options: Unpack[SettleOptions]) -> Settled:
+        cost = options.get("cost_microdollars")
+        if cost is None:
+            raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
+        usage = options.get("usage") or Usage()
+        with self._lock:
+            held = self._take(reservation_id)
+            self._unreserve(held)
+            event = CostEvent.model_construct(
+                **{
+                    "id": f"ce_{uuid.uuid4().hex[:24]}",
+                    "created_at": dt.datetime.now(dt.UTC),
+                    "source": "embedded",
+                    "provider": options.get("provider")
+                    or held.attribution["provider"]
+                    or "unknown",
+                    "model": options.get("model") or held.attribution["model"] or "unknown",
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cached_input_tokens": usage.cache_read_tokens,
+                    "cache_write_5m_tokens": usage.cache_write_5m_tokens,
+                    "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+                    "reasoning_tokens": usage.reasoning_tokens,
+                    "audio_input_tokens": usage.audio_input_tokens,
+                    "audio_output_tokens": usage.audio_output_tokens,
+                    "web_search_requests": usage.web_search_requests,
+                    "cost_microdollars": cost,
+                    "duration_ms": options.get("duration_ms"),
+                    "session_id": held.attribution["session_id"],
+                    "trace_id": options.get("trace_id") or held.attribution["trace_id"],
+                    "customer": held.attribution["customer"],
+                    "event_type": options.get("event_type"),
+                    "reservation_id": reservation_id,
+                    "tags": held.tags,
+                }
+            )
+            if self._store is not None:
+                self._store.add(event)  # first: a failing disk must not leave spend unrecorded
+            self._count(event)
+        return Settled.model_construct(
+            reservation_id=reservation_id,
+            status="settled",
+            cost_event_id=event.id,
+            cost_microdollars=cost,
+        )
+
+    def release(self, reservation_id: str) -> Settled:
+        with self._lock:
+            self._unreserve(self._take(reservation_id))
+        return Settled(reservation_id=reservation_id, status="released")
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def budget_status(self) -> list[BudgetStatus]:
+        with self._lock:
+            return [
+                BudgetStatus(
+                    entity_type=a.budget.entity_type,
+                    entity_id=a.budget.entity_id,
+                    limit_microdollars=a.budget.limit_microdollars,
+                    spend_microdollars=a.spend,
+                    reserved_microdollars=a.reserved,
+                    remaining_microdollars=remaining(
+                        a.budget.limit_microdollars, a.spend, a.reserved
+                    ),
+                    policy=a.budget.policy,
+                    reset_interval="none",
+                )
+                for a in self._accounts
+            ]
+
+    def cost_events(
+        self, *, limit: int = 50, cursor: str | None = None, **filters: Unpack[EventFilters]
+    ) -> CostEventPage:
+        """Newest first; ``cursor`` is the id of the last event of the previous page."""
+        with self._lock:
+            events = [e for e in reversed(self._events) if _matches(e, filters)]
+        if cursor is not None:
+            ids = [e.id for e in events]
+            events = events[ids.index(cursor) + 1 :] if cursor in ids else []
+        page = events[:limit]
+        return CostEventPage(data=page, cursor=page[-1].id if len(events) > limit else None)
+
+    # --- inside -------------------------------------------------------------------------------
+
+    def _matching(self, customer: str | None, tags: Mapping[str, str]) -> list[_Account]:
+        entities = {f"{k}={v}" for k, v in tags.items()}
+        return [
+            a
+            for a in self._accounts
+            if a.budget.entity_type == "user"
+            or (a.budget.entity_type == "customer" and a.budget.entity_id == customer)
+            or (a.budget.entity_type == "tag" and a.budget.entity_id in entities)
+        ]
+
+    def _first_denial(
+        self, accounts: list[_Account], session_id: str | None, estimate: int
+    ) -> Denial | None:
+        limits = [a.budget.session_limit_microdollars for a in accounts]
+        session_limits = [limit for limit in limits if limit]
+        if session_id and session_limits:
+            spent = self._sessions.get(session_id, 0)
+            if spent + estimate > min(session_limits):
+                return denials.session_limit_exceeded(session_id, spent, min(session_limits))
+        for account in sorted(accounts, key=lambda a: _ORDER[a.budget.entity_type]):
+            budget = account.budget
+            if admits(
+                budget.policy, budget.limit_microdollars, account.spend, account.reserved, estimate
+            ):
+                continue
+            if budget.entity_type == "customer":
+                return denials.customer_budget_exceeded(
+                    budget.entity_id, budget.limit_microdollars, account.spend, None
+                )
+            if budget.entity_type == "tag":
+                key, _, value = budget.entity_id.partition("=")
+                return denials.tag_budget_exceeded(
+                    key, value, budget.limit_microdollars, account.spend
+                )
+            return denials.budget_exceeded(
+                "user", budget.entity_id, budget.limit_microdollars, account.spend, estimate, None
+            )
+        return None
+
+    def _take(self, reservation_id: str) -> _Held:
+        held = self._held.pop(reservation_id, None)
+        if held is None:
+            settled = any(e.reservation_id == reservation_id for e in self._events)
+            if settled:
+                raise ConflictError(f"reservation {reservation_id} is already settled")
+            raise NotFoundError(f"no reservation {reservation_id!r}")
+        return held
+
+    def _unreserve(self, held: _Held) -> None:
+        for account in held.accounts:
+            account.reserved -= held.estimate
+        if session_id := held.attribution["session_id"]:
+            self._sessions[session_id] -= held.estimate
+
+    def _count(self, event: CostEvent) -> None:
+        """Add a recorded event's cost to the spend of every budget it falls under."""
+        self._events.append(event)
+        for account in self._matching(event.customer, event.tags):
+            account.spend += event.cost_microdollars
+        if event.session_id:
+            self._sessions[event.session_id] = (
+                self._sessions.get(event.session_id, 0) + event.cost_microdollars
+            )
+
+
+class AsyncLocalNullSpend(AsyncTrackedClients):
+    """``LocalNullSpend`` for asyncio code (its calls never wait on I/O but a local file)."""
+
+    def __init__(
+        self, budgets: Iterable[LocalBudget] = (), *, path: str | Path | None = None
+    ) -> None:
+        self.engine = LocalNullSpend(budgets, path=path)
+
+    async def __aenter__(self) -> AsyncLocalNullSpend:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+    async def reserve(
+        self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
+    ) -> Reservation:
+        return self.engine.reserve(estimate_microdollars, **options)
+
+    async def settle(self, reservation_id: str, **options: Unpack[SettleOptions]) -> Settled:
+        return self.engine.settle(reservation_id, **options)
+
+    async def release(self, reservation_id: str) -> Settled:
+        return self.engine.release(reservation_id)
+
+    async def budget_status(self) -> list[BudgetStatus]:
+        return self.engine.budget_status()
+
+    async def cost_events(
+        self, *, limit: int = 50, cursor: str | None = None, **filters: Unpack[EventFilters]
+    ) -> CostEventPage:
+        return self.engine.cost_events(limit=limit, cursor=cursor, **filters)
+
+
+def _error(denial: Denial) -> ApiError:
+    return api_error(
+        denial.code,
+        denial.message,
+        status=denial.code.http_status,
+        details=denial.details,
+        retry_after=denial.retry_after_seconds,
+        upgrade_url=denial.upgrade_url,
+    )
+
+
+def _matches(event: CostEvent, filters: EventFilters) -> bool:
+    plain = {k: v for k, v in filters.items() if k != "tags"}
+    if any(getattr(event, k) != v for k, v in plain.items()):
+        return False
+    wanted: Mapping[str, str] = filters.get("tags") or {}
+    return all(event.tags.get(k) == v for k, v in wanted.items())
+
+
+__all__ = ["AsyncLocalNullSpend", "LocalBudget", "LocalNullSpend"]

@@ -1,0 +1,159 @@
+"""Embedded mode: ``LocalNullSpend`` enforces budgets declared in code, in-process, with the
+same typed denials, for tracked provider clients and the LangChain handler alike; spend kept in
+memory or, given a path, in a SQLite file that outlives the process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_openai import ChatOpenAI
+
+from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
+from nullspend.errors import (
+    BudgetExceededError,
+    CustomerBudgetExceededError,
+    SessionLimitExceededError,
+    TagBudgetExceededError,
+)
+from nullspend.pricing import estimate_request
+from nullspend.wire import OPENAI_CHAT
+from nullspend_langchain import NullSpendCallbackHandler
+from tests.fakes.upstream import run_fake_upstream
+from tests.sdk.test_tracked_openai import COST, MESSAGES, USAGE, client_kwargs
+
+
+def estimate(**body: Any) -> int:
+    """What the tracked client reserves for a gpt-4o-mini call with this body (to within a few
+    bytes of JSON: caps below leave half a call's cost of margin)."""
+    request = {"model": "gpt-4o-mini", "messages": MESSAGES, **body}
+    return estimate_request(OPENAI_CHAT, request, json.dumps(request).encode()).microdollars
+
+
+def cap_for(calls: int, **body: Any) -> int:
+    """A cap that admits ``calls`` such calls and denies the next: each reserves the estimate
+    and spends COST."""
+    return estimate(**body) + (calls - 1) * COST + COST // 2
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as running:
+        yield running
+
+
+def test_a_hard_cap_in_one_line(fake: tuple[str, Any]) -> None:
+    ns = LocalNullSpend([LocalBudget.total(cap_for(3, max_tokens=100))])
+    client = ns.openai(**client_kwargs(fake))
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (3 * COST, 0)
+    with pytest.raises(BudgetExceededError):  # the estimate no longer fits
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+    assert len(fake[1].state.requests) == 3
+    events = ns.cost_events().data
+    assert [e.cost_microdollars for e in events] == [COST] * 3
+    assert all(e.source == "embedded" and e.provider == "openai" for e in events)
+
+
+def test_the_cap_holds_under_concurrency() -> None:
+    ns = LocalNullSpend([LocalBudget.total(10_000)])
+    admitted: list[str] = []
+    denied: list[Exception] = []
+
+    def call() -> None:
+        try:
+            admitted.append(ns.reserve(1_000).reservation_id)
+        except BudgetExceededError as error:
+            denied.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(admitted), len(denied)) == (10, 22)
+    for reservation_id in admitted:
+        ns.settle(reservation_id, cost_microdollars=1_000)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.remaining_microdollars) == (10_000, 0)
+
+
+def test_customer_tag_and_session_budgets() -> None:
+    ns = LocalNullSpend(
+        [
+            LocalBudget.total(10**9, session_limit_microdollars=5_000),
+            LocalBudget.customer("acme", 2_000),
+            LocalBudget.tag("team", "ml", 3_000),
+        ]
+    )
+    with pytest.raises(CustomerBudgetExceededError) as customer:
+        ns.reserve(2_500, customer="acme")
+    assert customer.value.details["customer_id"] == "acme"
+    ns.reserve(2_500, customer="other")  # not acme's budget
+    with pytest.raises(TagBudgetExceededError):
+        ns.reserve(3_500, tags={"team": "ml"})
+    ns.reserve(4_000, session_id="s-1")
+    with pytest.raises(SessionLimitExceededError):
+        ns.reserve(2_000, session_id="s-1")
+
+
+def test_spend_outlives_the_process_in_a_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "spend.db"
+    first = LocalNullSpend([LocalBudget.total(5_000)], path=path)
+    first.settle(first.reserve(1_000, customer="acme").reservation_id, cost_microdollars=4_000)
+    again = LocalNullSpend([LocalBudget.total(5_000)], path=path)
+    (status,) = again.budget_status()
+    assert status.spend_microdollars == 4_000
+    with pytest.raises(BudgetExceededError):
+        again.reserve(2_000)
+    assert again.cost_events(customer="acme").data[0].cost_microdollars == 4_000
+
+
+def test_the_langchain_handler_runs_embedded_without_a_server(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NULLSPEND_BASE_URL", raising=False)
+    handler = NullSpendCallbackHandler(budgets=[LocalBudget.total(cap_for(1, max_tokens=100))])
+    assert isinstance(handler.client, LocalNullSpend)
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        max_tokens=100,
+        default_headers={"x-fake-usage": json.dumps(USAGE)},
+        callbacks=[handler],
+    )
+    model.invoke("Hello")
+    assert handler.client.cost_events().data[0].cost_microdollars == COST
+    with pytest.raises(BudgetExceededError):
+        model.invoke("Hello")
+    assert len(fake[1].state.requests) == 1
+
+
+def test_async_embedded(fake: tuple[str, Any]) -> None:
+    async def run() -> None:
+        cap = cap_for(2, max_tokens=100)
+        ns = AsyncLocalNullSpend([LocalBudget.customer("acme", cap)])
+        client = ns.customer("acme").openai(**client_kwargs(fake))
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=100
+        )
+        async for _ in stream:
+            pass
+        with pytest.raises(CustomerBudgetExceededError):
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=100
+            )
+        (status,) = await ns.budget_status()
+        assert status.spend_microdollars == 2 * COST
+
+    asyncio.run(run())
