@@ -219,6 +219,8 @@ class Flaky:
         if request.url.path == "/api/auth/introspect":
             data = {"keyId": "k", "orgId": "o", "role": "admin", "apiVersion": "1"}
             return JSONResponse({"data": data})
+        if request.url.path.endswith("/batch"):
+            return JSONResponse({"inserted": 1, "ids": ["ce_1"]}, status_code=201)
         now = "2026-11-23T00:00:00Z"
         return JSONResponse(
             {"data": {"id": "ce_1", "createdAt": now, "costMicrodollars": 1}}, status_code=201
@@ -228,7 +230,12 @@ class Flaky:
 @pytest.fixture
 def flaky() -> Iterator[tuple[str, Flaky]]:
     handler = Flaky(failures=2)
-    paths = ["/api/auth/introspect", "/api/cost-events", "/api/reservations"]
+    paths = [
+        "/api/auth/introspect",
+        "/api/cost-events",
+        "/api/cost-events/batch",
+        "/api/reservations",
+    ]
     app = Starlette(routes=[Route(p, handler.endpoint, methods=["GET", "POST"]) for p in paths])
     server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
     sock = socket.socket()

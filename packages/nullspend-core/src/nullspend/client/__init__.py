@@ -13,6 +13,7 @@ from nullspend.client.models import (
     Reservation,
     Settled,
 )
+from nullspend.client.reporter import CostReporter, ReporterStats
 from nullspend.client.sync import NullSpend
 
 __all__ = [
@@ -21,11 +22,13 @@ __all__ = [
     "BudgetStatus",
     "CostEvent",
     "CostEventPage",
+    "CostReporter",
     "Introspection",
     "NewCostEvent",
     "NullSpend",
     "RecordedBatch",
     "RecordedEvent",
+    "ReporterStats",
     "Reservation",
     "Settled",
 ]

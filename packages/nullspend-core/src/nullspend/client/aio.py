@@ -112,9 +112,11 @@ class AsyncNullSpend(AsyncTrackedClients):
         is made up when none is given)."""
         return await self._send(calls.report(event, idempotency_key))
 
-    async def report_batch(self, events: list[NewCostEvent]) -> RecordedBatch:
-        """Record up to 100 events at once, all or none."""
-        return await self._send(calls.report_batch(events))
+    async def report_batch(
+        self, events: list[NewCostEvent], *, idempotency_key: str | None = None
+    ) -> RecordedBatch:
+        """Record up to 100 events at once, all or none; retried as ``report`` is."""
+        return await self._send(calls.report_batch(events, idempotency_key))
 
     async def cost_events(
         self,

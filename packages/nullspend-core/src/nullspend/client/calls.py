@@ -249,12 +249,15 @@ def report(event: NewCostEvent, idempotency_key: str | None) -> Call[RecordedEve
     )
 
 
-def report_batch(events: list[NewCostEvent]) -> Call[RecordedBatch]:
+def report_batch(events: list[NewCostEvent], idempotency_key: str | None) -> Call[RecordedBatch]:
+    # As with report: with a key the server records the batch once, so a retry is safe.
     return Call(
         "POST",
         "/api/cost-events/batch",
         RecordedBatch.model_validate,
         json={"events": [e.wire() for e in events]},
+        headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+        idempotent=True,
     )
 
 

@@ -116,9 +116,11 @@ class NullSpend(TrackedClients):
         is made up when none is given)."""
         return self._send(calls.report(event, idempotency_key))
 
-    def report_batch(self, events: list[NewCostEvent]) -> RecordedBatch:
-        """Record up to 100 events at once, all or none."""
-        return self._send(calls.report_batch(events))
+    def report_batch(
+        self, events: list[NewCostEvent], *, idempotency_key: str | None = None
+    ) -> RecordedBatch:
+        """Record up to 100 events at once, all or none; retried as ``report`` is."""
+        return self._send(calls.report_batch(events, idempotency_key))
 
     def cost_events(
         self,

@@ -205,9 +205,7 @@ async def ingest(
 ) -> Data[Ingested]:
     request_hash = None
     if idempotency_key is not None:
-        request_hash = hashlib.sha256(
-            json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()
+        request_hash = _hash(body)
         if (
             earlier := await _replay(request.app.state.db, principal, idempotency_key, request_hash)
         ) is not None:
@@ -233,7 +231,23 @@ async def ingest(
 
 
 @router.post("/api/cost-events/batch", status_code=201)
-async def ingest_batch(body: Batch, principal: Member, session: WriteSession) -> BatchIngested:
+async def ingest_batch(
+    body: Batch,
+    principal: Member,
+    session: WriteSession,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=240)] = None,
+) -> BatchIngested:
+    """All or none. With an Idempotency-Key, a batch sent again (a retry after a lost answer)
+    is recorded once: its events carry the key and their index."""
+    db: Database = request.app.state.db
+    request_hash = _hash(body) if idempotency_key is not None else None
+    if idempotency_key is not None and request_hash is not None:
+        earlier = await _replay_batch(db, principal, idempotency_key, request_hash)
+        if earlier is not None:
+            response.status_code = 200
+            return earlier
     costs, errors = [], []
     for index, event in enumerate(body.events):
         try:
@@ -243,10 +257,57 @@ async def ingest_batch(body: Batch, principal: Member, session: WriteSession) ->
     if errors:
         raise _invalid("the batch was not ingested: some events are invalid", {"errors": errors})
     now = utcnow()
-    events = [_event(principal, e, c, now) for e, c in zip(body.events, costs, strict=True)]
-    await record_cost_events(session, [event_columns(e) for e in events])
-    await session.commit()
+    events = [
+        _event(
+            principal,
+            e,
+            c,
+            now,
+            f"{idempotency_key}#{i}" if idempotency_key is not None else None,
+            request_hash,
+        )
+        for i, (e, c) in enumerate(zip(body.events, costs, strict=True))
+    ]
+    try:
+        await record_cost_events(session, [event_columns(e) for e in events])
+        await session.commit()
+    except IntegrityError:  # the same key raced in from a concurrent retry
+        await session.rollback()
+        assert idempotency_key is not None
+        assert request_hash is not None
+        earlier = await _replay_batch(db, principal, idempotency_key, request_hash)
+        assert earlier is not None
+        response.status_code = 200
+        return earlier
     return BatchIngested(inserted=len(events), ids=[e.id for e in events])
+
+
+def _hash(body: RequestModel) -> str:
+    return hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+async def _replay_batch(
+    db: Database, principal: Principal, key: str, request_hash: str
+) -> BatchIngested | None:
+    """The batch recorded earlier under ``key``, if any."""
+    async with db.sessions() as session:
+        query = select(CostEvent).where(
+            col(CostEvent.org_id) == principal.org_id,
+            col(CostEvent.idempotency_key).startswith(f"{key}#", autoescape=True),
+        )
+        found = list(await session.exec(query))
+    if not found:
+        return None
+    if any(event.request_hash != request_hash for event in found):
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "this Idempotency-Key was used with another batch",
+            {"idempotencyKey": key},
+        )
+    found.sort(key=lambda event: int(str(event.idempotency_key).rsplit("#", 1)[1]))
+    return BatchIngested(inserted=len(found), ids=[event.id for event in found])
 
 
 Filters = Annotated[EventQuery, Depends()]

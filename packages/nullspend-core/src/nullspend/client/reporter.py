@@ -1,0 +1,145 @@
+"""``CostReporter``: cost events reported in the background, so the caller never waits on
+NullSpend. A bounded queue, drained by one thread in batches of at most 100, on an interval and
+at interpreter exit; a batch that fails is retried (each batch carries its own idempotency key,
+so a retry after a lost answer records it once); what could not be queued or sent is counted."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from nullspend.client.calls import wait_before_retry
+from nullspend.client.models import NewCostEvent
+from nullspend.client.sync import NullSpend
+from nullspend.errors import NullSpendError
+
+log = logging.getLogger("nullspend.reporter")
+
+MAX_BATCH = 100  # the server's batch limit
+
+
+@dataclass(frozen=True)
+class ReporterStats:
+    queued: int
+    """Waiting to be sent."""
+    sent: int
+    dropped_full: int
+    """Refused by ``report`` because the queue was full."""
+    dropped_failed: int
+    """Given up on after every retry failed."""
+
+
+class CostReporter:
+    """``report(event)`` returns at once; a daemon thread sends.
+
+    ``interval`` seconds between sends when fewer than ``batch_size`` events wait (a full batch
+    goes at once); ``max_queue`` events wait at most; a failed batch is tried ``attempts`` times
+    in all, with backoff, when its failure is worth retrying (each send also retries as
+    ``NullSpend`` does), before it is dropped and counted.
+    ``close()`` (also run at interpreter exit) sends what is left.
+    """
+
+    def __init__(
+        self,
+        client: NullSpend,
+        *,
+        interval: float = 1.0,
+        batch_size: int = MAX_BATCH,
+        max_queue: int = 10_000,
+        attempts: int = 3,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        self.client = client
+        self.interval = interval
+        self.batch_size = batch_size
+        self.max_queue = max_queue
+        self.attempts = attempts
+        self._queue: collections.deque[NewCostEvent] = collections.deque()
+        self._wake = threading.Condition()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
+        self._sent = self._dropped_full = self._dropped_failed = 0
+        self._thread = threading.Thread(target=self._run, name="nullspend-reporter", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def report(self, event: NewCostEvent) -> bool:
+        """Queue ``event``; False (and counted) when the queue is full or the reporter closed."""
+        with self._wake:
+            if self._closed or len(self._queue) >= self.max_queue:
+                self._dropped_full += 1
+                return False
+            self._queue.append(event)
+            self._idle.clear()
+            if len(self._queue) >= self.batch_size:
+                self._wake.notify()
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send what is queued now and wait until it is sent (or given up on); False if
+        ``timeout`` ran out first."""
+        with self._wake:
+            self._wake.notify()
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is left, then stop."""
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        atexit.unregister(self.close)
+        if self._queue:
+            log.warning("%d cost events were not sent before closing", len(self._queue))
+
+    @property
+    def stats(self) -> ReporterStats:
+        with self._wake:
+            return ReporterStats(
+                len(self._queue), self._sent, self._dropped_full, self._dropped_failed
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if not self._queue and not self._closed:
+                    self._idle.set()
+                    self._wake.wait(self.interval)
+                elif len(self._queue) < self.batch_size and not self._closed:
+                    self._wake.wait(self.interval)
+                batch = [
+                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
+                ]
+                closing = self._closed
+            if batch:
+                self._send(batch)
+            elif closing:
+                self._idle.set()
+                return
+
+    def _send(self, batch: list[NewCostEvent]) -> None:
+        key = uuid.uuid4().hex  # one per batch, for every attempt
+        for attempt in range(self.attempts):
+            try:
+                self.client.report_batch(batch, idempotency_key=key)
+            except NullSpendError as error:
+                wait = wait_before_retry(attempt, error)
+                log.warning("reporting %d cost events failed (%s)", len(batch), error)
+                if wait is None or attempt + 1 == self.attempts:  # hopeless, or tried enough
+                    with self._wake:
+                        self._dropped_failed += len(batch)
+                    return
+                time.sleep(wait)
+                continue
+            with self._wake:
+                self._sent += len(batch)
+            return

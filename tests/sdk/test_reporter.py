@@ -1,0 +1,102 @@
+"""``CostReporter`` against a real server: batches of at most 100, sent on an interval and at
+close, never blocking the caller, retried without double counting, drops counted. And the
+server side of it: a batch sent again under the same Idempotency-Key is recorded once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nullspend.client import CostReporter, NewCostEvent, NullSpend
+from nullspend.errors import ConflictError
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.sdk.test_client import Flaky, flaky  # noqa: F401 (fixture)
+
+EVENT = NewCostEvent(provider="openai", model="gpt-4o-mini", input_tokens=1_000)  # 150 µ$
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url)
+    yield running
+    running.stop()
+
+
+def test_a_batch_sent_twice_is_recorded_once(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        first = ns.report_batch([EVENT, EVENT], idempotency_key="batch-1")
+        again = ns.report_batch([EVENT, EVENT], idempotency_key="batch-1")
+        assert again.ids == first.ids
+        assert len(ns.cost_events().data) == 2
+        with pytest.raises(ConflictError):
+            ns.report_batch([EVENT], idempotency_key="batch-1")
+
+
+def test_batches_interval_and_close(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=30)  # only full batches go before close
+        started = time.perf_counter()
+        for _ in range(250):
+            assert reporter.report(EVENT)
+        assert time.perf_counter() - started < 0.5  # the caller never waits on the server
+        deadline = time.monotonic() + 10
+        while reporter.stats.sent < 200:  # two full batches, without waiting for the interval
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert reporter.stats.queued == 50
+        reporter.close()
+        assert reporter.stats.sent == 250
+        total, cursor = 0, None
+        while True:
+            page = ns.cost_events(limit=200, cursor=cursor)
+            total += len(page.data)
+            if (cursor := page.cursor) is None:
+                break
+        assert total == 250
+        assert not reporter.report(EVENT)  # closed: refused, and counted
+        assert reporter.stats.dropped_full == 1
+
+
+def test_flush_on_the_interval(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=0.1)
+        reporter.report(EVENT)
+        deadline = time.monotonic() + 5
+        while not ns.cost_events().data:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert reporter.flush(5)
+        reporter.close()
+
+
+def test_a_full_queue_drops_and_counts(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=30, max_queue=5, batch_size=10)
+        accepted = [reporter.report(EVENT) for _ in range(8)]
+        assert accepted == [True] * 5 + [False] * 3
+        assert reporter.stats.dropped_full == 3
+        reporter.close()
+        assert reporter.stats.sent == 5
+
+
+def test_failures_are_retried_with_one_key(flaky: tuple[str, Flaky]) -> None:  # noqa: F811
+    base, handler = flaky  # two 503s, then 201
+    with NullSpend("ns_live_sk_" + "1" * 32, base, max_retries=0) as ns:
+        reporter = CostReporter(ns, interval=0.05, attempts=3)
+        reporter.report(EVENT)
+        assert reporter.flush(10)
+        reporter.close()
+    assert [path for path, _ in handler.seen] == ["/api/cost-events/batch"] * 3
+    assert len({key for _, key in handler.seen}) == 1
+    assert reporter.stats.sent == 1
+
+
+def test_hopeless_batches_are_dropped_and_counted() -> None:
+    with NullSpend("ns_live_sk_" + "1" * 32, "http://127.0.0.1:9", max_retries=0) as ns:
+        reporter = CostReporter(ns, interval=0.05, attempts=2)
+        reporter.report(EVENT)
+        assert reporter.flush(10)
+        reporter.close()
+    assert (reporter.stats.sent, reporter.stats.dropped_failed) == (0, 1)
