@@ -1,0 +1,340 @@
+"""``instrument()``: every LlamaIndex LLM call (chat, complete, streamed or not, sync or async)
+reserved before it is made and settled from what it reports.
+
+Two halves, because LlamaIndex's instrumentation dispatcher swallows its handlers' exceptions:
+a gate around each LLM class's call methods reserves first and lets a denial raise (classes
+defined before ``instrument()`` are wrapped then, later ones as they are defined); an event
+handler on the root dispatcher settles each call from its end event (``LLMChatEndEvent``,
+``LLMCompletionEndEvent``), whose response carries the provider's raw answer and usage. The two
+meet through a context variable: the end event fires inside the gated call (or inside the
+stream's last step)."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
+
+from nullspend.client import NullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.settings import CoreSettings
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
+
+log = logging.getLogger("nullspend.llamaindex")
+
+_METHODS = (
+    "chat",
+    "stream_chat",
+    "achat",
+    "astream_chat",
+    "complete",
+    "stream_complete",
+    "acomplete",
+    "astream_complete",
+)
+_GATED = "__nullspend_gated__"
+
+
+@dataclass
+class _Call:
+    """A gated call between its reservation and its settlement."""
+
+    client: NullSpend | LocalNullSpend
+    reservation_id: str
+    estimate_microdollars: int
+    model: str | None
+    wire: WireFormat
+    started: float
+    done: bool = False
+
+    def settle(self, raw: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        reading = _reading(self.wire, raw)
+        usage = reading.usage if reading else None
+        model = (reading.model if reading else None) or self.model
+        priced = default_catalog().resolve(model) if model else None
+        cost = (
+            price_usage(usage, priced).total_microdollars
+            if usage is not None and priced is not None
+            else self.estimate_microdollars
+        )
+        options: dict[str, Any] = {
+            "cost_microdollars": cost,
+            "provider": self.wire.provider,
+            "duration_ms": int((time.perf_counter() - self.started) * 1000),
+        }
+        if model:
+            options["model"] = model
+        if usage is not None:
+            options["usage"] = usage
+        try:
+            self.client.settle(self.reservation_id, **options)
+        except Exception as error:  # the answer is the caller's already
+            log.warning("settling %s failed (%s); it will expire", self.reservation_id, error)
+
+    def release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.client.release(self.reservation_id)
+        except Exception as error:
+            log.warning("releasing %s failed (%s); it will expire", self.reservation_id, error)
+
+
+_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "nullspend_llamaindex_call", default=None
+)
+
+
+@dataclass
+class Instrumentation:
+    """What ``instrument()`` set up: the client calls are held to, and attribution."""
+
+    client: NullSpend | LocalNullSpend
+    customer: str | None = None
+    session_id: str | None = None
+    tags: Mapping[str, str] | None = None
+
+
+_active: Instrumentation | None = None
+
+
+def instrument(
+    api_key: str | None = None,
+    base_url: str | None = None,
+    *,
+    customer: str | None = None,
+    session_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    budgets: tuple[LocalBudget, ...] = (),
+    client: NullSpend | LocalNullSpend | None = None,
+) -> Instrumentation:
+    """Price, attribute and cap every LlamaIndex LLM call from now on, whenever its LLM object
+    was made. Server mode with ``api_key``/``base_url`` (or ``NULLSPEND_API_KEY`` and
+    ``NULLSPEND_BASE_URL``), else embedded with ``budgets``. Calling it again replaces the
+    settings."""
+    global _active
+    if client is None:
+        client = (
+            NullSpend(api_key, base_url)
+            if base_url or CoreSettings().base_url
+            else LocalNullSpend(budgets)
+        )
+    first = _active is None
+    _active = Instrumentation(client, customer, session_id, dict(tags or {}))
+    if first:
+        for cls in _subclasses(BaseLLM):
+            _gate_class(cls)
+        _hook_new_classes()
+        get_dispatcher().add_event_handler(_Settler())
+    return _active
+
+
+def _subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    pending: list[type] = [cls]
+    while pending:
+        subclasses: list[type] = pending.pop().__subclasses__()
+        found += subclasses
+        pending += subclasses
+    return found
+
+
+def _hook_new_classes() -> None:
+    """Gate LLM classes defined from now on, as pydantic finishes building them."""
+    original = BaseLLM.__pydantic_init_subclass__.__func__  # type: ignore[attr-defined]
+
+    def hook(cls: type[BaseLLM], /, **kwargs: Any) -> None:
+        original(cls, **kwargs)
+        _gate_class(cls)
+
+    BaseLLM.__pydantic_init_subclass__ = classmethod(hook)  # type: ignore[assignment,method-assign]
+
+
+def _gate_class(cls: type) -> None:
+    for name in _METHODS:
+        method = cls.__dict__.get(name)
+        if method is None or getattr(method, _GATED, False) or not callable(method):
+            continue
+        setattr(cls, name, _gated(method, name))
+
+
+def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def gated_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _reserve(self, name, args, kwargs)
+            if call is None:  # inside another gated call (complete calling chat): covered
+                return await method(self, *args, **kwargs)
+            token = _current.set(call)
+            try:
+                result = await method(self, *args, **kwargs)
+            except BaseException:
+                call.release()
+                raise
+            finally:
+                _current.reset(token)
+            if name.startswith("astream"):
+                return _async_stream(result, call)
+            call.settle(None)  # no end event came: settle at the estimate
+            return result
+
+        setattr(gated_async, _GATED, True)
+        return gated_async
+
+    @functools.wraps(method)
+    def gated(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _reserve(self, name, args, kwargs)
+        if call is None:
+            return method(self, *args, **kwargs)
+        token = _current.set(call)
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException:
+            call.release()
+            raise
+        finally:
+            _current.reset(token)
+        if name.startswith("stream"):
+            return _stream(result, call)
+        call.settle(None)
+        return result
+
+    setattr(gated, _GATED, True)
+    return gated
+
+
+def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
+    """The stream as produced, each step run with the call current (its end event fires in
+    the last one); settled at the estimate if it ends without one, released if it fails."""
+    try:
+        while True:
+            token = _current.set(call)
+            try:
+                response = next(responses)
+            except StopIteration:
+                break
+            finally:
+                _current.reset(token)
+            yield response
+    except BaseException:
+        call.release()
+        raise
+    call.settle(None)
+
+
+async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
+    try:
+        while True:
+            token = _current.set(call)
+            try:
+                response = await responses.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                _current.reset(token)
+            yield response
+    except BaseException:
+        call.release()
+        raise
+    call.settle(None)
+
+
+def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
+    """Reserve the call's estimate, or raise the typed denial. None inside another gated call."""
+    if _active is None or _current.get() is not None:
+        return None
+    model = _model_of(llm)
+    wire = ANTHROPIC_MESSAGES if "anthropic" in type(llm).__module__ else OPENAI_CHAT
+    prompt = args[0] if args else kwargs.get("messages", kwargs.get("prompt", ""))
+    body: dict[str, Any] = {"model": model, "messages": [{"content": str(prompt)}]}
+    cap = getattr(llm, "max_tokens", None)
+    if isinstance(cap, int):
+        body["max_tokens"] = cap
+    estimate = estimate_request(wire, body, json.dumps(body).encode(), model=model)
+    options: dict[str, Any] = {"model": model or "unknown", "provider": wire.provider}
+    if _active.customer:
+        options["customer"] = _active.customer
+    if _active.session_id:
+        options["session_id"] = _active.session_id
+    if _active.tags:
+        options["tags"] = _active.tags
+    reservation = _active.client.reserve(estimate.microdollars, **options)
+    return _Call(
+        _active.client,
+        reservation.reservation_id,
+        estimate.microdollars,
+        model,
+        wire,
+        time.perf_counter(),
+    )
+
+
+def _model_of(llm: Any) -> str | None:
+    for attribute in ("model", "model_name"):
+        value = getattr(llm, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    try:
+        value = llm.metadata.model_name
+    except Exception:
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _reading(wire: WireFormat, raw: Any) -> Reading | None:
+    """Usage and model from the provider's raw answer, as LlamaIndex keeps it (the SDK's
+    object, or a dict of them); None when it says nothing readable."""
+    if raw is None:
+        return None
+    try:
+        return wire.read_response(_plain(raw))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """SDK objects (pydantic models) down to JSON-like dicts and lists."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Settler(BaseEventHandler):
+    """Settles the current gated call from its end event."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "NullSpendSettler"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        if not isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent):
+            return
+        call = _current.get()
+        if call is None or event.response is None:
+            return
+        raw = getattr(event.response, "raw", None)
+        if raw is not None:
+            call.settle(raw)

@@ -1,0 +1,172 @@
+"""``nullspend_llamaindex.instrument()`` with the real llama-index-llms-openai and
+llama-index-llms-anthropic, against the fake upstream: every call priced from what it
+reports, denials raised before any request, for LLM objects and classes made before and after
+``instrument()``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.llms.openai import OpenAI
+
+from nullspend.client import NullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.errors import CustomerBudgetExceededError, DeniedError
+from nullspend_llamaindex import instrument
+from tests.fakes.upstream import run_fake_upstream
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.sdk.test_tracked_openai import COST, USAGE
+
+ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
+ANTHROPIC_COST = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15
+HELLO = [ChatMessage(role="user", content="Hello")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Any]]:
+    with run_fake_upstream() as running:
+        yield running
+
+
+def openai_llm(fake: tuple[str, Any]) -> OpenAI:
+    return OpenAI(
+        model="gpt-4o-mini",
+        api_base=f"{fake[0]}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        default_headers={"x-fake-usage": json.dumps(USAGE)},
+    )
+
+
+def test_chat_complete_and_streams_are_priced(fake: tuple[str, Any]) -> None:
+    made_before = openai_llm(fake)
+    ns = LocalNullSpend()
+    instrument(client=ns, tags={"team": "rag"})
+    assert made_before.chat(HELLO).message.content
+    assert made_before.complete("Hello").text
+    streamed = list(made_before.stream_chat(HELLO))
+    assert streamed
+
+    async def run() -> None:
+        await made_before.achat(HELLO)
+        chunks = [c async for c in await made_before.astream_chat(HELLO)]
+        assert chunks
+
+    asyncio.run(run())
+    events = ns.cost_events().data
+    assert len(events) == 5  # complete calls chat inside: one call, one event
+    assert len(fake[1].state.requests) == 5
+    exact = [e for e in events if e.cost_microdollars == COST]
+    assert len(exact) >= 3  # the non-streamed ones at least; streams carry usage when asked
+    assert all(e.tags == {"team": "rag"} and e.provider == "openai" for e in events)
+    assert {e.model for e in events} == {"gpt-4o-mini"}
+
+
+def test_denied_before_any_request(fake: tuple[str, Any]) -> None:
+    ns = LocalNullSpend([LocalBudget.customer("acme", 10)])
+    instrument(client=ns, customer="acme")
+    llm = openai_llm(fake)
+    with pytest.raises(CustomerBudgetExceededError):
+        llm.chat(HELLO)
+    with pytest.raises(DeniedError):
+        asyncio.run(llm.achat(HELLO))
+    with pytest.raises(DeniedError):
+        list(llm.stream_chat(HELLO))
+    assert fake[1].state.requests == []
+
+
+def test_llm_classes_defined_after_instrument_are_gated(fake: tuple[str, Any]) -> None:
+    instrument(client=LocalNullSpend([LocalBudget.total(0)]))
+
+    class Mine(OpenAI):  # defined after instrument()
+        def chat(self, messages: Any, **kwargs: Any) -> Any:
+            return super().chat(messages, **kwargs)
+
+    with pytest.raises(DeniedError):
+        Mine(model="gpt-4o-mini", api_base=f"{fake[0]}/v1", api_key="sk").chat(HELLO)
+    assert fake[1].state.requests == []
+
+
+ANTHROPIC_SCRIPT = """
+import json, sys
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.llms.anthropic import Anthropic
+from nullspend.embedded import LocalNullSpend
+from nullspend_llamaindex import instrument
+
+ns = LocalNullSpend()
+instrument(client=ns)
+llm = Anthropic(model="claude-sonnet-4-5-20250929", base_url=sys.argv[1], api_key="sk-ant-test",
+                max_retries=0, max_tokens=200, default_headers={"x-fake-usage": sys.argv[2]})
+llm.chat([ChatMessage(role="user", content="Hello")])
+print(json.dumps([e.model_dump(mode="json") for e in ns.cost_events().data]))
+"""
+
+
+@pytest.fixture(scope="session")
+def anthropic_below_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python environment with ``anthropic<1``: llama-index-llms-anthropic breaks on the
+    anthropic 2.x the rest of the workspace uses (``Cannot instantiate typing.Union``)."""
+    venv = tmp_path_factory.mktemp("anthropic-below-1") / "venv"
+    # uv as CI installs it: a command, or a module of the system's Python
+    uv = [found] if (found := shutil.which("uv")) else ["python3", "-m", "uv"]
+    subprocess.run([*uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [
+            *uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(python),
+            "anthropic<1",
+            "llama-index-llms-anthropic",
+            "-e",
+            str(ROOT / "packages/nullspend-core"),
+            "-e",
+            str(ROOT / "packages/nullspend-llamaindex"),
+        ],
+        check=True,
+    )
+    return python
+
+
+def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path) -> None:
+    done = subprocess.run(
+        [str(anthropic_below_1), "-c", ANTHROPIC_SCRIPT, fake[0], json.dumps(ANTHROPIC_USAGE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (event,) = json.loads(done.stdout)
+    assert (event["provider"], event["cost_microdollars"]) == ("anthropic", ANTHROPIC_COST)
+    assert (event["cached_input_tokens"], event["cache_write_5m_tokens"]) == (6000, 1500)
+    assert len(fake[1].state.requests) == 1
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url)
+    yield running
+    running.stop()
+
+
+def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        instrument(client=ns, session_id="s-3")
+        openai_llm(fake).chat(HELLO)
+        (event,) = ns.cost_events().data
+        assert (event.cost_microdollars, event.session_id) == (COST, "s-3")
+        assert event.reservation_id is not None
