@@ -105,6 +105,13 @@ def test_denied_before_the_provider_is_called(
     assert fake[1].state.requests == []
 
 
+def test_a_scoped_client_scopes_the_handler(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    handler = NullSpendCallbackHandler(client=ns.customer("acme").scoped(tags={"team": "ml"}))
+    chat_openai(fake, callbacks=[handler]).invoke("Hello")
+    (event,) = settled_events(ns, 1)
+    assert (event.customer, event.tags["team"]) == ("acme", "ml")
+
+
 def test_ainvoke_and_astream(ns: NullSpend, fake: tuple[str, Any]) -> None:
     handler = NullSpendCallbackHandler(client=ns, session_id="s-7")
     model = chat_openai(fake, stream_usage=True, callbacks=[handler])

@@ -74,9 +74,10 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         client: NullSpend | LocalNullSpend | None = None,
     ) -> None:
         self.client = client or _client(api_key, base_url, budgets, path)
-        self.customer = customer
-        self.session_id = session_id
-        self.tags = dict(tags or {})
+        scope = self.client.scope  # a scoped client (ns.customer("acme")) scopes the handler
+        self.customer = customer or scope.customer
+        self.session_id = session_id or scope.session_id
+        self.tags = {**scope.tags, **(tags or {})}
         self._open: dict[UUID, _Open] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
 

@@ -137,7 +137,13 @@ def instrument(
             else LocalNullSpend(budgets)
         )
     first = _active is None
-    _active = Instrumentation(client, customer, session_id, dict(tags or {}))
+    scope = client.scope  # a scoped client (ns.customer("acme")) scopes every call
+    _active = Instrumentation(
+        client,
+        customer or scope.customer,
+        session_id or scope.session_id,
+        {**scope.tags, **(tags or {})},
+    )
     if first:
         for cls in _subclasses(BaseLLM):
             _gate_class(cls)
