@@ -22,10 +22,11 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.pricing import estimate_request
 from nullspend.settings import CoreSettings
+from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import OPENAI_CHAT
+from nullspend.wire import OPENAI_CHAT, Reading
 from nullspend_langchain.usage import usage_from_metadata
 
 log = logging.getLogger("nullspend.langchain")
@@ -175,30 +176,20 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         if call is None:
             return
         usage, model = _reading(response)
-        model = model or call.model
-        priced = default_catalog().resolve(model) if model else None
         if usage is None and call.streamed:
             warnings.warn(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
                 "Models with a custom base_url report stream usage only with stream_usage=True",
                 stacklevel=2,
             )
-        cost = (
-            price_usage(usage, priced).total_microdollars
-            if usage is not None and priced is not None
-            else call.estimate_microdollars
+        options = settlement(
+            Reading(usage, model),
+            estimate_microdollars=call.estimate_microdollars,
+            model=call.model,
+            provider=call.provider,
+            started=call.started,
         )
-        options: dict[str, Any] = {
-            "cost_microdollars": cost,
-            "duration_ms": int((time.perf_counter() - call.started) * 1000),
-            "trace_id": call.trace_id,
-        }
-        if model:
-            options["model"] = model
-        if call.provider:
-            options["provider"] = call.provider
-        if usage is not None:
-            options["usage"] = usage
+        options["trace_id"] = call.trace_id
         try:
             self.client.settle(call.reservation_id, **options)
         except Exception as error:  # the answer is the caller's already

@@ -29,8 +29,9 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMComp
 
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.pricing import estimate_request
 from nullspend.settings import CoreSettings
+from nullspend.tracked.metering import settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
 
 log = logging.getLogger("nullspend.llamaindex")
@@ -64,24 +65,13 @@ class _Call:
         if self.done:
             return
         self.done = True
-        reading = _reading(self.wire, raw)
-        usage = reading.usage if reading else None
-        model = (reading.model if reading else None) or self.model
-        priced = default_catalog().resolve(model) if model else None
-        cost = (
-            price_usage(usage, priced).total_microdollars
-            if usage is not None and priced is not None
-            else self.estimate_microdollars
+        options = settlement(
+            _reading(self.wire, raw) or Reading(None, None),
+            estimate_microdollars=self.estimate_microdollars,
+            model=self.model,
+            provider=self.wire.provider,
+            started=self.started,
         )
-        options: dict[str, Any] = {
-            "cost_microdollars": cost,
-            "provider": self.wire.provider,
-            "duration_ms": int((time.perf_counter() - self.started) * 1000),
-        }
-        if model:
-            options["model"] = model
-        if usage is not None:
-            options["usage"] = usage
         try:
             self.client.settle(self.reservation_id, **options)
         except Exception as error:  # the answer is the caller's already

@@ -43,6 +43,37 @@ class Scope:
         )
 
 
+def settlement(
+    reading: Reading,
+    *,
+    estimate_microdollars: int,
+    model: str | None,
+    provider: str | None,
+    started: float,
+) -> dict[str, Any]:
+    """The settle call's options for a finished call, whichever integration made it: the exact
+    cost when the answer carried usage of a priced model, else the estimate (never zero)."""
+    model = reading.model or model
+    priced = default_catalog().resolve(model) if model else None
+    usage: Usage | None = reading.usage
+    cost = (
+        price_usage(usage, priced).total_microdollars
+        if usage is not None and priced is not None
+        else estimate_microdollars
+    )
+    options: dict[str, Any] = {
+        "cost_microdollars": cost,
+        "duration_ms": int((time.perf_counter() - started) * 1000),
+    }
+    if provider:
+        options["provider"] = provider
+    if model:
+        options["model"] = model
+    if usage is not None:
+        options["usage"] = usage
+    return options
+
+
 @dataclass
 class Metered:
     """A priced call between its reservation and its settlement."""
@@ -89,26 +120,13 @@ class Metered:
         return self.wire.read_response(parsed) if isinstance(parsed, dict) else Reading(None, None)
 
     def settlement(self, reading: Reading) -> dict[str, Any]:
-        """The settle call's options: the exact cost when the answer carried usage of a priced
-        model, else the estimate (never zero)."""
-        model = reading.model or self.model
-        priced = default_catalog().resolve(model) if model else None
-        usage: Usage | None = reading.usage
-        cost = (
-            price_usage(usage, priced).total_microdollars
-            if usage is not None and priced is not None
-            else self.estimate_microdollars
+        return settlement(
+            reading,
+            estimate_microdollars=self.estimate_microdollars,
+            model=self.model,
+            provider=self.wire.provider,
+            started=self.started,
         )
-        options: dict[str, Any] = {
-            "cost_microdollars": cost,
-            "provider": self.wire.provider,
-            "duration_ms": int((time.perf_counter() - self.started) * 1000),
-        }
-        if model:
-            options["model"] = model
-        if usage is not None:
-            options["usage"] = usage
-        return options
 
     def stream_filter(self) -> UsageChunkFilter | None:
         return UsageChunkFilter() if self.strip_usage else None
