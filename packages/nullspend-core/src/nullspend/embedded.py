@@ -11,6 +11,7 @@ server.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sqlite3
 import threading
 import uuid
@@ -89,15 +90,14 @@ class _Store:
             "CREATE TABLE IF NOT EXISTS cost_events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);"
         )
 
-    def events(self) -> list[CostEvent]:
+    def events(self) -> list[dict[str, Any]]:
         rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
-        return [CostEvent.model_validate_json(body) for (body,) in rows]
+        return [CostEvent.model_validate_json(body).model_dump() for (body,) in rows]
 
-    def add(self, event: CostEvent) -> None:
+    def add(self, event: dict[str, Any]) -> None:
         with self._connection:
-            self._connection.execute(
-                "INSERT INTO cost_events (body) VALUES (?)", (event.model_dump_json(),)
-            )
+            body = CostEvent.model_construct(**event).model_dump_json()
+            self._connection.execute("INSERT INTO cost_events (body) VALUES (?)", (body,))
 
 
 class LocalNullSpend(TrackedClients):
@@ -112,7 +112,10 @@ class LocalNullSpend(TrackedClients):
         self._accounts = [_Account(b) for b in budgets]
         self._held: dict[str, _Held] = {}
         self._sessions: dict[str, int] = {}
-        self._events: list[CostEvent] = []
+        # The events as plain dicts of CostEvent's fields, typed only when read: building a
+        # model per call cost more than the rest of the engine's work.
+        self._events: list[dict[str, Any]] = []
+        self._ids = _Ids()
         self._lock = threading.Lock()
         self._store = _Store(Path(path)) if path is not None else None
         if self._store is not None:  # spend so far, from the events on file
@@ -152,7 +155,7 @@ class LocalNullSpend(TrackedClients):
                 self._sessions[session_id] = (
                     self._sessions.get(session_id, 0) + estimate_microdollars
                 )
-            reservation_id = f"rsv_{uuid.uuid4().hex[:24]}"
+            reservation_id = self._ids.next("rsv")
             attribution = {
                 "model": options.get("model"),
                 "provider": options.get("provider"),
@@ -179,41 +182,39 @@ class LocalNullSpend(TrackedClients):
         with self._lock:
             held = self._take(reservation_id)
             self._unreserve(held)
-            event = CostEvent.model_construct(
-                **{
-                    "id": f"ce_{uuid.uuid4().hex[:24]}",
-                    "created_at": dt.datetime.now(dt.UTC),
-                    "source": "embedded",
-                    "provider": options.get("provider")
-                    or held.attribution["provider"]
-                    or "unknown",
-                    "model": options.get("model") or held.attribution["model"] or "unknown",
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "cached_input_tokens": usage.cache_read_tokens,
-                    "cache_write_5m_tokens": usage.cache_write_5m_tokens,
-                    "cache_write_1h_tokens": usage.cache_write_1h_tokens,
-                    "reasoning_tokens": usage.reasoning_tokens,
-                    "audio_input_tokens": usage.audio_input_tokens,
-                    "audio_output_tokens": usage.audio_output_tokens,
-                    "web_search_requests": usage.web_search_requests,
-                    "cost_microdollars": cost,
-                    "duration_ms": options.get("duration_ms"),
-                    "session_id": held.attribution["session_id"],
-                    "trace_id": options.get("trace_id") or held.attribution["trace_id"],
-                    "customer": held.attribution["customer"],
-                    "event_type": options.get("event_type"),
-                    "reservation_id": reservation_id,
-                    "tags": held.tags,
-                }
-            )
+            event = {
+                "id": self._ids.next("ce"),
+                "created_at": dt.datetime.now(dt.UTC),
+                "source": "embedded",
+                "provider": options.get("provider") or held.attribution["provider"] or "unknown",
+                "model": options.get("model") or held.attribution["model"] or "unknown",
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_input_tokens": usage.cache_read_tokens,
+                "cache_write_5m_tokens": usage.cache_write_5m_tokens,
+                "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "audio_input_tokens": usage.audio_input_tokens,
+                "audio_output_tokens": usage.audio_output_tokens,
+                "web_search_requests": usage.web_search_requests,
+                "cost_microdollars": cost,
+                "duration_ms": options.get("duration_ms"),
+                "session_id": held.attribution["session_id"],
+                "trace_id": options.get("trace_id") or held.attribution["trace_id"],
+                "customer": held.attribution["customer"],
+                "event_type": options.get("event_type"),
+                "reservation_id": reservation_id,
+                "tags": held.tags,
+                "upstream_status": None,
+                "action_id": None,
+            }
             if self._store is not None:
                 self._store.add(event)  # first: a failing disk must not leave spend unrecorded
             self._count(event)
         return Settled.model_construct(
             reservation_id=reservation_id,
             status="settled",
-            cost_event_id=event.id,
+            cost_event_id=event["id"],
             cost_microdollars=cost,
         )
 
@@ -247,7 +248,8 @@ class LocalNullSpend(TrackedClients):
     ) -> CostEventPage:
         """Newest first; ``cursor`` is the id of the last event of the previous page."""
         with self._lock:
-            events = [e for e in reversed(self._events) if _matches(e, filters)]
+            found = [e for e in reversed(self._events) if _matches(e, filters)]
+        events = [CostEvent.model_construct(**e) for e in found]
         if cursor is not None:
             ids = [e.id for e in events]
             events = events[ids.index(cursor) + 1 :] if cursor in ids else []
@@ -298,7 +300,7 @@ class LocalNullSpend(TrackedClients):
     def _take(self, reservation_id: str) -> _Held:
         held = self._held.pop(reservation_id, None)
         if held is None:
-            settled = any(e.reservation_id == reservation_id for e in self._events)
+            settled = any(e["reservation_id"] == reservation_id for e in self._events)
             if settled:
                 raise ConflictError(f"reservation {reservation_id} is already settled")
             raise NotFoundError(f"no reservation {reservation_id!r}")
@@ -310,15 +312,14 @@ class LocalNullSpend(TrackedClients):
         if session_id := held.attribution["session_id"]:
             self._sessions[session_id] -= held.estimate
 
-    def _count(self, event: CostEvent) -> None:
+    def _count(self, event: dict[str, Any]) -> None:
         """Add a recorded event's cost to the spend of every budget it falls under."""
         self._events.append(event)
-        for account in self._matching(event.customer, event.tags):
-            account.spend += event.cost_microdollars
-        if event.session_id:
-            self._sessions[event.session_id] = (
-                self._sessions.get(event.session_id, 0) + event.cost_microdollars
-            )
+        cost = event["cost_microdollars"]
+        for account in self._matching(event["customer"], event["tags"]):
+            account.spend += cost
+        if session_id := event["session_id"]:
+            self._sessions[session_id] = self._sessions.get(session_id, 0) + cost
 
 
 class AsyncLocalNullSpend(AsyncTrackedClients):
@@ -366,12 +367,23 @@ def _error(denial: Denial) -> ApiError:
     )
 
 
-def _matches(event: CostEvent, filters: EventFilters) -> bool:
+def _matches(event: dict[str, Any], filters: EventFilters) -> bool:
     plain = {k: v for k, v in filters.items() if k != "tags"}
-    if any(getattr(event, k) != v for k, v in plain.items()):
+    if any(event[k] != v for k, v in plain.items()):
         return False
     wanted: Mapping[str, str] = filters.get("tags") or {}
-    return all(event.tags.get(k) == v for k, v in wanted.items())
+    return all(event["tags"].get(k) == v for k, v in wanted.items())
+
+
+class _Ids:
+    """Ids unique across processes (a random prefix each) without a system call per id."""
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
+
+    def next(self, kind: str) -> str:
+        return f"{kind}_{self._prefix}{next(self._counter):012x}"
 
 
 __all__ = ["AsyncLocalNullSpend", "LocalBudget", "LocalNullSpend"]
