@@ -163,3 +163,21 @@ def test_a_langgraph_prebuilt_agent(ns: NullSpend, fake: tuple[str, Any]) -> Non
     assert result["messages"]
     events = settled_events(ns, 1)
     assert all(e.cost_microdollars == COST and e.customer == "acme" for e in events)
+
+
+def test_a_plain_llm_is_metered_too() -> None:
+    """on_llm_start (text LLMs, not chat models): reserved, recorded (at the estimate when the
+    LLM reports no usage), and denied before it runs."""
+    from langchain_core.language_models.fake import FakeListLLM
+
+    from nullspend.embedded import LocalBudget, LocalNullSpend
+
+    engine = LocalNullSpend([LocalBudget.total(10**9)])
+    handler = NullSpendCallbackHandler(client=engine)
+    llm = FakeListLLM(responses=["fine"], callbacks=[handler])
+    assert llm.invoke("How are you?") == "fine"
+    (event,) = engine.cost_events().data
+    assert event.cost_microdollars > 0  # an unpriced model's estimate, never zero
+    denied = NullSpendCallbackHandler(client=LocalNullSpend([LocalBudget.total(0)]))
+    with pytest.raises(DeniedError):
+        FakeListLLM(responses=["fine"], callbacks=[denied]).invoke("How are you?")
