@@ -181,3 +181,15 @@ def test_a_plain_llm_is_metered_too() -> None:
     denied = NullSpendCallbackHandler(client=LocalNullSpend([LocalBudget.total(0)]))
     with pytest.raises(DeniedError):
         FakeListLLM(responses=["fine"], callbacks=[denied]).invoke("How are you?")
+
+
+def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -> None:
+    from nullspend.embedded import LocalNullSpend
+
+    engine = LocalNullSpend()
+    model = chat_openai(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+    for _ in model.stream("Hi"):
+        break
+    (event,) = engine.cost_events().data
+    assert event.cost_microdollars > 0
+    assert engine.budget_status() == []

@@ -170,3 +170,12 @@ def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
         (event,) = ns.cost_events().data
         assert (event.cost_microdollars, event.session_id) == (COST, "s-3")
         assert event.reservation_id is not None
+
+
+def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -> None:
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    for _ in openai_llm(fake).stream_chat(HELLO):
+        break  # tokens were generated: the call is not free
+    (event,) = ns.cost_events().data
+    assert event.cost_microdollars > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,24 @@ def test_async_embedded(fake: tuple[str, Any]) -> None:
         assert status.spend_microdollars == 2 * COST
 
     asyncio.run(run())
+
+
+def test_a_settle_the_file_refuses_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = LocalNullSpend([LocalBudget.total(5_000)], path=tmp_path / "spend.db")
+    reservation = ns.reserve(1_000)
+    assert ns._store is not None
+
+    def refuse(event: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ns._store, "add", refuse)
+    with pytest.raises(sqlite3.OperationalError):
+        ns.settle(reservation.reservation_id, cost_microdollars=700)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (0, 1_000)  # as before
+    monkeypatch.undo()
+    ns.settle(reservation.reservation_id, cost_microdollars=700)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (700, 0)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from nullspend.client import CostReporter, NewCostEvent, NullSpend
-from nullspend.errors import ConflictError
+from nullspend.errors import ConflictError, ValidationError
 from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.sdk.test_client import Flaky, flaky  # noqa: F401 (fixture)
 
@@ -32,6 +32,8 @@ def test_a_batch_sent_twice_is_recorded_once(server: RunningServer) -> None:
         assert len(ns.cost_events().data) == 2
         with pytest.raises(ConflictError):
             ns.report_batch([EVENT], idempotency_key="batch-1")
+        with pytest.raises(ValidationError):  # keys are stored as <key>#<index>
+            ns.report_batch([EVENT], idempotency_key="batch#1")
 
 
 def test_batches_interval_and_close(server: RunningServer) -> None:
@@ -100,3 +102,18 @@ def test_hopeless_batches_are_dropped_and_counted() -> None:
         assert reporter.flush(10)
         reporter.close()
     assert (reporter.stats.sent, reporter.stats.dropped_failed) == (0, 1)
+
+
+def test_an_unexpected_error_is_counted_and_the_thread_lives_on(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=0.05)
+        monkeypatch.setattr(ns, "report_batch", lambda *a, **k: (_ for _ in ()).throw(ValueError))
+        reporter.report(EVENT)
+        assert reporter.flush(5)
+        assert reporter.stats.dropped_failed == 1
+        monkeypatch.undo()
+        reporter.report(EVENT)
+        reporter.close()
+        assert reporter.stats.sent == 1

@@ -180,8 +180,7 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
         usage = options.get("usage") or Usage()
         with self._lock:
-            held = self._take(reservation_id)
-            self._unreserve(held)
+            held = self._find(reservation_id)
             event = {
                 "id": self._ids.next("ce"),
                 "created_at": dt.datetime.now(dt.UTC),
@@ -209,7 +208,10 @@ class LocalNullSpend(TrackedClients):
                 "action_id": None,
             }
             if self._store is not None:
-                self._store.add(event)  # first: a failing disk must not leave spend unrecorded
+                # First: if the file refuses it, the reservation stands and nothing changed.
+                self._store.add(event)
+            del self._held[reservation_id]
+            self._unreserve(held)
             self._count(event)
         return Settled.model_construct(
             reservation_id=reservation_id,
@@ -298,7 +300,12 @@ class LocalNullSpend(TrackedClients):
         return None
 
     def _take(self, reservation_id: str) -> _Held:
-        held = self._held.pop(reservation_id, None)
+        held = self._find(reservation_id)
+        del self._held[reservation_id]
+        return held
+
+    def _find(self, reservation_id: str) -> _Held:
+        held = self._held.get(reservation_id)
         if held is None:
             settled = any(e["reservation_id"] == reservation_id for e in self._events)
             if settled:

@@ -196,10 +196,22 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             log.warning("settling %s failed (%s); it will expire", call.reservation_id, error)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A call that failed before anything came back cost nothing: released. A stream that
+        broke off (or was stopped) had spent tokens: settled from what usage it reported, else
+        at the estimate."""
         with self._lock:
-            call = self._open.pop(run_id, None)
+            call = self._open.get(run_id)
         if call is None:
             return
+        if call.streamed:
+            partial = kwargs.get("response")
+            self.on_llm_end(
+                partial if isinstance(partial, LLMResult) else LLMResult(generations=[]),
+                run_id=run_id,
+            )
+            return
+        with self._lock:
+            self._open.pop(run_id, None)
         try:
             self.client.release(call.reservation_id)
         except Exception as failure:

@@ -219,7 +219,9 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
     """The stream as produced, each step run with the call current (its end event fires in
-    the last one); settled at the estimate if it ends without one, released if it fails."""
+    the last one); settled at the estimate if it ends without one. Stopped or failed: released
+    if nothing came yet, else settled at the estimate (tokens were spent)."""
+    received = False
     try:
         while True:
             token = _current.set(call)
@@ -229,14 +231,16 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
                 break
             finally:
                 _current.reset(token)
+            received = True
             yield response
     except BaseException:
-        call.release()
+        call.settle(None) if received else call.release()
         raise
     call.settle(None)
 
 
 async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
+    received = False
     try:
         while True:
             token = _current.set(call)
@@ -246,9 +250,10 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
                 break
             finally:
                 _current.reset(token)
+            received = True
             yield response
     except BaseException:
-        call.release()
+        call.settle(None) if received else call.release()
         raise
     call.settle(None)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from nullspend.client.calls import wait_before_retry
 from nullspend.client.models import NewCostEvent
 from nullspend.client.sync import NullSpend
-from nullspend.errors import NullSpendError
 
 log = logging.getLogger("nullspend.reporter")
 
@@ -131,7 +130,7 @@ class CostReporter:
         for attempt in range(self.attempts):
             try:
                 self.client.report_batch(batch, idempotency_key=key)
-            except NullSpendError as error:
+            except Exception as error:  # whatever it is, the thread must live on and count it
                 wait = wait_before_retry(attempt, error)
                 log.warning("reporting %d cost events failed (%s)", len(batch), error)
                 if wait is None or attempt + 1 == self.attempts:  # hopeless, or tried enough

@@ -32,7 +32,7 @@ class NullSpend(TrackedClients):
 
     ``api_key`` and ``base_url`` default to ``NULLSPEND_API_KEY`` and ``NULLSPEND_BASE_URL``.
     Every error answer raises its typed ``nullspend.errors.ApiError``; calls that are safe to
-    repeat (reads, releases, reports with an idempotency key) are retried with backoff on
+    repeat (reads, and reports with their idempotency key) are retried with backoff on
     connection failures, 502-504, ``budget_unavailable`` and ``rate_limited``.
     """
 

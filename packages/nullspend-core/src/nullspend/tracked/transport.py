@@ -90,7 +90,12 @@ class TrackedTransport(httpx.BaseTransport):
         elif _is_stream(response):
             response.stream = self.stream_type(response.stream, metered, self._settle)
         else:
-            self._settle(metered, metered.reading_of(response.read()))
+            try:
+                content = response.read()
+            except BaseException:
+                self._release(metered)  # nothing of it reached the caller
+                raise
+            self._settle(metered, metered.reading_of(content))
         return response
 
     def close(self) -> None:
@@ -99,13 +104,13 @@ class TrackedTransport(httpx.BaseTransport):
     def _settle(self, metered: Metered, reading: Reading) -> None:
         try:
             self.ns.settle(metered.reservation_id, **metered.settlement(reading))
-        except NullSpendError as error:  # the answer is the caller's already
+        except Exception as error:  # the answer is the caller's already (paid for)
             log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
 
     def _release(self, metered: Metered) -> None:
         try:
             self.ns.release(metered.reservation_id)
-        except NullSpendError as error:
+        except Exception as error:
             log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
 
 
@@ -143,7 +148,12 @@ class AsyncTrackedTransport(httpx.AsyncBaseTransport):
         elif _is_stream(response):
             response.stream = self.stream_type(response.stream, metered, self._settle)
         else:
-            await self._settle(metered, metered.reading_of(await response.aread()))
+            try:
+                content = await response.aread()
+            except BaseException:
+                await self._release(metered)
+                raise
+            await self._settle(metered, metered.reading_of(content))
         return response
 
     async def aclose(self) -> None:
@@ -152,13 +162,13 @@ class AsyncTrackedTransport(httpx.AsyncBaseTransport):
     async def _settle(self, metered: Metered, reading: Reading) -> None:
         try:
             await self.ns.settle(metered.reservation_id, **metered.settlement(reading))
-        except NullSpendError as error:
+        except Exception as error:
             log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
 
     async def _release(self, metered: Metered) -> None:
         try:
             await self.ns.release(metered.reservation_id)
-        except NullSpendError as error:
+        except Exception as error:
             log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
 
 
@@ -181,10 +191,11 @@ class _MeteredStream:
     def __iter__(self) -> Iterator[bytes]:
         chunk_filter = self.metered.stream_filter()
         for chunk in self.inner:
+            # Usage first: the caller may stop reading at [DONE], which can share this chunk.
+            self.accumulator.feed(chunk)
             out = chunk_filter.feed(chunk) if chunk_filter else chunk
             if out:
                 yield out
-            self.accumulator.feed(chunk)
         if chunk_filter and (rest := chunk_filter.finish()):
             yield rest
 
@@ -213,10 +224,11 @@ class _AsyncMeteredStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunk_filter = self.metered.stream_filter()
         async for chunk in self.inner:
+            # Usage first: the caller may stop reading at [DONE], which can share this chunk.
+            self.accumulator.feed(chunk)
             out = chunk_filter.feed(chunk) if chunk_filter else chunk
             if out:
                 yield out
-            self.accumulator.feed(chunk)
         if chunk_filter and (rest := chunk_filter.finish()):
             yield rest
 

@@ -241,6 +241,9 @@ async def ingest_batch(
 ) -> BatchIngested:
     """All or none. With an Idempotency-Key, a batch sent again (a retry after a lost answer)
     is recorded once: its events carry the key and their index."""
+    if idempotency_key is not None and "#" in idempotency_key:
+        # Its events are stored as <key>#<index>: a '#' in the key could match another's.
+        raise _invalid("a batch's Idempotency-Key cannot contain '#'", {"idempotencyKey": None})
     db: Database = request.app.state.db
     request_hash = _hash(body) if idempotency_key is not None else None
     if idempotency_key is not None and request_hash is not None:
