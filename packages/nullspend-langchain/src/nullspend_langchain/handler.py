@@ -75,10 +75,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         client: NullSpend | LocalNullSpend | None = None,
     ) -> None:
         self.client = client or _client(api_key, base_url, budgets, path)
-        scope = self.client.scope  # a scoped client (ns.customer("acme")) scopes the handler
-        self.customer = customer or scope.customer
-        self.session_id = session_id or scope.session_id
-        self.tags = {**scope.tags, **(tags or {})}
+        # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes it.
+        self.scope = self.client.scope.narrowed(customer, session_id, tags)
         self._open: dict[UUID, _Open] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
 
@@ -131,16 +129,15 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         estimate = estimate_request(OPENAI_CHAT, body, raw, model=model)
         provider = metadata.get("ls_provider")
         trace_id = (parent_run_id or run_id).hex
-        options: dict[str, Any] = {
+        run = self.scope.narrowed(
+            metadata.get(CUSTOMER_KEY), metadata.get(SESSION_KEY), self._run_tags(run_tags)
+        )
+        options = {
+            **run.options(),
             "model": model or "unknown",
             "provider": provider if isinstance(provider, str) else "unknown",
             "trace_id": trace_id,
-            "tags": self._tags(run_tags),
         }
-        if customer := metadata.get(CUSTOMER_KEY) or self.customer:
-            options["customer"] = customer
-        if session_id := metadata.get(SESSION_KEY) or self.session_id:
-            options["session_id"] = session_id
         # Raises the typed DeniedError: LangChain re-raises it (raise_error), the call stops.
         reservation = self.client.reserve(estimate.microdollars, **options)
         with self._lock:
@@ -153,9 +150,11 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 time.perf_counter(),
             )
 
-    def _tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
-        tags = dict(self.tags)
-        for tag in run_tags or ():  # LangChain tags are bare strings: recorded as key=true
+    def _run_tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
+        """The run's LangChain tags (bare strings) as ``key=true``, those that stay valid on
+        top of the handler's own tags."""
+        tags = dict(self.scope.tags)
+        for tag in run_tags or ():
             candidate = {**tags, tag: "true"}
             if len(candidate) <= _MAX_TAGS and not tag_errors(candidate):
                 tags = candidate

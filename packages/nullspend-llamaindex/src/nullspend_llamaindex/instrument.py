@@ -31,7 +31,7 @@ from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import estimate_request
 from nullspend.settings import CoreSettings
-from nullspend.tracked.metering import settlement
+from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
 
 log = logging.getLogger("nullspend.llamaindex")
@@ -94,12 +94,10 @@ _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 
 @dataclass
 class Instrumentation:
-    """What ``instrument()`` set up: the client calls are held to, and attribution."""
+    """What ``instrument()`` set up: the client calls are held to, and their attribution."""
 
     client: NullSpend | LocalNullSpend
-    customer: str | None = None
-    session_id: str | None = None
-    tags: Mapping[str, str] | None = None
+    scope: Scope
 
 
 _active: Instrumentation | None = None
@@ -127,13 +125,8 @@ def instrument(
             else LocalNullSpend(budgets)
         )
     first = _active is None
-    scope = client.scope  # a scoped client (ns.customer("acme")) scopes every call
-    _active = Instrumentation(
-        client,
-        customer or scope.customer,
-        session_id or scope.session_id,
-        {**scope.tags, **(tags or {})},
-    )
+    # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes every call.
+    _active = Instrumentation(client, client.scope.narrowed(customer, session_id, tags))
     if first:
         for cls in _subclasses(BaseLLM):
             _gate_class(cls)
@@ -270,13 +263,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     if isinstance(cap, int):
         body["max_tokens"] = cap
     estimate = estimate_request(wire, body, json.dumps(body).encode(), model=model)
-    options: dict[str, Any] = {"model": model or "unknown", "provider": wire.provider}
-    if _active.customer:
-        options["customer"] = _active.customer
-    if _active.session_id:
-        options["session_id"] = _active.session_id
-    if _active.tags:
-        options["tags"] = _active.tags
+    options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation = _active.client.reserve(estimate.microdollars, **options)
     return _Call(
         _active.client,

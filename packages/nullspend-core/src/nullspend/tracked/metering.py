@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,20 @@ class Scope:
     session_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
+    def options(self) -> dict[str, Any]:
+        """The attribution options of a ``reserve`` call (those that are set)."""
+        options: dict[str, Any] = {"tags": self.tags}
+        if self.customer:
+            options["customer"] = self.customer
+        if self.session_id:
+            options["session_id"] = self.session_id
+        return options
+
     def narrowed(
-        self, customer: str | None, session_id: str | None, tags: dict[str, str] | None
+        self,
+        customer: str | None,
+        session_id: str | None,
+        tags: Mapping[str, str] | None,
     ) -> Scope:
         return Scope(
             customer or self.customer,

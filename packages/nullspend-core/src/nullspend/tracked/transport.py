@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
-from nullspend.tracked.metering import Metered, log
+from nullspend.tracked.metering import Metered, Scope, log
 from nullspend.wire import Reading
 
 if TYPE_CHECKING:
@@ -33,14 +33,10 @@ def _refusal(error: NullSpendError, raise_as: RaiseAs) -> Exception:
     return raise_as(error)
 
 
-def _reserve_options(metered: Metered, scope: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {"provider": metered.wire.provider, "tags": scope.tags}
+def _reserve_options(metered: Metered, scope: Scope) -> dict[str, Any]:
+    options = {**scope.options(), "provider": metered.wire.provider}
     if metered.model:
         options["model"] = metered.model
-    if scope.customer:
-        options["customer"] = scope.customer
-    if scope.session_id:
-        options["session_id"] = scope.session_id
     return options
 
 
@@ -172,73 +168,67 @@ class AsyncTrackedTransport(httpx.AsyncBaseTransport):
             log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
 
 
-class _MeteredStream:
-    """The provider's stream, passed on as it arrives, usage read on the side; settled once,
-    when it ends or the caller closes it (with what usage was seen, else the estimate)."""
+class _StreamReading:
+    """What both metered streams do per chunk: usage read on the side (first: the caller may
+    stop reading at [DONE], which can share this chunk), then the bytes to pass on; and the
+    reading to settle with, given once."""
 
-    def __init__(
-        self,
-        inner: Any,
-        metered: Metered,
-        settle: Callable[[Metered, Reading], None],
-    ) -> None:
+    def __init__(self, inner: Any, metered: Metered, settle: Callable[[Metered, Reading], Any]):
         self.inner = inner
         self.metered = metered
         self.settle = settle
         self.accumulator = metered.wire.stream()
+        self.chunk_filter = metered.stream_filter()
         self.settled = False
 
+    def pass_on(self, chunk: bytes) -> bytes:
+        self.accumulator.feed(chunk)
+        return self.chunk_filter.feed(chunk) if self.chunk_filter else chunk
+
+    def rest(self) -> bytes:
+        return self.chunk_filter.finish() if self.chunk_filter else b""
+
+    def reading(self) -> Reading | None:
+        """The final reading, the first time only (a stream is settled once)."""
+        if self.settled:
+            return None
+        self.settled = True
+        return self.accumulator.finish()
+
+
+class _MeteredStream(_StreamReading):
+    """The provider's stream, passed on as it arrives, usage read on the side; settled once,
+    when it ends or the caller closes it (with what usage was seen, else the estimate)."""
+
     def __iter__(self) -> Iterator[bytes]:
-        chunk_filter = self.metered.stream_filter()
         for chunk in self.inner:
-            # Usage first: the caller may stop reading at [DONE], which can share this chunk.
-            self.accumulator.feed(chunk)
-            out = chunk_filter.feed(chunk) if chunk_filter else chunk
-            if out:
+            if out := self.pass_on(chunk):
                 yield out
-        if chunk_filter and (rest := chunk_filter.finish()):
+        if rest := self.rest():
             yield rest
 
     def close(self) -> None:
         try:
             self.inner.close()
         finally:
-            if not self.settled:
-                self.settled = True
-                self.settle(self.metered, self.accumulator.finish())
+            if (reading := self.reading()) is not None:
+                self.settle(self.metered, reading)
 
 
-class _AsyncMeteredStream:
-    def __init__(
-        self,
-        inner: Any,
-        metered: Metered,
-        settle: Callable[[Metered, Reading], Any],
-    ) -> None:
-        self.inner = inner
-        self.metered = metered
-        self.settle = settle
-        self.accumulator = metered.wire.stream()
-        self.settled = False
-
+class _AsyncMeteredStream(_StreamReading):
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunk_filter = self.metered.stream_filter()
         async for chunk in self.inner:
-            # Usage first: the caller may stop reading at [DONE], which can share this chunk.
-            self.accumulator.feed(chunk)
-            out = chunk_filter.feed(chunk) if chunk_filter else chunk
-            if out:
+            if out := self.pass_on(chunk):
                 yield out
-        if chunk_filter and (rest := chunk_filter.finish()):
+        if rest := self.rest():
             yield rest
 
     async def aclose(self) -> None:
         try:
             await self.inner.aclose()
         finally:
-            if not self.settled:
-                self.settled = True
-                await self.settle(self.metered, self.accumulator.finish())
+            if (reading := self.reading()) is not None:
+                await self.settle(self.metered, reading)
 
 
 @cache
