@@ -193,3 +193,46 @@ def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -
     (event,) = engine.cost_events().data
     assert event.cost_microdollars > 0
     assert engine.budget_status() == []
+
+
+def test_session_from_metadata_and_latency(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    handler = NullSpendCallbackHandler(client=ns)
+    chat_openai(fake).invoke(
+        "Hello", config={"callbacks": [handler], "metadata": {"nullspend_session": "chat-42"}}
+    )
+    (event,) = settled_events(ns, 1)
+    assert event.session_id == "chat-42"
+    assert event.duration_ms is not None
+    assert event.duration_ms >= 0
+
+
+def test_usage_metadata_is_normalised() -> None:
+    """LangChain's totals (cache and audio inside input, reasoning and audio inside output)
+    split into the parts NullSpend prices apart."""
+    from nullspend_langchain.usage import usage_from_metadata
+
+    usage = usage_from_metadata(
+        {
+            "input_tokens": 10_000,
+            "output_tokens": 900,
+            "total_tokens": 10_900,
+            "input_token_details": {
+                "cache_read": 6_000,
+                "cache_creation": 1_500,
+                "ephemeral_1h_input_tokens": 500,
+                "audio": 100,
+            },
+            "output_token_details": {"reasoning": 400, "audio": 50},
+        }
+    )
+    assert usage.as_dict() == {
+        "input_tokens": 2_400,
+        "cache_read_tokens": 6_000,
+        "cache_write_5m_tokens": 1_000,
+        "cache_write_1h_tokens": 500,
+        "output_tokens": 850,
+        "reasoning_tokens": 400,
+        "audio_input_tokens": 100,
+        "audio_output_tokens": 50,
+        "web_search_requests": 0,
+    }

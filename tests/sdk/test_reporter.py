@@ -4,6 +4,8 @@ server side of it: a batch sent again under the same Idempotency-Key is recorded
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -117,3 +119,23 @@ def test_an_unexpected_error_is_counted_and_the_thread_lives_on(
         reporter.report(EVENT)
         reporter.close()
         assert reporter.stats.sent == 1
+
+
+def test_what_is_queued_is_sent_at_interpreter_exit(server: RunningServer) -> None:
+    script = (
+        "import sys\n"
+        "from nullspend.client import CostReporter, NewCostEvent, NullSpend\n"
+        "reporter = CostReporter(NullSpend(sys.argv[1], sys.argv[2]), interval=3600)\n"
+        "for _ in range(3):\n"
+        "    reporter.report(NewCostEvent(provider='openai', model='gpt-4o-mini'))\n"
+        # no close(): the process just ends
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, server.admin_key, server.base_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        assert len(ns.cost_events().data) == 3
