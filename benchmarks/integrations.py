@@ -1,5 +1,6 @@
 """Time the LangChain handler adds to a call, as a ratio against the same call without it, in
-one run: a fake chat model (no network), so only the handler's own work is measured.
+one run: a fake chat model (no network) that reports a priced model and its usage the way
+provider models do, so only the handler's own work is measured, pricing included.
 
     uv run python benchmarks/integrations.py [--calls 2000]
 
@@ -20,8 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from typing import Any
+
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nullspend.client import NullSpend
@@ -31,6 +36,30 @@ from nullspend_server.db.migrate import migrate
 from tests.nullspend_server.conftest import _bootstrap, spawn_server
 
 BATCHES = 5
+
+
+class FakePricedChat(BaseChatModel):
+    """Answers at once, with the usage metadata and model name a provider's chat model sets."""
+
+    model_name: str = "gpt-4o-mini"
+
+    @property
+    def _llm_type(self) -> str:
+        return "fake-priced-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name}
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, **kwargs: Any
+    ) -> ChatResult:
+        message = AIMessage(
+            content="Hello back",
+            usage_metadata={"input_tokens": 9, "output_tokens": 3, "total_tokens": 12},
+            response_metadata={"model_name": self.model_name},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 class DoNothing(BaseCallbackHandler):
@@ -43,7 +72,7 @@ class DoNothing(BaseCallbackHandler):
         pass
 
 
-def per_call(model: FakeListChatModel, calls: int, config: dict[str, object]) -> float:
+def per_call(model: FakePricedChat, calls: int, config: dict[str, object]) -> float:
     """Microseconds per ``invoke``, best of a few batches (the machine is shared and noisy)."""
     best = float("inf")
     for _ in range(BATCHES):
@@ -58,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=2000)
     calls = parser.parse_args().calls
-    model = FakeListChatModel(responses=["Hello back"])
+    model = FakePricedChat()
     local = NullSpendCallbackHandler(client=LocalNullSpend([LocalBudget.total(10**15)]))
     per_call(model, 200, {"callbacks": [local]})  # warm-up
     plain_local = per_call(model, calls, {})

@@ -7,7 +7,11 @@ Per request, through headers the proxy forwards untouched:
   OpenAI ``input`` is the prompt total (cached included), for Anthropic the uncached input.
 - ``x-fake-fault``: ``status:<code>`` (the provider's error body), ``hang`` (never answer),
   ``drop-after:<n>`` (stream n events, then break the connection), ``no-usage`` (a complete
-  stream without usage), ``slow:<ms>`` (pause before each stream event).
+  stream without usage), ``slow:<ms>`` (pause before each stream event), ``output-only-delta``
+  (an Anthropic stream whose last ``message_delta`` counts output tokens only).
+- ``x-fake-tool-call``: JSON ``{"name", "arguments"}``: answer with that tool call (Chat
+  Completions and Messages, streamed or not) unless the conversation ends with a tool's result,
+  which is answered with text: an agent's tool round trip.
 Every request received is recorded in ``app.state.requests``.
 """
 
@@ -44,9 +48,31 @@ class Scenario:
         self.model = body.get("model", "unknown")
         self.stream = body.get("stream") is True
         self.body = body
+        wanted = request.headers.get("x-fake-tool-call")
+        self.tool_call: dict[str, Any] | None = (
+            json.loads(wanted) if wanted and not _ends_with_tool_result(body) else None
+        )
 
     def fault_value(self, name: str) -> str | None:
         return self.fault.split(":", 1)[1] if self.fault.startswith(f"{name}:") else None
+
+
+def _ends_with_tool_result(body: dict[str, Any]) -> bool:
+    """Whether the last message is a tool's result: OpenAI's ``role: tool``, Anthropic's
+    ``tool_result`` block."""
+    last = (body.get("messages") or [{}])[-1]
+    content = last.get("content")
+    blocks = content if isinstance(content, list) else []
+    return last.get("role") == "tool" or any(b.get("type") == "tool_result" for b in blocks)
+
+
+def _argument_pieces(arguments: dict[str, Any]) -> list[str]:
+    """A tool call's JSON arguments in two pieces, as a stream delivers them."""
+    text = _compact(arguments)
+    return [text[: len(text) // 2], text[len(text) // 2 :]]
+
+
+TOOL_CALL_ID = "call_fake"
 
 
 async def _events(scenario: Scenario, events: list[str]) -> AsyncIterator[bytes]:
@@ -82,6 +108,27 @@ def _chat_usage(u: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def _chat_message(tool_call: dict[str, Any] | None) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if tool_call else "".join(WORDS),
+        "refusal": None,
+        "annotations": [],
+    }
+    if tool_call:
+        message["tool_calls"] = [
+            {
+                "id": TOOL_CALL_ID,
+                "type": "function",
+                "function": {
+                    "name": tool_call["name"],
+                    "arguments": _compact(tool_call["arguments"]),
+                },
+            }
+        ]
+    return message
+
+
 def chat(s: Scenario) -> Response:
     if not s.stream:
         return JSONResponse(
@@ -95,14 +142,9 @@ def chat(s: Scenario) -> Response:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if s.tool_call else "stop",
                         "logprobs": None,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(WORDS),
-                            "refusal": None,
-                            "annotations": [],
-                        },
+                        "message": _chat_message(s.tool_call),
                     }
                 ],
                 "usage": _chat_usage(s.usage),
@@ -127,9 +169,19 @@ def chat(s: Scenario) -> Response:
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[Any]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    events = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
-    events += [chunk(choice({"content": word})) for word in WORDS]
-    events.append(chunk(choice({}, "stop")))
+    if s.tool_call:
+        opening = {"index": 0, "id": TOOL_CALL_ID, "type": "function"}
+        first = {**opening, "function": {"name": s.tool_call["name"], "arguments": ""}}
+        events = [chunk(choice({"role": "assistant", "content": None, "tool_calls": [first]}))]
+        events += [
+            chunk(choice({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+            for piece in _argument_pieces(s.tool_call["arguments"])
+        ]
+        events.append(chunk(choice({}, "tool_calls")))
+    else:
+        events = [chunk(choice({"role": "assistant", "content": "", "refusal": None}))]
+        events += [chunk(choice({"content": word})) for word in WORDS]
+        events.append(chunk(choice({}, "stop")))
     if with_usage:
         events.append(chunk([], _chat_usage(s.usage)))
     events.append("data: [DONE]\n\n")
@@ -236,29 +288,54 @@ def messages(s: Scenario) -> Response:
         "model": s.model,
         "stop_sequence": None,
     }
+    tool = s.tool_call
+    stop_reason = "tool_use" if tool else "end_turn"
     if not s.stream:
+        block = (
+            {
+                "type": "tool_use",
+                "id": TOOL_CALL_ID,
+                "name": tool["name"],
+                "input": tool["arguments"],
+            }
+            if tool
+            else {"type": "text", "text": "".join(WORDS)}
+        )
         return JSONResponse(
             {
                 **message,
-                "content": [{"type": "text", "text": "".join(WORDS)}],
-                "stop_reason": "end_turn",
+                "content": [block],
+                "stop_reason": stop_reason,
                 "usage": _message_usage(s.usage, s.usage["output"]),
             }
         )
     no_usage = s.fault == "no-usage"
     start = {**message, "content": [], "stop_reason": None, "usage": _message_usage(s.usage, 1)}
-    delta: dict[str, Any] = {"delta": {"stop_reason": "end_turn", "stop_sequence": None}}
-    if not no_usage:
+    delta: dict[str, Any] = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}}
+    if s.fault == "output-only-delta":  # as the API did before mid-2025, and some gateways do
         delta["usage"] = {"output_tokens": s.usage["output"]}
+    elif not no_usage:  # today's API restates every count, cumulative, in the last delta
+        delta["usage"] = {
+            "input_tokens": s.usage["input"],
+            "cache_creation_input_tokens": s.usage["cache_write"],
+            "cache_read_input_tokens": s.usage["cached"],
+            "output_tokens": s.usage["output"],
+        }
+    if tool:
+        opening = {"type": "tool_use", "id": TOOL_CALL_ID, "name": tool["name"], "input": {}}
+        deltas = [
+            {"type": "input_json_delta", "partial_json": piece}
+            for piece in _argument_pieces(tool["arguments"])
+        ]
+    else:
+        opening = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": w} for w in WORDS]
     events = [
         ("message_start", {"message": start}),
-        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_start", {"index": 0, "content_block": opening}),
         ("ping", {}),
     ]
-    events += [
-        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": w}})
-        for w in WORDS
-    ]
+    events += [("content_block_delta", {"index": 0, "delta": d}) for d in deltas]
     events += [("content_block_stop", {"index": 0}), ("message_delta", delta), ("message_stop", {})]
     return _sse(
         s, [f"event: {kind}\ndata: {_compact({'type': kind, **data})}\n\n" for kind, data in events]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from nullspend.client import NullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.fakes.upstream import run_fake_upstream
@@ -21,7 +23,8 @@ from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
 
 ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
-ANTHROPIC_COST = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15
+# Claude Sonnet 4.5: $3 input, $0.30 cache read, $3.75 cache write (5 min), $15 output per M
+ANTHROPIC_COST = 20 * 3 + 6000 * 3 // 10 + 1500 * 375 // 100 + 87 * 15
 
 
 @pytest.fixture
@@ -43,13 +46,20 @@ def ns(server: RunningServer) -> Iterator[NullSpend]:
         yield client
 
 
-def chat_openai(fake: tuple[str, Any], **kwargs: Any) -> ChatOpenAI:
+def fake_headers(usage: dict[str, int], tool_call: str) -> dict[str, str]:
+    """What the fake upstream reports as usage, and the tool call it answers with (if any)."""
+    return {"x-fake-usage": json.dumps(usage)} | (
+        {"x-fake-tool-call": tool_call} if tool_call else {}
+    )
+
+
+def chat_openai(fake: tuple[str, Any], *, tool_call: str = "", **kwargs: Any) -> ChatOpenAI:
     return ChatOpenAI(
         model="gpt-4o-mini",
         base_url=f"{fake[0]}/v1",
         api_key="sk-test",  # type: ignore[arg-type]
         max_retries=0,
-        default_headers={"x-fake-usage": json.dumps(USAGE)},
+        default_headers=fake_headers(USAGE, tool_call),
         **kwargs,
     )
 
@@ -126,23 +136,41 @@ def test_ainvoke_and_astream(ns: NullSpend, fake: tuple[str, Any]) -> None:
     assert {e.session_id for e in events} == {"s-7"}
 
 
-def test_chat_anthropic(ns: NullSpend, fake: tuple[str, Any]) -> None:
-    handler = NullSpendCallbackHandler(client=ns)
-    model = ChatAnthropic(
+def chat_anthropic(fake: tuple[str, Any], *, tool_call: str = "", **kwargs: Any) -> ChatAnthropic:
+    return ChatAnthropic(
         model_name="claude-sonnet-4-5-20250929",
         base_url=fake[0],
         api_key="sk-ant-test",  # type: ignore[arg-type]
         max_retries=0,
         max_tokens_to_sample=200,
-        default_headers={"x-fake-usage": json.dumps(ANTHROPIC_USAGE)},
-        callbacks=[handler],
+        default_headers=fake_headers(ANTHROPIC_USAGE, tool_call),
         timeout=None,
         stop=None,
+        **kwargs,
     )
+
+
+def test_chat_anthropic(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=ns)])
     model.invoke("Hello")
     (event,) = settled_events(ns, 1)
     assert event.cost_microdollars == ANTHROPIC_COST
     assert (event.cached_input_tokens, event.cache_write_5m_tokens) == (6000, 1500)
+
+
+def test_a_stream_reporting_no_input_is_charged_its_estimated_input(fake: tuple[str, Any]) -> None:
+    """An Anthropic stream whose last event counts output only (the API before mid-2025, some
+    gateways today): langchain-anthropic then reports zero input. Recorded with the input at
+    the estimate, never as an output-only call."""
+    engine = LocalNullSpend()
+    model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+    model.default_headers = {**(model.default_headers or {}), "x-fake-fault": "output-only-delta"}
+    with pytest.warns(UserWarning, match="no input tokens"):
+        "".join(str(chunk.content) for chunk in model.stream("Hello"))
+    (event,) = engine.cost_events().data
+    assert event.output_tokens == 87
+    assert event.input_tokens > 0
+    assert event.cost_microdollars == event.input_tokens * 3 + 87 * 15
 
 
 @tool
@@ -151,18 +179,59 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def test_a_langgraph_prebuilt_agent(ns: NullSpend, fake: tuple[str, Any]) -> None:
+ADD_TWO_AND_THREE = json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})
+
+
+def test_a_langgraph_agent_round_trip(ns: NullSpend, fake: tuple[str, Any]) -> None:
+    """A prebuilt ReAct agent asks for a tool, runs it, and answers: two model calls, each
+    priced and attributed, both under one trace (the agent run's id)."""
     from langgraph.prebuilt import create_react_agent
 
     handler = NullSpendCallbackHandler(client=ns, customer="acme")
-    agent = create_react_agent(chat_openai(fake), tools=[add])
+    model = chat_openai(fake, tool_call=ADD_TWO_AND_THREE)
+    agent = create_react_agent(model, tools=[add])
+    run_id = uuid.uuid4()
     result = agent.invoke(
         {"messages": [{"role": "user", "content": "What is 2 + 3?"}]},
-        config={"callbacks": [handler]},
+        config={"callbacks": [handler], "run_id": run_id},
     )
-    assert result["messages"]
-    events = settled_events(ns, 1)
-    assert all(e.cost_microdollars == COST and e.customer == "acme" for e in events)
+    kinds = [type(m).__name__ for m in result["messages"]]
+    assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    assert result["messages"][2].content == "5"
+    events = settled_events(ns, 2)
+    assert [e.cost_microdollars for e in events] == [COST, COST]
+    assert {(e.customer, e.trace_id) for e in events} == {("acme", run_id.hex)}
+
+
+def test_a_streamed_async_agent_on_anthropic(fake: tuple[str, Any]) -> None:
+    """The same round trip streamed (``astream`` in messages mode), tool call arguments
+    arriving in pieces, on the embedded engine; the cap stops the third call."""
+    from langgraph.prebuilt import create_react_agent
+
+    engine = LocalNullSpend([LocalBudget.total(2 * ANTHROPIC_COST)])
+    handler = NullSpendCallbackHandler(client=engine, session_id="chat-9")
+    model = chat_anthropic(fake, tool_call=ADD_TWO_AND_THREE)
+    agent = create_react_agent(model, tools=[add])
+    question = {"messages": [{"role": "user", "content": "What is 2 + 3?"}]}
+
+    async def run() -> list[str]:
+        chunks = []
+        async for chunk, _ in agent.astream(
+            question, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
+            chunks.append(type(chunk).__name__)
+        return chunks
+
+    chunks = asyncio.run(run())
+    assert {"AIMessageChunk", "ToolMessage"} <= set(chunks)
+    events = engine.cost_events().data
+    assert [e.cost_microdollars for e in events] == [ANTHROPIC_COST] * 2
+    assert {e.session_id for e in events} == {"chat-9"}
+    requests = len(fake[1].state.requests)
+    with pytest.raises(DeniedError):
+        asyncio.run(run())
+    assert len(fake[1].state.requests) == requests  # refused before the provider was called
+    assert [b.reserved_microdollars for b in engine.budget_status()] == [0]
 
 
 def test_a_plain_llm_is_metered_too() -> None:

@@ -34,6 +34,7 @@ EntityType = Literal["user", "customer", "tag"]
 # Which denial a call hears first when several budgets refuse it, as on the server.
 _ORDER = {"user": 0, "customer": 1, "tag": 2}
 RESERVATION_TTL = dt.timedelta(hours=1)
+_NO_USAGE = Usage()
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,11 @@ class LocalNullSpend(TrackedClients):
     def __init__(
         self, budgets: Iterable[LocalBudget] = (), *, path: str | Path | None = None
     ) -> None:
-        self._accounts = [_Account(b) for b in budgets]
+        # In the order a call hears their denials, so a reservation checks them as they come.
+        self._accounts = sorted(
+            (_Account(b) for b in budgets), key=lambda a: _ORDER[a.budget.entity_type]
+        )
+        self._session_limited = any(a.budget.session_limit_microdollars for a in self._accounts)
         self._held: dict[str, _Held] = {}
         self._sessions: dict[str, int] = {}
         # The events as plain dicts of CostEvent's fields, typed only when read: building a
@@ -120,7 +125,7 @@ class LocalNullSpend(TrackedClients):
         self._store = _Store(Path(path)) if path is not None else None
         if self._store is not None:  # spend so far, from the events on file
             for event in self._store.events():
-                self._count(event)
+                self._count(event, self._matching(event["customer"], event["tags"]))
 
     def close(self) -> None:
         pass
@@ -139,7 +144,7 @@ class LocalNullSpend(TrackedClients):
         if estimate_microdollars is None or estimate_microdollars < 0:
             raise ValidationError("give estimate_microdollars (at least 0)")
         tags = dict(options.get("tags") or {})
-        if errors := tag_errors(tags):
+        if tags and (errors := tag_errors(tags)):
             raise ValidationError("; ".join(errors))
         customer, session_id = options.get("customer"), options.get("session_id")
         if customer:
@@ -166,8 +171,7 @@ class LocalNullSpend(TrackedClients):
             self._held[reservation_id] = _Held(
                 estimate_microdollars, accounts, attribution, tags, now + RESERVATION_TTL
             )
-        # Built without validation (the fields are ours and typed): this is a call's hot path.
-        return Reservation.model_construct(
+        return Reservation(
             reservation_id=reservation_id,
             estimate_microdollars=estimate_microdollars,
             expires_at=now + RESERVATION_TTL,
@@ -178,7 +182,7 @@ class LocalNullSpend(TrackedClients):
         cost = options.get("cost_microdollars")
         if cost is None:
             raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
-        usage = options.get("usage") or Usage()
+        usage = options.get("usage") or _NO_USAGE
         with self._lock:
             held = self._find(reservation_id)
             event = {
@@ -212,8 +216,8 @@ class LocalNullSpend(TrackedClients):
                 self._store.add(event)
             del self._held[reservation_id]
             self._unreserve(held)
-            self._count(event)
-        return Settled.model_construct(
+            self._count(event, held.accounts)
+        return Settled(
             reservation_id=reservation_id,
             status="settled",
             cost_event_id=event["id"],
@@ -261,7 +265,7 @@ class LocalNullSpend(TrackedClients):
     # --- inside -------------------------------------------------------------------------------
 
     def _matching(self, customer: str | None, tags: Mapping[str, str]) -> list[_Account]:
-        entities = {f"{k}={v}" for k, v in tags.items()}
+        entities = {f"{k}={v}" for k, v in tags.items()} if tags else ()
         return [
             a
             for a in self._accounts
@@ -273,13 +277,13 @@ class LocalNullSpend(TrackedClients):
     def _first_denial(
         self, accounts: list[_Account], session_id: str | None, estimate: int
     ) -> Denial | None:
-        limits = [a.budget.session_limit_microdollars for a in accounts]
-        session_limits = [limit for limit in limits if limit]
-        if session_id and session_limits:
-            spent = self._sessions.get(session_id, 0)
-            if spent + estimate > min(session_limits):
-                return denials.session_limit_exceeded(session_id, spent, min(session_limits))
-        for account in sorted(accounts, key=lambda a: _ORDER[a.budget.entity_type]):
+        if session_id and self._session_limited:
+            limits = [a.budget.session_limit_microdollars for a in accounts]
+            if session_limits := [limit for limit in limits if limit]:
+                spent = self._sessions.get(session_id, 0)
+                if spent + estimate > min(session_limits):
+                    return denials.session_limit_exceeded(session_id, spent, min(session_limits))
+        for account in accounts:
             budget = account.budget
             if admits(
                 budget.policy, budget.limit_microdollars, account.spend, account.reserved, estimate
@@ -319,11 +323,11 @@ class LocalNullSpend(TrackedClients):
         if session_id := held.attribution["session_id"]:
             self._sessions[session_id] -= held.estimate
 
-    def _count(self, event: dict[str, Any]) -> None:
-        """Add a recorded event's cost to the spend of every budget it falls under."""
+    def _count(self, event: dict[str, Any], accounts: list[_Account]) -> None:
+        """Add a recorded event's cost to the spend of ``accounts``, the budgets it falls under."""
         self._events.append(event)
         cost = event["cost_microdollars"]
-        for account in self._matching(event["customer"], event["tags"]):
+        for account in accounts:
             account.spend += cost
         if session_id := event["session_id"]:
             self._sessions[session_id] = self._sessions.get(session_id, 0) + cost

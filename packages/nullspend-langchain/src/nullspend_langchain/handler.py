@@ -4,6 +4,7 @@ and settled; a failed call releases its reservation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -34,6 +35,8 @@ log = logging.getLogger("nullspend.langchain")
 CUSTOMER_KEY = "nullspend_customer"
 SESSION_KEY = "nullspend_session"
 _MAX_TAGS = 10
+# One encoder for every estimate: json.dumps(default=...) would build a new one per call.
+_encode_json = json.JSONEncoder(default=str).encode
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _Open:
 
     reservation_id: str
     estimate_microdollars: int
+    estimated_input_tokens: int
     model: str | None
     provider: str | None
     trace_id: str
@@ -78,6 +82,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes it.
         self.scope = self.client.scope.narrowed(customer, session_id, tags)
         self._open: dict[UUID, _Open] = {}
+        # The parent of every chain and tool run still going: a call's trace is its root run.
+        self._parents: dict[UUID, UUID] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
 
     # --- start: reserve --------------------------------------------------------------------
@@ -125,13 +131,15 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         cap = params.get("max_tokens") or params.get("max_completion_tokens")
         if isinstance(cap, int):
             body["max_tokens"] = cap
-        raw = json.dumps(body, default=str).encode()
+        raw = _encode_json(body).encode()
         estimate = estimate_request(OPENAI_CHAT, body, raw, model=model)
         provider = metadata.get("ls_provider")
-        trace_id = (parent_run_id or run_id).hex
-        run = self.scope.narrowed(
-            metadata.get(CUSTOMER_KEY), metadata.get(SESSION_KEY), self._run_tags(run_tags)
-        )
+        trace_id = self._root(parent_run_id or run_id).hex
+        run = self.scope
+        if run_tags or CUSTOMER_KEY in metadata or SESSION_KEY in metadata:
+            run = run.narrowed(
+                metadata.get(CUSTOMER_KEY), metadata.get(SESSION_KEY), self._run_tags(run_tags)
+            )
         options = {
             **run.options(),
             "model": model or "unknown",
@@ -144,11 +152,60 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self._open[run_id] = _Open(
                 reservation.reservation_id,
                 estimate.microdollars,
+                estimate.input_tokens,
                 model,
                 provider if isinstance(provider, str) else None,
                 trace_id,
                 time.perf_counter(),
             )
+
+    def _root(self, run_id: UUID) -> UUID:
+        while (parent := self._parents.get(run_id)) is not None:
+            run_id = parent
+        return run_id
+
+    # --- the run tree: chains (LangGraph nodes, agents) and tools around the calls ------------
+
+    def _enter(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        if parent_run_id is not None:
+            self._parents[run_id] = parent_run_id
+
+    def _leave(self, run_id: UUID) -> None:
+        self._parents.pop(run_id, None)
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id)
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._leave(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._leave(run_id)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._leave(run_id)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._leave(run_id)
 
     def _run_tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
         """The run's LangChain tags (bare strings) as ``key=true``, those that stay valid on
@@ -175,6 +232,15 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         if call is None:
             return
         usage, model = _reading(response)
+        if usage is not None and usage.prompt_tokens == 0:
+            # No call reads nothing. LangChain reports no input when a stream's last event
+            # leaves it out (Anthropic-compatible servers answering as the API did before
+            # mid-2025): the input is counted at the estimate rather than at zero.
+            warnings.warn(
+                "a LangChain call reported no input tokens; its input is recorded at the estimate",
+                stacklevel=2,
+            )
+            usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
         if usage is None and call.streamed:
             warnings.warn(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
