@@ -121,6 +121,7 @@ def test_the_langchain_handler_runs_embedded_without_a_server(
     fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NULLSPEND_BASE_URL", raising=False)
+    monkeypatch.delenv("NULLSPEND_API_KEY", raising=False)
     handler = NullSpendCallbackHandler(budgets=[LocalBudget.total(cap_for(1, max_tokens=100))])
     assert isinstance(handler.client, LocalNullSpend)
     model = ChatOpenAI(

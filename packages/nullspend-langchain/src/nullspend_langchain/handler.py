@@ -22,9 +22,9 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
+from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import estimate_request
-from nullspend.settings import CoreSettings
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import OPENAI_CHAT, Reading
@@ -78,7 +78,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         path: str | Path | None = None,
         client: NullSpend | LocalNullSpend | None = None,
     ) -> None:
-        self.client = client or _client(api_key, base_url, budgets, path)
+        self.client = client or connect(api_key, base_url, budgets=budgets, path=path)
         # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes it.
         self.scope = self.client.scope.narrowed(customer, session_id, tags)
         self._open: dict[UUID, _Open] = {}
@@ -281,17 +281,6 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self.client.release(call.reservation_id)
         except Exception as failure:
             log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
-
-
-def _client(
-    api_key: str | None,
-    base_url: str | None,
-    budgets: Iterable[LocalBudget],
-    path: str | Path | None,
-) -> NullSpend | LocalNullSpend:
-    if base_url or CoreSettings().base_url:
-        return NullSpend(api_key, base_url)
-    return LocalNullSpend(budgets, path=path)
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:

@@ -28,9 +28,9 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
 
 from nullspend.client import NullSpend
+from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import estimate_request
-from nullspend.settings import CoreSettings
 from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
 
@@ -119,11 +119,7 @@ def instrument(
     settings."""
     global _active
     if client is None:
-        client = (
-            NullSpend(api_key, base_url)
-            if base_url or CoreSettings().base_url
-            else LocalNullSpend(budgets)
-        )
+        client = connect(api_key, base_url, budgets=budgets)
     first = _active is None
     # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes every call.
     _active = Instrumentation(client, client.scope.narrowed(customer, session_id, tags))

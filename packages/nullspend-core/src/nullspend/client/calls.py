@@ -63,7 +63,10 @@ class Connection:
         key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
         url = base_url or settings.base_url
         if not url:
-            raise ValueError("no NullSpend server: pass base_url or set NULLSPEND_BASE_URL")
+            raise ValueError(
+                "no NullSpend server: pass base_url or set NULLSPEND_BASE_URL "
+                "(nullspend.connect() runs in-process instead when no server is configured)"
+            )
         if not key:
             raise ValueError("no API key: pass api_key or set NULLSPEND_API_KEY")
         return cls(url.rstrip("/"), key)
