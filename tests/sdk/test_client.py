@@ -10,11 +10,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nullspend.client import AsyncNullSpend, NewCostEvent, NullSpend, Reservation
@@ -294,3 +295,59 @@ def test_an_unreachable_server_is_a_connection_error() -> None:
         pytest.raises(ConnectionFailedError),
     ):
         ns.introspect()
+
+
+class LostAnswers:
+    """In front of a real server: forwards every request, but answers the first try of each
+    settle and release with a 502, as a proxy that lost the server's answer would."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.tries: dict[str, int] = {}
+
+    async def endpoint(self, request: Request) -> Response:
+        async with httpx.AsyncClient(base_url=self.upstream) as client:
+            answer = await client.request(
+                request.method,
+                request.url.path,
+                content=await request.body(),
+                headers={k: v for k, v in request.headers.items() if k != "host"},
+            )
+        key = f"{request.method} {request.url.path}"
+        self.tries[key] = self.tries.get(key, 0) + 1
+        if "/api/reservations/" in request.url.path and self.tries[key] == 1:
+            return JSONResponse({"error": "bad gateway"}, 502)
+        return Response(answer.content, answer.status_code, media_type="application/json")
+
+
+def test_a_settle_or_release_whose_answer_was_lost_is_retried_once_done(
+    server: RunningServer,
+) -> None:
+    """The first try lands but its answer is lost: the retry hears "already settled" (or
+    released), which is success, and the call is recorded once."""
+    lossy = LostAnswers(server.base_url)
+    paths = ["/api/reservations", "/api/reservations/{rid}", "/api/reservations/{rid}/settle"]
+    methods = ["GET", "POST", "DELETE"]
+    app = Starlette(routes=[Route(p, lossy.endpoint, methods=methods) for p in paths])
+    uv_server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=uv_server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv_server.started:
+        time.sleep(0.01)
+    try:
+        with NullSpend(server.admin_key, f"http://127.0.0.1:{sock.getsockname()[1]}") as ns:
+            first = ns.reserve(1_000, model="gpt-4o-mini")
+            settled = ns.settle(first.reservation_id, cost_microdollars=700)
+            second = ns.reserve(1_000, model="gpt-4o-mini")
+            released = ns.release(second.reservation_id)
+    finally:
+        uv_server.should_exit = True
+        thread.join(timeout=10)
+    assert (settled.status, released.status) == ("settled", "released")
+    assert lossy.tries[f"POST /api/reservations/{first.reservation_id}/settle"] == 2
+    assert lossy.tries[f"DELETE /api/reservations/{second.reservation_id}"] == 2
+    with NullSpend(server.admin_key, server.base_url) as direct:
+        events = direct.cost_events().data
+    assert [e.cost_microdollars for e in events] == [700]

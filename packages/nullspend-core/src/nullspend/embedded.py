@@ -15,6 +15,7 @@ import itertools
 import sqlite3
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ EntityType = Literal["user", "customer", "tag"]
 # Which denial a call hears first when several budgets refuse it, as on the server.
 _ORDER = {"user": 0, "customer": 1, "tag": 2}
 RESERVATION_TTL = dt.timedelta(hours=1)
+EVENTS_KEPT = 10_000
+"""How many of the latest cost events ``cost_events`` can read back (in memory and from a file)."""
 _NO_USAGE = Usage()
 
 
@@ -117,9 +120,10 @@ class LocalNullSpend(TrackedClients):
         self._session_limited = any(a.budget.session_limit_microdollars for a in self._accounts)
         self._held: dict[str, _Held] = {}
         self._sessions: dict[str, int] = {}
-        # The events as plain dicts of CostEvent's fields, typed only when read: building a
-        # model per call cost more than the rest of the engine's work.
-        self._events: list[dict[str, Any]] = []
+        # The latest events as plain dicts of CostEvent's fields, typed only when read: building
+        # a model per call cost more than the rest of the engine's work. Bounded, so a process
+        # that runs for months does not grow with its calls; spend counts every event.
+        self._events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._store = _Store(Path(path)) if path is not None else None

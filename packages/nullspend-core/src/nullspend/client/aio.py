@@ -64,6 +64,8 @@ class AsyncNullSpend(AsyncTrackedClients):
             try:
                 return call.result(await self._attempt(call))
             except Exception as failure:
+                if (earlier := call.earlier_result(attempt, failure)) is not None:
+                    return earlier
                 wait = calls.wait_before_retry(attempt, failure) if call.idempotent else None
                 if wait is None or attempt >= self.max_retries:
                     raise

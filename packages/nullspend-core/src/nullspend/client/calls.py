@@ -23,7 +23,7 @@ from nullspend.client.models import (
     Reservation,
     Settled,
 )
-from nullspend.errors import ApiError, ConnectionFailedError, ErrorCode, api_error
+from nullspend.errors import ApiError, ConflictError, ConnectionFailedError, ErrorCode, api_error
 from nullspend.settings import CoreSettings
 from nullspend.usage import Usage
 
@@ -86,6 +86,12 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     idempotent: bool = False
     """Safe to send again when the first try's outcome is unknown."""
+    landed: Callable[[Exception], T | None] | None = None
+    """For a call that was retried: the result a retry's refusal stands for when an earlier
+    try did land (its answer lost on the way back), or None when the refusal is real."""
+
+    def earlier_result(self, attempt: int, failure: Exception) -> T | None:
+        return self.landed(failure) if attempt and self.landed is not None else None
 
     def request(self, connection: Connection) -> dict[str, Any]:
         """The arguments of ``httpx.Client.request`` (or ``AsyncClient``'s) for this call."""
@@ -230,13 +236,36 @@ def settle(reservation_id: str, **options: Unpack[SettleOptions]) -> Call[Settle
         "eventType": options.get("event_type"),
         "traceId": options.get("trace_id"),
     }
+    # Retried: a settle whose first try landed is refused as already settled, which is success.
     return Call(
-        "POST", f"/api/reservations/{reservation_id}/settle", _data(Settled), json=_present(body)
+        "POST",
+        f"/api/reservations/{reservation_id}/settle",
+        _data(Settled),
+        json=_present(body),
+        idempotent=True,
+        landed=_already(reservation_id, "settled"),
     )
 
 
 def release(reservation_id: str) -> Call[Settled]:
-    return Call("DELETE", f"/api/reservations/{reservation_id}", _data(Settled))
+    return Call(
+        "DELETE",
+        f"/api/reservations/{reservation_id}",
+        _data(Settled),
+        idempotent=True,
+        landed=_already(reservation_id, "released"),
+    )
+
+
+def _already(reservation_id: str, status: str) -> Callable[[Exception], Settled | None]:
+    """A retry's 409 saying the reservation is already ``status``: an earlier try's work."""
+
+    def landed(failure: Exception) -> Settled | None:
+        if isinstance(failure, ConflictError) and failure.details.get("status") == status:
+            return Settled(reservation_id=reservation_id, status=status)
+        return None
+
+    return landed
 
 
 def report(event: NewCostEvent, idempotency_key: str | None) -> Call[RecordedEvent]:

@@ -70,6 +70,8 @@ class NullSpend(TrackedClients):
             try:
                 return call.result(self._attempt(call))
             except Exception as failure:
+                if (earlier := call.earlier_result(attempt, failure)) is not None:
+                    return earlier
                 wait = calls.wait_before_retry(attempt, failure) if call.idempotent else None
                 if wait is None or attempt >= self.max_retries:
                     raise
