@@ -234,6 +234,24 @@ def test_a_streamed_async_agent_on_anthropic(fake: tuple[str, Any]) -> None:
     assert [b.reserved_microdollars for b in engine.budget_status()] == [0]
 
 
+def test_a_batch_denied_part_way_holds_nothing(fake: tuple[str, Any]) -> None:
+    """``generate`` starts every prompt before calling the model: when the second is denied,
+    the first's reservation is given back (nothing was sent), sync and async."""
+    from langchain_core.messages import HumanMessage
+
+    engine = LocalNullSpend([LocalBudget.total(1_000)])  # one estimate (605 µ$), not two
+    model = chat_openai(fake, max_tokens=1_000, callbacks=[NullSpendCallbackHandler(client=engine)])
+    prompts = [[HumanMessage("first")], [HumanMessage("second")]]
+    with pytest.raises(DeniedError):
+        model.generate(prompts)
+    with pytest.raises(DeniedError):
+        asyncio.run(model.agenerate(prompts))
+    assert fake[1].state.requests == []
+    assert [b.reserved_microdollars for b in engine.budget_status()] == [0]
+    model.invoke("alone")  # the budget is whole again
+    assert len(fake[1].state.requests) == 1
+
+
 def test_a_plain_llm_is_metered_too() -> None:
     """on_llm_start (text LLMs, not chat models): reserved, recorded (at the estimate when the
     LLM reports no usage), and denied before it runs."""
@@ -250,6 +268,32 @@ def test_a_plain_llm_is_metered_too() -> None:
     denied = NullSpendCallbackHandler(client=LocalNullSpend([LocalBudget.total(0)]))
     with pytest.raises(DeniedError):
         FakeListLLM(responses=["fine"], callbacks=[denied]).invoke("How are you?")
+
+
+def test_a_plain_llm_batch_is_charged_its_usage_once() -> None:
+    """A plain LLM answers a batch with one token_usage for all of it; LangChain hands it to
+    the first prompt's run and an empty one to the others. Recorded: the batch's exact cost,
+    once, not that plus an estimate for every other prompt."""
+    from langchain_core.language_models import BaseLLM
+    from langchain_core.outputs import Generation, LLMResult
+
+    class BatchUsageLLM(BaseLLM):
+        @property
+        def _llm_type(self) -> str:
+            return "batch-usage"
+
+        def _generate(self, prompts: list[str], *args: Any, **kwargs: Any) -> LLMResult:
+            usage = {"prompt_tokens": 100 * len(prompts), "completion_tokens": 10 * len(prompts)}
+            return LLMResult(
+                generations=[[Generation(text="fine")] for _ in prompts],
+                llm_output={"token_usage": usage, "model_name": "gpt-4o-mini"},
+            )
+
+    engine = LocalNullSpend()
+    BatchUsageLLM(callbacks=[NullSpendCallbackHandler(client=engine)]).generate(["a", "b", "c"])
+    events = engine.cost_events().data
+    assert sorted(e.cost_microdollars for e in events) == [0, 0, 300 * 15 // 100 + 30 * 60 // 100]
+    assert sum(e.input_tokens for e in events) == 300
 
 
 def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -> None:

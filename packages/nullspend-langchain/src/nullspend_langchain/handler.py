@@ -24,6 +24,7 @@ from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.errors import DeniedError
 from nullspend.pricing import estimate_request
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
@@ -35,6 +36,7 @@ log = logging.getLogger("nullspend.langchain")
 CUSTOMER_KEY = "nullspend_customer"
 SESSION_KEY = "nullspend_session"
 _MAX_TAGS = 10
+_NO_USAGE = Usage()
 # One encoder for every estimate: json.dumps(default=...) would build a new one per call.
 _encode_json = json.JSONEncoder(default=str).encode
 
@@ -50,6 +52,8 @@ class _Open:
     provider: str | None
     trace_id: str
     started: float
+    batch: tuple[UUID | None, int] | None
+    """For one prompt of a multi-prompt ``generate``: what its siblings share."""
     streamed: bool = False
 
 
@@ -85,6 +89,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # The parent of every chain and tool run still going: a call's trace is its root run.
         self._parents: dict[UUID, UUID] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
+        # Embedded, a callback is a few dozen microseconds of Python: run on the event loop, not
+        # hopped to an executor thread. Server mode does HTTP, which must not block the loop.
+        self.run_inline = isinstance(self.client, LocalNullSpend)
 
     # --- start: reserve --------------------------------------------------------------------
 
@@ -146,8 +153,16 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             "provider": provider if isinstance(provider, str) else "unknown",
             "trace_id": trace_id,
         }
-        # Raises the typed DeniedError: LangChain re-raises it (raise_error), the call stops.
-        reservation = self.client.reserve(estimate.microdollars, **options)
+        # LangChain starts every prompt of a batch before calling the model, with the same
+        # invocation_params object: a denial of one leaves the others started, never ended.
+        batch = (parent_run_id, id(params)) if kwargs.get("batch_size", 1) > 1 else None
+        try:
+            # The typed DeniedError: LangChain re-raises it (raise_error), the call stops.
+            reservation = self.client.reserve(estimate.microdollars, **options)
+        except DeniedError:
+            if batch is not None:
+                self._release_batch(batch)
+            raise
         with self._lock:
             self._open[run_id] = _Open(
                 reservation.reservation_id,
@@ -157,7 +172,22 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 provider if isinstance(provider, str) else None,
                 trace_id,
                 time.perf_counter(),
+                batch,
             )
+
+    def _release_batch(self, batch: tuple[UUID | None, int]) -> None:
+        """Release the reservations of a denied prompt's siblings: the model is not called."""
+        with self._lock:
+            siblings = [run for run, call in self._open.items() if call.batch == batch]
+            calls = [self._open.pop(run) for run in siblings]
+        for call in calls:
+            self._release(call)
+
+    def _release(self, call: _Open) -> None:
+        try:
+            self.client.release(call.reservation_id)
+        except Exception as failure:
+            log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
 
     def _root(self, run_id: UUID) -> UUID:
         while (parent := self._parents.get(run_id)) is not None:
@@ -231,8 +261,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             call = self._open.pop(run_id, None)
         if call is None:
             return
-        usage, model = _reading(response)
-        if usage is not None and usage.prompt_tokens == 0:
+        usage, model = _reading(response, batched=call.batch is not None)
+        if usage is not None and usage.prompt_tokens == 0 and usage.output_tokens:
             # No call reads nothing. LangChain reports no input when a stream's last event
             # leaves it out (Anthropic-compatible servers answering as the API did before
             # mid-2025): the input is counted at the estimate rather than at zero.
@@ -277,10 +307,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             return
         with self._lock:
             self._open.pop(run_id, None)
-        try:
-            self.client.release(call.reservation_id)
-        except Exception as failure:
-            log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
+        self._release(call)
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
@@ -294,9 +321,11 @@ def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | N
     return None
 
 
-def _reading(response: LLMResult) -> tuple[Usage | None, str | None]:
+def _reading(response: LLMResult, *, batched: bool) -> tuple[Usage | None, str | None]:
     """The usage and model a result reports: from the message's usage_metadata (chat models),
-    else the provider's token_usage in llm_output."""
+    else the provider's token_usage in llm_output. Of a batch of prompts to a plain LLM, the
+    first prompt's result carries the whole batch's token_usage and the others an empty one
+    (``LLMResult.flatten``): those cost nothing more."""
     for generations in response.generations:
         for generation in generations:
             if isinstance(generation, ChatGeneration):
@@ -316,4 +345,6 @@ def _reading(response: LLMResult) -> tuple[Usage | None, str | None]:
         )
         model = output.get("model_name") or output.get("model")
         return Usage(input_tokens=prompt, output_tokens=completion), model
+    if batched and output.get("token_usage") == {}:
+        return _NO_USAGE, output.get("model_name") or output.get("model")
     return None, None
