@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,46 @@ def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
         (event,) = ns.cost_events().data
         assert (event.cost_microdollars, event.session_id) == (COST, "s-3")
         assert event.reservation_id is not None
+
+
+class ThreadWatchingNullSpend(NullSpend):
+    """A server client that notes the thread of each reserve, settle and release."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.threads: list[int] = []
+
+    def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().reserve(*args, **kwargs)
+
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().settle(*args, **kwargs)
+
+    def release(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().release(*args, **kwargs)
+
+
+def test_async_calls_never_wait_on_the_server_on_the_event_loop(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    with ThreadWatchingNullSpend(server.admin_key, server.base_url) as ns:
+        instrument(client=ns)
+        llm = openai_llm(fake)
+
+        async def run() -> int:
+            await llm.achat(HELLO)
+            assert [c async for c in await llm.astream_chat(HELLO)]
+            return threading.get_ident()
+
+        loop_thread = asyncio.run(run())
+        assert len(ns.threads) == 4  # two reserves, two settles
+        assert loop_thread not in ns.threads
+        events = ns.cost_events().data
+        assert len(events) == 2
+        assert COST in {e.cost_microdollars for e in events}
 
 
 def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -> None:

@@ -4,13 +4,15 @@ reserved before it is made and settled from what it reports.
 Two halves, because LlamaIndex's instrumentation dispatcher swallows its handlers' exceptions:
 a gate around each LLM class's call methods reserves first and lets a denial raise (classes
 defined before ``instrument()`` are wrapped then, later ones as they are defined); an event
-handler on the root dispatcher settles each call from its end event (``LLMChatEndEvent``,
-``LLMCompletionEndEvent``), whose response carries the provider's raw answer and usage. The two
-meet through a context variable: the end event fires inside the gated call (or inside the
-stream's last step)."""
+handler on the root dispatcher notes each call's end event (``LLMChatEndEvent``,
+``LLMCompletionEndEvent``), whose response carries the provider's raw answer and usage, and the
+gate settles once the call returns. The two meet through a context variable: the end event fires
+inside the gated call (or inside the stream's last step). In async code a server's client is
+called from a worker thread, never on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -19,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
@@ -35,6 +37,7 @@ from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
 
 log = logging.getLogger("nullspend.llamaindex")
+T = TypeVar("T")
 
 _METHODS = (
     "chat",
@@ -59,14 +62,16 @@ class _Call:
     model: str | None
     wire: WireFormat
     started: float
+    raw: Any = None
+    """The provider's answer, from the call's end event (None: settled at the estimate)."""
     done: bool = False
 
-    def settle(self, raw: Any) -> None:
+    def settle(self) -> None:
         if self.done:
             return
         self.done = True
         options = settlement(
-            _reading(self.wire, raw) or Reading(None, None),
+            _reading(self.wire, self.raw) or Reading(None, None),
             estimate_microdollars=self.estimate_microdollars,
             model=self.model,
             provider=self.wire.provider,
@@ -165,20 +170,23 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
         @functools.wraps(method)
         async def gated_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _reserve(self, name, args, kwargs)
+            call = await _off_loop(
+                _active.client if _active else None,
+                functools.partial(_reserve, self, name, args, kwargs),
+            )
             if call is None:  # inside another gated call (complete calling chat): covered
                 return await method(self, *args, **kwargs)
             token = _current.set(call)
             try:
                 result = await method(self, *args, **kwargs)
             except BaseException:
-                call.release()
+                await _off_loop(call.client, call.release)
                 raise
             finally:
                 _current.reset(token)
             if name.startswith("astream"):
                 return _async_stream(result, call)
-            call.settle(None)  # no end event came: settle at the estimate
+            await _off_loop(call.client, call.settle)
             return result
 
         setattr(gated_async, _GATED, True)
@@ -199,7 +207,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             _current.reset(token)
         if name.startswith("stream"):
             return _stream(result, call)
-        call.settle(None)
+        call.settle()
         return result
 
     setattr(gated, _GATED, True)
@@ -208,8 +216,8 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
     """The stream as produced, each step run with the call current (its end event fires in
-    the last one); settled at the estimate if it ends without one. Stopped or failed: released
-    if nothing came yet, else settled at the estimate (tokens were spent)."""
+    the last one), settled when it ends. Stopped or failed: released if nothing came yet, else
+    settled at the estimate (tokens were spent)."""
     received = False
     try:
         while True:
@@ -223,9 +231,9 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
             received = True
             yield response
     except BaseException:
-        call.settle(None) if received else call.release()
+        call.settle() if received else call.release()
         raise
-    call.settle(None)
+    call.settle()
 
 
 async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
@@ -242,9 +250,17 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             received = True
             yield response
     except BaseException:
-        call.settle(None) if received else call.release()
+        await _off_loop(call.client, call.settle if received else call.release)
         raise
-    call.settle(None)
+    await _off_loop(call.client, call.settle)
+
+
+async def _off_loop(client: NullSpend | LocalNullSpend | None, work: Callable[[], T]) -> T:
+    """``work()``, in a worker thread when it talks to a server: the event loop never waits
+    on NullSpend's HTTP. The embedded engine is a few microseconds of Python: run in place."""
+    if client is None or isinstance(client, LocalNullSpend):
+        return work()
+    return await asyncio.to_thread(work)
 
 
 def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
@@ -307,7 +323,7 @@ def _plain(value: Any) -> Any:
 
 
 class _Settler(BaseEventHandler):
-    """Settles the current gated call from its end event."""
+    """Hands the current gated call the provider's answer from its end event."""
 
     @classmethod
     def class_name(cls) -> str:
@@ -320,5 +336,5 @@ class _Settler(BaseEventHandler):
         if call is None or event.response is None:
             return
         raw = getattr(event.response, "raw", None)
-        if raw is not None:
-            call.settle(raw)
+        if raw is not None and call.raw is None:
+            call.raw = raw
