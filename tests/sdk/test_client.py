@@ -31,6 +31,8 @@ from nullspend.errors import (
     DeniedError,
     ErrorCode,
     NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
     SessionLimitExceededError,
     TagBudgetExceededError,
     ValidationError,
@@ -351,3 +353,27 @@ def test_a_settle_or_release_whose_answer_was_lost_is_retried_once_done(
     with NullSpend(server.admin_key, server.base_url) as direct:
         events = direct.cost_events().data
     assert [e.cost_microdollars for e in events] == [700]
+
+
+def test_rate_limited_and_forbidden_from_a_live_server(database_url: str) -> None:
+    """A reservation counts against the key's requests a minute as a proxied call does; a
+    viewer key may read but not reserve. Each raises its typed error with the server's word."""
+    limited = start_server(database_url, rate_limit_per_minute=2)
+    try:
+        with NullSpend(limited.admin_key, limited.base_url, max_retries=0) as ns:
+            ns.reserve(10)
+            ns.reserve(10)
+            with pytest.raises(RateLimitedError) as too_many:
+                ns.reserve(10)
+            assert too_many.value.status == 429
+            assert too_many.value.retry_after is not None
+            assert 1 <= too_many.value.retry_after <= 60
+            assert ns.budget_status() == []  # reads are not counted
+        with NullSpend(limited.new_key("viewer"), limited.base_url) as viewer:
+            assert viewer.cost_events().data == []
+            with pytest.raises(PermissionDeniedError) as forbidden:
+                viewer.reserve(10)
+            assert forbidden.value.code == "forbidden"
+            assert forbidden.value.details == {"requiredRole": "member", "role": "viewer"}
+    finally:
+        limited.stop()

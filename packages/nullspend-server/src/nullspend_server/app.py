@@ -15,8 +15,8 @@ from nullspend_server.db.database import Database
 from nullspend_server.engine import Engine
 from nullspend_server.errors import install_error_handlers
 from nullspend_server.proxy import routes as proxy_routes
-from nullspend_server.proxy.rate_limit import RateLimiter
 from nullspend_server.proxy.upstream import upstream_session
+from nullspend_server.rate_limit import RateLimiter
 from nullspend_server.settings import ServerSettings
 
 # Every API module with a `router`, in the order they are mounted.

@@ -24,7 +24,7 @@ from nullspend_server.api.schema import (
     Tags,
     UsageIn,
 )
-from nullspend_server.auth import Member, Session
+from nullspend_server.auth import Member, Session, presented_key
 from nullspend_server.db.tables import Reservation
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement
 from nullspend_server.errors import ApiError, denial_error
@@ -121,6 +121,7 @@ def _engine(request: Request) -> Engine:
 
 @router.post("/api/reservations", status_code=201)
 async def create(body: ReservationCreate, principal: Member, request: Request) -> Data[Reserved]:
+    request.app.state.rate_limiter.enforce(presented_key(request.headers) or "")
     estimate, unpriced = _estimate(body)
     try:
         admission = await _engine(request).reserve(

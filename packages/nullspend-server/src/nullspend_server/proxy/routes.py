@@ -151,12 +151,7 @@ async def proxy(request: Incoming) -> ASGIApp:
     started = time.perf_counter()
     route, method, settings = request.path, request.method, request.settings
     key = presented_key(request.headers)
-    if (wait := request.state.rate_limiter.admit(key or "")) is not None:
-        raise ApiError(
-            ErrorCode.RATE_LIMITED,
-            f"more than {settings.rate_limit_per_minute} requests a minute",
-            headers={"Retry-After": str(wait)},
-        )
+    request.state.rate_limiter.enforce(key or "")
     principal = await principal_for(key, request.state.db, request.state.key_cache)
     if (method, route) in FREE:
         provider = (
