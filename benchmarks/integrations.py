@@ -18,17 +18,20 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_openai import ChatOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nullspend.client import NullSpend
-from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.embedded import LocalNullSpend
 from nullspend_langchain import NullSpendCallbackHandler
 from nullspend_server.db.migrate import migrate
 from tests.nullspend_server.conftest import _bootstrap, spawn_server
@@ -50,7 +53,11 @@ class FakePricedChat(BaseChatModel):
         return {"model_name": self.model_name}
 
     def _generate(
-        self, messages: list[BaseMessage], stop: list[str] | None = None, **kwargs: Any
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
     ) -> ChatResult:
         message = AIMessage(
             content="Hello back",
@@ -58,6 +65,15 @@ class FakePricedChat(BaseChatModel):
             response_metadata={"model_name": self.model_name},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._generate(messages, stop)
 
 
 class DoNothing(BaseCallbackHandler):
@@ -70,19 +86,68 @@ class DoNothing(BaseCallbackHandler):
         pass
 
 
-def best_per_call(
-    model: FakePricedChat, calls: int, configs: dict[str, dict[str, object]]
-) -> dict[str, float]:
-    """Microseconds per ``invoke`` under each config: the configs take turns batch by batch
-    (so a slow spell of this shared machine hits them all alike) and each keeps its best."""
+Batch = Callable[[dict[str, Any], int], float]
+"""Makes ``n`` calls under a config and answers the microseconds per call."""
+
+
+def invoking(model: BaseChatModel) -> Batch:
+    def batch(config: dict[str, Any], n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            model.invoke("Hello", config=config)  # type: ignore[arg-type]
+        return (time.perf_counter() - start) / n * 1e6
+
+    return batch
+
+
+def ainvoking(model: BaseChatModel) -> Batch:
+    def batch(config: dict[str, Any], n: int) -> float:
+        async def calls() -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                await model.ainvoke("Hello", config=config)  # type: ignore[arg-type]
+            return (time.perf_counter() - start) / n * 1e6
+
+        return asyncio.run(calls())
+
+    return batch
+
+
+def openai_answered_in_process() -> ChatOpenAI:
+    """The real ChatOpenAI and openai SDK, the provider's answer made in-process by an httpx
+    transport: a real client's own work per call, without a network."""
+    answer = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1_763_800_000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": "Hello back", "refusal": None},
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+    }
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    return ChatOpenAI(
+        model="gpt-4o-mini",
+        api_key="sk-bench",  # type: ignore[arg-type]
+        http_client=httpx.Client(transport=transport),
+        http_async_client=httpx.AsyncClient(transport=transport),
+    )
+
+
+def best_per_call(batch: Batch, calls: int, configs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Microseconds per call under each config: the configs take turns batch by batch (so a
+    slow spell of this shared machine hits them all alike) and each keeps its best."""
+    batch({}, 50)  # warm-up
     best = dict.fromkeys(configs, float("inf"))
     for _ in range(ROUNDS):
         for name, config in configs.items():
-            start = time.perf_counter()
-            for _ in range(calls // ROUNDS):
-                model.invoke("Hello", config=config)  # type: ignore[arg-type]
-            elapsed = (time.perf_counter() - start) / (calls // ROUNDS) * 1e6
-            best[name] = min(best[name], elapsed)
+            best[name] = min(best[name], batch(config, calls // ROUNDS))
     return best
 
 
@@ -92,19 +157,24 @@ def row(label: str, micros: float, baseline: float) -> str:
     return f"| {label} | {micros:,.0f} | {micros - baseline:,.0f} | {micros / baseline:.2f} |"
 
 
+def table(title: str, rows: list[tuple[str, float]]) -> None:
+    """The first row is the baseline the others are compared with."""
+    print(f"\n| {title} | µs per call | added µs | ratio |\n|---|---:|---:|---:|")
+    for label, micros in rows:
+        print(row(label, micros, rows[0][1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=3000)
     calls = parser.parse_args().calls
-    model = FakePricedChat()
-    local = NullSpendCallbackHandler(client=LocalNullSpend([LocalBudget.total(10**15)]))
-    in_process = {
-        "none": {},
-        "nothing": {"callbacks": [DoNothing()]},
-        "embedded": {"callbacks": [local]},
-    }
-    best_per_call(model, 300, in_process)  # warm-up
-    local_run = best_per_call(model, calls, in_process)
+    fake = FakePricedChat()
+    embedded = {"callbacks": [NullSpendCallbackHandler(client=LocalNullSpend())]}
+    in_process = {"none": {}, "nothing": {"callbacks": [DoNothing()]}, "embedded": embedded}
+    fake_sync = best_per_call(invoking(fake), calls, in_process)
+    fake_async = best_per_call(ainvoking(fake), calls, in_process)
+    openai = openai_answered_in_process()
+    openai_sync = best_per_call(invoking(openai), calls // 3, in_process)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         migrate(url)
@@ -116,26 +186,43 @@ def main() -> None:
                     "none": {},
                     "server": {"callbacks": [NullSpendCallbackHandler(client=ns)]},
                 }
-                best_per_call(model, 100, remote)  # warm-up
-                server_run = best_per_call(model, calls // 10, remote)
+                server_sync = best_per_call(invoking(fake), calls // 10, remote)
                 recorded = len(ns.cost_events(limit=200).data)
         finally:
             server.terminate()
             server.wait(10)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; {calls} calls per measure ({calls // 10} in server "
-        f"mode), in {ROUNDS} interleaved rounds, best round\n"
+        f"{platform.python_version()}; {calls} calls per measure ({calls // 3} through "
+        f"ChatOpenAI, {calls // 10} in server mode), in {ROUNDS} interleaved rounds, best round"
     )
-    print("| LangChain invoke, fake chat model | µs per call | added µs | ratio |")
-    print("|---|---:|---:|---:|")
-    base = local_run["none"]
-    print(row("no handler", base, base))
-    print(row("a handler that does nothing", local_run["nothing"], base))
-    print(row("NullSpend handler, embedded mode", local_run["embedded"], base))
-    base = server_run["none"]
-    print(row("no handler (beside server mode)", base, base))
-    print(row("NullSpend handler, server mode", server_run["server"], base))
+    for title, run in (
+        ("invoke, fake chat model", fake_sync),
+        ("ainvoke, fake chat model", fake_async),
+    ):
+        table(
+            title,
+            [
+                ("no handler", run["none"]),
+                ("a handler that does nothing", run["nothing"]),
+                ("NullSpend handler, embedded mode", run["embedded"]),
+            ],
+        )
+    table(
+        "invoke, ChatOpenAI answered in-process",
+        [
+            ("no handler", openai_sync["none"]),
+            ("a handler that does nothing", openai_sync["nothing"]),
+            ("NullSpend handler, embedded mode", openai_sync["embedded"]),
+        ],
+    )
+    table(
+        "invoke, fake chat model, server mode",
+        [
+            ("no handler", server_sync["none"]),
+            ("NullSpend handler, server mode", server_sync["server"]),
+        ],
+    )
     print(f"\n(the server recorded at least {recorded} cost events)")
 
 

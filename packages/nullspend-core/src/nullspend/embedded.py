@@ -65,14 +65,14 @@ class LocalBudget:
         return cls(limit_microdollars, "tag", f"{key}={value}", **settings)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Account:
     budget: LocalBudget
     spend: int = 0
     reserved: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Held:
     estimate: int
     accounts: list[_Account]

@@ -41,7 +41,7 @@ _NO_USAGE = Usage()
 _encode_json = json.JSONEncoder(default=str).encode
 
 
-@dataclass
+@dataclass(slots=True)
 class _Open:
     """A call between its start and its end."""
 
@@ -138,7 +138,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         cap = params.get("max_tokens") or params.get("max_completion_tokens")
         if isinstance(cap, int):
             body["max_tokens"] = cap
-        raw = _encode_json(body).encode()
+        # What the estimate counts: the prompt's text, or its JSON when it has content blocks.
+        plain = all(isinstance(t, str) for t in text)
+        raw = ("\n".join(text) if plain else _encode_json(text)).encode()
         estimate = estimate_request(OPENAI_CHAT, body, raw, model=model)
         provider = metadata.get("ls_provider")
         trace_id = self._root(parent_run_id or run_id).hex
