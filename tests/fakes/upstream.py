@@ -412,9 +412,8 @@ def create_app() -> Starlette:
 
 
 @contextmanager
-def run_fake_upstream() -> Iterator[tuple[str, Starlette]]:
-    """Serve a fresh fake upstream over real HTTP on a free loopback port, in a thread."""
-    app = create_app()
+def serving(app: Starlette) -> Iterator[str]:
+    """Serve ``app`` over real HTTP on a free loopback port, in a thread; yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -424,7 +423,15 @@ def run_fake_upstream() -> Iterator[tuple[str, Starlette]]:
     while not server.started:
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def run_fake_upstream() -> Iterator[tuple[str, Starlette]]:
+    """Serve a fresh fake upstream over real HTTP on a free loopback port, in a thread."""
+    app = create_app()
+    with serving(app) as base_url:
+        yield base_url, app

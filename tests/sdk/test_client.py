@@ -4,15 +4,11 @@ code with the server's details, retries only where repeating is safe."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,6 +35,7 @@ from nullspend.errors import (
     VelocityExceededError,
 )
 from nullspend.usage import Usage
+from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer, start_server
 
 # gpt-4o-mini: $0.15 input, $0.60 output per million tokens
@@ -240,16 +237,8 @@ def flaky() -> Iterator[tuple[str, Flaky]]:
         "/api/reservations",
     ]
     app = Starlette(routes=[Route(p, handler.endpoint, methods=["GET", "POST"]) for p in paths])
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", handler
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as base_url:
+        yield base_url, handler
 
 
 def test_idempotent_calls_are_retried(flaky: tuple[str, Flaky]) -> None:
@@ -331,22 +320,11 @@ def test_a_settle_or_release_whose_answer_was_lost_is_retried_once_done(
     paths = ["/api/reservations", "/api/reservations/{rid}", "/api/reservations/{rid}/settle"]
     methods = ["GET", "POST", "DELETE"]
     app = Starlette(routes=[Route(p, lossy.endpoint, methods=methods) for p in paths])
-    uv_server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=uv_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv_server.started:
-        time.sleep(0.01)
-    try:
-        with NullSpend(server.admin_key, f"http://127.0.0.1:{sock.getsockname()[1]}") as ns:
-            first = ns.reserve(1_000, model="gpt-4o-mini")
-            settled = ns.settle(first.reservation_id, cost_microdollars=700)
-            second = ns.reserve(1_000, model="gpt-4o-mini")
-            released = ns.release(second.reservation_id)
-    finally:
-        uv_server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as base_url, NullSpend(server.admin_key, base_url) as ns:
+        first = ns.reserve(1_000, model="gpt-4o-mini")
+        settled = ns.settle(first.reservation_id, cost_microdollars=700)
+        second = ns.reserve(1_000, model="gpt-4o-mini")
+        released = ns.release(second.reservation_id)
     assert (settled.status, released.status) == ("settled", "released")
     assert lossy.tries[f"POST /api/reservations/{first.reservation_id}/settle"] == 2
     assert lossy.tries[f"DELETE /api/reservations/{second.reservation_id}"] == 2
