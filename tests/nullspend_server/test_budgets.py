@@ -405,3 +405,55 @@ def test_reads_crossing_the_boundary_beside_enforcement(
     asyncio.run(run())
     [entity] = admin.get("/api/budgets/status").json()["entities"]
     assert (entity["spendMicrodollars"], entity["reservedMicrodollars"]) == (10 * 5, 0)
+
+
+def test_the_read_that_starts_a_period_keeps_spend_a_settle_adds_meanwhile(
+    server: RunningServer, admin: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that crosses the boundary writes the new period. A settle that lands between the
+    read's load of the rows and its commit must wait for it, not be overwritten by it: the
+    read's ORM rows are flushed at commit, spend 0 included. Shown by a settle (one statement,
+    as the engine's: reset if due, then add) sent while the read holds its rows."""
+    if not server.database_url.startswith("postgresql"):
+        pytest.skip("SQLite lets one writer at a time in: the race cannot happen there")
+    import sqlalchemy as sa
+
+    from nullspend_server import budgets
+
+    created(admin, resetInterval="daily")
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    _set_state(server, spend=700, period_start=old)
+    new = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    settle = sa.text(
+        "UPDATE budgets SET spend_microdollars = 5 + CASE WHEN current_period_start < :new"
+        " THEN 0 ELSE spend_microdollars END, current_period_start = :new"
+    )
+    engine = sa.create_engine(server.database_url)
+    outcomes: list[str] = []
+
+    def settle_now() -> None:
+        with engine.begin() as connection:
+            connection.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
+            connection.execute(settle, {"new": new})
+
+    def settle_meanwhile() -> None:
+        try:
+            settle_now()
+            outcomes.append("settled during the read")
+        except sa.exc.OperationalError:
+            outcomes.append("waited for the read")
+
+    reset = budgets.reset_due_periods
+
+    async def reset_with_a_settle_meanwhile(db: Any, rows: Any, now: dt.datetime) -> Any:
+        await asyncio.to_thread(settle_meanwhile)
+        return await reset(db, rows, now)
+
+    monkeypatch.setattr(budgets, "reset_due_periods", reset_with_a_settle_meanwhile)
+    assert admin.get("/api/budgets/status").status_code == 200
+    if outcomes == ["waited for the read"]:
+        settle_now()
+    engine.dispose()
+    [entity] = admin.get("/api/budgets/status").json()["entities"]
+    assert outcomes == ["waited for the read"]
+    assert entity["spendMicrodollars"] == 5

@@ -110,7 +110,9 @@ async def current(
     if not any(needs_reset(b.reset_interval, b.current_period_start, now) for b in budgets):
         return budgets
     async with db.write_session() as writer:
-        budgets = list(await writer.exec(query))
+        # Locked until the commit (in id order, as enforcement locks them): the reset rows are
+        # written back then, and a settle landing in between would otherwise be overwritten.
+        budgets = list(await writer.exec(query.with_for_update()))
         await reset_due_periods(writer, budgets, now)
         await writer.commit()
     return budgets
