@@ -25,12 +25,16 @@ EXAMPLES = [
 @pytest.mark.parametrize("code", EXAMPLES)
 def test_readme_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = None
-    if "NullSpend" in code:  # a client example: give it a server, as its reader would have
+    embedded = "LocalBudget" in code  # budgets declared in code: its reader has no server
+    if "NullSpend" in code and not embedded:  # a client: give it a server, as its reader would
         url = f"sqlite:///{tmp_path / 'nullspend.db'}"
         migrate(url)
         server = start_server(url)
         monkeypatch.setenv("NULLSPEND_API_KEY", server.admin_key)
         monkeypatch.setenv("NULLSPEND_BASE_URL", server.base_url)
+    else:
+        monkeypatch.delenv("NULLSPEND_API_KEY", raising=False)
+        monkeypatch.delenv("NULLSPEND_BASE_URL", raising=False)
     with ExitStack() as stack:
         if server is not None:
             stack.callback(server.stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +14,14 @@ import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+from starlette.requests import Request
+from starlette.responses import Response
 
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend_langchain import NullSpendCallbackHandler
+from tests.fakes.interposed import interposed
 from tests.fakes.upstream import run_fake_upstream
 from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
@@ -250,6 +254,33 @@ def test_a_batch_denied_part_way_holds_nothing(fake: tuple[str, Any]) -> None:
     assert [b.reserved_microdollars for b in engine.budget_status()] == [0]
     model.invoke("alone")  # the budget is whole again
     assert len(fake[1].state.requests) == 1
+
+
+def test_the_answer_does_not_wait_for_the_settle(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """Server mode: the call returns as soon as the provider answered; the settle follows from
+    the client's background thread (held here until the call has returned), and a read on the
+    client waits for it."""
+    order: list[str] = []
+    settles_may_go = threading.Event()
+
+    async def hold_settles(request: Request, real: Response) -> Response:
+        if request.url.path.endswith("/settle"):
+            await asyncio.to_thread(settles_may_go.wait, 10)
+            order.append("settle answered")
+        return real
+
+    with (
+        interposed(server.base_url, hold_settles) as base_url,
+        NullSpend(server.admin_key, base_url) as ns,
+    ):
+        chat_openai(fake, callbacks=[NullSpendCallbackHandler(client=ns)]).invoke("Hello")
+        order.append("invoke returned")
+        settles_may_go.set()
+        (event,) = ns.cost_events().data
+    assert order == ["invoke returned", "settle answered"]
+    assert event.cost_microdollars == COST
 
 
 def test_a_plain_llm_is_metered_too() -> None:

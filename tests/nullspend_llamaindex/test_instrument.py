@@ -206,9 +206,9 @@ def test_async_calls_never_wait_on_the_server_on_the_event_loop(
             return threading.get_ident()
 
         loop_thread = asyncio.run(run())
+        events = ns.cost_events().data  # waits for the settles queued in the background
         assert len(ns.threads) == 4  # two reserves, two settles
         assert loop_thread not in ns.threads
-        events = ns.cost_events().data
         assert len(events) == 2
         assert COST in {e.cost_microdollars for e in events}
 

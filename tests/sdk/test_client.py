@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +34,7 @@ from nullspend.errors import (
     VelocityExceededError,
 )
 from nullspend.usage import Usage
+from tests.fakes.interposed import interposed
 from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer, start_server
 
@@ -288,46 +288,31 @@ def test_an_unreachable_server_is_a_connection_error() -> None:
         ns.introspect()
 
 
-class LostAnswers:
-    """In front of a real server: forwards every request, but answers the first try of each
-    settle and release with a 502, as a proxy that lost the server's answer would."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.tries: dict[str, int] = {}
-
-    async def endpoint(self, request: Request) -> Response:
-        async with httpx.AsyncClient(base_url=self.upstream) as client:
-            answer = await client.request(
-                request.method,
-                request.url.path,
-                content=await request.body(),
-                headers={k: v for k, v in request.headers.items() if k != "host"},
-            )
-        key = f"{request.method} {request.url.path}"
-        self.tries[key] = self.tries.get(key, 0) + 1
-        if "/api/reservations/" in request.url.path and self.tries[key] == 1:
-            return JSONResponse({"error": "bad gateway"}, 502)
-        return Response(answer.content, answer.status_code, media_type="application/json")
-
-
 def test_a_settle_or_release_whose_answer_was_lost_is_retried_once_done(
     server: RunningServer,
 ) -> None:
     """The first try lands but its answer is lost: the retry hears "already settled" (or
     released), which is success, and the call is recorded once."""
-    lossy = LostAnswers(server.base_url)
-    paths = ["/api/reservations", "/api/reservations/{rid}", "/api/reservations/{rid}/settle"]
-    methods = ["GET", "POST", "DELETE"]
-    app = Starlette(routes=[Route(p, lossy.endpoint, methods=methods) for p in paths])
-    with serving(app) as base_url, NullSpend(server.admin_key, base_url) as ns:
+    tries: dict[str, int] = {}
+
+    async def lose_first_answers(request: Request, real: Response) -> Response:
+        key = f"{request.method} {request.url.path}"
+        tries[key] = tries.get(key, 0) + 1
+        if "/api/reservations/" in request.url.path and tries[key] == 1:
+            return JSONResponse({"error": "bad gateway"}, 502)
+        return real
+
+    with (
+        interposed(server.base_url, lose_first_answers) as base_url,
+        NullSpend(server.admin_key, base_url) as ns,
+    ):
         first = ns.reserve(1_000, model="gpt-4o-mini")
         settled = ns.settle(first.reservation_id, cost_microdollars=700)
         second = ns.reserve(1_000, model="gpt-4o-mini")
         released = ns.release(second.reservation_id)
     assert (settled.status, released.status) == ("settled", "released")
-    assert lossy.tries[f"POST /api/reservations/{first.reservation_id}/settle"] == 2
-    assert lossy.tries[f"DELETE /api/reservations/{second.reservation_id}"] == 2
+    assert tries[f"POST /api/reservations/{first.reservation_id}/settle"] == 2
+    assert tries[f"DELETE /api/reservations/{second.reservation_id}"] == 2
     with NullSpend(server.admin_key, server.base_url) as direct:
         events = direct.cost_events().data
     assert [e.cost_microdollars for e in events] == [700]

@@ -233,6 +233,13 @@ class LocalNullSpend(TrackedClients):
             self._unreserve(self._take(reservation_id))
         return Settled(reservation_id=reservation_id, status="released")
 
+    def settle_later(self, reservation_id: str, **options: Unpack[SettleOptions]) -> None:
+        """``settle``, at once: in-process it costs microseconds (``NullSpend`` queues it)."""
+        self.settle(reservation_id, **options)
+
+    def release_later(self, reservation_id: str) -> None:
+        self.release(reservation_id)
+
     # --- reads --------------------------------------------------------------------------------
 
     def budget_status(self) -> list[BudgetStatus]:

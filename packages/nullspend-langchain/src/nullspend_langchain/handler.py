@@ -187,7 +187,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
 
     def _release(self, call: _Open) -> None:
         try:
-            self.client.release(call.reservation_id)
+            self.client.release_later(call.reservation_id)
         except Exception as failure:
             log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
 
@@ -288,7 +288,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         )
         options["trace_id"] = call.trace_id
         try:
-            self.client.settle(call.reservation_id, **options)
+            self.client.settle_later(call.reservation_id, **options)
         except Exception as error:  # the answer is the caller's already
             log.warning("settling %s failed (%s); it will expire", call.reservation_id, error)
 

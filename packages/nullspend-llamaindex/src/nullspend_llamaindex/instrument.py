@@ -7,8 +7,9 @@ defined before ``instrument()`` are wrapped then, later ones as they are defined
 handler on the root dispatcher notes each call's end event (``LLMChatEndEvent``,
 ``LLMCompletionEndEvent``), whose response carries the provider's raw answer and usage, and the
 gate settles once the call returns. The two meet through a context variable: the end event fires
-inside the gated call (or inside the stream's last step). In async code a server's client is
-called from a worker thread, never on the event loop."""
+inside the gated call (or inside the stream's last step). With a server, settles go from the
+client's background thread, and in async code the reservation is made from a worker thread:
+the event loop never waits on NullSpend's HTTP."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class _Call:
             started=self.started,
         )
         try:
-            self.client.settle(self.reservation_id, **options)
+            self.client.settle_later(self.reservation_id, **options)
         except Exception as error:  # the answer is the caller's already
             log.warning("settling %s failed (%s); it will expire", self.reservation_id, error)
 
@@ -87,7 +88,7 @@ class _Call:
             return
         self.done = True
         try:
-            self.client.release(self.reservation_id)
+            self.client.release_later(self.reservation_id)
         except Exception as error:
             log.warning("releasing %s failed (%s); it will expire", self.reservation_id, error)
 
@@ -180,13 +181,13 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             try:
                 result = await method(self, *args, **kwargs)
             except BaseException:
-                await _off_loop(call.client, call.release)
+                call.release()
                 raise
             finally:
                 _current.reset(token)
             if name.startswith("astream"):
                 return _async_stream(result, call)
-            await _off_loop(call.client, call.settle)
+            call.settle()
             return result
 
         setattr(gated_async, _GATED, True)
@@ -250,9 +251,9 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             received = True
             yield response
     except BaseException:
-        await _off_loop(call.client, call.settle if received else call.release)
+        call.settle() if received else call.release()
         raise
-    await _off_loop(call.client, call.settle)
+    call.settle()
 
 
 async def _off_loop(client: NullSpend | LocalNullSpend | None, work: Callable[[], T]) -> T:

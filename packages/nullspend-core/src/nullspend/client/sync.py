@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
@@ -9,6 +10,7 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from nullspend.client import calls
+from nullspend.client.background import Background
 from nullspend.client.models import (
     Budget,
     BudgetStatus,
@@ -49,8 +51,11 @@ class NullSpend(TrackedClients):
         self.max_retries = max_retries
         self.scope = Scope()
         self._http = http_client or httpx.Client(timeout=timeout)
+        self._background = Background()
 
     def close(self) -> None:
+        """Send what ``settle_later`` and ``release_later`` left queued, then disconnect."""
+        self._background.close()
         self._http.close()
 
     def __enter__(self) -> NullSpend:
@@ -94,6 +99,7 @@ class NullSpend(TrackedClients):
 
     def budget_status(self) -> list[BudgetStatus]:
         """Every budget's limit, spend, reserved and remaining amounts in its current period."""
+        self._caught_up()
         return self._send(calls.budget_status())
 
     def reserve(
@@ -112,6 +118,23 @@ class NullSpend(TrackedClients):
     def release(self, reservation_id: str) -> Settled:
         """Give the estimate back: the call did not happen."""
         return self._send(calls.release(reservation_id))
+
+    def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
+        """``settle`` from a background thread, returning at once: how the integrations settle,
+        so a call's answer never waits on NullSpend. Reads on this client (``cost_events``,
+        ``budget_status``) wait for what is queued first."""
+        work = functools.partial(self.settle, reservation_id, **options)
+        self._background.submit(work, f"settling {reservation_id}")
+
+    def release_later(self, reservation_id: str) -> None:
+        """``release`` from the background thread, as ``settle_later``."""
+        work = functools.partial(self.release, reservation_id)
+        self._background.submit(work, f"releasing {reservation_id}")
+
+    def _caught_up(self) -> None:
+        """Reads see this client's own settles: wait (a while) for the queued ones."""
+        if self._background.pending:
+            self._background.flush(timeout=30.0)
 
     def report(self, event: NewCostEvent, *, idempotency_key: str | None = None) -> RecordedEvent:
         """Record one call's cost. Retries are safe: the server records it once per key (one
@@ -132,4 +155,5 @@ class NullSpend(TrackedClients):
         **filters: Unpack[calls.EventFilters],
     ) -> CostEventPage:
         """Recorded events, newest first, filtered; pass the page's ``cursor`` for the next."""
+        self._caught_up()
         return self._send(calls.cost_events(limit, cursor, **filters))

@@ -99,13 +99,13 @@ class TrackedTransport(httpx.BaseTransport):
 
     def _settle(self, metered: Metered, reading: Reading) -> None:
         try:
-            self.ns.settle(metered.reservation_id, **metered.settlement(reading))
+            self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
         except Exception as error:  # the answer is the caller's already (paid for)
             log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
 
     def _release(self, metered: Metered) -> None:
         try:
-            self.ns.release(metered.reservation_id)
+            self.ns.release_later(metered.reservation_id)
         except Exception as error:
             log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
 

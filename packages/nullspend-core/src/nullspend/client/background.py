@@ -1,0 +1,84 @@
+"""``Background``: a client's settles and releases sent from one daemon thread, in order, so a
+provider's answer is the caller's as soon as it arrives and NullSpend's bookkeeping follows.
+Until a settle lands its reservation holds the estimate, so budgets stay enforced meanwhile.
+Nothing is dropped: when the queue is full the work runs on the caller's thread; ``close()``
+(and interpreter exit) sends what is left."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+
+log = logging.getLogger("nullspend.client")
+
+_live: weakref.WeakSet[Background] = weakref.WeakSet()
+
+
+class Background:
+    def __init__(self, max_queue: int = 10_000) -> None:
+        self._queue: queue.Queue[tuple[Callable[[], object], str] | None] = queue.Queue(max_queue)
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+        _live.add(self)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.unfinished_tasks
+
+    def submit(self, work: Callable[[], object], description: str) -> None:
+        """Run ``work`` on the background thread; ``description`` names it in a failure's log."""
+        self._started()
+        try:
+            self._queue.put_nowait((work, description))
+        except queue.Full:  # never dropped: a lost settle would be charged at its estimate
+            _run(work, description)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far has been sent; False on timeout."""
+        with self._queue.all_tasks_done:
+            return self._queue.all_tasks_done.wait_for(
+                lambda: self._queue.unfinished_tasks == 0, timeout
+            )
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self.flush(timeout)
+        self._queue.put(None)
+        thread.join(timeout)
+        self._thread = None
+
+    def _started(self) -> None:
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._drain, name="nullspend-background", daemon=True
+                    )
+                    self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                _run(*item)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+
+def _run(work: Callable[[], object], description: str) -> None:
+    try:
+        work()
+    except Exception as error:  # the caller has its answer; the reservation will expire
+        log.warning("%s failed (%s); the reservation will expire", description, error)
+
+
+@atexit.register
+def _close_all() -> None:
+    for background in list(_live):
+        background.close(timeout=10.0)
