@@ -14,13 +14,16 @@ import weakref
 from collections.abc import Callable
 
 log = logging.getLogger("nullspend.client")
+# The thread ends after this long with nothing to do (and starts again when needed), so a client
+# dropped without close() leaves no thread behind.
+IDLE_SECONDS = 2.0
 
 _live: weakref.WeakSet[Background] = weakref.WeakSet()
 
 
 class Background:
     def __init__(self, max_queue: int = 10_000) -> None:
-        self._queue: queue.Queue[tuple[Callable[[], object], str] | None] = queue.Queue(max_queue)
+        self._queue: queue.Queue[tuple[Callable[[], object], str]] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         _live.add(self)
@@ -31,11 +34,12 @@ class Background:
 
     def submit(self, work: Callable[[], object], description: str) -> None:
         """Run ``work`` on the background thread; ``description`` names it in a failure's log."""
-        self._started()
         try:
             self._queue.put_nowait((work, description))
         except queue.Full:  # never dropped: a lost settle would be charged at its estimate
             _run(work, description)
+            return
+        self._started()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far has been sent; False on timeout."""
@@ -45,30 +49,33 @@ class Background:
             )
 
     def close(self, timeout: float | None = 30.0) -> None:
-        thread = self._thread
-        if thread is None:
-            return
+        """Send what is queued (the thread then ends by itself once idle)."""
         self.flush(timeout)
-        self._queue.put(None)
-        thread.join(timeout)
-        self._thread = None
 
     def _started(self) -> None:
-        if self._thread is None:
-            with self._start:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._drain, name="nullspend-background", daemon=True
-                    )
-                    self._thread.start()
+        # Under the lock, always: the thread decides to end under it too, so work queued as it
+        # ends is either seen by it or starts a new one.
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._drain, name="nullspend-background", daemon=True
+                )
+                self._thread.start()
 
     def _drain(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
             try:
-                _run(*item)
+                work, description = self._queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._start:
+                    if self._queue.unfinished_tasks == 0:
+                        self._thread = None
+                        return
+                continue
+            try:
+                _run(work, description)
             finally:
                 self._queue.task_done()
-        self._queue.task_done()
 
 
 def _run(work: Callable[[], object], description: str) -> None:

@@ -1,0 +1,89 @@
+"""``Background``: the thread that settles off the caller's path. In order, never dropped (a
+full queue runs the work on the caller's thread), failures logged, flushed on demand and at
+interpreter exit, and no thread left behind once idle."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nullspend.client import background
+from nullspend.client.background import Background
+
+
+def test_in_order_and_flushed() -> None:
+    done: list[int] = []
+    runner = Background()
+    for i in range(200):
+        runner.submit(lambda i=i: done.append(i), f"work {i}")
+    assert runner.flush(timeout=10)
+    assert done == list(range(200))
+    assert runner.pending == 0
+
+
+def test_a_failure_is_logged_and_the_rest_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    done: list[str] = []
+
+    def fail() -> None:
+        raise ConnectionError("server gone")
+
+    runner = Background()
+    with caplog.at_level(logging.WARNING, logger="nullspend.client"):
+        runner.submit(fail, "settling rsv_1")
+        runner.submit(lambda: done.append("next"), "settling rsv_2")
+        assert runner.flush(timeout=10)
+    assert done == ["next"]
+    assert "settling rsv_1 failed (server gone)" in caplog.text
+
+
+def test_a_full_queue_runs_the_work_on_the_caller_thread() -> None:
+    gate = threading.Event()
+    threads: list[int] = []
+    runner = Background(max_queue=1)
+    runner.submit(lambda: gate.wait(10), "held")  # the thread takes it and waits
+    deadline = time.monotonic() + 10
+    while runner._queue.qsize():  # until the thread has taken it
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    runner.submit(lambda: threads.append(threading.get_ident()), "queued")
+    runner.submit(lambda: threads.append(threading.get_ident()), "no room")
+    assert threads == [threading.get_ident()]  # the third ran at once, here
+    gate.set()
+    assert runner.flush(timeout=10)
+    assert len(threads) == 2
+    assert threads[1] != threading.get_ident()
+
+
+def test_the_thread_ends_when_idle_and_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background, "IDLE_SECONDS", 0.02)
+    done: list[int] = []
+    runner = Background()
+    runner.submit(lambda: done.append(1), "first")
+    assert runner.flush(timeout=10)
+    deadline = time.monotonic() + 10
+    while runner._thread is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    runner.submit(lambda: done.append(2), "second")
+    assert runner.flush(timeout=10)
+    assert done == [1, 2]
+
+
+def test_what_is_queued_is_sent_at_exit(tmp_path: Path) -> None:
+    marker = tmp_path / "settled"
+    script = f"""
+import time
+from pathlib import Path
+from nullspend.client.background import Background
+
+runner = Background()
+runner.submit(lambda: (time.sleep(0.3), Path({str(marker)!r}).write_text("yes")), "late")
+"""  # and the interpreter exits at once
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert marker.read_text() == "yes"
