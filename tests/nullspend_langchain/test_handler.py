@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -254,6 +255,37 @@ def test_a_batch_denied_part_way_holds_nothing(fake: tuple[str, Any]) -> None:
     assert [b.reserved_microdollars for b in engine.budget_status()] == [0]
     model.invoke("alone")  # the budget is whole again
     assert len(fake[1].state.requests) == 1
+
+
+def test_an_async_batch_denied_while_a_sibling_is_still_reserving_holds_nothing(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """Server mode, agenerate: the prompts' starts run at once in executor threads. Here the
+    admitted one hears its answer late (held 300 ms), after the other was denied and had
+    released the siblings it could see: on arriving it sees the denial and releases too."""
+    from langchain_core.messages import HumanMessage
+
+    with server.client() as admin:
+        budget = {"entityType": "user", "limitMicrodollars": 1_000}  # one estimate, not two
+        admin.post("/api/budgets", json=budget).raise_for_status()
+
+    async def admitted_late(request: Request, real: Response) -> Response:
+        if request.url.path == "/api/reservations" and real.status_code == 201:
+            await asyncio.sleep(0.3)
+        return real
+
+    with (
+        interposed(server.base_url, admitted_late) as base_url,
+        NullSpend(server.admin_key, base_url) as ns,
+    ):
+        model = chat_openai(fake, max_tokens=1_000, callbacks=[NullSpendCallbackHandler(client=ns)])
+        with pytest.raises(DeniedError):
+            asyncio.run(model.agenerate([[HumanMessage("first")], [HumanMessage("second")]]))
+        deadline = time.monotonic() + 5
+        while ns.budget_status()[0].reserved_microdollars:  # the late one is released
+            assert time.monotonic() < deadline, "a reservation was left to expire"
+            time.sleep(0.05)
+    assert fake[1].state.requests == []
 
 
 def test_the_answer_does_not_wait_for_the_settle(

@@ -41,6 +41,12 @@ _NO_USAGE = Usage()
 _encode_json = json.JSONEncoder(default=str).encode
 
 
+# The prompts of one multi-prompt generate(): their parent run and their invocation_params' id.
+_Batch = tuple[UUID | None, int]
+# How long a batch's denial is kept for its siblings still starting.
+_DENIAL_KEPT = 60.0
+
+
 @dataclass(slots=True)
 class _Open:
     """A call between its start and its end."""
@@ -52,7 +58,7 @@ class _Open:
     provider: str | None
     trace_id: str
     started: float
-    batch: tuple[UUID | None, int] | None
+    batch: _Batch | None
     """For one prompt of a multi-prompt ``generate``: what its siblings share."""
     streamed: bool = False
 
@@ -86,6 +92,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes it.
         self.scope = self.client.scope.narrowed(customer, session_id, tags)
         self._open: dict[UUID, _Open] = {}
+        self._denied: dict[_Batch, tuple[object, DeniedError, float]] = {}
         # The parent of every chain and tool run still going: a call's trace is its root run.
         self._parents: dict[UUID, UUID] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
@@ -157,15 +164,22 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         }
         # LangChain starts every prompt of a batch before calling the model, with the same
         # invocation_params object: a denial of one leaves the others started, never ended.
+        # In async code a sync handler's starts run in executor threads, all at once: a sibling
+        # may still be reserving when another is denied, so the denial is kept for it to see.
         batch = (parent_run_id, id(params)) if kwargs.get("batch_size", 1) > 1 else None
+        if batch is not None:
+            self._raise_if_denied(batch, params)
         try:
             # The typed DeniedError: LangChain re-raises it (raise_error), the call stops.
             reservation = self.client.reserve(estimate.microdollars, **options)
-        except DeniedError:
+        except DeniedError as denied:
             if batch is not None:
-                self._release_batch(batch)
+                self._deny_batch(batch, params, denied)
             raise
         with self._lock:
+            if batch is not None and (refused := self._denial_of(batch, params)) is not None:
+                self._release_later(reservation.reservation_id)
+                raise refused
             self._open[run_id] = _Open(
                 reservation.reservation_id,
                 estimate.microdollars,
@@ -177,19 +191,35 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 batch,
             )
 
-    def _release_batch(self, batch: tuple[UUID | None, int]) -> None:
-        """Release the reservations of a denied prompt's siblings: the model is not called."""
+    def _deny_batch(self, batch: _Batch, params: object, denied: DeniedError) -> None:
+        """Release the reservations of a denied prompt's siblings (the model is not called),
+        and keep the denial for siblings still on their way."""
+        now = time.monotonic()
         with self._lock:
+            for key in [k for k, (_, _, at) in self._denied.items() if now - at > _DENIAL_KEPT]:
+                del self._denied[key]
+            # The params object is kept too: alive, its id cannot name another batch.
+            self._denied[batch] = (params, denied, now)
             siblings = [run for run, call in self._open.items() if call.batch == batch]
             calls = [self._open.pop(run) for run in siblings]
         for call in calls:
-            self._release(call)
+            self._release_later(call.reservation_id)
 
-    def _release(self, call: _Open) -> None:
+    def _denial_of(self, batch: _Batch, params: object) -> DeniedError | None:
+        kept = self._denied.get(batch)
+        return kept[1] if kept is not None and kept[0] is params else None
+
+    def _raise_if_denied(self, batch: _Batch, params: object) -> None:
+        with self._lock:
+            denied = self._denial_of(batch, params)
+        if denied is not None:
+            raise denied
+
+    def _release_later(self, reservation_id: str) -> None:
         try:
-            self.client.release_later(call.reservation_id)
+            self.client.release_later(reservation_id)
         except Exception as failure:
-            log.warning("releasing %s failed (%s); it will expire", call.reservation_id, failure)
+            log.warning("releasing %s failed (%s); it will expire", reservation_id, failure)
 
     def _root(self, run_id: UUID) -> UUID:
         while (parent := self._parents.get(run_id)) is not None:
@@ -309,7 +339,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             return
         with self._lock:
             self._open.pop(run_id, None)
-        self._release(call)
+        self._release_later(call.reservation_id)
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
