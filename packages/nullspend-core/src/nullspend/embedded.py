@@ -11,6 +11,7 @@ server.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Unpack
 
 from nullspend.attribution import tag_errors
+from nullspend.client.background import attempt
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
 from nullspend.client.models import BudgetStatus, CostEvent, CostEventPage, Reservation, Settled
 from nullspend.errors import ApiError, ConflictError, NotFoundError, ValidationError, api_error
@@ -234,11 +236,14 @@ class LocalNullSpend(TrackedClients):
         return Settled(reservation_id=reservation_id, status="released")
 
     def settle_later(self, reservation_id: str, **options: Unpack[SettleOptions]) -> None:
-        """``settle``, at once: in-process it costs microseconds (``NullSpend`` queues it)."""
-        self.settle(reservation_id, **options)
+        """``settle``, at once (in-process it costs microseconds; ``NullSpend`` queues it), a
+        failure logged rather than raised, as ``NullSpend.settle_later``."""
+        attempt(
+            functools.partial(self.settle, reservation_id, **options), f"settling {reservation_id}"
+        )
 
     def release_later(self, reservation_id: str) -> None:
-        self.release(reservation_id)
+        attempt(functools.partial(self.release, reservation_id), f"releasing {reservation_id}")
 
     # --- reads --------------------------------------------------------------------------------
 

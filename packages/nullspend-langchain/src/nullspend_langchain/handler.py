@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import threading
 import time
 import warnings
@@ -30,8 +29,6 @@ from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import OPENAI_CHAT, Reading
 from nullspend_langchain.usage import usage_from_metadata
-
-log = logging.getLogger("nullspend.langchain")
 
 CUSTOMER_KEY = "nullspend_customer"
 SESSION_KEY = "nullspend_session"
@@ -178,7 +175,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             raise
         with self._lock:
             if batch is not None and (refused := self._denial_of(batch, params)) is not None:
-                self._release_later(reservation.reservation_id)
+                self.client.release_later(reservation.reservation_id)
                 raise refused
             self._open[run_id] = _Open(
                 reservation.reservation_id,
@@ -203,7 +200,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             siblings = [run for run, call in self._open.items() if call.batch == batch]
             calls = [self._open.pop(run) for run in siblings]
         for call in calls:
-            self._release_later(call.reservation_id)
+            self.client.release_later(call.reservation_id)
 
     def _denial_of(self, batch: _Batch, params: object) -> DeniedError | None:
         kept = self._denied.get(batch)
@@ -214,12 +211,6 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             denied = self._denial_of(batch, params)
         if denied is not None:
             raise denied
-
-    def _release_later(self, reservation_id: str) -> None:
-        try:
-            self.client.release_later(reservation_id)
-        except Exception as failure:
-            log.warning("releasing %s failed (%s); it will expire", reservation_id, failure)
 
     def _root(self, run_id: UUID) -> UUID:
         while (parent := self._parents.get(run_id)) is not None:
@@ -317,10 +308,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             started=call.started,
         )
         options["trace_id"] = call.trace_id
-        try:
-            self.client.settle_later(call.reservation_id, **options)
-        except Exception as error:  # the answer is the caller's already
-            log.warning("settling %s failed (%s); it will expire", call.reservation_id, error)
+        self.client.settle_later(call.reservation_id, **options)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """A call that failed before anything came back cost nothing: released. A stream that
@@ -339,7 +327,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             return
         with self._lock:
             self._open.pop(run_id, None)
-        self._release_later(call.reservation_id)
+        self.client.release_later(call.reservation_id)
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:

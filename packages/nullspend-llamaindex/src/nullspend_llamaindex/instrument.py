@@ -18,7 +18,6 @@ import contextvars
 import functools
 import inspect
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from nullspend.pricing import estimate_request
 from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
 
-log = logging.getLogger("nullspend.llamaindex")
 T = TypeVar("T")
 
 _METHODS = (
@@ -78,19 +76,13 @@ class _Call:
             provider=self.wire.provider,
             started=self.started,
         )
-        try:
-            self.client.settle_later(self.reservation_id, **options)
-        except Exception as error:  # the answer is the caller's already
-            log.warning("settling %s failed (%s); it will expire", self.reservation_id, error)
+        self.client.settle_later(self.reservation_id, **options)
 
     def release(self) -> None:
         if self.done:
             return
         self.done = True
-        try:
-            self.client.release_later(self.reservation_id)
-        except Exception as error:
-            log.warning("releasing %s failed (%s); it will expire", self.reservation_id, error)
+        self.client.release_later(self.reservation_id)
 
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(

@@ -37,7 +37,7 @@ class Background:
         try:
             self._queue.put_nowait((work, description))
         except queue.Full:  # never dropped: a lost settle would be charged at its estimate
-            _run(work, description)
+            attempt(work, description)
             return
         self._started()
 
@@ -73,12 +73,13 @@ class Background:
                         return
                 continue
             try:
-                _run(work, description)
+                attempt(work, description)
             finally:
                 self._queue.task_done()
 
 
-def _run(work: Callable[[], object], description: str) -> None:
+def attempt(work: Callable[[], object], description: str) -> None:
+    """``work()``, a failure logged rather than raised: what every ``settle_later`` promises."""
     try:
         work()
     except Exception as error:  # the caller has its answer; the reservation will expire

@@ -121,8 +121,9 @@ class NullSpend(TrackedClients):
 
     def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
         """``settle`` from a background thread, returning at once: how the integrations settle,
-        so a call's answer never waits on NullSpend. Reads on this client (``cost_events``,
-        ``budget_status``) wait for what is queued first."""
+        so a call's answer never waits on NullSpend. Never raises: a failure is logged (the
+        reservation then expires). Reads on this client (``cost_events``, ``budget_status``)
+        wait for what is queued first."""
         work = functools.partial(self.settle, reservation_id, **options)
         self._background.submit(work, f"settling {reservation_id}")
 

@@ -98,16 +98,10 @@ class TrackedTransport(httpx.BaseTransport):
         self.inner.close()
 
     def _settle(self, metered: Metered, reading: Reading) -> None:
-        try:
-            self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
-        except Exception as error:  # the answer is the caller's already (paid for)
-            log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
+        self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
 
     def _release(self, metered: Metered) -> None:
-        try:
-            self.ns.release_later(metered.reservation_id)
-        except Exception as error:
-            log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
+        self.ns.release_later(metered.reservation_id)
 
 
 class AsyncTrackedTransport(httpx.AsyncBaseTransport):
