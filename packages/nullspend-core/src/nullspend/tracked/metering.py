@@ -14,7 +14,7 @@ from typing import Any
 from nullspend.pricing import default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
-from nullspend.wire.usage_chunks import UsageChunkFilter
+from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 
 log = logging.getLogger("nullspend.tracked")
 
@@ -113,17 +113,10 @@ class Metered:
             return None
         if not isinstance(parsed, dict):
             return None
-        strip_usage = False
-        if wire is OPENAI_CHAT and parsed.get("stream") is True:
-            options = parsed.get("stream_options")
-            options = options if isinstance(options, dict) else {}
-            if not options.get("include_usage"):
-                # Without it the stream carries no usage at all: ask, and hide it again.
-                parsed["stream_options"] = {**options, "include_usage": True}
-                body = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
-                strip_usage = True
+        asking = asking_for_usage(wire, parsed)
+        body = asking or body
         estimate = estimate_request(wire, parsed, body)
-        return cls(wire, estimate.requested_model, estimate.microdollars, body, strip_usage)
+        return cls(wire, estimate.requested_model, estimate.microdollars, body, asking is not None)
 
     def reading_of(self, content: bytes) -> Reading:
         try:

@@ -1,18 +1,39 @@
-"""Giving a client the OpenAI chat stream it asked for, when NullSpend asked for more.
+"""Asking an OpenAI chat stream for its usage, and giving the client the stream it asked for.
 
-With ``stream_options.include_usage`` OpenAI adds a final usage-only chunk (``choices: []``)
-and a ``"usage":null`` field to every other chunk. When NullSpend added the option itself, both
-are taken out again, event by event (by the proxy, or by a tracked SDK client); everything else
-passes byte for byte. Each event is held only until its blank line arrives.
+Without ``stream_options.include_usage`` such a stream carries no usage at all, so NullSpend
+adds the option (``asking_for_usage``). With it OpenAI adds a final usage-only chunk
+(``choices: []``) and a ``"usage":null`` field to every other chunk. When NullSpend added the
+option itself, both are taken out again, event by event (by the proxy, or by a tracked SDK
+client); everything else passes byte for byte. Each event is held only until its blank line
+arrives.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
+
+from nullspend.wire.base import WireFormat
+from nullspend.wire.openai_chat import OPENAI_CHAT
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+
+
+def asking_for_usage(wire: WireFormat, body: Mapping[str, Any]) -> bytes | None:
+    """The request re-encoded to ask for the stream's usage, or None when it needs no change
+    (not an OpenAI chat stream, or one that asks already). Its usage chunk is then taken out
+    again by ``UsageChunkFilter``."""
+    if wire is not OPENAI_CHAT or body.get("stream") is not True:
+        return None
+    options = body.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    if options.get("include_usage"):
+        return None
+    asking = {**body, "stream_options": {**options, "include_usage": True}}
+    return json.dumps(asking, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class UsageChunkFilter:

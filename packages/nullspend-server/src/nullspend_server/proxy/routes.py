@@ -25,7 +25,7 @@ from nullspend.errors import ErrorCode
 from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
-from nullspend.wire.usage_chunks import UsageChunkFilter
+from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 from nullspend_server.auth import Principal, presented_key, principal_for
 from nullspend_server.db.database import STORAGE_ERRORS
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
@@ -215,15 +215,9 @@ async def _priced(
             headers={"X-NullSpend-Denied": "1"},
         )
     streamed = body.get("stream") is True
-    strip_usage = False
-    if wire is OPENAI_CHAT and streamed:
-        options = body.get("stream_options")
-        options = options if isinstance(options, dict) else {}
-        if not options.get("include_usage"):
-            # Without this the stream carries no usage at all: ask for it, hide it again below.
-            body["stream_options"] = {**options, "include_usage": True}
-            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-            strip_usage = True
+    asking = asking_for_usage(wire, body)
+    strip_usage = asking is not None  # the usage chunk is hidden again below
+    raw = asking or raw
     engine = request.engine
     try:
         admission = await engine.reserve(
