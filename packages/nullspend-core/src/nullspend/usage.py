@@ -66,3 +66,18 @@ class Usage:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def event_columns(self) -> dict[str, int]:
+        """The counts as a cost event records them (there, cache reads are
+        ``cached_input_tokens``), for every engine that writes events."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cache_read_tokens,
+            "cache_write_5m_tokens": self.cache_write_5m_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "audio_input_tokens": self.audio_input_tokens,
+            "audio_output_tokens": self.audio_output_tokens,
+            "web_search_requests": self.web_search_requests,
+        }
