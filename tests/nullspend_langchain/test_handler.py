@@ -23,26 +23,12 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.fakes.interposed import interposed
-from tests.fakes.upstream import run_fake_upstream
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
 
 ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
 # Claude Sonnet 4.5: $3 input, $0.30 cache read, $3.75 cache write (5 min), $15 output per M
 ANTHROPIC_COST = 20 * 3 + 6000 * 3 // 10 + 1500 * 375 // 100 + 87 * 15
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as running:
-        yield running
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,13 @@ from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend_llamaindex import instrument
-from tests.fakes.upstream import run_fake_upstream
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import COST, USAGE
 
 ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
 ANTHROPIC_COST = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15
 HELLO = [ChatMessage(role="user", content="Hello")]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as running:
-        yield running
 
 
 def openai_llm(fake: tuple[str, Any]) -> OpenAI:
@@ -155,13 +147,6 @@ def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path) -> None:
     assert (event["provider"], event["cost_microdollars"]) == ("anthropic", ANTHROPIC_COST)
     assert (event["cached_input_tokens"], event["cache_write_5m_tokens"]) == (6000, 1500)
     assert len(fake[1].state.requests) == 1
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
 
 
 def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:

@@ -14,17 +14,10 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.upstream import run_fake_upstream
 from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.nullspend_server.dbtools import rows
 
 USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as (base, app):
-        yield base, app
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import logging
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from nullspend_server.db.sqlite_direct import DirectSQLite
-from tests.fakes.upstream import run_fake_upstream
 from tests.nullspend_server.conftest import RunningServer, fresh_database, start_server
 from tests.nullspend_server.dbtools import rows
 from tests.nullspend_server.test_proxy import events
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20}
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as running:
-        yield running
 
 
 def serve(database_url: str, fake_base: str, **settings: Any) -> RunningServer:

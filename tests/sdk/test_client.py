@@ -43,13 +43,6 @@ USAGE = Usage(input_tokens=1_000, output_tokens=500)
 USAGE_COST = 1_000 * 0.15 + 500 * 0.6
 
 
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
-
-
 def budget(server: RunningServer, **fields: Any) -> None:
     with server.client() as admin:
         admin.post("/api/budgets", json=fields).raise_for_status()

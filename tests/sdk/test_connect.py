@@ -5,7 +5,6 @@ switch to budgets declared in code."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from nullspend.connect import connect, connect_async
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import BudgetExceededError
 from tests.fakes.upstream import run_fake_upstream
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_embedded import cap_for
 from tests.sdk.test_tracked_openai import COST, MESSAGES, client_kwargs
 
@@ -38,13 +37,6 @@ def test_with_no_server_configured_the_cap_is_in_process() -> None:
         assert len(fake[1].state.requests) == 1
         assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
     assert isinstance(connect_async(), AsyncLocalNullSpend)
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
 
 
 def test_a_configured_server_is_used(

@@ -8,7 +8,6 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from nullspend.errors import (
 from nullspend.pricing import estimate_request
 from nullspend.wire import OPENAI_CHAT
 from nullspend_langchain import NullSpendCallbackHandler
-from tests.fakes.upstream import run_fake_upstream
 from tests.sdk.test_tracked_openai import COST, MESSAGES, USAGE, client_kwargs
 
 
@@ -40,12 +38,6 @@ def cap_for(calls: int, **body: Any) -> int:
     """A cap that admits ``calls`` such calls and denies the next: each reserves the estimate
     and spends COST."""
     return estimate(**body) + (calls - 1) * COST + COST // 2
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as running:
-        yield running
 
 
 def test_a_hard_cap_in_one_line(fake: tuple[str, Any]) -> None:

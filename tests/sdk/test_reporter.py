@@ -7,23 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from nullspend.client import CostReporter, NewCostEvent, NullSpend
 from nullspend.errors import ConflictError, ValidationError
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_client import Flaky, flaky  # noqa: F401 (fixture)
 
 EVENT = NewCostEvent(provider="openai", model="gpt-4o-mini", input_tokens=1_000)  # 150 µ$
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
 
 
 def test_a_batch_sent_twice_is_recorded_once(server: RunningServer) -> None:

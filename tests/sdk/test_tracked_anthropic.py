@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -14,8 +13,7 @@ import pytest
 
 from nullspend.client import AsyncNullSpend, NullSpend
 from nullspend.errors import DeniedError, TagBudgetExceededError
-from tests.fakes.upstream import run_fake_upstream
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import settled_events
 
 USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
@@ -23,19 +21,6 @@ USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write
 COST = 20 * 3 + 6000 * 0.3 + 1500 * 3.75 + 87 * 15
 MODEL = "claude-sonnet-4-5-20250929"
 MESSAGES = [{"role": "user", "content": "Hello"}]
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as running:
-        yield running
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
 
 
 def client_kwargs(fake: tuple[str, Any]) -> dict[str, Any]:

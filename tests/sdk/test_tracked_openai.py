@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -15,26 +14,12 @@ import pytest
 
 from nullspend.client import AsyncNullSpend, NullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError
-from tests.fakes.upstream import run_fake_upstream
-from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.conftest import RunningServer
 
 USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
 # gpt-4o-mini: $0.15 input, $0.075 cached, $0.60 output per million tokens
 COST = round((1200 - 1024) * 0.15 + 1024 * 0.075 + 90 * 0.6)
 MESSAGES = [{"role": "user", "content": "Hello"}]
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[str, Any]]:
-    with run_fake_upstream() as running:
-        yield running
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(database_url)
-    yield running
-    running.stop()
 
 
 def client_kwargs(fake: tuple[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,0 @@
-"""The SDK against a real server on each database, as in the server's own tests."""
-
-from tests.nullspend_server.conftest import (  # noqa: F401 (fixtures)
-    database_url,
-    pg_template,
-    sqlite_template,
-)
