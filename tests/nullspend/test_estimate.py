@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nullspend.pricing import cost, estimate_request
+from nullspend.pricing import cost, estimate_call, estimate_request
 from nullspend.pricing.estimate import DEFAULT_OUTPUT_CAP, UNPRICED_ESTIMATE_MICRODOLLARS
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, WireFormat
@@ -91,6 +91,29 @@ def test_cache_writes_requested_are_priced_at_the_write_rate() -> None:
     five_minutes = estimate(ANTHROPIC_MESSAGES, body({"type": "ephemeral"})).microdollars
     one_hour = estimate(ANTHROPIC_MESSAGES, body({"type": "ephemeral", "ttl": "1h"})).microdollars
     assert plain < five_minutes < one_hour
+
+
+def test_a_call_counted_already_is_estimated_as_its_request_would_be() -> None:
+    """``estimate_call`` (integrations that see no body) and ``estimate_request`` agree."""
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 300,
+        "system": [
+            {
+                "type": "text",
+                "text": "policy " * 900,
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    raw = encode(body)
+    from_body = estimate_request(ANTHROPIC_MESSAGES, body, raw)
+    counted = estimate_call("claude-sonnet-4-5", -(-len(raw) // 3), 300, cache_ttl="1h")
+    assert counted == from_body
+    uncapped = estimate_call("claude-sonnet-4-5", 10, None)
+    assert uncapped.output_tokens == from_body.model.max_output_tokens  # type: ignore[union-attr]
+    assert estimate_call("acme-private", 10, None).microdollars == UNPRICED_ESTIMATE_MICRODOLLARS
 
 
 def test_long_prompts_are_estimated_at_long_context_prices() -> None:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
+from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.fakes.interposed import interposed
 from tests.nullspend_server.conftest import RunningServer
@@ -398,3 +399,24 @@ def test_usage_metadata_is_normalised() -> None:
         "audio_output_tokens": 50,
         "web_search_requests": 0,
     }
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {},
+        {"input_token_details": {}, "output_token_details": {}},
+        {
+            "input_token_details": {"audio": 0, "cache_read": 0},
+            "output_token_details": {"audio": 0, "reasoning": 0},
+        },
+    ],
+)
+def test_usage_metadata_without_parts_is_all_plain_input_and_output(
+    details: dict[str, Any],
+) -> None:
+    """The common case (OpenAI reports its details as zeros): the totals as they are."""
+    from nullspend_langchain.usage import usage_from_metadata
+
+    usage = usage_from_metadata({"input_tokens": 9, "output_tokens": 3, **details})
+    assert usage == Usage(input_tokens=9, output_tokens=3)

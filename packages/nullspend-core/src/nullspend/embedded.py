@@ -76,11 +76,16 @@ class _Account:
 
 @dataclass(slots=True)
 class _Held:
+    """A reservation: its estimate, the budgets it counts against and whom it is for."""
+
     estimate: int
     accounts: list[_Account]
-    attribution: dict[str, Any]
     tags: dict[str, str]
-    expires_at: dt.datetime
+    model: str | None
+    provider: str | None
+    customer: str | None
+    session_id: str | None
+    trace_id: str | None
 
 
 @dataclass
@@ -119,6 +124,8 @@ class LocalNullSpend(TrackedClients):
         self._accounts = sorted(
             (_Account(b) for b in budgets), key=lambda a: _ORDER[a.budget.entity_type]
         )
+        # What a call with no customer and no tags falls under (most calls, in a notebook).
+        self._totals = [a for a in self._accounts if a.budget.entity_type == "user"]
         self._session_limited = any(a.budget.session_limit_microdollars for a in self._accounts)
         self._held: dict[str, _Held] = {}
         self._sessions: dict[str, int] = {}
@@ -149,7 +156,7 @@ class LocalNullSpend(TrackedClients):
     ) -> Reservation:
         if estimate_microdollars is None or estimate_microdollars < 0:
             raise ValidationError("give estimate_microdollars (at least 0)")
-        tags = dict(options.get("tags") or {})
+        tags = dict(given) if (given := options.get("tags")) else {}
         if tags and (errors := tag_errors(tags)):
             raise ValidationError("; ".join(errors))
         customer, session_id = options.get("customer"), options.get("session_id")
@@ -167,15 +174,15 @@ class LocalNullSpend(TrackedClients):
                     self._sessions.get(session_id, 0) + estimate_microdollars
                 )
             reservation_id = self._ids.next("rsv")
-            attribution = {
-                "model": options.get("model"),
-                "provider": options.get("provider"),
-                "customer": customer,
-                "session_id": session_id,
-                "trace_id": options.get("trace_id"),
-            }
             self._held[reservation_id] = _Held(
-                estimate_microdollars, accounts, attribution, tags, now + RESERVATION_TTL
+                estimate_microdollars,
+                accounts,
+                tags,
+                options.get("model"),
+                options.get("provider"),
+                customer,
+                session_id,
+                options.get("trace_id"),
             )
         return Reservation(
             reservation_id=reservation_id,
@@ -185,6 +192,16 @@ class LocalNullSpend(TrackedClients):
         )
 
     def settle(self, reservation_id: str, **options: Unpack[SettleOptions]) -> Settled:
+        event = self._record(reservation_id, options)
+        return Settled(
+            reservation_id=reservation_id,
+            status="settled",
+            cost_event_id=event["id"],
+            cost_microdollars=event["cost_microdollars"],
+        )
+
+    def _record(self, reservation_id: str, options: SettleOptions) -> dict[str, Any]:
+        """Settle: the reservation's event recorded and its spend counted."""
         cost = options.get("cost_microdollars")
         if cost is None:
             raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
@@ -195,14 +212,14 @@ class LocalNullSpend(TrackedClients):
                 "id": self._ids.next("ce"),
                 "created_at": dt.datetime.now(dt.UTC),
                 "source": "embedded",
-                "provider": options.get("provider") or held.attribution["provider"] or "unknown",
-                "model": options.get("model") or held.attribution["model"] or "unknown",
+                "provider": options.get("provider") or held.provider or "unknown",
+                "model": options.get("model") or held.model or "unknown",
                 **usage.event_columns(),
                 "cost_microdollars": cost,
                 "duration_ms": options.get("duration_ms"),
-                "session_id": held.attribution["session_id"],
-                "trace_id": options.get("trace_id") or held.attribution["trace_id"],
-                "customer": held.attribution["customer"],
+                "session_id": held.session_id,
+                "trace_id": options.get("trace_id") or held.trace_id,
+                "customer": held.customer,
                 "event_type": options.get("event_type"),
                 "reservation_id": reservation_id,
                 "tags": held.tags,
@@ -215,27 +232,26 @@ class LocalNullSpend(TrackedClients):
             del self._held[reservation_id]
             self._unreserve(held)
             self._count(event, held.accounts)
-        return Settled(
-            reservation_id=reservation_id,
-            status="settled",
-            cost_event_id=event["id"],
-            cost_microdollars=cost,
-        )
+        return event
 
     def release(self, reservation_id: str) -> Settled:
+        self._give_back(reservation_id)
+        return Settled(reservation_id=reservation_id, status="released")
+
+    def _give_back(self, reservation_id: str) -> None:
         with self._lock:
             self._unreserve(self._take(reservation_id))
-        return Settled(reservation_id=reservation_id, status="released")
 
     def settle_later(self, reservation_id: str, **options: Unpack[SettleOptions]) -> None:
         """``settle``, at once (in-process it costs microseconds; ``NullSpend`` queues it), a
         failure logged rather than raised, as ``NullSpend.settle_later``."""
+        # What settle does, without building the answer nobody reads.
         attempt(
-            functools.partial(self.settle, reservation_id, **options), f"settling {reservation_id}"
+            functools.partial(self._record, reservation_id, options), f"settling {reservation_id}"
         )
 
     def release_later(self, reservation_id: str) -> None:
-        attempt(functools.partial(self.release, reservation_id), f"releasing {reservation_id}")
+        attempt(functools.partial(self._give_back, reservation_id), f"releasing {reservation_id}")
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -273,6 +289,8 @@ class LocalNullSpend(TrackedClients):
     # --- inside -------------------------------------------------------------------------------
 
     def _matching(self, customer: str | None, tags: Mapping[str, str]) -> list[_Account]:
+        if not customer and not tags:
+            return self._totals
         entities = {f"{k}={v}" for k, v in tags.items()} if tags else ()
         return [
             a
@@ -328,7 +346,7 @@ class LocalNullSpend(TrackedClients):
     def _unreserve(self, held: _Held) -> None:
         for account in held.accounts:
             account.reserved -= held.estimate
-        if session_id := held.attribution["session_id"]:
+        if session_id := held.session_id:
             self._sessions[session_id] -= held.estimate
 
     def _count(self, event: dict[str, Any], accounts: list[_Account]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: frozen init costs ~0.8 us more, and two are built for every priced call.
+@dataclass(slots=True)
 class Usage:
     """Token counts of one model call, split into components that are priced differently.
 

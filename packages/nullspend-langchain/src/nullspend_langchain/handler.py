@@ -24,10 +24,10 @@ from nullspend.client import NullSpend
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import DeniedError
-from nullspend.pricing import estimate_request
+from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import OPENAI_CHAT, Reading
+from nullspend.wire import Reading
 from nullspend_langchain.usage import usage_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
@@ -138,14 +138,13 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         metadata = metadata or {}
         model = _model_of(params, metadata)
-        body: dict[str, Any] = {"model": model, "messages": [{"content": text}]}
         cap = params.get("max_tokens") or params.get("max_completion_tokens")
-        if isinstance(cap, int):
-            body["max_tokens"] = cap
         # What the estimate counts: the prompt's text, or its JSON when it has content blocks.
         plain = all(isinstance(t, str) for t in text)
         raw = ("\n".join(text) if plain else _encode_json(text)).encode()
-        estimate = estimate_request(OPENAI_CHAT, body, raw, model=model)
+        estimate = estimate_call(
+            model, estimate_input_tokens(raw), cap if type(cap) is int and cap > 0 else None
+        )
         provider = metadata.get("ls_provider")
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope
@@ -153,12 +152,6 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             run = run.narrowed(
                 metadata.get(CUSTOMER_KEY), metadata.get(SESSION_KEY), self._run_tags(run_tags)
             )
-        options = {
-            **run.options(),
-            "model": model or "unknown",
-            "provider": provider if isinstance(provider, str) else "unknown",
-            "trace_id": trace_id,
-        }
         # LangChain starts every prompt of a batch before calling the model, with the same
         # invocation_params object: a denial of one leaves the others started, never ended.
         # In async code a sync handler's starts run in executor threads, all at once: a sibling
@@ -168,7 +161,13 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self._raise_if_denied(batch, params)
         try:
             # The typed DeniedError: LangChain re-raises it (raise_error), the call stops.
-            reservation = self.client.reserve(estimate.microdollars, **options)
+            reservation = self.client.reserve(
+                estimate.microdollars,
+                model=model or "unknown",
+                provider=provider if isinstance(provider, str) else "unknown",
+                trace_id=trace_id,
+                **run.options(),
+            )
         except DeniedError as denied:
             if batch is not None:
                 self._deny_batch(batch, params, denied)

@@ -13,21 +13,25 @@ from nullspend.usage import Usage
 
 
 def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
+    total_in = int(metadata.get("input_tokens") or 0)
+    total_out = int(metadata.get("output_tokens") or 0)
     details_in: Mapping[str, Any] = metadata.get("input_token_details") or {}
     details_out: Mapping[str, Any] = metadata.get("output_token_details") or {}
+    if not any(details_in.values()) and not any(details_out.values()):
+        # Most calls: no part of either total is priced apart (OpenAI's details are all zeros).
+        return Usage(input_tokens=total_in, output_tokens=total_out)
     cache_read = int(details_in.get("cache_read") or 0)
     write_1h = int(details_in.get("ephemeral_1h_input_tokens") or 0)
     cache_creation = int(details_in.get("cache_creation") or 0)
     write_5m = max(cache_creation - write_1h, int(details_in.get("ephemeral_5m_input_tokens") or 0))
     audio_in = int(details_in.get("audio") or 0)
     audio_out = int(details_out.get("audio") or 0)
-    total_in = int(metadata.get("input_tokens") or 0)
     return Usage(
         input_tokens=max(total_in - cache_read - write_5m - write_1h - audio_in, 0),
         cache_read_tokens=cache_read,
         cache_write_5m_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
-        output_tokens=max(int(metadata.get("output_tokens") or 0) - audio_out, 0),
+        output_tokens=max(total_out - audio_out, 0),
         reasoning_tokens=int(details_out.get("reasoning") or 0),
         audio_input_tokens=audio_in,
         audio_output_tokens=audio_out,

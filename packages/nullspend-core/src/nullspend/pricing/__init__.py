@@ -9,7 +9,7 @@ from nullspend.pricing.catalog import (
     shipped_catalog,
 )
 from nullspend.pricing.cost import Cost, CostLine, cost, price_usage
-from nullspend.pricing.estimate import Estimate, estimate_request
+from nullspend.pricing.estimate import Estimate, estimate_call, estimate_request
 
 __all__ = [
     "Catalog",
@@ -20,6 +20,7 @@ __all__ = [
     "Prices",
     "cost",
     "default_catalog",
+    "estimate_call",
     "estimate_request",
     "load_catalog",
     "price_usage",
