@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nullspend.errors import UnpricedModelError
-from nullspend.pricing import PricedModel, cost, shipped_catalog
+from nullspend.pricing import PricedModel, cost, shipped_catalog, total_picodollars
 from nullspend.usage import Usage
 
 CASES = [
@@ -193,6 +193,7 @@ def test_integer_engine_matches_decimal_prices_and_breakdown_adds_up(
     expected = (dollars * 1_000_000).quantize(d(1), rounding=ROUND_HALF_UP)
     assert result.total_microdollars == int(expected)
     assert sum(line.microdollars for line in result.lines()) == result.total_microdollars
+    assert total_picodollars(usage, result.model) == result.total_picodollars
 
 
 TIERED = [model for model in shipped_catalog() if model.tiers]

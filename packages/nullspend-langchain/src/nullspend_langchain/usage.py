@@ -15,11 +15,15 @@ from nullspend.usage import Usage
 def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
     total_in = int(metadata.get("input_tokens") or 0)
     total_out = int(metadata.get("output_tokens") or 0)
-    details_in: Mapping[str, Any] = metadata.get("input_token_details") or {}
-    details_out: Mapping[str, Any] = metadata.get("output_token_details") or {}
-    if not any(details_in.values()) and not any(details_out.values()):
-        # Most calls: no part of either total is priced apart (OpenAI's details are all zeros).
+    details_in: Mapping[str, Any] | None = metadata.get("input_token_details")
+    details_out: Mapping[str, Any] | None = metadata.get("output_token_details")
+    if not (details_in and any(details_in.values())) and not (
+        details_out and any(details_out.values())
+    ):
+        # Most calls: no part of either total is priced apart (none given, or all zeros).
         return Usage(input_tokens=total_in, output_tokens=total_out)
+    details_in = details_in or {}
+    details_out = details_out or {}
     cache_read = int(details_in.get("cache_read") or 0)
     write_1h = int(details_in.get("ephemeral_1h_input_tokens") or 0)
     cache_creation = int(details_in.get("cache_creation") or 0)

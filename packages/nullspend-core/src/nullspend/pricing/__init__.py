@@ -8,7 +8,7 @@ from nullspend.pricing.catalog import (
     load_catalog,
     shipped_catalog,
 )
-from nullspend.pricing.cost import Cost, CostLine, cost, price_usage
+from nullspend.pricing.cost import Cost, CostLine, cost, price_usage, total_picodollars
 from nullspend.pricing.estimate import Estimate, estimate_call, estimate_request
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "load_catalog",
     "price_usage",
     "shipped_catalog",
+    "total_picodollars",
 ]

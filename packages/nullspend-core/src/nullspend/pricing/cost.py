@@ -67,7 +67,17 @@ class Cost:
 def price_usage(usage: Usage, model: PricedModel) -> Cost:
     """Price usage with a resolved catalog model."""
     prices, threshold = model.prices_for(usage.prompt_tokens)
-    total = (
+    return Cost(model, usage, prices, threshold, _picodollars(usage, prices))
+
+
+def total_picodollars(usage: Usage, model: PricedModel) -> int:
+    """``price_usage(usage, model).total_picodollars`` without building the breakdown: for the
+    paths that price every call and need only the amount."""
+    return _picodollars(usage, model.prices_for(usage.prompt_tokens)[0])
+
+
+def _picodollars(usage: Usage, prices: Prices) -> int:
+    return (
         usage.input_tokens * prices.input
         + usage.cache_read_tokens * prices.cache_read
         + usage.cache_write_5m_tokens * prices.cache_write_5m
@@ -77,7 +87,6 @@ def price_usage(usage: Usage, model: PricedModel) -> Cost:
         + usage.audio_output_tokens * prices.audio_output
         + usage.web_search_requests * prices.web_search
     )
-    return Cost(model, usage, prices, threshold, total)
 
 
 def cost(usage: Usage, model: str, catalog: Catalog | None = None) -> Cost:

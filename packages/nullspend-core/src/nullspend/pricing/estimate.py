@@ -18,7 +18,7 @@ from typing import Any
 
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
-from nullspend.pricing.cost import price_usage
+from nullspend.pricing.cost import total_picodollars
 from nullspend.usage import Usage
 from nullspend.wire.base import WireFormat
 
@@ -93,7 +93,7 @@ def estimate_call(
         cache_write_1h_tokens=input_tokens if cache_ttl == "1h" else 0,
         output_tokens=output_tokens,
     )
-    total = price_usage(usage, priced).total_picodollars
+    total = total_picodollars(usage, priced)
     microdollars = -(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.money import picodollars_to_microdollars
+from nullspend.pricing import default_catalog, estimate_request, total_picodollars
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
@@ -70,7 +71,7 @@ def settlement(
     priced = default_catalog().resolve(model) if model else None
     usage: Usage | None = reading.usage
     cost = (
-        price_usage(usage, priced).total_microdollars
+        picodollars_to_microdollars(total_picodollars(usage, priced))
         if usage is not None and priced is not None
         else estimate_microdollars
     )
