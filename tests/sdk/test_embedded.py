@@ -5,6 +5,7 @@ memory or, given a path, in a SQLite file that outlives the process."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from langchain_openai import ChatOpenAI
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import (
     BudgetExceededError,
+    ConflictError,
     CustomerBudgetExceededError,
     SessionLimitExceededError,
     TagBudgetExceededError,
@@ -172,3 +174,51 @@ def test_a_settle_the_file_refuses_changes_nothing(
     ns.settle(reservation.reservation_id, cost_microdollars=700)
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (700, 0)
+
+
+def test_a_reservation_nobody_settles_is_charged_its_estimate_when_it_expires(
+    tmp_path: Path,
+) -> None:
+    """As the server does: a call whose end was never heard (a lost callback, a dropped stream)
+    is charged at its estimate and recorded, tagged, once its reservation's lifetime is over."""
+    path = tmp_path / "spend.db"
+    ns = LocalNullSpend([LocalBudget.total(10_000)], path=path, reservation_ttl=dt.timedelta(0))
+    leaked = ns.reserve(3_000, customer="acme", session_id="s-1", tags={"team": "ml"})
+    assert leaked.expires_at <= dt.datetime.now(dt.UTC)
+    (status,) = ns.budget_status()  # a read settles what is due first
+    assert (status.spend_microdollars, status.reserved_microdollars) == (3_000, 0)
+    (event,) = ns.cost_events().data
+    assert (event.reservation_id, event.cost_microdollars) == (leaked.reservation_id, 3_000)
+    assert (event.customer, event.session_id) == ("acme", "s-1")
+    assert event.tags == {
+        "team": "ml",
+        "customer": "acme",
+        "_ns_estimated": "true",
+        "_ns_expired": "true",
+    }
+    with pytest.raises(ConflictError, match="already expired"):
+        ns.settle(leaked.reservation_id, cost_microdollars=1_000)
+    # Recorded in the file: the next process counts it.
+    (again,) = LocalNullSpend([LocalBudget.total(10_000)], path=path).budget_status()
+    assert again.spend_microdollars == 3_000
+
+
+def test_only_reservations_past_their_lifetime_are_charged_their_estimate() -> None:
+    ns = LocalNullSpend([LocalBudget.total(10_000)], reservation_ttl=dt.timedelta(0))
+    first = ns.reserve(1_000)
+    ns.settle(first.reservation_id, cost_microdollars=400)  # before any sweep: its own cost
+    second = ns.reserve(2_000)
+    with pytest.raises(BudgetExceededError):  # the sweep first charges `second` its 2,000
+        ns.reserve(7_601)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (2_400, 0)
+    assert [e.reservation_id for e in ns.cost_events().data] == [
+        second.reservation_id,
+        first.reservation_id,
+    ]
+    kept = LocalNullSpend([LocalBudget.total(10_000)])  # an hour to live
+    pending = kept.reserve(5_000)
+    (status,) = kept.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (0, 5_000)
+    kept.settle(pending.reservation_id, cost_microdollars=4_000)
+    assert kept.cost_events().data[0].tags == {}

@@ -5,7 +5,9 @@ with the same typed denials, so a handler or a tracked provider client works wit
 
 What it enforces: a total budget, per-customer and per-tag budgets, and a per-session limit,
 each ``strict_block``, ``soft_block`` or ``warn``. Calendar periods and velocity limits need the
-server.
+server. A reservation nobody settles or releases within its lifetime (an hour unless set) is
+settled at its estimate, tagged ``_ns_estimated`` and ``_ns_expired``, as the server does: a call
+whose end was never heard is charged and recorded, not forgotten.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Unpack
 
-from nullspend.attribution import tag_errors
+from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors
 from nullspend.client.background import attempt
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
 from nullspend.client.models import BudgetStatus, CostEvent, CostEventPage, Reservation, Settled
@@ -33,6 +37,7 @@ from nullspend.policy.denials import Denial
 from nullspend.tracked.clients import AsyncTrackedClients, TrackedClients
 from nullspend.usage import Usage
 
+log = logging.getLogger("nullspend.embedded")
 EntityType = Literal["user", "customer", "tag"]
 # Which denial a call hears first when several budgets refuse it, as on the server.
 _ORDER = {"user": 0, "customer": 1, "tag": 2}
@@ -86,6 +91,8 @@ class _Held:
     customer: str | None
     session_id: str | None
     trace_id: str | None
+    expires: float
+    """``time.monotonic()`` after which it is settled at its estimate."""
 
 
 @dataclass
@@ -118,8 +125,14 @@ class LocalNullSpend(TrackedClients):
     """
 
     def __init__(
-        self, budgets: Iterable[LocalBudget] = (), *, path: str | Path | None = None
+        self,
+        budgets: Iterable[LocalBudget] = (),
+        *,
+        path: str | Path | None = None,
+        reservation_ttl: dt.timedelta = RESERVATION_TTL,
     ) -> None:
+        self._ttl = reservation_ttl
+        self._ttl_seconds = reservation_ttl.total_seconds()
         # In the order a call hears their denials, so a reservation checks them as they come.
         self._accounts = sorted(
             (_Account(b) for b in budgets), key=lambda a: _ORDER[a.budget.entity_type]
@@ -164,6 +177,7 @@ class LocalNullSpend(TrackedClients):
             tags.setdefault("customer", customer)
         now = dt.datetime.now(dt.UTC)
         with self._lock:
+            self._expire_due()
             accounts = self._matching(customer, tags)
             if denial := self._first_denial(accounts, session_id, estimate_microdollars):
                 raise _error(denial)
@@ -183,11 +197,12 @@ class LocalNullSpend(TrackedClients):
                 customer,
                 session_id,
                 options.get("trace_id"),
+                time.monotonic() + self._ttl_seconds,
             )
         return Reservation(
             reservation_id=reservation_id,
             estimate_microdollars=estimate_microdollars,
-            expires_at=now + RESERVATION_TTL,
+            expires_at=now + self._ttl,
             unpriced=False,
         )
 
@@ -205,34 +220,61 @@ class LocalNullSpend(TrackedClients):
         cost = options.get("cost_microdollars")
         if cost is None:
             raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
-        usage = options.get("usage") or _NO_USAGE
         with self._lock:
             held = self._find(reservation_id)
-            event = {
-                "id": self._ids.next("ce"),
-                "created_at": dt.datetime.now(dt.UTC),
-                "source": "embedded",
-                "provider": options.get("provider") or held.provider or "unknown",
-                "model": options.get("model") or held.model or "unknown",
-                **usage.event_columns(),
-                "cost_microdollars": cost,
-                "duration_ms": options.get("duration_ms"),
-                "session_id": held.session_id,
-                "trace_id": options.get("trace_id") or held.trace_id,
-                "customer": held.customer,
-                "event_type": options.get("event_type"),
-                "reservation_id": reservation_id,
-                "tags": held.tags,
-                "upstream_status": None,
-                "action_id": None,
-            }
-            if self._store is not None:
-                # First: if the file refuses it, the reservation stands and nothing changed.
-                self._store.add(event)
-            del self._held[reservation_id]
-            self._unreserve(held)
-            self._count(event, held.accounts)
+            return self._close(reservation_id, held, cost, options, held.tags)
+
+    def _close(
+        self,
+        reservation_id: str,
+        held: _Held,
+        cost: int,
+        options: SettleOptions,
+        tags: dict[str, str],
+    ) -> dict[str, Any]:
+        """Under the lock: the reservation's cost event written, its estimate given back and
+        its cost counted."""
+        usage = options.get("usage") or _NO_USAGE
+        event = {
+            "id": self._ids.next("ce"),
+            "created_at": dt.datetime.now(dt.UTC),
+            "source": "embedded",
+            "provider": options.get("provider") or held.provider or "unknown",
+            "model": options.get("model") or held.model or "unknown",
+            **usage.event_columns(),
+            "cost_microdollars": cost,
+            "duration_ms": options.get("duration_ms"),
+            "session_id": held.session_id,
+            "trace_id": options.get("trace_id") or held.trace_id,
+            "customer": held.customer,
+            "event_type": options.get("event_type"),
+            "reservation_id": reservation_id,
+            "tags": tags,
+            "upstream_status": None,
+            "action_id": None,
+        }
+        if self._store is not None:
+            # First: if the file refuses it, the reservation stands and nothing changed.
+            self._store.add(event)
+        del self._held[reservation_id]
+        self._unreserve(held)
+        self._count(event, held.accounts)
         return event
+
+    def _expire_due(self) -> None:
+        """Under the lock: settle at their estimate the reservations whose lifetime is over.
+        They all live as long, so they fall due in the order they were taken: the oldest first."""
+        now = time.monotonic()
+        while self._held:
+            reservation_id, held = next(iter(self._held.items()))
+            if held.expires > now:
+                return
+            expired = {**held.tags, TAG_ESTIMATED: "true", TAG_EXPIRED: "true"}
+            try:
+                self._close(reservation_id, held, held.estimate, {}, expired)
+            except sqlite3.Error as error:  # the file is busy: it stands, the next sweep retries
+                log.warning("expiring reservation %s failed (%s)", reservation_id, error)
+                return
 
     def release(self, reservation_id: str) -> Settled:
         self._give_back(reservation_id)
@@ -257,6 +299,7 @@ class LocalNullSpend(TrackedClients):
 
     def budget_status(self) -> list[BudgetStatus]:
         with self._lock:
+            self._expire_due()
             return [
                 BudgetStatus(
                     entity_type=a.budget.entity_type,
@@ -278,6 +321,7 @@ class LocalNullSpend(TrackedClients):
     ) -> CostEventPage:
         """Newest first; ``cursor`` is the id of the last event of the previous page."""
         with self._lock:
+            self._expire_due()
             found = [e for e in reversed(self._events) if _matches(e, filters)]
         events = [CostEvent.model_construct(**e) for e in found]
         if cursor is not None:
@@ -337,9 +381,10 @@ class LocalNullSpend(TrackedClients):
     def _find(self, reservation_id: str) -> _Held:
         held = self._held.get(reservation_id)
         if held is None:
-            settled = any(e["reservation_id"] == reservation_id for e in self._events)
-            if settled:
-                raise ConflictError(f"reservation {reservation_id} is already settled")
+            for event in self._events:
+                if event["reservation_id"] == reservation_id:
+                    status = "expired" if TAG_EXPIRED in event["tags"] else "settled"
+                    raise ConflictError(f"reservation {reservation_id} is already {status}")
             raise NotFoundError(f"no reservation {reservation_id!r}")
         return held
 
@@ -363,9 +408,13 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
     """``LocalNullSpend`` for asyncio code (its calls never wait on I/O but a local file)."""
 
     def __init__(
-        self, budgets: Iterable[LocalBudget] = (), *, path: str | Path | None = None
+        self,
+        budgets: Iterable[LocalBudget] = (),
+        *,
+        path: str | Path | None = None,
+        reservation_ttl: dt.timedelta = RESERVATION_TTL,
     ) -> None:
-        self.engine = LocalNullSpend(budgets, path=path)
+        self.engine = LocalNullSpend(budgets, path=path, reservation_ttl=reservation_ttl)
 
     async def __aenter__(self) -> AsyncLocalNullSpend:
         return self
