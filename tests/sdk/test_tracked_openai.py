@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
 import openai
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from nullspend.client import AsyncNullSpend, NullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError
+from tests.fakes.interposed import interposed
 from tests.nullspend_server.conftest import RunningServer
 
 USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
@@ -139,3 +143,42 @@ def test_async_openai(server: RunningServer, fake: tuple[str, Any]) -> None:
         events = settled_events(ns, 2)
         assert [e.cost_microdollars for e in events] == [COST, COST]
         assert {e.customer for e in events} == {"acme"}
+
+
+def test_an_async_answer_does_not_wait_for_the_settle(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """The event loop gets the provider's answer at once; the settle follows from a thread
+    (held here until the call has returned), an awaited read waits for it, and one still queued
+    when the loop ends is sent all the same."""
+    order: list[str] = []
+    settles_may_go = threading.Event()
+
+    async def hold_settles(request: Request, real: Response) -> Response:
+        if request.url.path.endswith("/settle"):
+            await asyncio.to_thread(settles_may_go.wait, 10)
+            order.append("settle answered")
+        return real
+
+    async def run(base_url: str) -> None:
+        ns = AsyncNullSpend(server.admin_key, base_url)
+        client = ns.openai(**client_kwargs(fake))
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        order.append("call returned")
+        settles_may_go.set()
+        assert [e.cost_microdollars for e in (await ns.cost_events()).data] == [COST]
+        settles_may_go.clear()
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        assert [chunk async for chunk in stream]
+        order.append("stream read")
+        # The loop ends with that settle still held, and the client never closed.
+
+    with interposed(server.base_url, hold_settles) as base_url:
+        asyncio.run(run(base_url))
+        settles_may_go.set()
+        with NullSpend(server.admin_key, server.base_url) as ns:
+            events = settled_events(ns, 2)
+    assert order == ["call returned", "settle answered", "stream read", "settle answered"]
+    assert [e.cost_microdollars for e in events] == [COST, COST]

@@ -433,6 +433,12 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
     async def release(self, reservation_id: str) -> Settled:
         return self.engine.release(reservation_id)
 
+    def settle_later(self, reservation_id: str, **options: Unpack[SettleOptions]) -> None:
+        self.engine.settle_later(reservation_id, **options)
+
+    def release_later(self, reservation_id: str) -> None:
+        self.engine.release_later(reservation_id)
+
     async def budget_status(self) -> list[BudgetStatus]:
         return self.engine.budget_status()
 

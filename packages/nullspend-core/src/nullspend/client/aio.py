@@ -20,6 +20,7 @@ from nullspend.client.models import (
     Reservation,
     Settled,
 )
+from nullspend.client.sync import NullSpend
 from nullspend.errors import ConnectionFailedError
 from nullspend.tracked.clients import AsyncTrackedClients
 from nullspend.tracked.metering import Scope
@@ -28,7 +29,8 @@ T = TypeVar("T")
 
 
 class AsyncNullSpend(AsyncTrackedClients):
-    """``NullSpend`` for asyncio: the same calls, awaited."""
+    """``NullSpend`` for asyncio: the same calls, awaited; ``settle_later`` and
+    ``release_later`` as ``NullSpend``'s, from a background thread."""
 
     def __init__(
         self,
@@ -43,9 +45,44 @@ class AsyncNullSpend(AsyncTrackedClients):
         self.max_retries = max_retries
         self.scope = Scope()
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._timeout = timeout
+        # Sends settle_later's work: a thread of its own, not a task, so that what is queued
+        # when the event loop ends (asyncio.run cancels its tasks) is still sent, at exit if
+        # need be.
+        self._settler: NullSpend | None = None
 
     async def close(self) -> None:
+        """Send what ``settle_later`` and ``release_later`` left queued, then disconnect."""
+        if self._settler is not None:
+            await asyncio.to_thread(self._settler.close)
         await self._http.aclose()
+
+    def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
+        """``settle`` from a background thread, returning at once (see
+        ``NullSpend.settle_later``): the event loop never waits on it. Reads on this client
+        wait for what is queued first."""
+        self._background().settle_later(reservation_id, **options)
+
+    def release_later(self, reservation_id: str) -> None:
+        """``release`` from the background thread, as ``settle_later``."""
+        self._background().release_later(reservation_id)
+
+    async def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until what ``settle_later`` and ``release_later`` queued has been sent."""
+        settler = self._settler
+        if settler is None or settler.flush(timeout=0):
+            return True
+        return await asyncio.to_thread(settler.flush, timeout)
+
+    def _background(self) -> NullSpend:
+        if self._settler is None:
+            self._settler = NullSpend(
+                self.connection.api_key,
+                self.connection.base_url,
+                timeout=self._timeout,
+                max_retries=self.max_retries,
+            )
+        return self._settler
 
     async def __aenter__(self) -> AsyncNullSpend:
         return self
@@ -88,6 +125,7 @@ class AsyncNullSpend(AsyncTrackedClients):
 
     async def budget_status(self) -> list[BudgetStatus]:
         """Every budget's limit, spend, reserved and remaining amounts in its current period."""
+        await self.flush()
         return await self._send(calls.budget_status())
 
     async def reserve(
@@ -128,4 +166,5 @@ class AsyncNullSpend(AsyncTrackedClients):
         **filters: Unpack[calls.EventFilters],
     ) -> CostEventPage:
         """Recorded events, newest first, filtered; pass the page's ``cursor`` for the next."""
+        await self.flush()
         return await self._send(calls.cost_events(limit, cursor, **filters))

@@ -99,7 +99,7 @@ class NullSpend(TrackedClients):
 
     def budget_status(self) -> list[BudgetStatus]:
         """Every budget's limit, spend, reserved and remaining amounts in its current period."""
-        self._caught_up()
+        self.flush()
         return self._send(calls.budget_status())
 
     def reserve(
@@ -132,10 +132,10 @@ class NullSpend(TrackedClients):
         work = functools.partial(self.release, reservation_id)
         self._background.submit(work, f"releasing {reservation_id}")
 
-    def _caught_up(self) -> None:
-        """Reads see this client's own settles: wait (a while) for the queued ones."""
-        if self._background.pending:
-            self._background.flush(timeout=30.0)
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until what ``settle_later`` and ``release_later`` queued has been sent; False
+        on timeout. Reads on this client do it first, so they see its own settles."""
+        return self._background.pending == 0 or self._background.flush(timeout)
 
     def report(self, event: NewCostEvent, *, idempotency_key: str | None = None) -> RecordedEvent:
         """Record one call's cost. Retries are safe: the server records it once per key (one
@@ -156,5 +156,5 @@ class NullSpend(TrackedClients):
         **filters: Unpack[calls.EventFilters],
     ) -> CostEventPage:
         """Recorded events, newest first, filtered; pass the page's ``cursor`` for the next."""
-        self._caught_up()
+        self.flush()
         return self._send(calls.cost_events(limit, cursor, **filters))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
-from nullspend.tracked.metering import Metered, Scope, log
+from nullspend.tracked.metering import Metered, Scope
 from nullspend.wire import Reading
 
 if TYPE_CHECKING:
@@ -52,7 +52,22 @@ def _is_stream(response: httpx.Response) -> bool:
     return content_type.startswith("text/event-stream")
 
 
-class TrackedTransport(httpx.BaseTransport):
+class _Settling:
+    """Both transports settle (or release) off the caller's path: the client's
+    ``settle_later`` queues it, so the answer never waits on NullSpend."""
+
+    ns: NullSpend | AsyncNullSpend
+
+    def _settle(self, metered: Metered, reading: Reading) -> None:
+        self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
+
+    def _release(self, metered: Metered) -> None:
+        self.ns.release_later(metered.reservation_id)
+
+
+class TrackedTransport(_Settling, httpx.BaseTransport):
+    ns: NullSpend
+
     def __init__(
         self,
         ns: NullSpend,
@@ -97,14 +112,10 @@ class TrackedTransport(httpx.BaseTransport):
     def close(self) -> None:
         self.inner.close()
 
-    def _settle(self, metered: Metered, reading: Reading) -> None:
-        self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
 
-    def _release(self, metered: Metered) -> None:
-        self.ns.release_later(metered.reservation_id)
+class AsyncTrackedTransport(_Settling, httpx.AsyncBaseTransport):
+    ns: AsyncNullSpend
 
-
-class AsyncTrackedTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         ns: AsyncNullSpend,
@@ -131,35 +142,23 @@ class AsyncTrackedTransport(httpx.AsyncBaseTransport):
         try:
             response = await self.inner.handle_async_request(_with_body(request, metered.body))
         except BaseException:
-            await self._release(metered)
+            self._release(metered)
             raise
         if response.status_code >= 300:
-            await self._release(metered)
+            self._release(metered)
         elif _is_stream(response):
             response.stream = self.stream_type(response.stream, metered, self._settle)
         else:
             try:
                 content = await response.aread()
             except BaseException:
-                await self._release(metered)
+                self._release(metered)
                 raise
-            await self._settle(metered, metered.reading_of(content))
+            self._settle(metered, metered.reading_of(content))
         return response
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-    async def _settle(self, metered: Metered, reading: Reading) -> None:
-        try:
-            await self.ns.settle(metered.reservation_id, **metered.settlement(reading))
-        except Exception as error:
-            log.warning("settling %s failed (%s); it will expire", metered.reservation_id, error)
-
-    async def _release(self, metered: Metered) -> None:
-        try:
-            await self.ns.release(metered.reservation_id)
-        except Exception as error:
-            log.warning("releasing %s failed (%s); it will expire", metered.reservation_id, error)
 
 
 class _StreamReading:
@@ -167,7 +166,7 @@ class _StreamReading:
     stop reading at [DONE], which can share this chunk), then the bytes to pass on; and the
     reading to settle with, given once."""
 
-    def __init__(self, inner: Any, metered: Metered, settle: Callable[[Metered, Reading], Any]):
+    def __init__(self, inner: Any, metered: Metered, settle: Callable[[Metered, Reading], None]):
         self.inner = inner
         self.metered = metered
         self.settle = settle
@@ -222,7 +221,7 @@ class _AsyncMeteredStream(_StreamReading):
             await self.inner.aclose()
         finally:
             if (reading := self.reading()) is not None:
-                await self.settle(self.metered, reading)
+                self.settle(self.metered, reading)
 
 
 @cache
