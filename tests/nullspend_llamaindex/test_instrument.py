@@ -59,10 +59,40 @@ def test_chat_complete_and_streams_are_priced(fake: tuple[str, Any]) -> None:
     events = ns.cost_events().data
     assert len(events) == 5  # complete calls chat inside: one call, one event
     assert len(fake[1].state.requests) == 5
-    exact = [e for e in events if e.cost_microdollars == COST]
-    assert len(exact) >= 3  # the non-streamed ones at least; streams carry usage when asked
+    # Streams too: the gate asks an OpenAI stream for its usage.
+    assert [e.cost_microdollars for e in events] == [COST] * 5
     assert all(e.tags == {"team": "rag"} and e.provider == "openai" for e in events)
     assert {e.model for e in events} == {"gpt-4o-mini"}
+
+
+def test_a_stream_asked_for_its_usage_reaches_the_caller_as_it_would_without(
+    fake: tuple[str, Any],
+) -> None:
+    """The usage chunk the gate asked for is not passed on; a caller that asked for usage
+    itself gets it, as without NullSpend."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    # The same stream with the gate out of the way (the class's own method, unwrapped).
+    ungated = getattr(OpenAI.stream_chat, "__wrapped__", OpenAI.stream_chat)
+    plain = [(r.delta, r.message.content) for r in ungated(openai_llm(fake), HELLO)]
+    assert len(plain) > 1
+    assert ns.cost_events().data == []
+    llm = openai_llm(fake)
+    assert [(r.delta, r.message.content) for r in llm.stream_chat(HELLO)] == plain
+    completed = [r.text for r in llm.stream_complete("Hello")]
+    assert completed
+    assert completed[-1] == plain[-1][1]
+
+    async def streamed() -> list[Any]:
+        return [(r.delta, r.message.content) async for r in await llm.astream_chat(HELLO)]
+
+    assert asyncio.run(streamed()) == plain
+    asked = openai_llm(fake)
+    asked.additional_kwargs = {"stream_options": {"include_usage": True}}
+    responses = list(asked.stream_chat(HELLO))
+    assert len(responses) == len(plain) + 1
+    assert responses[-1].raw.usage is not None
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST] * 4
 
 
 def test_denied_before_any_request(fake: tuple[str, Any]) -> None:

@@ -18,6 +18,7 @@ import contextvars
 import functools
 import inspect
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class _Call:
     raw: Any = None
     """The provider's answer, from the call's end event (None: settled at the estimate)."""
     done: bool = False
+    hides_usage_chunk: bool = False
+    """An OpenAI stream the gate asked for its usage: the chunk that carries it is not passed
+    on, so the caller sees the stream it asked for."""
 
     def settle(self) -> None:
         if self.done:
@@ -171,7 +175,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
                 return await method(self, *args, **kwargs)
             token = _current.set(call)
             try:
-                result = await method(self, *args, **kwargs)
+                result = await method(self, *args, **_asking_for_usage(self, name, call, kwargs))
             except BaseException:
                 call.release()
                 raise
@@ -192,7 +196,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
         token = _current.set(call)
         try:
-            result = method(self, *args, **kwargs)
+            result = method(self, *args, **_asking_for_usage(self, name, call, kwargs))
         except BaseException:
             call.release()
             raise
@@ -222,7 +226,8 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
             finally:
                 _current.reset(token)
             received = True
-            yield response
+            if not (call.hides_usage_chunk and _only_usage(response)):
+                yield response
     except BaseException:
         call.settle() if received else call.release()
         raise
@@ -241,11 +246,37 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             finally:
                 _current.reset(token)
             received = True
-            yield response
+            if not (call.hides_usage_chunk and _only_usage(response)):
+                yield response
     except BaseException:
         call.settle() if received else call.release()
         raise
     call.settle()
+
+
+def _asking_for_usage(llm: Any, name: str, call: _Call, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's keyword arguments, with an OpenAI stream asked for its usage (its last chunk)
+    unless the caller set ``stream_options`` already: without it the provider reports none, and
+    the call could only be charged its estimate, often many times its cost."""
+    if "stream" not in name or not _is_openai(llm):
+        return kwargs
+    if "stream_options" in kwargs or "stream_options" in (llm.additional_kwargs or {}):
+        return kwargs
+    call.hides_usage_chunk = True
+    return {**kwargs, "stream_options": {"include_usage": True}}
+
+
+def _is_openai(llm: Any) -> bool:
+    """llama-index-llms-openai's ``OpenAI`` (and its subclasses, ``OpenAILike`` and Azure's),
+    whose requests take ``stream_options``; other LLMs may reject it."""
+    module = sys.modules.get("llama_index.llms.openai")
+    return module is not None and isinstance(llm, module.OpenAI)
+
+
+def _only_usage(response: Any) -> bool:
+    """The step LlamaIndex makes of the usage chunk: no choices, only usage."""
+    raw = getattr(response, "raw", None)
+    return getattr(raw, "choices", None) == [] and getattr(raw, "usage", None) is not None
 
 
 async def _off_loop(client: NullSpend | LocalNullSpend | None, work: Callable[[], T]) -> T:
