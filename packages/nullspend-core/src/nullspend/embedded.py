@@ -222,9 +222,9 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
         with self._lock:
             held = self._find(reservation_id)
-            return self._close(reservation_id, held, cost, options, held.tags)
+            return self._settle_held(reservation_id, held, cost, options, held.tags)
 
-    def _close(
+    def _settle_held(
         self,
         reservation_id: str,
         held: _Held,
@@ -271,7 +271,7 @@ class LocalNullSpend(TrackedClients):
                 return
             expired = {**held.tags, TAG_ESTIMATED: "true", TAG_EXPIRED: "true"}
             try:
-                self._close(reservation_id, held, held.estimate, {}, expired)
+                self._settle_held(reservation_id, held, held.estimate, {}, expired)
             except sqlite3.Error as error:  # the file is busy: it stands, the next sweep retries
                 log.warning("expiring reservation %s failed (%s)", reservation_id, error)
                 return
