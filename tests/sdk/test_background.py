@@ -75,6 +75,32 @@ def test_the_thread_ends_when_idle_and_comes_back(monkeypatch: pytest.MonkeyPatc
     assert done == [1, 2]
 
 
+def test_close_sends_what_is_queued_and_ends_the_thread_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without waiting for the idle time (an hour here; close waits 10 s at most): at interpreter
+    exit no thread of ours is left running while the interpreter is torn down. Work submitted
+    later starts a new one."""
+    monkeypatch.setattr(background, "IDLE_SECONDS", 3600.0)
+    done: list[int] = []
+    runner = Background()
+    gate = threading.Event()
+    runner.submit(lambda: gate.wait(10), "held")
+    runner.submit(lambda: done.append(1), "queued")
+    thread = runner._thread
+    assert thread is not None
+    gate.set()
+    runner.close(timeout=10)
+    assert done == [1]
+    assert not thread.is_alive()
+    assert runner._thread is None
+    runner.submit(lambda: done.append(2), "later")
+    assert runner.flush(timeout=10)
+    assert done == [1, 2]
+    runner.close(timeout=10)
+    runner.close(timeout=10)  # closing twice, or with no thread, is nothing
+
+
 def test_what_is_queued_is_sent_at_exit(tmp_path: Path) -> None:
     marker = tmp_path / "settled"
     script = f"""

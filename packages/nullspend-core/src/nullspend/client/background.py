@@ -19,11 +19,13 @@ log = logging.getLogger("nullspend.client")
 IDLE_SECONDS = 2.0
 
 _live: weakref.WeakSet[Background] = weakref.WeakSet()
+# Queued by close(): no work, only a wake-up for the thread to see it has nothing left to do.
+_WAKE: tuple[None, str] = (None, "")
 
 
 class Background:
     def __init__(self, max_queue: int = 10_000) -> None:
-        self._queue: queue.Queue[tuple[Callable[[], object], str]] = queue.Queue(max_queue)
+        self._queue: queue.Queue[tuple[Callable[[], object] | None, str]] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         _live.add(self)
@@ -49,8 +51,19 @@ class Background:
             )
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Send what is queued (the thread then ends by itself once idle)."""
+        """Send what is queued, and let the thread end now rather than once idle: at
+        interpreter exit no thread of ours is left running while the interpreter is torn down.
+        Work submitted later starts a new one."""
         self.flush(timeout)
+        with self._start:  # the thread decides to end under it: it will see the wake-up
+            thread = self._thread
+            if thread is None:
+                return
+            try:
+                self._queue.put_nowait(_WAKE)
+            except queue.Full:  # busy again: it ends by itself once idle
+                return
+        thread.join(timeout)
 
     def _started(self) -> None:
         # Under the lock, always: the thread decides to end under it too, so work queued as it
@@ -67,15 +80,19 @@ class Background:
             try:
                 work, description = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                with self._start:
-                    if self._queue.unfinished_tasks == 0:
-                        self._thread = None
-                        return
-                continue
-            try:
-                attempt(work, description)
-            finally:
-                self._queue.task_done()
+                work = None
+            else:
+                try:
+                    if work is not None:
+                        attempt(work, description)
+                finally:
+                    self._queue.task_done()
+                if work is not None:
+                    continue
+            with self._start:  # idle, or woken by close(): end unless work came meanwhile
+                if self._queue.unfinished_tasks == 0:
+                    self._thread = None
+                    return
 
 
 def attempt(work: Callable[[], object], description: str) -> None:
