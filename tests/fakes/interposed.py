@@ -4,8 +4,11 @@ instead, or the real answer later)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.applications import Starlette
@@ -39,3 +42,18 @@ def interposed(upstream: str, answer: Answer) -> Iterator[str]:
     app = Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
     with serving(app) as base_url:
         yield base_url
+
+
+@dataclass
+class HeldSettles:
+    """An ``answer`` hook that holds every settle's answer until ``may_go`` is set, and notes
+    in ``order`` when each is answered: to show that a call did not wait for its settle."""
+
+    order: list[str] = field(default_factory=list)
+    may_go: threading.Event = field(default_factory=threading.Event)
+
+    async def __call__(self, request: Request, real: Response) -> Response:
+        if request.url.path.endswith("/settle"):
+            await asyncio.to_thread(self.may_go.wait, 10)
+            self.order.append("settle answered")
+        return real

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
-from tests.fakes.interposed import interposed
+from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
 
@@ -281,24 +280,16 @@ def test_the_answer_does_not_wait_for_the_settle(
     """Server mode: the call returns as soon as the provider answered; the settle follows from
     the client's background thread (held here until the call has returned), and a read on the
     client waits for it."""
-    order: list[str] = []
-    settles_may_go = threading.Event()
-
-    async def hold_settles(request: Request, real: Response) -> Response:
-        if request.url.path.endswith("/settle"):
-            await asyncio.to_thread(settles_may_go.wait, 10)
-            order.append("settle answered")
-        return real
-
+    held = HeldSettles()
     with (
-        interposed(server.base_url, hold_settles) as base_url,
+        interposed(server.base_url, held) as base_url,
         NullSpend(server.admin_key, base_url) as ns,
     ):
         chat_openai(fake, callbacks=[NullSpendCallbackHandler(client=ns)]).invoke("Hello")
-        order.append("invoke returned")
-        settles_may_go.set()
+        held.order.append("invoke returned")
+        held.may_go.set()
         (event,) = ns.cost_events().data
-    assert order == ["invoke returned", "settle answered"]
+    assert held.order == ["invoke returned", "settle answered"]
     assert event.cost_microdollars == COST
 
 

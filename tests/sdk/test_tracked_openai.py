@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from typing import Any
 
 import openai
 import pytest
-from starlette.requests import Request
-from starlette.responses import Response
 
 from nullspend.client import AsyncNullSpend, NullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError
-from tests.fakes.interposed import interposed
+from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
 
 USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
@@ -151,34 +148,27 @@ def test_an_async_answer_does_not_wait_for_the_settle(
     """The event loop gets the provider's answer at once; the settle follows from a thread
     (held here until the call has returned), an awaited read waits for it, and one still queued
     when the loop ends is sent all the same."""
-    order: list[str] = []
-    settles_may_go = threading.Event()
-
-    async def hold_settles(request: Request, real: Response) -> Response:
-        if request.url.path.endswith("/settle"):
-            await asyncio.to_thread(settles_may_go.wait, 10)
-            order.append("settle answered")
-        return real
+    held = HeldSettles()
 
     async def run(base_url: str) -> None:
         ns = AsyncNullSpend(server.admin_key, base_url)
         client = ns.openai(**client_kwargs(fake))
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-        order.append("call returned")
-        settles_may_go.set()
+        held.order.append("call returned")
+        held.may_go.set()
         assert [e.cost_microdollars for e in (await ns.cost_events()).data] == [COST]
-        settles_may_go.clear()
+        held.may_go.clear()
         stream = await client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, stream=True
         )
         assert [chunk async for chunk in stream]
-        order.append("stream read")
+        held.order.append("stream read")
         # The loop ends with that settle still held, and the client never closed.
 
-    with interposed(server.base_url, hold_settles) as base_url:
+    with interposed(server.base_url, held) as base_url:
         asyncio.run(run(base_url))
-        settles_may_go.set()
+        held.may_go.set()
         with NullSpend(server.admin_key, server.base_url) as ns:
             events = settled_events(ns, 2)
-    assert order == ["call returned", "settle answered", "stream read", "settle answered"]
+    assert held.order == ["call returned", "settle answered", "stream read", "settle answered"]
     assert [e.cost_microdollars for e in events] == [COST, COST]
