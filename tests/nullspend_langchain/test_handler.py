@@ -411,3 +411,39 @@ def test_usage_metadata_without_parts_is_all_plain_input_and_output(
 
     usage = usage_from_metadata({"input_tokens": 9, "output_tokens": 3, **details})
     assert usage == Usage(input_tokens=9, output_tokens=3)
+
+
+def test_configured_from_the_environment(
+    server: RunningServer, fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``NullSpendCallbackHandler()`` with no arguments: the server named by
+    ``NULLSPEND_API_KEY`` and ``NULLSPEND_BASE_URL``; with neither, the in-process engine."""
+    monkeypatch.delenv("NULLSPEND_API_KEY", raising=False)
+    monkeypatch.delenv("NULLSPEND_BASE_URL", raising=False)
+    assert isinstance(NullSpendCallbackHandler().client, LocalNullSpend)
+    monkeypatch.setenv("NULLSPEND_API_KEY", server.admin_key)
+    monkeypatch.setenv("NULLSPEND_BASE_URL", server.base_url)
+    handler = NullSpendCallbackHandler(customer="acme")
+    assert isinstance(handler.client, NullSpend)
+    chat_openai(fake).invoke("Hello", config={"callbacks": [handler]})
+    (event,) = settled_events(handler.client, 1)
+    assert (event.customer, event.cost_microdollars) == ("acme", COST)
+
+
+def test_reasoning_tokens_are_recorded_and_priced_as_output(fake: tuple[str, Any]) -> None:
+    """A reasoning model through the real ChatOpenAI: the reasoning part of the output is
+    recorded apart, and priced at the output rate (it is part of output_tokens)."""
+    usage = {"input": 100, "cached": 0, "output": 500, "reasoning": 400, "cache_write": 0}
+    engine = LocalNullSpend()
+    model = ChatOpenAI(
+        model="o4-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers={"x-fake-usage": json.dumps(usage)},
+    )
+    model.invoke("Think", config={"callbacks": [NullSpendCallbackHandler(client=engine)]})
+    (event,) = engine.cost_events().data
+    assert (event.input_tokens, event.output_tokens, event.reasoning_tokens) == (100, 500, 400)
+    # o4-mini: $1.10 input, $4.40 output per million tokens
+    assert event.cost_microdollars == round(100 * 1.1 + 500 * 4.4)
