@@ -152,9 +152,11 @@ def test_an_async_answer_does_not_wait_for_the_settle(
 
     async def run(base_url: str) -> None:
         ns = AsyncNullSpend(server.admin_key, base_url)
-        client = ns.openai(**client_kwargs(fake))
+        # A scoped copy settles through the same thread: a read on ns waits for its settles.
+        client = ns.customer("acme").openai(**client_kwargs(fake))
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         held.order.append("call returned")
+        assert not await ns.flush(timeout=0)  # the scoped copy's settle, still held
         held.may_go.set()
         assert [e.cost_microdollars for e in (await ns.cost_events()).data] == [COST]
         held.may_go.clear()

@@ -27,7 +27,7 @@ from nullspend.errors import DeniedError
 from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import Reading
+from nullspend.wire import OPENAI_CHAT, Reading
 from nullspend_langchain.usage import usage_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
@@ -138,13 +138,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
         metadata = metadata or {}
         model = _model_of(params, metadata)
-        cap = params.get("max_tokens") or params.get("max_completion_tokens")
+        # LangChain's invocation params name the cap as OpenAI's API does (Anthropic's too).
+        cap = OPENAI_CHAT.requested_output_cap(params)
         # What the estimate counts: the prompt's text, or its JSON when it has content blocks.
         plain = all(isinstance(t, str) for t in text)
         raw = ("\n".join(text) if plain else _encode_json(text)).encode()
-        estimate = estimate_call(
-            model, estimate_input_tokens(raw), cap if type(cap) is int and cap > 0 else None
-        )
+        estimate = estimate_call(model, estimate_input_tokens(raw), cap)
         provider = metadata.get("ls_provider")
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope

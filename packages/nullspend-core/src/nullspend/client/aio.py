@@ -45,44 +45,36 @@ class AsyncNullSpend(AsyncTrackedClients):
         self.max_retries = max_retries
         self.scope = Scope()
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
-        self._timeout = timeout
-        # Sends settle_later's work: a thread of its own, not a task, so that what is queued
-        # when the event loop ends (asyncio.run cancels its tasks) is still sent, at exit if
-        # need be.
-        self._settler: NullSpend | None = None
+        # Sends settle_later's work with a sync client of its own: a thread, not a task, so
+        # that what is queued when the event loop ends (asyncio.run cancels its tasks) is still
+        # sent, at exit if need be. Made here, so scoped copies (ns.customer(...)) share it.
+        self._settler = NullSpend(
+            self.connection.api_key,
+            self.connection.base_url,
+            timeout=self._http.timeout,
+            max_retries=max_retries,
+        )
 
     async def close(self) -> None:
         """Send what ``settle_later`` and ``release_later`` left queued, then disconnect."""
-        if self._settler is not None:
-            await asyncio.to_thread(self._settler.close)
+        await asyncio.to_thread(self._settler.close)
         await self._http.aclose()
 
     def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
         """``settle`` from a background thread, returning at once (see
         ``NullSpend.settle_later``): the event loop never waits on it. Reads on this client
         wait for what is queued first."""
-        self._background().settle_later(reservation_id, **options)
+        self._settler.settle_later(reservation_id, **options)
 
     def release_later(self, reservation_id: str) -> None:
         """``release`` from the background thread, as ``settle_later``."""
-        self._background().release_later(reservation_id)
+        self._settler.release_later(reservation_id)
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until what ``settle_later`` and ``release_later`` queued has been sent."""
-        settler = self._settler
-        if settler is None or settler.flush(timeout=0):
+        if self._settler.flush(timeout=0):  # nothing queued: no thread hop
             return True
-        return await asyncio.to_thread(settler.flush, timeout)
-
-    def _background(self) -> NullSpend:
-        if self._settler is None:
-            self._settler = NullSpend(
-                self.connection.api_key,
-                self.connection.base_url,
-                timeout=self._timeout,
-                max_retries=self.max_retries,
-            )
-        return self._settler
+        return await asyncio.to_thread(self._settler.flush, timeout)
 
     async def __aenter__(self) -> AsyncNullSpend:
         return self

@@ -80,15 +80,14 @@ class Background:
             try:
                 work, description = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                work = None
+                pass
             else:
                 try:
                     if work is not None:
                         attempt(work, description)
+                        continue
                 finally:
                     self._queue.task_done()
-                if work is not None:
-                    continue
             with self._start:  # idle, or woken by close(): end unless work came meanwhile
                 if self._queue.unfinished_tasks == 0:
                     self._thread = None

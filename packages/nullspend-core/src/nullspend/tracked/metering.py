@@ -5,7 +5,6 @@ for its usage), and what the answer cost. The transports only move bytes."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,8 +15,6 @@ from nullspend.pricing import default_catalog, estimate_request, total_picodolla
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
-
-log = logging.getLogger("nullspend.tracked")
 
 # The priced routes, by how their path ends (the base URL may carry /v1 or a gateway prefix).
 _ROUTES: tuple[tuple[str, WireFormat], ...] = (
