@@ -13,7 +13,6 @@ whose end was never heard is charged and recorded, not forgotten.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import itertools
 import logging
 import sqlite3
@@ -24,10 +23,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Unpack
+from typing import Any, ClassVar, Literal, Unpack
 
 from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors
-from nullspend.client.background import attempt
+from nullspend.client.background import log_failure
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
 from nullspend.client.models import BudgetStatus, CostEvent, CostEventPage, Reservation, Settled
 from nullspend.errors import ApiError, ConflictError, NotFoundError, ValidationError, api_error
@@ -45,6 +44,8 @@ RESERVATION_TTL = dt.timedelta(hours=1)
 EVENTS_KEPT = 10_000
 """How many of the latest cost events ``cost_events`` can read back (in memory and from a file)."""
 _NO_USAGE = Usage()
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,79 @@ class _Held:
     """``time.monotonic()`` after which it is settled at its estimate."""
 
 
+@dataclass(slots=True)
+class _Event:
+    """A cost event as the engine keeps it. Its ``CostEvent`` is made only when read: building
+    one (or a dict of its 23 fields) for every call cost more than the rest of the engine's work.
+    """
+
+    source: ClassVar[str] = "embedded"
+    id: str
+    created_at: int
+    """Microseconds since the epoch: a clock read costs less than a datetime, and converts
+    both ways exactly."""
+    reservation_id: str | None
+    provider: str
+    model: str
+    usage: Usage
+    cost_microdollars: int
+    duration_ms: int | None
+    customer: str | None
+    session_id: str | None
+    trace_id: str | None
+    event_type: str | None
+    tags: dict[str, str]
+
+    def read(self) -> CostEvent:
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "created_at": _EPOCH + dt.timedelta(microseconds=self.created_at),
+            "source": self.source,
+            "provider": self.provider,
+            "model": self.model,
+            **self.usage.event_columns(),
+            "cost_microdollars": self.cost_microdollars,
+            "duration_ms": self.duration_ms,
+            "session_id": self.session_id,
+            "trace_id": self.trace_id,
+            "customer": self.customer,
+            "event_type": self.event_type,
+            "reservation_id": self.reservation_id,
+            "tags": self.tags,
+            "upstream_status": None,
+            "action_id": None,
+        }
+        return CostEvent.model_construct(**fields)
+
+    @classmethod
+    def of(cls, event: CostEvent) -> _Event:
+        return cls(
+            event.id,
+            (event.created_at - _EPOCH) // _MICROSECOND,
+            event.reservation_id,
+            event.provider,
+            event.model,
+            Usage(
+                input_tokens=event.input_tokens,
+                cache_read_tokens=event.cached_input_tokens,
+                cache_write_5m_tokens=event.cache_write_5m_tokens,
+                cache_write_1h_tokens=event.cache_write_1h_tokens,
+                output_tokens=event.output_tokens,
+                reasoning_tokens=event.reasoning_tokens,
+                audio_input_tokens=event.audio_input_tokens,
+                audio_output_tokens=event.audio_output_tokens,
+                web_search_requests=event.web_search_requests,
+            ),
+            event.cost_microdollars,
+            event.duration_ms,
+            event.customer,
+            event.session_id,
+            event.trace_id,
+            event.event_type,
+            event.tags,
+        )
+
+
 @dataclass
 class _Store:
     """Spend and events in a SQLite file, so they outlive the process."""
@@ -108,13 +182,13 @@ class _Store:
             "CREATE TABLE IF NOT EXISTS cost_events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);"
         )
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> list[_Event]:
         rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
-        return [CostEvent.model_validate_json(body).model_dump() for (body,) in rows]
+        return [_Event.of(CostEvent.model_validate_json(body)) for (body,) in rows]
 
-    def add(self, event: dict[str, Any]) -> None:
+    def add(self, event: _Event) -> None:
         with self._connection:
-            body = CostEvent.model_construct(**event).model_dump_json()
+            body = event.read().model_dump_json()
             self._connection.execute("INSERT INTO cost_events (body) VALUES (?)", (body,))
 
 
@@ -141,17 +215,17 @@ class LocalNullSpend(TrackedClients):
         self._totals = [a for a in self._accounts if a.budget.entity_type == "user"]
         self._session_limited = any(a.budget.session_limit_microdollars for a in self._accounts)
         self._held: dict[str, _Held] = {}
+        self._sweep_at = 0.0
         self._sessions: dict[str, int] = {}
-        # The latest events as plain dicts of CostEvent's fields, typed only when read: building
-        # a model per call cost more than the rest of the engine's work. Bounded, so a process
-        # that runs for months does not grow with its calls; spend counts every event.
-        self._events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        # The latest events. Bounded, so a process that runs for months does not grow with its
+        # calls; spend counts every event.
+        self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._store = _Store(Path(path)) if path is not None else None
         if self._store is not None:  # spend so far, from the events on file
             for event in self._store.events():
-                self._count(event, self._matching(event["customer"], event["tags"]))
+                self._count(event, self._matching(event.customer, event.tags))
 
     def close(self) -> None:
         pass
@@ -167,6 +241,20 @@ class LocalNullSpend(TrackedClients):
     def reserve(
         self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
     ) -> Reservation:
+        reservation_id = self.reserve_id(estimate_microdollars, **options)
+        assert estimate_microdollars is not None  # reserve_id refuses None
+        return Reservation(
+            reservation_id=reservation_id,
+            estimate_microdollars=estimate_microdollars,
+            expires_at=dt.datetime.now(dt.UTC) + self._ttl,
+            unpriced=False,
+        )
+
+    def reserve_id(
+        self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
+    ) -> str:
+        """``reserve``, answering only the reservation's id: what the integrations call for
+        every call, without the typed answer they do not read."""
         if estimate_microdollars is None or estimate_microdollars < 0:
             raise ValidationError("give estimate_microdollars (at least 0)")
         tags = dict(given) if (given := options.get("tags")) else {}
@@ -175,10 +263,9 @@ class LocalNullSpend(TrackedClients):
         customer, session_id = options.get("customer"), options.get("session_id")
         if customer:
             tags.setdefault("customer", customer)
-        now = dt.datetime.now(dt.UTC)
+        accounts = self._matching(customer, tags)
         with self._lock:
             self._expire_due()
-            accounts = self._matching(customer, tags)
             if denial := self._first_denial(accounts, session_id, estimate_microdollars):
                 raise _error(denial)
             for account in accounts:
@@ -199,29 +286,25 @@ class LocalNullSpend(TrackedClients):
                 options.get("trace_id"),
                 time.monotonic() + self._ttl_seconds,
             )
-        return Reservation(
-            reservation_id=reservation_id,
-            estimate_microdollars=estimate_microdollars,
-            expires_at=now + self._ttl,
-            unpriced=False,
-        )
+        return reservation_id
 
     def settle(self, reservation_id: str, **options: Unpack[SettleOptions]) -> Settled:
         event = self._record(reservation_id, options)
         return Settled(
             reservation_id=reservation_id,
             status="settled",
-            cost_event_id=event["id"],
-            cost_microdollars=event["cost_microdollars"],
+            cost_event_id=event.id,
+            cost_microdollars=event.cost_microdollars,
         )
 
-    def _record(self, reservation_id: str, options: SettleOptions) -> dict[str, Any]:
+    def _record(self, reservation_id: str, options: SettleOptions) -> _Event:
         """Settle: the reservation's event recorded and its spend counted."""
         cost = options.get("cost_microdollars")
         if cost is None:
             raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
         with self._lock:
-            held = self._find(reservation_id)
+            if (held := self._held.get(reservation_id)) is None:
+                raise self._not_held(reservation_id)
             return self._settle_held(reservation_id, held, cost, options, held.tags)
 
     def _settle_held(
@@ -231,28 +314,24 @@ class LocalNullSpend(TrackedClients):
         cost: int,
         options: SettleOptions,
         tags: dict[str, str],
-    ) -> dict[str, Any]:
+    ) -> _Event:
         """Under the lock: the reservation's cost event written, its estimate given back and
         its cost counted."""
-        usage = options.get("usage") or _NO_USAGE
-        event = {
-            "id": self._ids.next("ce"),
-            "created_at": dt.datetime.now(dt.UTC),
-            "source": "embedded",
-            "provider": options.get("provider") or held.provider or "unknown",
-            "model": options.get("model") or held.model or "unknown",
-            **usage.event_columns(),
-            "cost_microdollars": cost,
-            "duration_ms": options.get("duration_ms"),
-            "session_id": held.session_id,
-            "trace_id": options.get("trace_id") or held.trace_id,
-            "customer": held.customer,
-            "event_type": options.get("event_type"),
-            "reservation_id": reservation_id,
-            "tags": tags,
-            "upstream_status": None,
-            "action_id": None,
-        }
+        event = _Event(
+            self._ids.next("ce"),
+            time.time_ns() // 1000,
+            reservation_id,
+            options.get("provider") or held.provider or "unknown",
+            options.get("model") or held.model or "unknown",
+            options.get("usage") or _NO_USAGE,
+            cost,
+            options.get("duration_ms"),
+            held.customer,
+            held.session_id,
+            options.get("trace_id") or held.trace_id,
+            options.get("event_type"),
+            tags,
+        )
         if self._store is not None:
             # First: if the file refuses it, the reservation stands and nothing changed.
             self._store.add(event)
@@ -263,11 +342,16 @@ class LocalNullSpend(TrackedClients):
 
     def _expire_due(self) -> None:
         """Under the lock: settle at their estimate the reservations whose lifetime is over.
-        They all live as long, so they fall due in the order they were taken: the oldest first."""
+        They all live as long, so they fall due in the order they were taken: the oldest first,
+        and none before the oldest (``_sweep_at``), so most calls only read the clock."""
         now = time.monotonic()
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + self._ttl_seconds  # when nothing is held, none is due before
         while self._held:
             reservation_id, held = next(iter(self._held.items()))
             if held.expires > now:
+                self._sweep_at = held.expires
                 return
             expired = {**held.tags, TAG_ESTIMATED: "true", TAG_EXPIRED: "true"}
             try:
@@ -287,13 +371,16 @@ class LocalNullSpend(TrackedClients):
     def settle_later(self, reservation_id: str, **options: Unpack[SettleOptions]) -> None:
         """``settle``, at once (in-process it costs microseconds; ``NullSpend`` queues it), a
         failure logged rather than raised, as ``NullSpend.settle_later``."""
-        # What settle does, without building the answer nobody reads.
-        attempt(
-            functools.partial(self._record, reservation_id, options), f"settling {reservation_id}"
-        )
+        try:  # what settle does, without building the answer nobody reads
+            self._record(reservation_id, options)
+        except Exception as error:
+            log_failure(f"settling {reservation_id}", error)
 
     def release_later(self, reservation_id: str) -> None:
-        attempt(functools.partial(self._give_back, reservation_id), f"releasing {reservation_id}")
+        try:
+            self._give_back(reservation_id)
+        except Exception as error:
+            log_failure(f"releasing {reservation_id}", error)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -323,7 +410,7 @@ class LocalNullSpend(TrackedClients):
         with self._lock:
             self._expire_due()
             found = [e for e in reversed(self._events) if _matches(e, filters)]
-        events = [CostEvent.model_construct(**e) for e in found]
+        events = [e.read() for e in found]
         if cursor is not None:
             ids = [e.id for e in events]
             events = events[ids.index(cursor) + 1 :] if cursor in ids else []
@@ -374,19 +461,18 @@ class LocalNullSpend(TrackedClients):
         return None
 
     def _take(self, reservation_id: str) -> _Held:
-        held = self._find(reservation_id)
-        del self._held[reservation_id]
+        if (held := self._held.pop(reservation_id, None)) is None:
+            raise self._not_held(reservation_id)
         return held
 
-    def _find(self, reservation_id: str) -> _Held:
-        held = self._held.get(reservation_id)
-        if held is None:
-            for event in self._events:
-                if event["reservation_id"] == reservation_id:
-                    status = "expired" if TAG_EXPIRED in event["tags"] else "settled"
-                    raise ConflictError(f"reservation {reservation_id} is already {status}")
-            raise NotFoundError(f"no reservation {reservation_id!r}")
-        return held
+    def _not_held(self, reservation_id: str) -> ApiError:
+        """Why a reservation is not held: it was settled (or released, or expired), or never
+        was."""
+        for event in self._events:
+            if event.reservation_id == reservation_id:
+                status = "expired" if TAG_EXPIRED in event.tags else "settled"
+                return ConflictError(f"reservation {reservation_id} is already {status}")
+        return NotFoundError(f"no reservation {reservation_id!r}")
 
     def _unreserve(self, held: _Held) -> None:
         for account in held.accounts:
@@ -394,13 +480,13 @@ class LocalNullSpend(TrackedClients):
         if session_id := held.session_id:
             self._sessions[session_id] -= held.estimate
 
-    def _count(self, event: dict[str, Any], accounts: list[_Account]) -> None:
+    def _count(self, event: _Event, accounts: list[_Account]) -> None:
         """Add a recorded event's cost to the spend of ``accounts``, the budgets it falls under."""
         self._events.append(event)
-        cost = event["cost_microdollars"]
+        cost = event.cost_microdollars
         for account in accounts:
             account.spend += cost
-        if session_id := event["session_id"]:
+        if session_id := event.session_id:
             self._sessions[session_id] = self._sessions.get(session_id, 0) + cost
 
 
@@ -459,12 +545,12 @@ def _error(denial: Denial) -> ApiError:
     )
 
 
-def _matches(event: dict[str, Any], filters: EventFilters) -> bool:
+def _matches(event: _Event, filters: EventFilters) -> bool:
     plain = {k: v for k, v in filters.items() if k != "tags"}
-    if any(event[k] != v for k, v in plain.items()):
+    if any(getattr(event, k) != v for k, v in plain.items()):
         return False
     wanted: Mapping[str, str] = filters.get("tags") or {}
-    return all(event["tags"].get(k) == v for k, v in wanted.items())
+    return all(event.tags.get(k) == v for k, v in wanted.items())
 
 
 class _Ids:

@@ -28,20 +28,19 @@ class Usage:
 
     def __post_init__(self) -> None:
         # Checked field by field only when something is off: this runs for every priced call.
+        # The bitwise or of integers is negative exactly when one of them is (and costs less
+        # than min(), a call).
         if (
-            min(
-                self.input_tokens,
-                self.cache_read_tokens,
-                self.cache_write_5m_tokens,
-                self.cache_write_1h_tokens,
-                self.output_tokens,
-                self.reasoning_tokens,
-                self.audio_input_tokens,
-                self.audio_output_tokens,
-                self.web_search_requests,
-            )
-            < 0
-        ):
+            self.input_tokens
+            | self.cache_read_tokens
+            | self.cache_write_5m_tokens
+            | self.cache_write_1h_tokens
+            | self.output_tokens
+            | self.reasoning_tokens
+            | self.audio_input_tokens
+            | self.audio_output_tokens
+            | self.web_search_requests
+        ) < 0:
             negative = {k: v for k, v in self.as_dict().items() if v < 0}
             raise ValueError(f"usage counts cannot be negative: {negative}")
         if self.reasoning_tokens > self.output_tokens:

@@ -53,7 +53,6 @@ class _Open:
     estimated_input_tokens: int
     model: str | None
     provider: str | None
-    trace_id: str
     started: float
     batch: _Batch | None
     """For one prompt of a multi-prompt ``generate``: what its siblings share."""
@@ -108,10 +107,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        batch_size: int = 1,
         **kwargs: Any,
     ) -> None:
         text = [m.content for batch in messages for m in batch]
-        self._reserve(run_id, parent_run_id, tags, metadata, kwargs, text)
+        self._reserve(run_id, parent_run_id, tags, metadata, invocation_params, batch_size, text)
 
     def on_llm_start(
         self,
@@ -122,9 +123,13 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        batch_size: int = 1,
         **kwargs: Any,
     ) -> None:
-        self._reserve(run_id, parent_run_id, tags, metadata, kwargs, list(prompts))
+        self._reserve(
+            run_id, parent_run_id, tags, metadata, invocation_params, batch_size, list(prompts)
+        )
 
     def _reserve(
         self,
@@ -132,17 +137,20 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None,
         run_tags: Sequence[str] | None,
         metadata: Mapping[str, Any] | None,
-        kwargs: Mapping[str, Any],
+        invocation_params: Mapping[str, Any] | None,
+        batch_size: int,
         text: list[Any],
     ) -> None:
-        params: Mapping[str, Any] = kwargs.get("invocation_params") or {}
+        params = invocation_params or {}
         metadata = metadata or {}
         model = _model_of(params, metadata)
         # LangChain's invocation params name the cap as OpenAI's API does (Anthropic's too).
         cap = OPENAI_CHAT.requested_output_cap(params)
         # What the estimate counts: the prompt's text, or its JSON when it has content blocks.
-        plain = all(isinstance(t, str) for t in text)
-        raw = ("\n".join(text) if plain else _encode_json(text)).encode()
+        try:
+            raw = "\n".join(text).encode()
+        except TypeError:
+            raw = _encode_json(text).encode()
         estimate = estimate_call(model, estimate_input_tokens(raw), cap)
         provider = metadata.get("ls_provider")
         trace_id = self._root(parent_run_id or run_id).hex
@@ -155,12 +163,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # invocation_params object: a denial of one leaves the others started, never ended.
         # In async code a sync handler's starts run in executor threads, all at once: a sibling
         # may still be reserving when another is denied, so the denial is kept for it to see.
-        batch = (parent_run_id, id(params)) if kwargs.get("batch_size", 1) > 1 else None
+        batch = (parent_run_id, id(params)) if batch_size > 1 else None
         if batch is not None:
             self._raise_if_denied(batch, params)
         try:
             # The typed DeniedError: LangChain re-raises it (raise_error), the call stops.
-            reservation = self.client.reserve(
+            reservation_id = self.client.reserve_id(
                 estimate.microdollars,
                 model=model or "unknown",
                 provider=provider if isinstance(provider, str) else "unknown",
@@ -171,20 +179,23 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             if batch is not None:
                 self._deny_batch(batch, params, denied)
             raise
-        with self._lock:
-            if batch is not None and (refused := self._denial_of(batch, params)) is not None:
-                self.client.release_later(reservation.reservation_id)
+        call = _Open(
+            reservation_id,
+            estimate.microdollars,
+            estimate.input_tokens,
+            model,
+            provider if isinstance(provider, str) else None,
+            time.perf_counter(),
+            batch,
+        )
+        if batch is None:
+            self._open[run_id] = call  # one dict store: atomic, no lock needed
+            return
+        with self._lock:  # a sibling's denial and this store are one step
+            if (refused := self._denial_of(batch, params)) is not None:
+                self.client.release_later(reservation_id)
                 raise refused
-            self._open[run_id] = _Open(
-                reservation.reservation_id,
-                estimate.microdollars,
-                estimate.input_tokens,
-                model,
-                provider if isinstance(provider, str) else None,
-                trace_id,
-                time.perf_counter(),
-                batch,
-            )
+            self._open[run_id] = call
 
     def _deny_batch(self, batch: _Batch, params: object, denied: DeniedError) -> None:
         """Release the reservations of a denied prompt's siblings (the model is not called),
@@ -196,9 +207,10 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # The params object is kept too: alive, its id cannot name another batch.
             self._denied[batch] = (params, denied, now)
             siblings = [run for run, call in self._open.items() if call.batch == batch]
-            calls = [self._open.pop(run) for run in siblings]
+            calls = [self._open.pop(run, None) for run in siblings]
         for call in calls:
-            self.client.release_later(call.reservation_id)
+            if call is not None:  # else it ended meanwhile: its end settled it
+                self.client.release_later(call.reservation_id)
 
     def _denial_of(self, batch: _Batch, params: object) -> DeniedError | None:
         kept = self._denied.get(batch)
@@ -278,12 +290,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     # --- end: settle, or release ---------------------------------------------------------------
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        with self._lock:
-            call = self._open.pop(run_id, None)
+        call = self._open.pop(run_id, None)  # atomic: a batch's denial pops under the lock
         if call is None:
             return
-        usage, model = _reading(response, batched=call.batch is not None)
-        if usage is not None and usage.prompt_tokens == 0 and usage.output_tokens:
+        reading = _reading(response, batched=call.batch is not None)
+        usage = reading.usage
+        if (
+            usage is not None
+            and not usage.input_tokens  # first: the rest is rarely read
+            and usage.output_tokens
+            and usage.prompt_tokens == 0
+        ):
             # No call reads nothing. LangChain reports no input when a stream's last event
             # leaves it out (Anthropic-compatible servers answering as the API did before
             # mid-2025): the input is counted at the estimate rather than at zero.
@@ -292,6 +309,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 stacklevel=2,
             )
             usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
+            reading = Reading(usage, reading.model)
         if usage is None and call.streamed:
             warnings.warn(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
@@ -299,13 +317,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 stacklevel=2,
             )
         options = settlement(
-            Reading(usage, model),
+            reading,
             estimate_microdollars=call.estimate_microdollars,
             model=call.model,
             provider=call.provider,
             started=call.started,
         )
-        options["trace_id"] = call.trace_id
         self.client.settle_later(call.reservation_id, **options)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -329,17 +346,11 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
-    for value in (
-        params.get("model"),
-        params.get("model_name"),
-        metadata.get("ls_model_name"),
-    ):
-        if isinstance(value, str) and value:
-            return value
-    return None
+    model = params.get("model") or params.get("model_name") or metadata.get("ls_model_name")
+    return model if isinstance(model, str) else None
 
 
-def _reading(response: LLMResult, *, batched: bool) -> tuple[Usage | None, str | None]:
+def _reading(response: LLMResult, *, batched: bool) -> Reading:
     """The usage and model a result reports: from the message's usage_metadata (chat models),
     else the provider's token_usage in llm_output. Of a batch of prompts to a plain LLM, the
     first prompt's result carries the whole batch's token_usage and the others an empty one
@@ -353,7 +364,7 @@ def _reading(response: LLMResult, *, batched: bool) -> tuple[Usage | None, str |
                     "model_name"
                 ) or message.response_metadata.get("model")
                 if metadata:
-                    return usage_from_metadata(metadata), model
+                    return Reading(usage_from_metadata(metadata), model)
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:
@@ -362,7 +373,7 @@ def _reading(response: LLMResult, *, batched: bool) -> tuple[Usage | None, str |
             token_usage.get("completion_tokens") or token_usage.get("output_tokens") or 0
         )
         model = output.get("model_name") or output.get("model")
-        return Usage(input_tokens=prompt, output_tokens=completion), model
+        return Reading(Usage(input_tokens=prompt, output_tokens=completion), model)
     if batched and output.get("token_usage") == {}:
-        return _NO_USAGE, output.get("model_name") or output.get("model")
-    return None, None
+        return Reading(_NO_USAGE, output.get("model_name") or output.get("model"))
+    return Reading(None, None)

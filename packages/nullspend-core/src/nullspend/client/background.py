@@ -99,7 +99,11 @@ def attempt(work: Callable[[], object], description: str) -> None:
     try:
         work()
     except Exception as error:  # the caller has its answer; the reservation will expire
-        log.warning("%s failed (%s); the reservation will expire", description, error)
+        log_failure(description, error)
+
+
+def log_failure(description: str, error: Exception) -> None:
+    log.warning("%s failed (%s); the reservation will expire", description, error)
 
 
 @atexit.register

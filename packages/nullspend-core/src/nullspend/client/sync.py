@@ -110,6 +110,13 @@ class NullSpend(TrackedClients):
         (and ``model``) for the server to estimate it as the proxy does."""
         return self._send(calls.reserve(estimate_microdollars, **options))
 
+    def reserve_id(
+        self, estimate_microdollars: int | None = None, **options: Unpack[calls.ReserveOptions]
+    ) -> str:
+        """``reserve``, answering only the reservation's id, as ``LocalNullSpend.reserve_id``
+        does: what the integrations call, whichever client they are given."""
+        return self.reserve(estimate_microdollars, **options).reservation_id
+
     def settle(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> Settled:
         """Replace the estimate by the actual cost (``cost_microdollars``, or priced from
         ``usage``) and record the cost event."""

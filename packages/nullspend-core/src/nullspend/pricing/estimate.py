@@ -18,8 +18,6 @@ from typing import Any
 
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
-from nullspend.pricing.cost import total_picodollars
-from nullspend.usage import Usage
 from nullspend.wire.base import WireFormat
 
 # Assumed when neither the request nor the catalog gives an output cap.
@@ -87,13 +85,16 @@ def estimate_call(
     )
     if priced is None:
         return Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
-    usage = Usage(
-        input_tokens=input_tokens if cache_ttl is None else 0,
-        cache_write_5m_tokens=input_tokens if cache_ttl == "5m" else 0,
-        cache_write_1h_tokens=input_tokens if cache_ttl == "1h" else 0,
-        output_tokens=output_tokens,
+    # Priced as total_picodollars prices it, without building a Usage for two of its counts.
+    prices = priced.prices_for(input_tokens)[0]
+    prompt_price = (
+        prices.input
+        if cache_ttl is None
+        else prices.cache_write_1h
+        if cache_ttl == "1h"
+        else prices.cache_write_5m
     )
-    total = total_picodollars(usage, priced)
+    total = input_tokens * prompt_price + output_tokens * prices.output
     microdollars = -(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short
