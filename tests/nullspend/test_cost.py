@@ -1,6 +1,7 @@
 """Costs against hand-computed figures. A price in $ per million tokens is that many
 microdollars per token, so each expected value below is tokens x $/M, summed, rounded once."""
 
+import dataclasses
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -213,3 +214,11 @@ def test_every_long_context_boundary(model: PricedModel) -> None:
             expected = (dollars * 10**6).quantize(Decimal(1), rounding=ROUND_HALF_UP)
             assert cost(usage, model.id).total_microdollars == expected, (model.id, prompt)
         below = tier.prices
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Usage)])
+def test_usage_refuses_a_negative_count_in_any_field(field: str) -> None:
+    with pytest.raises(ValueError, match=f"cannot be negative: {{'{field}': -1}}"):
+        Usage(**{field: -1})
+    with pytest.raises(ValueError, match="cannot be negative"):  # however large the others
+        Usage(**{"input_tokens": 2**70, field: -(2**65)})

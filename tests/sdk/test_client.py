@@ -81,6 +81,14 @@ def test_reserve_settle_and_read_back(server: RunningServer) -> None:
         (listed,) = ns.budgets()
         assert (listed.entity_id, listed.limit_microdollars) == (me.key_id, 1_000_000)
 
+        # reserve_id: the same reservation, answered with its id alone.
+        held = ns.reserve_id(2_000, trace_id="t-1")
+        (status,) = ns.budget_status()
+        assert status.reserved_microdollars == 2_000
+        ns.settle(held, cost_microdollars=1_500)
+        (event,) = ns.cost_events(trace_id="t-1").data
+        assert (event.reservation_id, event.cost_microdollars) == (held, 1_500)
+
         released = ns.release(ns.reserve(1_000).reservation_id)
         assert released.status == "released"
         with pytest.raises(ConflictError) as twice:

@@ -9,12 +9,14 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_openai import ChatOpenAI
 
+from nullspend import embedded
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import (
     BudgetExceededError,
@@ -22,8 +24,10 @@ from nullspend.errors import (
     CustomerBudgetExceededError,
     SessionLimitExceededError,
     TagBudgetExceededError,
+    ValidationError,
 )
 from nullspend.pricing import estimate_request
+from nullspend.usage import Usage
 from nullspend.wire import OPENAI_CHAT
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.sdk.test_tracked_openai import COST, MESSAGES, USAGE, client_kwargs
@@ -102,13 +106,37 @@ def test_customer_tag_and_session_budgets() -> None:
 def test_spend_outlives_the_process_in_a_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "spend.db"
     first = LocalNullSpend([LocalBudget.total(5_000)], path=path)
-    first.settle(first.reserve(1_000, customer="acme").reservation_id, cost_microdollars=4_000)
+    every_count = Usage(1, 2, 3, 4, 8, 6, 7, 5, 9)  # each count its own: none lost or swapped
+    first.settle(
+        first.reserve(1_000, customer="acme").reservation_id,
+        cost_microdollars=4_000,
+        usage=every_count,
+        duration_ms=12,
+        event_type="llm",
+        trace_id="t-1",
+    )
     again = LocalNullSpend([LocalBudget.total(5_000)], path=path)
     (status,) = again.budget_status()
     assert status.spend_microdollars == 4_000
     with pytest.raises(BudgetExceededError):
         again.reserve(2_000)
-    assert again.cost_events(customer="acme").data[0].cost_microdollars == 4_000
+    # The event as the next process reads it is the event as it was written, to the microsecond.
+    assert again.cost_events(customer="acme").data == first.cost_events().data
+    (event,) = again.cost_events().data
+    assert (event.cached_input_tokens, event.web_search_requests) == (2, 9)
+    assert (event.duration_ms, event.event_type, event.trace_id) == (12, "llm", "t-1")
+
+
+def test_reserve_id_is_reserve_answered_with_the_id() -> None:
+    ns = LocalNullSpend([LocalBudget.total(5_000)])
+    held = ns.reserve_id(3_000, customer="acme", trace_id="t-1")
+    with pytest.raises(BudgetExceededError):
+        ns.reserve_id(2_001)
+    ns.settle(held, cost_microdollars=2_500)
+    (event,) = ns.cost_events().data
+    assert (event.reservation_id, event.customer, event.trace_id) == (held, "acme", "t-1")
+    with pytest.raises(ValidationError):
+        ns.reserve_id(None)
 
 
 def test_the_langchain_handler_runs_embedded_without_a_server(
@@ -222,3 +250,37 @@ def test_only_reservations_past_their_lifetime_are_charged_their_estimate() -> N
     assert (status.spend_microdollars, status.reserved_microdollars) == (0, 5_000)
     kept.settle(pending.reservation_id, cost_microdollars=4_000)
     assert kept.cost_events().data[0].tags == {}
+
+
+class _Clock:
+    """The engine's clock, moved by the test: ``time`` with its own ``monotonic``."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_a_reservation_expires_on_time_whatever_came_and_went_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine sweeps only once the oldest reservation can be due: one settled early, or
+    a sweep that found nothing due, must not make a later reservation expire late."""
+    clock = _Clock()
+    monkeypatch.setattr(embedded, "time", clock)
+    ns = LocalNullSpend([LocalBudget.total(10_000)], reservation_ttl=dt.timedelta(seconds=10))
+    early = ns.reserve_id(1_000)  # due at 1,010
+    ns.settle(early, cost_microdollars=100)
+    clock.now = 1_004.0
+    later = ns.reserve_id(2_000)  # due at 1,014
+    clock.now = 1_012.0  # past when `early` was due: a sweep finds nothing due
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (100, 2_000)
+    clock.now = 1_014.0
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (2_100, 0)
+    assert ns.cost_events().data[0].reservation_id == later

@@ -263,7 +263,7 @@ class LocalNullSpend(TrackedClients):
         customer, session_id = options.get("customer"), options.get("session_id")
         if customer:
             tags.setdefault("customer", customer)
-        accounts = self._matching(customer, tags)
+        accounts = self._matching(customer, tags) if tags else self._totals
         with self._lock:
             self._expire_due()
             if denial := self._first_denial(accounts, session_id, estimate_microdollars):
@@ -420,8 +420,6 @@ class LocalNullSpend(TrackedClients):
     # --- inside -------------------------------------------------------------------------------
 
     def _matching(self, customer: str | None, tags: Mapping[str, str]) -> list[_Account]:
-        if not customer and not tags:
-            return self._totals
         entities = {f"{k}={v}" for k, v in tags.items()} if tags else ()
         return [
             a

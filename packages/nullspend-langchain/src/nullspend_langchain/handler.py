@@ -153,6 +153,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             raw = _encode_json(text).encode()
         estimate = estimate_call(model, estimate_input_tokens(raw), cap)
         provider = metadata.get("ls_provider")
+        if not isinstance(provider, str):
+            provider = None
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope
         if run_tags or CUSTOMER_KEY in metadata or SESSION_KEY in metadata:
@@ -171,7 +173,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             reservation_id = self.client.reserve_id(
                 estimate.microdollars,
                 model=model or "unknown",
-                provider=provider if isinstance(provider, str) else "unknown",
+                provider=provider or "unknown",
                 trace_id=trace_id,
                 **run.options(),
             )
@@ -184,7 +186,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             estimate.microdollars,
             estimate.input_tokens,
             model,
-            provider if isinstance(provider, str) else None,
+            provider,
             time.perf_counter(),
             batch,
         )
@@ -223,7 +225,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             raise denied
 
     def _root(self, run_id: UUID) -> UUID:
-        while (parent := self._parents.get(run_id)) is not None:
+        parents = self._parents
+        # Empty for a model called outside any chain: no lookup (a UUID hashes in Python).
+        while parents and (parent := parents.get(run_id)) is not None:
             run_id = parent
         return run_id
 

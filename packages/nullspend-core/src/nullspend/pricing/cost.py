@@ -73,7 +73,9 @@ def price_usage(usage: Usage, model: PricedModel) -> Cost:
 def total_picodollars(usage: Usage, model: PricedModel) -> int:
     """``price_usage(usage, model).total_picodollars`` without building the breakdown: for the
     paths that price every call and need only the amount."""
-    return _picodollars(usage, model.prices_for(usage.prompt_tokens)[0])
+    # Most models have one price set: no need to count the prompt to choose it.
+    prices = model.prices_for(usage.prompt_tokens)[0] if model.tiers else model.prices
+    return _picodollars(usage, prices)
 
 
 def _picodollars(usage: Usage, prices: Prices) -> int:

@@ -86,7 +86,7 @@ def estimate_call(
     if priced is None:
         return Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
     # Priced as total_picodollars prices it, without building a Usage for two of its counts.
-    prices = priced.prices_for(input_tokens)[0]
+    prices = priced.prices_for(input_tokens)[0] if priced.tiers else priced.prices
     prompt_price = (
         prices.input
         if cache_ttl is None
