@@ -3,6 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
+
+
+class EventCounts(Protocol):
+    """A cost event's token columns, as every event model names them."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def cached_input_tokens(self) -> int: ...
+    @property
+    def cache_write_5m_tokens(self) -> int: ...
+    @property
+    def cache_write_1h_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def audio_input_tokens(self) -> int: ...
+    @property
+    def audio_output_tokens(self) -> int: ...
+    @property
+    def web_search_requests(self) -> int: ...
 
 
 # Not frozen: frozen init costs ~0.8 us more, and two are built for every priced call.
@@ -66,6 +90,21 @@ class Usage:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @classmethod
+    def of_event(cls, event: EventCounts) -> Usage:
+        """The usage a cost event records: ``event_columns`` read back."""
+        return cls(
+            input_tokens=event.input_tokens,
+            cache_read_tokens=event.cached_input_tokens,
+            cache_write_5m_tokens=event.cache_write_5m_tokens,
+            cache_write_1h_tokens=event.cache_write_1h_tokens,
+            output_tokens=event.output_tokens,
+            reasoning_tokens=event.reasoning_tokens,
+            audio_input_tokens=event.audio_input_tokens,
+            audio_output_tokens=event.audio_output_tokens,
+            web_search_requests=event.web_search_requests,
+        )
 
     def event_columns(self) -> dict[str, int]:
         """The counts as a cost event records them (there, cache reads are

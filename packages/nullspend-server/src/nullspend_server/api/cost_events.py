@@ -80,17 +80,7 @@ class CostEventIn(RequestModel):
         return self
 
     def usage(self) -> Usage:
-        return Usage(
-            input_tokens=self.input_tokens,
-            cache_read_tokens=self.cached_input_tokens,
-            cache_write_5m_tokens=self.cache_write_5m_tokens,
-            cache_write_1h_tokens=self.cache_write_1h_tokens,
-            output_tokens=self.output_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-            audio_input_tokens=self.audio_input_tokens,
-            audio_output_tokens=self.audio_output_tokens,
-            web_search_requests=self.web_search_requests,
-        )
+        return Usage.of_event(self)
 
     def cost(self) -> int:
         if self.cost_microdollars is not None:
