@@ -185,6 +185,10 @@ def test_async_client(server: RunningServer) -> None:
             assert (status.spend_microdollars, status.reserved_microdollars) == (5_000, 0)
             page = await ns.cost_events(limit=20)
             assert sum(e.cost_microdollars for e in page.data) == 5_000
+            held = await ns.reserve_id(1_000)  # the id alone, as the async integrations reserve
+            (status,) = await ns.budget_status()
+            assert status.reserved_microdollars == 1_000
+            assert (await ns.release(held)).status == "released"
 
     asyncio.run(run())
 

@@ -501,6 +501,11 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
     ) -> Reservation:
         return self.engine.reserve(estimate_microdollars, **options)
 
+    async def reserve_id(
+        self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
+    ) -> str:
+        return self.engine.reserve_id(estimate_microdollars, **options)
+
     async def settle(self, reservation_id: str, **options: Unpack[SettleOptions]) -> Settled:
         return self.engine.settle(reservation_id, **options)
 

@@ -300,10 +300,10 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         body["max_tokens"] = cap
     estimate = estimate_request(wire, body, json.dumps(body).encode(), model=model)
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
-    reservation = _active.client.reserve(estimate.microdollars, **options)
+    reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
     return _Call(
         _active.client,
-        reservation.reservation_id,
+        reservation_id,
         estimate.microdollars,
         model,
         wire,

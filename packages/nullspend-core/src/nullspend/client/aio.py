@@ -128,6 +128,12 @@ class AsyncNullSpend(AsyncTrackedClients):
         (and ``model``) for the server to estimate it as the proxy does."""
         return await self._send(calls.reserve(estimate_microdollars, **options))
 
+    async def reserve_id(
+        self, estimate_microdollars: int | None = None, **options: Unpack[calls.ReserveOptions]
+    ) -> str:
+        """``reserve``, answering only the reservation's id, as ``NullSpend.reserve_id``."""
+        return (await self.reserve(estimate_microdollars, **options)).reservation_id
+
     async def settle(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> Settled:
         """Replace the estimate by the actual cost (``cost_microdollars``, or priced from
         ``usage``) and record the cost event."""

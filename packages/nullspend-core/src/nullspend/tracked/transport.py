@@ -85,12 +85,11 @@ class TrackedTransport(_Settling, httpx.BaseTransport):
         if metered is None:
             return self.inner.handle_request(request)
         try:
-            reservation = self.ns.reserve(
+            metered.reservation_id = self.ns.reserve_id(
                 metered.estimate_microdollars, **_reserve_options(metered, self.ns.scope)
             )
         except NullSpendError as error:
             raise _refusal(error, self.raise_as) from None
-        metered.reservation_id = reservation.reservation_id
         try:
             response = self.inner.handle_request(_with_body(request, metered.body))
         except BaseException:
@@ -133,12 +132,11 @@ class AsyncTrackedTransport(_Settling, httpx.AsyncBaseTransport):
         if metered is None:
             return await self.inner.handle_async_request(request)
         try:
-            reservation = await self.ns.reserve(
+            metered.reservation_id = await self.ns.reserve_id(
                 metered.estimate_microdollars, **_reserve_options(metered, self.ns.scope)
             )
         except NullSpendError as error:
             raise _refusal(error, self.raise_as) from None
-        metered.reservation_id = reservation.reservation_id
         try:
             response = await self.inner.handle_async_request(_with_body(request, metered.body))
         except BaseException:
