@@ -8,6 +8,7 @@ cloned from a migrated template (CREATE DATABASE ... TEMPLATE is much faster tha
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import shutil
@@ -152,6 +153,24 @@ def start_server(database_url: str, admin_key: str | None = None, **settings: An
     return RunningServer(
         f"http://127.0.0.1:{port}", database_url, admin_key, config, server, thread
     )
+
+
+@pytest.fixture
+def small_pool_server(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningServer]:
+    """A server whose PostgreSQL pool has two connections and gives up waiting for one after
+    5 s: what a request holding more than one at a time does to a busy server, shown fast."""
+    from nullspend_server.db import database, engine
+
+    monkeypatch.setattr(
+        database,
+        "create_engine_async",
+        functools.partial(engine.create_engine_async, pool_size=1, pool_timeout=5),
+    )
+    running = start_server(database_url)
+    yield running
+    running.stop()
 
 
 @pytest.fixture

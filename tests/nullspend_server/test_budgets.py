@@ -407,6 +407,27 @@ def test_reads_crossing_the_boundary_beside_enforcement(
     assert (entity["spendMicrodollars"], entity["reservedMicrodollars"]) == (10 * 5, 0)
 
 
+def test_many_reads_crossing_the_boundary_at_once_never_starve_the_pool(
+    small_pool_server: RunningServer,
+) -> None:
+    """A read that starts a new period writes it in a second transaction. Holding its read
+    connection meanwhile, reads crossing the boundary together each held one and waited for
+    another until the pool ran out: every connection held, every request waiting, then 500s
+    after the pool's timeout. Eight reads at once on a pool of two."""
+    server = small_pool_server
+    with server.client() as admin:
+        created(admin, resetInterval="daily")
+    _set_state(server, spend=700, period_start=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+
+    async def run() -> list[httpx.Response]:
+        async with server.async_client() as client:
+            return await asyncio.gather(*(client.get("/api/budgets/status") for _ in range(8)))
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200] * 8, answers[0].text
+    assert {a.json()["entities"][0]["spendMicrodollars"] for a in answers} == {0}
+
+
 def test_the_read_that_starts_a_period_keeps_spend_a_settle_adds_meanwhile(
     server: RunningServer, admin: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,6 +102,38 @@ def test_concurrent_retries_with_one_idempotency_key_store_one_event(
     assert len(admin.get("/api/cost-events").json()["data"]) == 1
 
 
+def test_ingests_with_idempotency_keys_at_once_never_starve_the_pool(
+    small_pool_server: RunningServer,
+) -> None:
+    """An ingest with an Idempotency-Key looks for an earlier one first. Read on a second
+    connection while the request held its writing one, ingests arriving together each held one
+    and waited for another until the pool ran out. Eight events and four batches at once, the
+    same key sent twice, on a pool of two."""
+    server = small_pool_server
+
+    async def run() -> list[httpx.Response]:
+        async with server.async_client() as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/api/cost-events", json=EVENT, headers={"Idempotency-Key": k})
+                    for k in ("a", "b", "c", "d", "e", "f", "g", "a")
+                ),
+                *(
+                    client.post(
+                        "/api/cost-events/batch",
+                        json={"events": [EVENT] * 3},
+                        headers={"Idempotency-Key": k},
+                    )
+                    for k in ("b1", "b2", "b3", "b1")
+                ),
+            )
+
+    answers = asyncio.run(run())
+    assert sorted(a.status_code for a in answers) == [200] * 2 + [201] * 10, answers[0].text
+    with server.client() as admin:
+        assert len(admin.get("/api/cost-events", params={"limit": 100}).json()["data"]) == 7 + 9
+
+
 def test_batch_is_all_or_nothing(admin: httpx.Client) -> None:
     ok = admin.post("/api/cost-events/batch", json={"events": [EVENT] * 100})
     assert ok.status_code == 201

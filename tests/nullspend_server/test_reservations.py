@@ -65,6 +65,32 @@ def test_settle_with_usage_prices_it_with_the_catalog(admin: httpx.Client) -> No
     assert settled.json()["data"]["costMicrodollars"] == 3_000 + 45_000 + 30_000
 
 
+def test_settles_priced_from_usage_at_once_never_starve_the_pool(
+    small_pool_server: RunningServer,
+) -> None:
+    """A settle with usage and no model reads the reservation's model, then settles in a write
+    transaction. Holding the read's connection meanwhile, settles arriving together each held
+    one and waited for another until the pool ran out. Eight at once on a pool of two."""
+    server = small_pool_server
+    with server.client() as admin:
+        ids = [
+            reserve(admin, 10_000, model="gpt-4o-mini").json()["data"]["reservationId"]
+            for _ in range(8)
+        ]
+
+    async def run() -> list[httpx.Response]:
+        async with server.async_client() as client:
+            usage = {"inputTokens": 1_000, "outputTokens": 100}
+            return await asyncio.gather(
+                *(client.post(f"/api/reservations/{i}/settle", json={"usage": usage}) for i in ids)
+            )
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200] * 8, answers[0].text
+    # 1,000 x $0.15 + 100 x $0.60 per million tokens
+    assert {a.json()["data"]["costMicrodollars"] for a in answers} == {210}
+
+
 def test_reservation_estimated_from_the_provider_request(admin: httpx.Client) -> None:
     request = {
         "model": "gpt-4o-mini",

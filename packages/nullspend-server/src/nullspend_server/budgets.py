@@ -14,7 +14,7 @@ from nullspend.errors import ErrorCode
 from nullspend.policy.periods import needs_reset, period_start
 from nullspend.policy.velocity import DEFAULT_COOLDOWN_SECONDS, DEFAULT_WINDOW_SECONDS
 from nullspend_server.budget_periods import reset_due_periods
-from nullspend_server.db.database import Database
+from nullspend_server.db.database import Database, end_read
 from nullspend_server.db.tables import ApiKey, Budget, utcnow
 from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
@@ -109,6 +109,7 @@ async def current(
     now = utcnow()
     if not any(needs_reset(b.reset_interval, b.current_period_start, now) for b in budgets):
         return budgets
+    await end_read(session)
     async with db.write_session() as writer:
         # Locked until the commit (in id order, as enforcement locks them): the reset rows are
         # written back then, and a settle landing in between would otherwise be overwritten.

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field, model_validator
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nullspend.errors import ErrorCode
 from nullspend.pricing import default_catalog, price_usage
@@ -168,13 +169,15 @@ def _invalid(message: str, details: dict[str, Any] | None = None) -> ApiError:
 
 
 async def _replay(
-    db: Database, principal: Principal, key: str, request_hash: str
+    session: AsyncSession, principal: Principal, key: str, request_hash: str
 ) -> CostEvent | None:
-    async with db.sessions() as session:
-        query = select(CostEvent).where(
-            col(CostEvent.org_id) == principal.org_id, col(CostEvent.idempotency_key) == key
-        )
-        event = (await session.exec(query)).first()
+    """The event recorded earlier under ``key``, if any. Read in the request's own session:
+    a second connection per request, taken while holding the first, would empty the pool
+    when many arrive together (each holding one, all waiting)."""
+    query = select(CostEvent).where(
+        col(CostEvent.org_id) == principal.org_id, col(CostEvent.idempotency_key) == key
+    )
+    event = (await session.exec(query)).first()
     if event is not None and event.request_hash != request_hash:
         raise ApiError(
             ErrorCode.CONFLICT,
@@ -197,7 +200,7 @@ async def ingest(
     if idempotency_key is not None:
         request_hash = _hash(body)
         if (
-            earlier := await _replay(request.app.state.db, principal, idempotency_key, request_hash)
+            earlier := await _replay(session, principal, idempotency_key, request_hash)
         ) is not None:
             response.status_code = 200
             return Data(data=Ingested.model_validate(earlier))
@@ -213,7 +216,7 @@ async def ingest(
         await session.rollback()
         assert idempotency_key is not None
         assert request_hash is not None
-        earlier = await _replay(request.app.state.db, principal, idempotency_key, request_hash)
+        earlier = await _replay(session, principal, idempotency_key, request_hash)
         assert earlier is not None
         response.status_code = 200
         return Data(data=Ingested.model_validate(earlier))
@@ -234,10 +237,9 @@ async def ingest_batch(
     if idempotency_key is not None and "#" in idempotency_key:
         # Its events are stored as <key>#<index>: a '#' in the key could match another's.
         raise _invalid("a batch's Idempotency-Key cannot contain '#'", {"idempotencyKey": None})
-    db: Database = request.app.state.db
     request_hash = _hash(body) if idempotency_key is not None else None
     if idempotency_key is not None and request_hash is not None:
-        earlier = await _replay_batch(db, principal, idempotency_key, request_hash)
+        earlier = await _replay_batch(session, principal, idempotency_key, request_hash)
         if earlier is not None:
             response.status_code = 200
             return earlier
@@ -268,7 +270,7 @@ async def ingest_batch(
         await session.rollback()
         assert idempotency_key is not None
         assert request_hash is not None
-        earlier = await _replay_batch(db, principal, idempotency_key, request_hash)
+        earlier = await _replay_batch(session, principal, idempotency_key, request_hash)
         assert earlier is not None
         response.status_code = 200
         return earlier
@@ -282,15 +284,14 @@ def _hash(body: RequestModel) -> str:
 
 
 async def _replay_batch(
-    db: Database, principal: Principal, key: str, request_hash: str
+    session: AsyncSession, principal: Principal, key: str, request_hash: str
 ) -> BatchIngested | None:
-    """The batch recorded earlier under ``key``, if any."""
-    async with db.sessions() as session:
-        query = select(CostEvent).where(
-            col(CostEvent.org_id) == principal.org_id,
-            col(CostEvent.idempotency_key).startswith(f"{key}#", autoescape=True),
-        )
-        found = list(await session.exec(query))
+    """The batch recorded earlier under ``key``, if any (read as ``_replay`` reads)."""
+    query = select(CostEvent).where(
+        col(CostEvent.org_id) == principal.org_id,
+        col(CostEvent.idempotency_key).startswith(f"{key}#", autoescape=True),
+    )
+    found = list(await session.exec(query))
     if not found:
         return None
     if any(event.request_hash != request_hash for event in found):

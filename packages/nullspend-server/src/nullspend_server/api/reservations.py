@@ -25,6 +25,7 @@ from nullspend_server.api.schema import (
     UsageIn,
 )
 from nullspend_server.auth import Member, Session, presented_key
+from nullspend_server.db.database import end_read
 from nullspend_server.db.tables import Reservation
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement
 from nullspend_server.errors import ApiError, denial_error
@@ -158,6 +159,7 @@ async def _usage_cost(
             col(Reservation.id) == reservation_id, col(Reservation.org_id) == org_id
         )
         model = (await session.exec(query)).first()
+        await end_read(session)  # the settle's write transaction comes next
     priced = default_catalog().resolve(model) if model else None
     if priced is None:
         raise ApiError(

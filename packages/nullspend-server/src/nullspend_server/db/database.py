@@ -53,6 +53,14 @@ class Executor(Protocol):
     async def execute(self, statement: Executable, parameters: Any = None, /) -> Rows: ...
 
 
+async def end_read(session: AsyncSession) -> None:
+    """Give a read session's connection back to the pool before the same request takes a
+    writing one. Requests that each held one while waiting for another would empty the pool
+    together and wait on each other until its timeout. What the read loaded stays usable
+    (sessions do not expire objects at commit)."""
+    await session.commit()
+
+
 class Database:
     def __init__(self, url: str | URL) -> None:
         self.url = url

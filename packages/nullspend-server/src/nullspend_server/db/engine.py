@@ -64,7 +64,7 @@ def configure_sqlite(engine: Any, *, autocheckpoint: bool = True) -> None:
 
 
 def create_engine_async(
-    url: str | URL, *, pool_size: int = 10, autocheckpoint: bool = True
+    url: str | URL, *, pool_size: int = 10, pool_timeout: float = 30.0, autocheckpoint: bool = True
 ) -> AsyncEngine:
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
@@ -72,7 +72,11 @@ def create_engine_async(
         configure_sqlite(engine.sync_engine, autocheckpoint=autocheckpoint)
         return engine
     return create_async_engine(
-        target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        target,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=pool_timeout,
+        pool_pre_ping=True,
     )
 
 
