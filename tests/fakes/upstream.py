@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.threaded import serve_in_thread
 
 DEFAULT_USAGE = {"input": 12, "cached": 0, "output": 9, "reasoning": 0, "cache_write": 0}
 WORDS = ["Hello", " there", "! 世界", " 🚀"]
@@ -414,19 +412,11 @@ def create_app() -> Starlette:
 @contextmanager
 def serving(app: Starlette) -> Iterator[str]:
     """Serve ``app`` over real HTTP on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
+    server = serve_in_thread(app)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.base_url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
 
 
 @contextmanager

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from sqlalchemy.engine import make_url
 
 from nullspend_server.accounts import bootstrap
@@ -33,6 +31,7 @@ from nullspend_server.app import create_app
 from nullspend_server.db.database import Database
 from nullspend_server.db.migrate import migrate
 from nullspend_server.settings import ServerSettings
+from tests.fakes.threaded import ThreadedServer, serve_in_thread
 
 # The server runs in a thread of the test process, and its aiosqlite connections hop threads on
 # every query: with the default 5 ms GIL switch interval those hops queue behind the client's
@@ -108,8 +107,7 @@ class RunningServer:
     database_url: str
     admin_key: str
     settings: ServerSettings
-    _server: uvicorn.Server = field(repr=False)
-    _thread: threading.Thread = field(repr=False)
+    _served: ThreadedServer = field(repr=False)
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"X-NullSpend-Key": key or self.admin_key}
@@ -128,8 +126,7 @@ class RunningServer:
             return key
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
+        self._served.stop()
 
 
 def start_server(database_url: str, admin_key: str | None = None, **settings: Any) -> RunningServer:
@@ -137,22 +134,8 @@ def start_server(database_url: str, admin_key: str | None = None, **settings: An
     database is bootstrapped first unless the admin key of an existing one is given."""
     admin_key = admin_key or asyncio.run(_bootstrap(database_url))
     config = ServerSettings(database_url=database_url, **settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), log_level="warning", lifespan="on", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    return RunningServer(
-        f"http://127.0.0.1:{port}", database_url, admin_key, config, server, thread
-    )
+    served = serve_in_thread(create_app(config), log_level="warning", lifespan="on")
+    return RunningServer(served.base_url, database_url, admin_key, config, served)
 
 
 @pytest.fixture
