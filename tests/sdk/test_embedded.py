@@ -17,6 +17,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from nullspend import embedded
+from nullspend.client import NewCostEvent, NullSpend
+from nullspend.client.models import MAX_BATCH, CostEvent
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import (
     BudgetExceededError,
@@ -26,10 +28,11 @@ from nullspend.errors import (
     TagBudgetExceededError,
     ValidationError,
 )
-from nullspend.pricing import estimate_request
+from nullspend.pricing import default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
 from nullspend.wire import OPENAI_CHAT
 from nullspend_langchain import NullSpendCallbackHandler
+from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import COST, MESSAGES, USAGE, client_kwargs
 
 
@@ -284,3 +287,130 @@ def test_a_reservation_expires_on_time_whatever_came_and_went_before_it(
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (2_100, 0)
     assert ns.cost_events().data[0].reservation_id == later
+
+
+# --- code written for NullSpend, run embedded ----------------------------------------------
+
+REPORTED = NewCostEvent(
+    provider="anthropic",
+    model="claude-sonnet-4-5",
+    input_tokens=1_000,
+    cached_input_tokens=2_000,
+    cache_write_5m_tokens=300,
+    output_tokens=400,
+    reasoning_tokens=100,
+    customer="acme",
+    session_id="s-1",
+    trace_id="t-1",
+    action_id="act-1",
+    tags={"team": "ml"},
+)
+
+
+def reporting(ns: NullSpend | LocalNullSpend) -> list[CostEvent]:
+    """What a script does with a server client: report, report a batch, flush, read, close."""
+    with ns:
+        one = ns.report(REPORTED, idempotency_key="call-1")
+        assert ns.report(REPORTED, idempotency_key="call-1").id == one.id  # once per key
+        batch = ns.report_batch(
+            [REPORTED.model_copy(update={"customer": None}), REPORTED], idempotency_key="b-1"
+        )
+        assert batch.inserted == 2
+        assert ns.flush() is True
+        return ns.cost_events(limit=10).data
+
+
+def test_reports_are_recorded_as_the_server_records_them(server: RunningServer) -> None:
+    """The same code against a server and embedded: the same events, priced alike."""
+    served = reporting(NullSpend(server.admin_key, server.base_url))
+    local = reporting(LocalNullSpend())
+
+    def fields(event: CostEvent) -> dict[str, Any]:
+        return event.model_dump(exclude={"id", "created_at", "source", "api_key_id"})
+
+    assert [fields(e) for e in local] == [fields(e) for e in served]
+    assert (
+        local[0].cost_microdollars
+        == price_usage(
+            Usage.of_event(REPORTED), default_catalog().resolve("claude-sonnet-4-5")
+        ).total_microdollars
+    )
+    assert local[0].tags == {"customer": "acme", "team": "ml"}
+
+
+def test_reported_spend_counts_against_the_budgets_it_falls_under() -> None:
+    ns = LocalNullSpend(
+        [
+            LocalBudget.total(10_000),
+            LocalBudget.customer("acme", 6_000),
+            LocalBudget.tag("team", "ml", 8_000),
+        ]
+    )
+    ns.report(NewCostEvent(provider="openai", model="x", cost_microdollars=5_000, customer="acme"))
+    ns.report(
+        NewCostEvent(provider="openai", model="x", cost_microdollars=2_500, tags={"team": "ml"})
+    )
+    spend = {s.entity_type: s.spend_microdollars for s in ns.budget_status()}
+    assert spend == {"user": 7_500, "customer": 5_000, "tag": 2_500}
+    with pytest.raises(CustomerBudgetExceededError):
+        ns.reserve(1_500, customer="acme")
+    with pytest.raises(BudgetExceededError):
+        ns.reserve(3_000)
+    # Never refused itself: the call already happened, past the cap or not.
+    ns.report(NewCostEvent(provider="openai", model="x", cost_microdollars=9_000))
+    assert ns.budget_status()[0].spend_microdollars == 16_500
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"model": "no-such-model"}, "not in the pricing catalog"),
+        ({"tags": {"": "x"}}, "tag"),
+        ({"output_tokens": 1, "reasoning_tokens": 2}, "reasoning"),
+        ({"input_tokens": -1}, "negative"),
+        ({"cost_microdollars": -1}, "negative"),
+        ({"provider": ""}, "provider"),
+    ],
+)
+def test_a_batch_with_one_bad_event_records_none(
+    bad: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "spend.db"
+    ns = LocalNullSpend([LocalBudget.total(10**9)], path=path)
+    good = NewCostEvent(provider="openai", model="gpt-4o-mini", input_tokens=1_000)
+    with pytest.raises(ValidationError, match=message):
+        ns.report_batch([good, good.model_copy(update=bad)])
+    assert ns.cost_events().data == []
+    assert ns.budget_status()[0].spend_microdollars == 0
+    assert LocalNullSpend(path=path).cost_events().data == []  # nothing on file either
+
+
+def test_report_batch_limits_and_idempotency(tmp_path: Path) -> None:
+    path = tmp_path / "spend.db"
+    ns = LocalNullSpend([LocalBudget.total(10**9)], path=path)
+    event = NewCostEvent(provider="openai", model="gpt-4o-mini", input_tokens=1_000)
+    with pytest.raises(ValidationError):
+        ns.report_batch([])
+    with pytest.raises(ValidationError):
+        ns.report_batch([event] * (MAX_BATCH + 1))
+    first = ns.report_batch([event] * MAX_BATCH, idempotency_key="k")
+    assert ns.report_batch([event] * MAX_BATCH, idempotency_key="k") == first
+    with pytest.raises(ConflictError):
+        ns.report_batch([event], idempotency_key="k")
+    # Recorded once, and on file: the next process counts it.
+    again = LocalNullSpend([LocalBudget.total(10**9)], path=path)
+    assert again.budget_status()[0].spend_microdollars == MAX_BATCH * 150
+    assert {e.id for e in again.cost_events(limit=MAX_BATCH).data} == set(first.ids)
+
+
+def test_async_embedded_has_the_async_clients_calls() -> None:
+    async def run() -> None:
+        ns = AsyncLocalNullSpend([LocalBudget.total(10**9)])
+        recorded = await ns.report(REPORTED)
+        batch = await ns.report_batch([REPORTED])
+        assert await ns.flush() is True
+        page = await ns.cost_events()
+        assert [e.id for e in page.data] == [batch.ids[0], recorded.id]
+        await ns.close()
+
+    asyncio.run(run())

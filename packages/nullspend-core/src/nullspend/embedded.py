@@ -1,7 +1,8 @@
 """The enforcement engine in-process, for code with no NullSpend server (a notebook, a script):
 budgets declared in code, spend kept in memory or in a local SQLite file. ``LocalNullSpend``
-answers the calls the integrations make of a server client (reserve, settle, release, reads),
-with the same typed denials, so a handler or a tracked provider client works with either.
+answers the calls the integrations make of a server client (reserve, settle, release, reads)
+and the reports a script makes (report, report_batch), with the same typed denials and the same
+validation and pricing, so a handler, a tracked provider client or a script works with either.
 
 What it enforces: a total budget, per-customer and per-tag budgets, and a per-session limit,
 each ``strict_block``, ``soft_block`` or ``warn``. Calendar periods and velocity limits need the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import logging
 import sqlite3
 import threading
@@ -28,11 +30,22 @@ from typing import Any, ClassVar, Literal, Unpack
 from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors
 from nullspend.client.background import log_failure
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
-from nullspend.client.models import BudgetStatus, CostEvent, CostEventPage, Reservation, Settled
+from nullspend.client.models import (
+    MAX_BATCH,
+    BudgetStatus,
+    CostEvent,
+    CostEventPage,
+    NewCostEvent,
+    RecordedBatch,
+    RecordedEvent,
+    Reservation,
+    Settled,
+)
 from nullspend.errors import ApiError, ConflictError, NotFoundError, ValidationError, api_error
 from nullspend.policy import denials
 from nullspend.policy.budgets import Policy, admits, remaining
 from nullspend.policy.denials import Denial
+from nullspend.pricing import default_catalog, price_usage
 from nullspend.tracked.clients import AsyncTrackedClients, TrackedClients
 from nullspend.usage import Usage
 
@@ -118,11 +131,12 @@ class _Event:
     trace_id: str | None
     event_type: str | None
     tags: dict[str, str]
+    action_id: str | None = None
 
     def read(self) -> CostEvent:
         fields: dict[str, Any] = {
             "id": self.id,
-            "created_at": _EPOCH + dt.timedelta(microseconds=self.created_at),
+            "created_at": _time(self.created_at),
             "source": self.source,
             "provider": self.provider,
             "model": self.model,
@@ -136,7 +150,7 @@ class _Event:
             "reservation_id": self.reservation_id,
             "tags": self.tags,
             "upstream_status": None,
-            "action_id": None,
+            "action_id": self.action_id,
         }
         return CostEvent.model_construct(**fields)
 
@@ -156,6 +170,14 @@ class _Event:
             event.trace_id,
             event.event_type,
             event.tags,
+            event.action_id,
+        )
+
+    def recorded(self) -> RecordedEvent:
+        return RecordedEvent(
+            id=self.id,
+            created_at=_time(self.created_at),
+            cost_microdollars=self.cost_microdollars,
         )
 
 
@@ -176,10 +198,11 @@ class _Store:
         rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
         return [_Event.of(CostEvent.model_validate_json(body)) for (body,) in rows]
 
-    def add(self, event: _Event) -> None:
+    def add(self, *events: _Event) -> None:
+        """Write ``events`` in one transaction: all or none."""
+        bodies = [(event.read().model_dump_json(),) for event in events]
         with self._connection:
-            body = event.read().model_dump_json()
-            self._connection.execute("INSERT INTO cost_events (body) VALUES (?)", (body,))
+            self._connection.executemany("INSERT INTO cost_events (body) VALUES (?)", bodies)
 
 
 class LocalNullSpend(TrackedClients):
@@ -210,6 +233,8 @@ class LocalNullSpend(TrackedClients):
         # The latest events. Bounded, so a process that runs for months does not grow with its
         # calls; spend counts every event.
         self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
+        # What each recent report's Idempotency-Key recorded, with its events' fingerprint.
+        self._reported: dict[str, tuple[str, list[_Event]]] = {}
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._store = _Store(Path(path)) if path is not None else None
@@ -219,6 +244,11 @@ class LocalNullSpend(TrackedClients):
 
     def close(self) -> None:
         pass
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """True: nothing is ever queued (``settle_later`` and ``release_later`` settle at
+        once). There so code written for ``NullSpend`` runs unchanged."""
+        return True
 
     def __enter__(self) -> LocalNullSpend:
         return self
@@ -372,6 +402,82 @@ class LocalNullSpend(TrackedClients):
         except Exception as error:
             log_failure(f"releasing {reservation_id}", error)
 
+    # --- events reported after the fact ---------------------------------------------------
+
+    def report(self, event: NewCostEvent, *, idempotency_key: str | None = None) -> RecordedEvent:
+        """Record a call made without a reservation, its cost counted against the budgets it
+        falls under (never refused: it already happened). Priced with the catalog when
+        ``cost_microdollars`` is not given, as the server does; a key given again answers what
+        was recorded under it."""
+        return self._report([event], idempotency_key)[0].recorded()
+
+    def report_batch(
+        self, events: list[NewCostEvent], *, idempotency_key: str | None = None
+    ) -> RecordedBatch:
+        """Record up to 100 events at once, all or none."""
+        recorded = self._report(events, idempotency_key)
+        return RecordedBatch(inserted=len(recorded), ids=[e.id for e in recorded])
+
+    def _report(self, reports: list[NewCostEvent], idempotency_key: str | None) -> list[_Event]:
+        if not 1 <= len(reports) <= MAX_BATCH:
+            raise ValidationError(f"report 1 to {MAX_BATCH} events at once")
+        events = [self._reported_event(report) for report in reports]
+        fingerprint = json.dumps([r.wire() for r in reports], sort_keys=True)
+        with self._lock:
+            if idempotency_key is not None and idempotency_key in self._reported:
+                earlier, recorded = self._reported[idempotency_key]
+                if earlier != fingerprint:
+                    raise ConflictError("this idempotency key was used with other events")
+                return recorded
+            if self._store is not None:
+                self._store.add(*events)
+            for event in events:
+                self._count(event, self._matching(event.customer, event.tags))
+            if idempotency_key is not None:
+                if len(self._reported) >= EVENTS_KEPT:  # bounded: the oldest key goes
+                    del self._reported[next(iter(self._reported))]
+                self._reported[idempotency_key] = (fingerprint, events)
+        return events
+
+    def _reported_event(self, report: NewCostEvent) -> _Event:
+        """A reported call as the engine keeps it, refused as the server refuses it."""
+        if not report.provider or not report.model:
+            raise ValidationError("give the call's provider and model")
+        if errors := tag_errors(report.tags):
+            raise ValidationError("; ".join(errors))
+        tags = dict(report.tags)
+        if report.customer:
+            tags.setdefault("customer", report.customer)
+        try:
+            usage = Usage.of_event(report)
+        except ValueError as error:  # a negative count, or more reasoning than output
+            raise ValidationError(str(error)) from None
+        cost = report.cost_microdollars
+        if cost is None:
+            if (priced := default_catalog().resolve(report.model)) is None:
+                raise ValidationError(
+                    f"model {report.model!r} is not in the pricing catalog: give cost_microdollars"
+                )
+            cost = price_usage(usage, priced).total_microdollars
+        elif cost < 0:
+            raise ValidationError("cost_microdollars cannot be negative")
+        return _Event(
+            self._ids.next("ce"),
+            time.time_ns() // 1000,
+            None,
+            report.provider,
+            report.model,
+            usage,
+            cost,
+            report.duration_ms,
+            report.customer,
+            report.session_id,
+            report.trace_id,
+            report.event_type,
+            tags,
+            report.action_id,
+        )
+
     # --- reads --------------------------------------------------------------------------------
 
     def budget_status(self) -> list[BudgetStatus]:
@@ -496,6 +602,12 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
     async def __aexit__(self, *_: object) -> None:
         pass
 
+    async def close(self) -> None:
+        self.engine.close()
+
+    async def flush(self, timeout: float | None = 30.0) -> bool:
+        return self.engine.flush(timeout)
+
     async def reserve(
         self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
     ) -> Reservation:
@@ -517,6 +629,16 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
 
     def release_later(self, reservation_id: str) -> None:
         self.engine.release_later(reservation_id)
+
+    async def report(
+        self, event: NewCostEvent, *, idempotency_key: str | None = None
+    ) -> RecordedEvent:
+        return self.engine.report(event, idempotency_key=idempotency_key)
+
+    async def report_batch(
+        self, events: list[NewCostEvent], *, idempotency_key: str | None = None
+    ) -> RecordedBatch:
+        return self.engine.report_batch(events, idempotency_key=idempotency_key)
 
     async def budget_status(self) -> list[BudgetStatus]:
         return self.engine.budget_status()
@@ -544,6 +666,10 @@ def _matches(event: _Event, filters: EventFilters) -> bool:
         return False
     wanted: Mapping[str, str] = filters.get("tags") or {}
     return all(event.tags.get(k) == v for k, v in wanted.items())
+
+
+def _time(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=micros)
 
 
 class _Ids:

@@ -72,6 +72,10 @@ class RecordedEvent(ApiModel):
     cost_microdollars: int
 
 
+MAX_BATCH = 100
+"""The most events one ``report_batch`` records: the API's limit."""
+
+
 class RecordedBatch(ApiModel):
     inserted: int
     ids: list[str]

@@ -14,12 +14,10 @@ import uuid
 from dataclasses import dataclass
 
 from nullspend.client.calls import wait_before_retry
-from nullspend.client.models import NewCostEvent
+from nullspend.client.models import MAX_BATCH, NewCostEvent
 from nullspend.client.sync import NullSpend
 
 log = logging.getLogger("nullspend.reporter")
-
-MAX_BATCH = 100  # the server's batch limit
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from nullspend.client.models import MAX_BATCH
 from nullspend.errors import ErrorCode
 from nullspend.pricing import default_catalog, price_usage
 from nullspend.usage import Usage
@@ -45,7 +46,6 @@ from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
 
 router = APIRouter(tags=["cost events"])
-MAX_BATCH = 100
 EXPORT_BATCH = 1_000
 
 
