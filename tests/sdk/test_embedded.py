@@ -17,7 +17,7 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from nullspend import embedded
-from nullspend.client import NewCostEvent, NullSpend
+from nullspend.client import CostReporter, NewCostEvent, NullSpend
 from nullspend.client.models import MAX_BATCH, CostEvent
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import (
@@ -397,10 +397,24 @@ def test_report_batch_limits_and_idempotency(tmp_path: Path) -> None:
     assert ns.report_batch([event] * MAX_BATCH, idempotency_key="k") == first
     with pytest.raises(ConflictError):
         ns.report_batch([event], idempotency_key="k")
+    ns.report(event, idempotency_key="k")  # a single report's keys are apart from a batch's
+    with pytest.raises(ValidationError):  # as on the server, which stores <key>#<index>
+        ns.report_batch([event], idempotency_key="k#1")
     # Recorded once, and on file: the next process counts it.
     again = LocalNullSpend([LocalBudget.total(10**9)], path=path)
-    assert again.budget_status()[0].spend_microdollars == MAX_BATCH * 150
-    assert {e.id for e in again.cost_events(limit=MAX_BATCH).data} == set(first.ids)
+    assert again.budget_status()[0].spend_microdollars == (MAX_BATCH + 1) * 150
+    assert set(first.ids) <= {e.id for e in again.cost_events(limit=MAX_BATCH + 1).data}
+
+
+def test_the_background_reporter_records_in_process() -> None:
+    ns = LocalNullSpend([LocalBudget.total(10**9)])
+    reporter = CostReporter(ns, interval=30)
+    for _ in range(150):
+        assert reporter.report(REPORTED)
+    reporter.close()
+    assert reporter.stats.sent == 150
+    (status,) = ns.budget_status()
+    assert status.spend_microdollars == 150 * ns.cost_events().data[0].cost_microdollars
 
 
 def test_async_embedded_has_the_async_clients_calls() -> None:

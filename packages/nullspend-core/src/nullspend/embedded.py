@@ -234,7 +234,7 @@ class LocalNullSpend(TrackedClients):
         # calls; spend counts every event.
         self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
         # What each recent report's Idempotency-Key recorded, with its events' fingerprint.
-        self._reported: dict[str, tuple[str, list[_Event]]] = {}
+        self._reported: dict[tuple[bool, str | None], tuple[str, list[_Event]]] = {}
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._store = _Store(Path(path)) if path is not None else None
@@ -409,23 +409,28 @@ class LocalNullSpend(TrackedClients):
         falls under (never refused: it already happened). Priced with the catalog when
         ``cost_microdollars`` is not given, as the server does; a key given again answers what
         was recorded under it."""
-        return self._report([event], idempotency_key)[0].recorded()
+        return self._report([event], idempotency_key, batch=False)[0].recorded()
 
     def report_batch(
         self, events: list[NewCostEvent], *, idempotency_key: str | None = None
     ) -> RecordedBatch:
         """Record up to 100 events at once, all or none."""
-        recorded = self._report(events, idempotency_key)
+        if idempotency_key is not None and "#" in idempotency_key:
+            raise ValidationError("a batch's idempotency key cannot contain '#'")  # as the server
+        recorded = self._report(events, idempotency_key, batch=True)
         return RecordedBatch(inserted=len(recorded), ids=[e.id for e in recorded])
 
-    def _report(self, reports: list[NewCostEvent], idempotency_key: str | None) -> list[_Event]:
+    def _report(
+        self, reports: list[NewCostEvent], idempotency_key: str | None, *, batch: bool
+    ) -> list[_Event]:
         if not 1 <= len(reports) <= MAX_BATCH:
             raise ValidationError(f"report 1 to {MAX_BATCH} events at once")
         events = [self._reported_event(report) for report in reports]
         fingerprint = json.dumps([r.wire() for r in reports], sort_keys=True)
+        key = (batch, idempotency_key)  # a report's keys and a batch's are apart, as on the server
         with self._lock:
-            if idempotency_key is not None and idempotency_key in self._reported:
-                earlier, recorded = self._reported[idempotency_key]
+            if idempotency_key is not None and key in self._reported:
+                earlier, recorded = self._reported[key]
                 if earlier != fingerprint:
                     raise ConflictError("this idempotency key was used with other events")
                 return recorded
@@ -436,7 +441,7 @@ class LocalNullSpend(TrackedClients):
             if idempotency_key is not None:
                 if len(self._reported) >= EVENTS_KEPT:  # bounded: the oldest key goes
                     del self._reported[next(iter(self._reported))]
-                self._reported[idempotency_key] = (fingerprint, events)
+                self._reported[key] = (fingerprint, events)
         return events
 
     def _reported_event(self, report: NewCostEvent) -> _Event:

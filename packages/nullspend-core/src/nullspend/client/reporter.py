@@ -12,12 +12,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from nullspend.client.calls import wait_before_retry
-from nullspend.client.models import MAX_BATCH, NewCostEvent
-from nullspend.client.sync import NullSpend
+from nullspend.client.models import MAX_BATCH, NewCostEvent, RecordedBatch
 
 log = logging.getLogger("nullspend.reporter")
+
+
+class BatchRecorder(Protocol):
+    """What the reporter sends with: ``NullSpend``, or ``LocalNullSpend`` with no server."""
+
+    def report_batch(
+        self, events: list[NewCostEvent], *, idempotency_key: str | None = None
+    ) -> RecordedBatch: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class CostReporter:
 
     def __init__(
         self,
-        client: NullSpend,
+        client: BatchRecorder,
         *,
         interval: float = 1.0,
         batch_size: int = MAX_BATCH,
