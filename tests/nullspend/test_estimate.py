@@ -165,3 +165,23 @@ def test_estimate_bounds_an_ordinary_conversation_from_above(
     prompt = int(sum(len(m["content"]) for m in messages) * tokens_per_char) + 4 * turns + 3
     actual = cost(Usage(input_tokens=prompt, output_tokens=800), "gpt-4.1").total_microdollars
     assert estimate(OPENAI_CHAT, body).microdollars >= actual
+
+
+@pytest.mark.parametrize(
+    ("wire", "asks", "choices"),
+    [
+        (OPENAI_CHAT, {"n": 3}, 3),
+        (OPENAI_CHAT, {"n": "3"}, 1),  # malformed: the provider refuses it
+        (GEMINI, {"generationConfig": {"maxOutputTokens": 100, "candidateCount": 2}}, 2),
+        (GEMINI, {"generation_config": {"max_output_tokens": 100, "candidate_count": 4}}, 4),
+    ],
+)
+def test_every_completion_asked_for_is_in_the_estimate(
+    wire: WireFormat, asks: dict[str, Any], choices: int
+) -> None:
+    model = {"model": "gpt-4o-mini" if wire is OPENAI_CHAT else "gemini-2.5-flash"}
+    one = estimate_request(wire, {**model, "max_tokens": 100}, b"")
+    if wire is GEMINI:
+        one = estimate_request(wire, {**model, "generationConfig": {"maxOutputTokens": 100}}, b"")
+    many = estimate_request(wire, {**model, "max_tokens": 100, **asks}, b"")
+    assert many.output_tokens == choices * one.output_tokens

@@ -20,6 +20,8 @@ from starlette.responses import Response
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
+from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
+from nullspend.pricing import default_catalog
 from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.fakes.interposed import HeldSettles, interposed
@@ -447,3 +449,55 @@ def test_reasoning_tokens_are_recorded_and_priced_as_output(fake: tuple[str, Any
     assert (event.input_tokens, event.output_tokens, event.reasoning_tokens) == (100, 500, 400)
     # o4-mini: $1.10 input, $4.40 output per million tokens
     assert event.cost_microdollars == round(100 * 1.1 + 500 * 4.4)
+
+
+def test_a_run_tag_never_replaces_the_handlers_tag(fake: tuple[str, Any]) -> None:
+    """A run tagged ``team`` must not turn the handler's ``team=ml`` into ``team=true`` and so
+    slip out of the ml team's budget."""
+    engine = LocalNullSpend([LocalBudget.tag("team", "ml", 1)])
+    model = chat_openai(
+        fake, callbacks=[NullSpendCallbackHandler(client=engine, tags={"team": "ml"})]
+    )
+    with pytest.raises(DeniedError):
+        model.invoke("Hello", config={"tags": ["team", "other"]})
+    assert fake[1].state.requests == []
+
+
+def reserved_for(model: Any, fake: tuple[str, Any]) -> int:
+    """The estimate the handler reserves for one ``invoke`` of ``model``."""
+    engine = LocalNullSpend()
+    reserved: list[int] = []
+    reserve_id = engine.reserve_id
+
+    def spy(estimate: int | None = None, **options: Any) -> str:
+        assert estimate is not None
+        reserved.append(estimate)
+        return reserve_id(estimate, **options)
+
+    engine.reserve_id = spy  # type: ignore[method-assign]
+    model.invoke("Hello", config={"callbacks": [NullSpendCallbackHandler(client=engine)]})
+    (estimate,) = reserved
+    return estimate
+
+
+def test_tool_schemas_and_choices_are_in_the_estimate(fake: tuple[str, Any]) -> None:
+    """The provider bills tool schemas as input and every one of ``n`` completions as output:
+    an estimate that leaves them out lets concurrent calls spend past a hard cap."""
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+
+    @tool
+    def lookup(query: str, region: str, limit: int) -> str:
+        """Look a customer record up by free text, within one sales region, at most limit rows."""
+        return query
+
+    tools = [lookup] * 20
+    schemas = json.dumps(chat_openai(fake).bind_tools(tools).kwargs["tools"])  # type: ignore[attr-defined]
+    plain = reserved_for(chat_openai(fake, max_tokens=100), fake)
+    with_tools = reserved_for(chat_openai(fake, max_tokens=100).bind_tools(tools), fake)
+    # At least the schemas at prose's 4 bytes a token, at the input price.
+    at_least = len(schemas) // 4 * gpt.prices.input // PICODOLLARS_PER_MICRODOLLAR
+    assert with_tools - plain >= at_least > 0
+    three = reserved_for(chat_openai(fake, max_tokens=100, n=3), fake)
+    two_more = 2 * 100 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
+    assert three - plain >= two_more > 0

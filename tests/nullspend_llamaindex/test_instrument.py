@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage
-from llama_index.llms.openai import OpenAI
+from llama_index.core.tools import FunctionTool
+from llama_index.llms.openai import OpenAI, OpenAIResponses
 
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
+from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
+from nullspend.pricing import default_catalog
 from nullspend_llamaindex import instrument
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import COST, USAGE
@@ -235,3 +238,73 @@ def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -
         break  # tokens were generated: the call is not free
     (event,) = ns.cost_events().data
     assert event.cost_microdollars > 0
+
+
+def test_the_responses_api_is_priced_from_its_own_usage(fake: tuple[str, Any]) -> None:
+    """``OpenAIResponses`` answers in the Responses API's fields (input_tokens, not
+    prompt_tokens), its streams end on a response.completed event, and its cap is
+    max_output_tokens: read as Chat Completions, every call was recorded at $0."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    llm = OpenAIResponses(
+        model="gpt-4o-mini",
+        api_base=f"{fake[0]}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        max_output_tokens=100,
+        default_headers={"x-fake-usage": json.dumps(USAGE)},
+    )
+    llm.chat(HELLO)
+    assert list(llm.stream_chat(HELLO))
+    asyncio.run(llm.achat(HELLO))
+    llm.complete("Hello")
+    events = ns.cost_events().data
+    assert [e.cost_microdollars for e in events] == [COST] * 4
+    assert {(e.input_tokens, e.cached_input_tokens, e.output_tokens) for e in events} == {
+        (176, 1024, 90)
+    }
+    reserved = []
+    engine_reserve = ns.reserve_id
+
+    def spy(estimate: int | None = None, **options: Any) -> str:
+        reserved.append(estimate)
+        return engine_reserve(estimate, **options)
+
+    ns.reserve_id = spy  # type: ignore[method-assign]
+    llm.chat(HELLO)
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+    # The output part of the estimate is the call's max_output_tokens, not the model's cap.
+    assert reserved[0] < 200 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
+
+
+def test_tool_schemas_are_in_the_estimate(fake: tuple[str, Any]) -> None:
+    """The provider bills tool schemas as input: leaving them out of the estimate lets
+    concurrent calls spend past a hard cap."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved: list[int | None] = []
+    engine_reserve = ns.reserve_id
+
+    def spy(estimate: int | None = None, **options: Any) -> str:
+        reserved.append(estimate)
+        return engine_reserve(estimate, **options)
+
+    ns.reserve_id = spy  # type: ignore[method-assign]
+
+    def lookup(query: str, region: str, limit: int) -> str:
+        """Look a customer record up by free text, within one sales region, at most limit rows."""
+        return query
+
+    tools = [FunctionTool.from_defaults(lookup, name=f"lookup_{i}") for i in range(20)]
+    llm = openai_llm(fake)
+    llm.chat(HELLO)
+    llm.chat_with_tools(tools, chat_history=HELLO)
+    plain, with_tools = reserved
+    assert plain is not None
+    assert with_tools is not None
+    schemas = json.dumps([llm._prepare_chat_with_tools(tools)["tools"]])
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+    at_least = len(schemas) // 4 * gpt.prices.input // PICODOLLARS_PER_MICRODOLLAR
+    assert with_tools - plain >= at_least > 0

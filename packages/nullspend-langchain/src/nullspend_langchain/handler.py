@@ -146,12 +146,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         model = _model_of(params, metadata)
         # LangChain's invocation params name the cap as OpenAI's API does (Anthropic's too).
         cap = OPENAI_CHAT.requested_output_cap(params)
-        # What the estimate counts: the prompt's text, or its JSON when it has content blocks.
+        # What the estimate counts: the prompt's text, or its JSON when it has content blocks,
+        # and the tools' schemas, which the provider bills as input too.
         try:
             raw = "\n".join(text).encode()
         except TypeError:
             raw = _encode_json(text).encode()
-        estimate = estimate_call(model, estimate_input_tokens(raw), cap)
+        if tools := params.get("tools"):
+            raw += _encode_json(tools).encode()
+        estimate = estimate_call(
+            model, estimate_input_tokens(raw), cap, choices=OPENAI_CHAT.requested_choices(params)
+        )
         provider = metadata.get("ls_provider")
         if not isinstance(provider, str):
             provider = None
@@ -279,6 +284,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         top of the handler's own tags."""
         tags = dict(self.scope.tags)
         for tag in run_tags or ():
+            if tag in tags:  # the handler's value stands: its tag budget must still apply
+                continue
             candidate = {**tags, tag: "true"}
             if len(candidate) <= _MAX_TAGS and not tag_errors(candidate):
                 tags = candidate

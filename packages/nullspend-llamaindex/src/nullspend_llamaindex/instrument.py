@@ -33,9 +33,10 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMComp
 from nullspend.client import NullSpend
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.pricing import estimate_request
+from nullspend.pricing import estimate_call
+from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, settlement
-from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, Reading, WireFormat
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 
 T = TypeVar("T")
 
@@ -292,13 +293,16 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     if _active is None or _current.get() is not None:
         return None
     model = _model_of(llm)
-    wire = ANTHROPIC_MESSAGES if "anthropic" in type(llm).__module__ else OPENAI_CHAT
+    wire = _wire_of(llm)
     prompt = args[0] if args else kwargs.get("messages", kwargs.get("prompt", ""))
-    body: dict[str, Any] = {"model": model, "messages": [{"content": str(prompt)}]}
-    cap = getattr(llm, "max_tokens", None)
-    if isinstance(cap, int):
-        body["max_tokens"] = cap
-    estimate = estimate_request(wire, body, json.dumps(body).encode(), model=model)
+    # What the estimate counts: the prompt, and the tools' schemas (billed as input too).
+    text = str(prompt)
+    if tools := kwargs.get("tools"):
+        text += json.dumps(tools, default=str)
+    cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
+    estimate = estimate_call(
+        model, estimate_input_tokens(text.encode()), cap if isinstance(cap, int) else None
+    )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
     return _Call(
@@ -309,6 +313,16 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         wire,
         time.perf_counter(),
     )
+
+
+def _wire_of(llm: Any) -> WireFormat:
+    """The API an LLM class speaks, so its answer's usage is read in that API's fields."""
+    module = type(llm).__module__
+    if "anthropic" in module:
+        return ANTHROPIC_MESSAGES
+    if module == "llama_index.llms.openai.responses":  # OpenAIResponses and its subclasses
+        return OPENAI_RESPONSES
+    return OPENAI_CHAT
 
 
 def _model_of(llm: Any) -> str | None:
@@ -328,8 +342,11 @@ def _reading(wire: WireFormat, raw: Any) -> Reading | None:
     object, or a dict of them); None when it says nothing readable."""
     if raw is None:
         return None
+    plain = _plain(raw)
+    if wire is OPENAI_RESPONSES and isinstance(plain, Mapping) and "response" in plain:
+        plain = plain["response"]  # a stream ends on response.completed, which carries it
     try:
-        return wire.read_response(_plain(raw))
+        return wire.read_response(plain)
     except (ValueError, TypeError, AttributeError):
         return None
 

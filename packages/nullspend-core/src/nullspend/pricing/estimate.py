@@ -7,7 +7,7 @@ body (English prose runs about 4 bytes a token, but code and JSON run near 3; th
 service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles and keys as prompt
 text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more); the
 prompt is priced at the cache-write rate when the request asks for a cache write; output is the
-request's max tokens, else the model's output cap.
+request's max tokens, else the model's output cap, times the completions it asks for (``n``).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def estimate_request(
         model or wire.requested_model(body),
         estimate_input_tokens(raw_body),
         wire.requested_output_cap(body),
+        choices=wire.requested_choices(body),
         cache_ttl=wire.requested_cache_ttl(body),
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
@@ -72,15 +73,16 @@ def estimate_call(
     input_tokens: int,
     output_cap: int | None,
     *,
+    choices: int = 1,
     cache_ttl: str | None = None,
     catalog: Catalog | None = None,
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
     """Estimate a call already counted: what an integration that sees no request body (a
-    LangChain callback) reserves. ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache
-    write."""
+    LangChain callback) reserves. ``choices`` completions may each run to the output cap;
+    ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write."""
     priced = (catalog or default_catalog()).resolve(model) if model else None
-    output_tokens = (
+    output_tokens = choices * (
         output_cap or (priced.max_output_tokens if priced else None) or DEFAULT_OUTPUT_CAP
     )
     if priced is None:

@@ -116,6 +116,9 @@ class AnthropicMessages:
     def requested_output_cap(self, body: JSONObject) -> int | None:
         return request_int(body, "max_tokens")
 
+    def requested_choices(self, body: JSONObject) -> int:
+        return 1  # the Messages API has no n
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None
         for control in _cache_controls(body):

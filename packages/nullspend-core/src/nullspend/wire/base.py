@@ -56,6 +56,11 @@ class WireFormat(Protocol):
         """The output-token ceiling a request body sets (max_tokens and its variants), if any."""
         ...
 
+    def requested_choices(self, body: JSONObject) -> int:
+        """How many completions a request asks for (OpenAI's ``n``, Gemini's ``candidateCount``):
+        each may run to the output cap, and all are billed."""
+        ...
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         """``"5m"`` or ``"1h"`` when the request asks the provider to write a prompt cache.
 

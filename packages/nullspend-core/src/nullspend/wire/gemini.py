@@ -84,6 +84,13 @@ class Gemini:
         cap = request_int(config, "maxOutputTokens")
         return cap if cap is not None else request_int(config, "max_output_tokens")
 
+    def requested_choices(self, body: JSONObject) -> int:
+        config = body.get("generationConfig", body.get("generation_config"))
+        if not isinstance(config, Mapping):
+            return 1
+        count = request_int(config, "candidateCount")
+        return count or request_int(config, "candidate_count") or 1
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # Implicit caching has no write charge; explicit caches are created (and billed for
         # storage) through the cachedContents API, not by a generateContent request.

@@ -86,6 +86,9 @@ class OpenAIChat:
         cap = request_int(body, "max_completion_tokens")
         return cap if cap is not None else request_int(body, "max_tokens")
 
+    def requested_choices(self, body: JSONObject) -> int:
+        return request_int(body, "n") or 1
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.
         return None

@@ -99,6 +99,9 @@ class OpenAIResponses:
     def requested_output_cap(self, body: JSONObject) -> int | None:
         return request_int(body, "max_output_tokens")
 
+    def requested_choices(self, body: JSONObject) -> int:
+        return 1  # the Responses API has no n
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.
         return None
