@@ -8,7 +8,8 @@ Per request, through headers the proxy forwards untouched:
 - ``x-fake-fault``: ``status:<code>`` (the provider's error body), ``hang`` (never answer),
   ``drop-after:<n>`` (stream n events, then break the connection), ``no-usage`` (a complete
   stream without usage), ``slow:<ms>`` (pause before each stream event), ``output-only-delta``
-  (an Anthropic stream whose last ``message_delta`` counts output tokens only).
+  (an Anthropic stream whose last ``message_delta`` counts output tokens only),
+  ``finish:<reason>`` (a Chat Completions answer with that ``finish_reason``, e.g. ``length``).
 - ``x-fake-tool-call``: JSON ``{"name", "arguments"}``: answer with that tool call (Chat
   Completions and Messages, streamed or not) unless the conversation ends with a tool's result,
   which is answered with text: an agent's tool round trip.
@@ -140,7 +141,8 @@ def chat(s: Scenario) -> Response:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "tool_calls" if s.tool_call else "stop",
+                        "finish_reason": s.fault_value("finish")
+                        or ("tool_calls" if s.tool_call else "stop"),
                         "logprobs": None,
                         "message": _chat_message(s.tool_call),
                     }

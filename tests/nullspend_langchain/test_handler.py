@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.tools import tool
@@ -19,7 +20,7 @@ from starlette.responses import Response
 
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.errors import CustomerBudgetExceededError, DeniedError
+from nullspend.errors import ConnectionFailedError, CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import default_catalog
 from nullspend.usage import Usage
@@ -501,3 +502,90 @@ def test_tool_schemas_and_choices_are_in_the_estimate(fake: tuple[str, Any]) -> 
     three = reserved_for(chat_openai(fake, max_tokens=100, n=3), fake)
     two_more = 2 * 100 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
     assert three - plain >= two_more > 0
+
+
+def test_an_answer_from_langchains_cache_costs_nothing(fake: tuple[str, Any]) -> None:
+    from langchain_core.caches import InMemoryCache
+
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    model = chat_openai(
+        fake, cache=InMemoryCache(), callbacks=[NullSpendCallbackHandler(client=engine)]
+    )
+    for _ in range(3):
+        model.invoke("Hello")
+    assert len(fake[1].state.requests) == 1
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
+    (status,) = engine.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (COST, 0)
+
+
+def test_a_structured_answer_cut_off_at_max_tokens_is_charged_its_usage(
+    fake: tuple[str, Any],
+) -> None:
+    """The openai SDK refuses a parsed answer that hit max_tokens (LengthFinishReasonError)
+    after the provider billed it: the error carries the answer, and its usage is charged."""
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        text: str
+
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    cut_off = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers={**fake_headers(USAGE, ""), "x-fake-fault": "finish:length"},
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+    )
+    with pytest.raises(openai.LengthFinishReasonError):
+        cut_off.with_structured_output(Answer, method="json_schema").invoke("Answer in JSON")
+    assert len(fake[1].state.requests) == 1
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
+    assert engine.budget_status()[0].reserved_microdollars == 0
+
+
+def test_a_batch_whose_reservation_fails_part_way_holds_nothing(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a denial this time: the server did not answer the second prompt's reservation. The
+    first prompt's is given back (LangChain ends none of them: nothing was sent)."""
+    from langchain_core.messages import HumanMessage
+
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    reserve_id = engine.reserve_id
+    calls = iter(range(10))
+
+    def unreachable_second(estimate: int | None = None, **options: Any) -> str:
+        if next(calls) == 1:
+            raise ConnectionFailedError("could not reach the NullSpend server")
+        return reserve_id(estimate, **options)
+
+    monkeypatch.setattr(engine, "reserve_id", unreachable_second)
+    model = chat_openai(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+    with pytest.raises(ConnectionFailedError):
+        model.generate([[HumanMessage("first")], [HumanMessage("second")]])
+    assert fake[1].state.requests == []
+    assert [b.reserved_microdollars for b in engine.budget_status()] == [0]
+
+
+def test_a_call_inside_a_retriever_shares_the_runs_trace(fake: tuple[str, Any]) -> None:
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+    from langchain_core.runnables import RunnableLambda
+
+    model = chat_openai(fake)
+
+    class Rewriting(BaseRetriever):
+        """Query rewriting, as MultiQueryRetriever does: a model call inside the retriever."""
+
+        def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+            rewritten = model.invoke(query, config={"callbacks": run_manager.get_child()})
+            return [Document(page_content=str(rewritten.content))]
+
+    chain = Rewriting() | RunnableLambda(lambda docs: docs[0].page_content) | model
+    engine = LocalNullSpend()
+    root = uuid.uuid4()
+    handler = NullSpendCallbackHandler(client=engine)
+    chain.invoke("what is x", config={"callbacks": [handler], "run_id": root})
+    assert [e.trace_id for e in engine.cost_events().data] == [root.hex] * 2

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from nullspend.client import AsyncNullSpend, NullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
@@ -174,3 +175,17 @@ def test_an_async_answer_does_not_wait_for_the_settle(
             events = settled_events(ns, 2)
     assert held.order == ["call returned", "settle answered", "stream read", "settle answered"]
     assert [e.cost_microdollars for e in events] == [COST, COST]
+
+
+def test_only_the_providers_priced_routes_are_metered(fake: tuple[str, Any]) -> None:
+    """OpenAI's Assistants API has a free POST .../threads/{id}/messages: read as Anthropic's
+    /messages, it was reserved and charged the $1 an unknown model is assumed to cost."""
+    ns = LocalNullSpend([LocalBudget.total(500_000)])
+    client = ns.openai(**client_kwargs(fake))
+    with pytest.raises(
+        openai.NotFoundError
+    ):  # it reached the provider (the fake has no such route)
+        client.beta.threads.messages.create("thread_1", role="user", content="Hello")
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (0, 0)
+    assert ns.cost_events().data == []

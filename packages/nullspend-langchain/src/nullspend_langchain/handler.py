@@ -23,7 +23,6 @@ from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.errors import DeniedError
 from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
@@ -34,6 +33,8 @@ CUSTOMER_KEY = "nullspend_customer"
 SESSION_KEY = "nullspend_session"
 _MAX_TAGS = 10
 _NO_USAGE = Usage()
+# What _reading answers for an answer LangChain took from its cache: no provider call was made.
+_CACHE_HIT = Reading(_NO_USAGE, None)
 # One encoder for every estimate: json.dumps(default=...) would build a new one per call.
 _encode_json = json.JSONEncoder(default=str).encode
 
@@ -88,7 +89,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes it.
         self.scope = self.client.scope.narrowed(customer, session_id, tags)
         self._open: dict[UUID, _Open] = {}
-        self._denied: dict[_Batch, tuple[object, DeniedError, float]] = {}
+        self._denied: dict[_Batch, tuple[object, Exception, float]] = {}
         # The parent of every chain and tool run still going: a call's trace is its root run.
         self._parents: dict[UUID, UUID] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
@@ -182,9 +183,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 trace_id=trace_id,
                 **run.options(),
             )
-        except DeniedError as denied:
+        except Exception as refused:  # a denial, or no answer from the server
             if batch is not None:
-                self._deny_batch(batch, params, denied)
+                self._deny_batch(batch, params, refused)
             raise
         call = _Open(
             reservation_id,
@@ -199,27 +200,27 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self._open[run_id] = call  # one dict store: atomic, no lock needed
             return
         with self._lock:  # a sibling's denial and this store are one step
-            if (refused := self._denial_of(batch, params)) is not None:
+            if (sibling_refused := self._denial_of(batch, params)) is not None:
                 self.client.release_later(reservation_id)
-                raise refused
+                raise sibling_refused
             self._open[run_id] = call
 
-    def _deny_batch(self, batch: _Batch, params: object, denied: DeniedError) -> None:
-        """Release the reservations of a denied prompt's siblings (the model is not called),
-        and keep the denial for siblings still on their way."""
+    def _deny_batch(self, batch: _Batch, params: object, refused: Exception) -> None:
+        """Release the reservations of a refused prompt's siblings (the model is not called),
+        and keep the refusal for siblings still on their way."""
         now = time.monotonic()
         with self._lock:
             for key in [k for k, (_, _, at) in self._denied.items() if now - at > _DENIAL_KEPT]:
                 del self._denied[key]
             # The params object is kept too: alive, its id cannot name another batch.
-            self._denied[batch] = (params, denied, now)
+            self._denied[batch] = (params, refused, now)
             siblings = [run for run, call in self._open.items() if call.batch == batch]
             calls = [self._open.pop(run, None) for run in siblings]
         for call in calls:
             if call is not None:  # else it ended meanwhile: its end settled it
                 self.client.release_later(call.reservation_id)
 
-    def _denial_of(self, batch: _Batch, params: object) -> DeniedError | None:
+    def _denial_of(self, batch: _Batch, params: object) -> Exception | None:
         kept = self._denied.get(batch)
         return kept[1] if kept is not None and kept[0] is params else None
 
@@ -267,6 +268,23 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     ) -> None:
         self._enter(run_id, parent_run_id)
 
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any],
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._enter(run_id, parent_run_id)  # a model may be called inside a retriever
+
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._leave(run_id)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._leave(run_id)
+
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._leave(run_id)
 
@@ -305,6 +323,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         if call is None:
             return
         reading = _reading(response, batched=call.batch is not None)
+        if reading is _CACHE_HIT:
+            self.client.release_later(call.reservation_id)
+            return
         usage = reading.usage
         if (
             usage is not None
@@ -327,6 +348,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 "Models with a custom base_url report stream usage only with stream_usage=True",
                 stacklevel=2,
             )
+        self._settle(call, reading)
+
+    def _settle(self, call: _Open, reading: Reading) -> None:
         options = settlement(
             reading,
             estimate_microdollars=call.estimate_microdollars,
@@ -339,10 +363,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """A call that failed before anything came back cost nothing: released. A stream that
         broke off (or was stopped) had spent tokens: settled from what usage it reported, else
-        at the estimate."""
+        at the estimate. An answer refused after it came (the openai SDK's
+        ``LengthFinishReasonError``: a structured output cut off at max_tokens) was billed:
+        settled from the usage the error carries."""
         with self._lock:
             call = self._open.get(run_id)
         if call is None:
+            return
+        if (answered := _answer_in(error)) is not None:
+            with self._lock:
+                self._open.pop(run_id, None)
+            self._settle(call, answered)
             return
         if call.streamed:
             partial = kwargs.get("response")
@@ -356,13 +387,26 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         self.client.release_later(call.reservation_id)
 
 
+def _answer_in(error: BaseException) -> Reading | None:
+    """The provider's answer an error carries (the openai SDK's finish-reason errors keep the
+    ``completion``), or None."""
+    completion = getattr(error, "completion", None)
+    dump = getattr(completion, "model_dump", None)
+    if not callable(dump):
+        return None
+    body = dump()
+    reading = OPENAI_CHAT.read_response(body) if isinstance(body, dict) else None
+    return reading if reading is not None and reading.usage is not None else None
+
+
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
     model = params.get("model") or params.get("model_name") or metadata.get("ls_model_name")
     return model if isinstance(model, str) else None
 
 
 def _reading(response: LLMResult, *, batched: bool) -> Reading:
-    """The usage and model a result reports: from the message's usage_metadata (chat models),
+    """The usage and model a result reports (``_CACHE_HIT`` for an answer from LangChain's
+    cache): from the message's usage_metadata (chat models),
     else the provider's token_usage in llm_output. Of a batch of prompts to a plain LLM, the
     first prompt's result carries the whole batch's token_usage and the others an empty one
     (``LLMResult.flatten``): those cost nothing more."""
@@ -375,6 +419,8 @@ def _reading(response: LLMResult, *, batched: bool) -> Reading:
                     "model_name"
                 ) or message.response_metadata.get("model")
                 if metadata:
+                    if metadata.get("total_cost") == 0:  # LangChain's mark of a cache hit
+                        return _CACHE_HIT
                     return Reading(usage_from_metadata(metadata), model)
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")

@@ -16,12 +16,11 @@ from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 
-# The priced routes, by how their path ends (the base URL may carry /v1 or a gateway prefix).
-_ROUTES: tuple[tuple[str, WireFormat], ...] = (
-    ("/chat/completions", OPENAI_CHAT),
-    ("/responses", OPENAI_RESPONSES),
-    ("/messages", ANTHROPIC_MESSAGES),
-)
+Routes = tuple[tuple[str, WireFormat], ...]
+"""A provider's priced routes, by how their path ends (the base URL may carry /v1 or a gateway
+prefix). Per provider: OpenAI's Assistants API has a free POST .../threads/{id}/messages."""
+OPENAI_ROUTES: Routes = (("/chat/completions", OPENAI_CHAT), ("/responses", OPENAI_RESPONSES))
+ANTHROPIC_ROUTES: Routes = (("/messages", ANTHROPIC_MESSAGES),)
 
 
 @dataclass(frozen=True)
@@ -99,10 +98,10 @@ class Metered:
     reservation_id: str = ""
 
     @classmethod
-    def for_request(cls, method: str, path: str, body: bytes) -> Metered | None:
-        """The metering of a request, or None for one that costs nothing (a model listing,
-        a token count) or is not JSON."""
-        wire = next((w for suffix, w in _ROUTES if path.endswith(suffix)), None)
+    def for_request(cls, routes: Routes, method: str, path: str, body: bytes) -> Metered | None:
+        """The metering of a request to one of ``routes``, or None for one that costs nothing
+        (a model listing, a token count) or is not JSON."""
+        wire = next((w for suffix, w in routes if path.endswith(suffix)), None)
         if method != "POST" or wire is None:
             return None
         try:

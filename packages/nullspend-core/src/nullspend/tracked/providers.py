@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from nullspend.errors import ApiError
+from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES
 from nullspend.tracked.transport import AsyncTrackedTransport, TrackedTransport
 
 if TYPE_CHECKING:
@@ -64,14 +65,16 @@ def _anthropic_http() -> ModuleType:
 def openai_client(ns: NullSpend, **kwargs: Any) -> openai.OpenAI:
     import openai
 
-    transport = TrackedTransport(ns, httpx.HTTPTransport(), _as_openai_error)
+    transport = TrackedTransport(ns, httpx.HTTPTransport(), OPENAI_ROUTES, _as_openai_error)
     return openai.OpenAI(http_client=httpx.Client(transport=transport), **kwargs)
 
 
 def async_openai_client(ns: AsyncNullSpend, **kwargs: Any) -> openai.AsyncOpenAI:
     import openai
 
-    transport = AsyncTrackedTransport(ns, httpx.AsyncHTTPTransport(), _as_openai_error)
+    transport = AsyncTrackedTransport(
+        ns, httpx.AsyncHTTPTransport(), OPENAI_ROUTES, _as_openai_error
+    )
     return openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=transport), **kwargs)
 
 
@@ -79,7 +82,9 @@ def anthropic_client(ns: NullSpend, **kwargs: Any) -> anthropic.Anthropic:
     import anthropic
 
     http = _anthropic_http()
-    transport = TrackedTransport(ns, http.HTTPTransport(), _as_anthropic_error, http)
+    transport = TrackedTransport(
+        ns, http.HTTPTransport(), ANTHROPIC_ROUTES, _as_anthropic_error, http
+    )
     return anthropic.Anthropic(http_client=http.Client(transport=transport), **kwargs)
 
 
@@ -87,5 +92,7 @@ def async_anthropic_client(ns: AsyncNullSpend, **kwargs: Any) -> anthropic.Async
     import anthropic
 
     http = _anthropic_http()
-    transport = AsyncTrackedTransport(ns, http.AsyncHTTPTransport(), _as_anthropic_error, http)
+    transport = AsyncTrackedTransport(
+        ns, http.AsyncHTTPTransport(), ANTHROPIC_ROUTES, _as_anthropic_error, http
+    )
     return anthropic.AsyncAnthropic(http_client=http.AsyncClient(transport=transport), **kwargs)

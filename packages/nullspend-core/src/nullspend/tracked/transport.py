@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
-from nullspend.tracked.metering import Metered, Scope
+from nullspend.tracked.metering import Metered, Routes, Scope
 from nullspend.wire import Reading
 
 if TYPE_CHECKING:
@@ -72,16 +72,18 @@ class TrackedTransport(_Settling, httpx.BaseTransport):
         self,
         ns: NullSpend,
         inner: httpx.BaseTransport,  # or httpx2's: the same interface
+        routes: Routes,
         raise_as: RaiseAs,
         http: ModuleType = httpx,
     ) -> None:
         self.ns = ns
+        self.routes = routes
         self.inner = inner
         self.raise_as = raise_as
         self.stream_type = _stream_type(_MeteredStream, http.SyncByteStream)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        metered = Metered.for_request(request.method, request.url.path, request.read())
+        metered = Metered.for_request(self.routes, request.method, request.url.path, request.read())
         if metered is None:
             return self.inner.handle_request(request)
         try:
@@ -119,16 +121,20 @@ class AsyncTrackedTransport(_Settling, httpx.AsyncBaseTransport):
         self,
         ns: AsyncNullSpend,
         inner: httpx.AsyncBaseTransport,  # or httpx2's
+        routes: Routes,
         raise_as: RaiseAs,
         http: ModuleType = httpx,
     ) -> None:
         self.ns = ns
+        self.routes = routes
         self.inner = inner
         self.raise_as = raise_as
         self.stream_type = _stream_type(_AsyncMeteredStream, http.AsyncByteStream)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        metered = Metered.for_request(request.method, request.url.path, await request.aread())
+        metered = Metered.for_request(
+            self.routes, request.method, request.url.path, await request.aread()
+        )
         if metered is None:
             return await self.inner.handle_async_request(request)
         try:
