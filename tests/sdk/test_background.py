@@ -5,6 +5,7 @@ interpreter exit, and no thread left behind once idle."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import subprocess
 import sys
 import threading
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from nullspend.client import background
+from nullspend.client import CostReporter, NewCostEvent, NullSpend, background
 from nullspend.client.background import Background
+from tests.nullspend_server.conftest import RunningServer
 
 
 def test_in_order_and_flushed() -> None:
@@ -113,3 +115,49 @@ runner.submit(lambda: (time.sleep(0.3), Path({str(marker)!r}).write_text("yes"))
 """  # and the interpreter exits at once
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert marker.read_text() == "yes"
+
+
+def _settle_one_in_child(ns: NullSpend) -> None:
+    """In a forked child: reserve at once, settle from the background thread, and return
+    (multiprocessing then ends the child with os._exit, which skips atexit)."""
+    ns.settle_later(ns.reserve_id(1_000), cost_microdollars=700)
+
+
+def test_a_forked_child_settles_and_sends_before_it_ends(server: RunningServer) -> None:
+    """The parent's background thread and pooled connections do not carry over a fork: the
+    child starts its own, and its queued settles go before multiprocessing ends it."""
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        ns.settle_later(ns.reserve_id(1_000), cost_microdollars=700)  # the parent's thread runs
+        assert ns.flush(10)
+        fork = multiprocessing.get_context("fork")
+        children = [fork.Process(target=_settle_one_in_child, args=(ns,)) for _ in range(3)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(30)
+            assert child.exitcode == 0
+        assert len(ns.cost_events(limit=10).data) == 4
+        assert all(b.reserved_microdollars == 0 for b in ns.budget_status())
+        ns.settle_later(ns.reserve_id(1_000), cost_microdollars=700)  # the parent's still works
+        assert ns.flush(10)
+        assert len(ns.cost_events(limit=10).data) == 5
+
+
+def _report_in_child(reporter: CostReporter) -> None:
+    for _ in range(5):
+        assert reporter.report(NewCostEvent(provider="openai", model="x", cost_microdollars=1))
+
+
+def test_a_forked_child_reports_through_the_parents_reporter(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=30)  # only close sends a part batch
+        reporter.report(NewCostEvent(provider="openai", model="x", cost_microdollars=1))
+        child = multiprocessing.get_context("fork").Process(
+            target=_report_in_child, args=(reporter,)
+        )
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert len(ns.cost_events(limit=10).data) == 5  # the child's, sent as it ended
+        reporter.close()
+        assert len(ns.cost_events(limit=10).data) == 6  # and the parent's, not sent twice

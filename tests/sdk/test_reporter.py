@@ -131,3 +131,26 @@ def test_what_is_queued_is_sent_at_interpreter_exit(server: RunningServer) -> No
     assert done.returncode == 0, done.stderr
     with NullSpend(server.admin_key, server.base_url) as ns:
         assert len(ns.cost_events().data) == 3
+
+
+def test_closing_the_client_sends_what_its_reporter_holds(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=30)
+        for _ in range(5):
+            reporter.report(EVENT)
+    assert reporter.stats.sent == 5
+    with NullSpend(server.admin_key, server.base_url) as reader:
+        assert len(reader.cost_events(limit=10).data) == 5
+
+
+def test_one_bad_event_costs_only_itself(server: RunningServer) -> None:
+    """The server records a batch all or none: a batch it refuses for one event is sent again
+    event by event, so the others are recorded and only the bad one is dropped."""
+    unpriced = NewCostEvent(provider="openai", model="no-such-model", input_tokens=10)
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        reporter = CostReporter(ns, interval=30)
+        for i in range(10):
+            reporter.report(unpriced if i == 4 else EVENT)
+        reporter.close()
+        assert (reporter.stats.sent, reporter.stats.dropped_failed) == (9, 1)
+        assert len(ns.cost_events(limit=20).data) == 9

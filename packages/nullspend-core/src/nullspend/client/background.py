@@ -13,6 +13,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from nullspend.client import processes
+
 log = logging.getLogger("nullspend.client")
 # The thread ends after this long with nothing to do (and starts again when needed), so a client
 # dropped without close() leaves no thread behind.
@@ -65,6 +67,13 @@ class Background:
                 return
         thread.join(timeout)
 
+    def _after_fork_in_child(self) -> None:
+        """The parent's thread does not exist here, and what it had queued is the parent's to
+        send: start afresh."""
+        self._queue = queue.Queue(self._queue.maxsize)
+        self._thread = None
+        self._start = threading.Lock()
+
     def _started(self) -> None:
         # Under the lock, always: the thread decides to end under it too, so work queued as it
         # ends is either seen by it or starts a new one.
@@ -110,3 +119,12 @@ def log_failure(description: str, error: Exception) -> None:
 def _close_all() -> None:
     for background in list(_live):
         background.close(timeout=10.0)
+
+
+def _reset_all_in_child() -> None:
+    for background in list(_live):
+        background._after_fork_in_child()
+
+
+processes.after_fork_in_child(_reset_all_in_child)
+processes.at_child_exit(_close_all)

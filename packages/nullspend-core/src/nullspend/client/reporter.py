@@ -11,13 +11,17 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
+from nullspend.client import processes
 from nullspend.client.calls import wait_before_retry
 from nullspend.client.models import MAX_BATCH, NewCostEvent, RecordedBatch
+from nullspend.errors import ValidationError
 
 log = logging.getLogger("nullspend.reporter")
+_live: weakref.WeakSet[CostReporter] = weakref.WeakSet()
 
 
 class BatchRecorder(Protocol):
@@ -65,15 +69,22 @@ class CostReporter:
         self.batch_size = batch_size
         self.max_queue = max_queue
         self.attempts = attempts
+        self._closed = False
+        self._begin()
+        atexit.register(self.close)
+        _live.add(self)
+
+    def _begin(self) -> None:
+        """A fresh queue and the thread that sends it: at the start, and in a forked child
+        (the parent's thread does not exist there; what it had queued is the parent's to send)."""
         self._queue: collections.deque[NewCostEvent] = collections.deque()
         self._wake = threading.Condition()
         self._idle = threading.Event()
         self._idle.set()
-        self._closed = False
         self._sent = self._dropped_full = self._dropped_failed = 0
         self._thread = threading.Thread(target=self._run, name="nullspend-reporter", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
+        if not self._closed:
+            self._thread.start()
 
     def report(self, event: NewCostEvent) -> bool:
         """Queue ``event``; False (and counted) when the queue is full or the reporter closed."""
@@ -139,6 +150,11 @@ class CostReporter:
             except Exception as error:  # whatever it is, the thread must live on and count it
                 wait = wait_before_retry(attempt, error)
                 log.warning("reporting %d cost events failed (%s)", len(batch), error)
+                if isinstance(error, ValidationError) and len(batch) > 1:
+                    # A batch is recorded all or none: one bad event must not cost the others.
+                    for event in batch:
+                        self._send([event])
+                    return
                 if wait is None or attempt + 1 == self.attempts:  # hopeless, or tried enough
                     with self._wake:
                         self._dropped_failed += len(batch)
@@ -148,3 +164,26 @@ class CostReporter:
             with self._wake:
                 self._sent += len(batch)
             return
+
+
+def _begin_all_in_child() -> None:
+    for reporter in list(_live):
+        reporter._begin()
+
+
+def _close_all() -> None:
+    for reporter in list(_live):
+        reporter.close()
+
+
+def close_reporters_of(client: object) -> None:
+    """Close the reporters that send through ``client``, sending what they hold: its
+    ``close()`` calls this first, so what was reported inside ``with NullSpend() as ns:`` is
+    sent before the connection goes."""
+    for reporter in list(_live):
+        if reporter.client is client:
+            reporter.close()
+
+
+processes.after_fork_in_child(_begin_all_in_child)
+processes.at_child_exit(_close_all)
