@@ -30,7 +30,7 @@ from nullspend.errors import (
 )
 from nullspend.pricing import default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
-from nullspend.wire import OPENAI_CHAT
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import COST, MESSAGES, USAGE, client_kwargs
@@ -428,3 +428,52 @@ def test_async_embedded_has_the_async_clients_calls() -> None:
         await ns.close()
 
     asyncio.run(run())
+
+
+def reserving_from_the_request(ns: NullSpend | LocalNullSpend) -> tuple[int, bool, int, bool]:
+    """A reservation from the provider request and a settle from usage: the server estimates
+    and prices them, and so must the engine in-process."""
+    request = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 300,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    priced = ns.reserve(request=request)
+    ns.settle(priced.reservation_id, usage=Usage(input_tokens=40, output_tokens=200))
+    unknown = ns.reserve(request={"model": "no-such-model", "messages": []})
+    ns.release(unknown.reservation_id)
+    (event,) = ns.cost_events().data
+    return priced.estimate_microdollars, priced.unpriced, event.cost_microdollars, unknown.unpriced
+
+
+def test_a_reservation_from_the_request_and_a_settle_from_usage(server: RunningServer) -> None:
+    with NullSpend(server.admin_key, server.base_url) as served:
+        expected = reserving_from_the_request(served)
+    local = LocalNullSpend()
+    assert reserving_from_the_request(local) == expected
+    assert expected[:3] == (
+        estimate_request(
+            ANTHROPIC_MESSAGES,
+            {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 300,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+            json.dumps(
+                {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 300,
+                    "messages": [{"role": "user", "content": "Hi"}],
+                },
+                separators=(",", ":"),
+            ).encode(),
+        ).microdollars,
+        False,
+        40 * 3 + 200 * 15,
+    )
+    assert expected[3] is True
+    with pytest.raises(ValidationError):  # no estimate and nothing to make one from
+        local.reserve()
+    held = local.reserve(1_000, model="no-such-model")
+    with pytest.raises(ValidationError, match="not in the pricing catalog"):
+        local.settle(held.reservation_id, usage=Usage(input_tokens=1))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
+from nullspend import pricing
 from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors
 from nullspend.client.background import log_failure
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
@@ -41,13 +42,20 @@ from nullspend.client.models import (
     Reservation,
     Settled,
 )
-from nullspend.errors import ApiError, ConflictError, NotFoundError, ValidationError, api_error
+from nullspend.errors import (
+    ApiError,
+    ConflictError,
+    NotFoundError,
+    UnpricedModelError,
+    ValidationError,
+    api_error,
+)
 from nullspend.policy import denials
 from nullspend.policy.budgets import Policy, admits, remaining
 from nullspend.policy.denials import Denial
-from nullspend.pricing import default_catalog, price_usage
 from nullspend.tracked.clients import AsyncTrackedClients, TrackedClients
 from nullspend.usage import Usage
+from nullspend.wire import FORMATS
 
 log = logging.getLogger("nullspend.embedded")
 EntityType = Literal["user", "customer", "tag"]
@@ -261,13 +269,16 @@ class LocalNullSpend(TrackedClients):
     def reserve(
         self, estimate_microdollars: int | None = None, **options: Unpack[ReserveOptions]
     ) -> Reservation:
+        unpriced = False
+        if estimate_microdollars is None:  # estimated here once, not again by reserve_id
+            estimate = _estimate_of(options)
+            estimate_microdollars, unpriced = estimate.microdollars, estimate.unpriced
         reservation_id = self.reserve_id(estimate_microdollars, **options)
-        assert estimate_microdollars is not None  # reserve_id refuses None
         return Reservation(
             reservation_id=reservation_id,
             estimate_microdollars=estimate_microdollars,
             expires_at=dt.datetime.now(dt.UTC) + self._ttl,
-            unpriced=False,
+            unpriced=unpriced,
         )
 
     def reserve_id(
@@ -275,8 +286,10 @@ class LocalNullSpend(TrackedClients):
     ) -> str:
         """``reserve``, answering only the reservation's id: what the integrations call for
         every call, without the typed answer they do not read."""
-        if estimate_microdollars is None or estimate_microdollars < 0:
-            raise ValidationError("give estimate_microdollars (at least 0)")
+        if estimate_microdollars is None:
+            estimate_microdollars = _estimate_of(options).microdollars
+        elif estimate_microdollars < 0:
+            raise ValidationError("estimate_microdollars cannot be negative")
         tags = dict(given) if (given := options.get("tags")) else {}
         if tags and (errors := tag_errors(tags)):
             raise ValidationError("; ".join(errors))
@@ -320,11 +333,15 @@ class LocalNullSpend(TrackedClients):
     def _record(self, reservation_id: str, options: SettleOptions) -> _Event:
         """Settle: the reservation's event recorded and its spend counted."""
         cost = options.get("cost_microdollars")
-        if cost is None:
-            raise ValidationError("give cost_microdollars (the embedded engine prices nothing)")
+        usage = options.get("usage")
+        if cost is None and usage is None:
+            raise ValidationError("give cost_microdollars, or usage (priced with the catalog)")
         with self._lock:
             if (held := self._held.get(reservation_id)) is None:
                 raise self._not_held(reservation_id)
+            if cost is None:
+                assert usage is not None
+                cost = _catalog_cost(usage, options.get("model") or held.model)
             return self._settle_held(reservation_id, held, cost, options, held.tags)
 
     def _settle_held(
@@ -459,11 +476,7 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError(str(error)) from None
         cost = report.cost_microdollars
         if cost is None:
-            if (priced := default_catalog().resolve(report.model)) is None:
-                raise ValidationError(
-                    f"model {report.model!r} is not in the pricing catalog: give cost_microdollars"
-                )
-            cost = price_usage(usage, priced).total_microdollars
+            cost = _catalog_cost(usage, report.model)
         elif cost < 0:
             raise ValidationError("cost_microdollars cannot be negative")
         return _Event(
@@ -671,6 +684,34 @@ def _matches(event: _Event, filters: EventFilters) -> bool:
         return False
     wanted: Mapping[str, str] = filters.get("tags") or {}
     return all(event.tags.get(k) == v for k, v in wanted.items())
+
+
+def _estimate_of(options: ReserveOptions) -> pricing.Estimate:
+    """A reservation's estimate from the provider request it was given, as the server makes it;
+    the model the request names becomes the reservation's when none was given."""
+    request = options.get("request")
+    if request is None:
+        raise ValidationError("give estimate_microdollars, or the provider request to estimate")
+    wire = None
+    if (name := options.get("wire_format")) is not None and (wire := FORMATS.get(name)) is None:
+        raise ValidationError(f"unknown wire_format {name!r}; known: {', '.join(FORMATS)}")
+    estimate = pricing.estimate_request_body(
+        request, wire, provider=options.get("provider"), model=options.get("model")
+    )
+    if estimate.requested_model is None:
+        raise ValidationError("the request names no model; give model")
+    options.setdefault("model", estimate.requested_model)
+    return estimate
+
+
+def _catalog_cost(usage: Usage, model: str | None) -> int:
+    """What ``usage`` of ``model`` costs at the catalog's prices, as the server prices it."""
+    try:
+        return pricing.cost(usage, model or "").total_microdollars
+    except UnpricedModelError:
+        raise ValidationError(
+            f"model {model!r} is not in the pricing catalog: give cost_microdollars"
+        ) from None
 
 
 def _time(micros: int) -> dt.datetime:

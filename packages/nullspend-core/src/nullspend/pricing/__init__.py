@@ -9,7 +9,12 @@ from nullspend.pricing.catalog import (
     shipped_catalog,
 )
 from nullspend.pricing.cost import Cost, CostLine, cost, price_usage, total_picodollars
-from nullspend.pricing.estimate import Estimate, estimate_call, estimate_request
+from nullspend.pricing.estimate import (
+    Estimate,
+    estimate_call,
+    estimate_request,
+    estimate_request_body,
+)
 
 __all__ = [
     "Catalog",
@@ -22,6 +27,7 @@ __all__ = [
     "default_catalog",
     "estimate_call",
     "estimate_request",
+    "estimate_request_body",
     "load_catalog",
     "price_usage",
     "shipped_catalog",

@@ -12,12 +12,14 @@ request's max tokens, else the model's output cap, times the completions it asks
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
+from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES
 from nullspend.wire.base import WireFormat
 
 # Assumed when neither the request nor the catalog gives an output cap.
@@ -101,3 +103,29 @@ def estimate_call(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short
     return Estimate(microdollars, model, priced, input_tokens, output_tokens)
+
+
+def estimate_request_body(
+    request: Mapping[str, Any],
+    wire: WireFormat | None = None,
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+) -> Estimate:
+    """Estimate a provider request body in ``wire``'s format, or in the format its shape,
+    provider and model say it is in: what a reservation given a request (not an estimate)
+    reserves, on the server and in-process alike."""
+    wire = wire or _format_of(request, provider, model or request.get("model"))
+    raw = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
+    return estimate_request(wire, request, raw, model=model)
+
+
+def _format_of(body: Mapping[str, Any], provider: str | None, model: object) -> WireFormat:
+    if "contents" in body:
+        return GEMINI
+    if "input" in body:
+        return OPENAI_RESPONSES
+    priced = default_catalog().resolve(model) if isinstance(model, str) and model else None
+    if provider == "anthropic" or (priced is not None and priced.provider == "anthropic"):
+        return ANTHROPIC_MESSAGES
+    return OPENAI_CHAT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -11,9 +10,9 @@ from pydantic import Field, model_validator
 from sqlmodel import col, select
 
 from nullspend.errors import ErrorCode
-from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.pricing import default_catalog, estimate_request_body, price_usage
 from nullspend.usage import Usage
-from nullspend.wire import FORMATS, WireFormat
+from nullspend.wire import FORMATS
 from nullspend_server.api.schema import (
     ApiModel,
     CustomerId,
@@ -87,29 +86,17 @@ class Settled(ApiModel):
     cost_microdollars: int | None = None
 
 
-def _infer_format(body: dict[str, Any], provider: str | None, model: str | None) -> WireFormat:
-    if "contents" in body:
-        return FORMATS["gemini.generate_content"]
-    if "input" in body:
-        return FORMATS["openai.responses"]
-    priced = default_catalog().resolve(model) if model else None
-    if provider == "anthropic" or (priced is not None and priced.provider == "anthropic"):
-        return FORMATS["anthropic.messages"]
-    return FORMATS["openai.chat"]
-
-
 def _estimate(body: ReservationCreate) -> tuple[int, bool]:
     """The estimate to reserve, and whether the model was unpriced."""
     if body.estimate_microdollars is not None:
         return body.estimate_microdollars, False
     assert body.request is not None
-    wire = (
-        FORMATS[body.format]
-        if body.format
-        else _infer_format(body.request, body.provider, body.model or body.request.get("model"))
+    estimate = estimate_request_body(
+        body.request,
+        FORMATS[body.format] if body.format else None,
+        provider=body.provider,
+        model=body.model,
     )
-    raw = json.dumps(body.request, separators=(",", ":"), ensure_ascii=False).encode()
-    estimate = estimate_request(wire, body.request, raw, model=body.model)
     if estimate.requested_model is None:
         raise ApiError(ErrorCode.VALIDATION_ERROR, "the request names no model; give model")
     return estimate.microdollars, estimate.unpriced
