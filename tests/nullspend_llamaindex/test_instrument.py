@@ -6,6 +6,7 @@ reports, denials raised before any request, for LLM objects and classes made bef
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import subprocess
@@ -308,3 +309,29 @@ def test_tool_schemas_are_in_the_estimate(fake: tuple[str, Any]) -> None:
     assert gpt is not None
     at_least = len(schemas) // 4 * gpt.prices.input // PICODOLLARS_PER_MICRODOLLAR
     assert with_tools - plain >= at_least > 0
+
+
+def test_a_stream_dropped_before_its_first_step_holds_nothing(fake: tuple[str, Any]) -> None:
+    """LlamaIndex sends a stream's request at its first step: one dropped before it sent
+    nothing, and its reservation is given back. One dropped part way was spent: charged."""
+    ns = LocalNullSpend([LocalBudget.total(10**6)])
+    instrument(client=ns)
+    llm = openai_llm(fake)
+
+    async def dropped_async() -> None:
+        stream = await llm.astream_chat(HELLO)
+        del stream
+
+    unused = llm.stream_chat(HELLO)
+    del unused
+    asyncio.run(dropped_async())
+    gc.collect()
+    assert fake[1].state.requests == []
+    assert [b.reserved_microdollars for b in ns.budget_status()] == [0]
+    part_way = llm.stream_chat(HELLO)
+    next(part_way)
+    del part_way
+    gc.collect()
+    (status,) = ns.budget_status()
+    assert status.reserved_microdollars == 0
+    assert len(ns.cost_events().data) == 1  # charged, not released

@@ -20,6 +20,7 @@ import inspect
 import json
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 
 T = TypeVar("T")
+S = TypeVar("S", Iterator[Any], AsyncIterator[Any])
 
 _METHODS = (
     "chat",
@@ -66,6 +68,8 @@ class _Call:
     raw: Any = None
     """The provider's answer, from the call's end event (None: settled at the estimate)."""
     done: bool = False
+    stepped: bool = False
+    """A stream's first step was taken: LlamaIndex sends a stream's request only then."""
     hides_usage_chunk: bool = False
     """An OpenAI stream the gate asked for its usage: the chunk that carries it is not passed
     on, so the caller sees the stream it asked for."""
@@ -88,6 +92,12 @@ class _Call:
             return
         self.done = True
         self.client.release_later(self.reservation_id)
+
+    def release_if_never_stepped(self) -> None:
+        """A stream dropped before its first step sent nothing. (One dropped later is closed,
+        and settled, by its own generator.)"""
+        if not self.stepped:
+            self.release()
 
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -183,7 +193,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             finally:
                 _current.reset(token)
             if name.startswith("astream"):
-                return _async_stream(result, call)
+                return _watched(_async_stream(result, call), call)
             call.settle()
             return result
 
@@ -204,7 +214,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         finally:
             _current.reset(token)
         if name.startswith("stream"):
-            return _stream(result, call)
+            return _watched(_stream(result, call), call)
         call.settle()
         return result
 
@@ -212,10 +222,17 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
     return gated
 
 
+def _watched(stream: S, call: _Call) -> S:
+    """``stream``, its reservation released if it is dropped unstarted (its body never runs)."""
+    weakref.finalize(stream, call.release_if_never_stepped)
+    return stream
+
+
 def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
     """The stream as produced, each step run with the call current (its end event fires in
     the last one), settled when it ends. Stopped or failed: released if nothing came yet, else
     settled at the estimate (tokens were spent)."""
+    call.stepped = True
     received = False
     try:
         while True:
@@ -236,6 +253,7 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
 
 
 async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
+    call.stepped = True
     received = False
     try:
         while True:
