@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nullspend.pricing import cost, estimate_call, estimate_request
+from nullspend.pricing import cost, default_catalog, estimate_call, estimate_request
 from nullspend.pricing.estimate import DEFAULT_OUTPUT_CAP, UNPRICED_ESTIMATE_MICRODOLLARS
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, WireFormat
@@ -185,3 +185,18 @@ def test_every_completion_asked_for_is_in_the_estimate(
         one = estimate_request(wire, {**model, "generationConfig": {"maxOutputTokens": 100}}, b"")
     many = estimate_request(wire, {**model, "max_tokens": 100, **asks}, b"")
     assert many.output_tokens == choices * one.output_tokens
+
+
+def test_a_turn_continuing_a_stored_conversation_is_estimated_at_the_whole_context() -> None:
+    """Its earlier turns are billed as input but are not in the body: counting the body alone
+    let concurrent turns spend 24 times a strict cap."""
+    model = default_catalog().resolve("gpt-4o-mini")
+    assert model is not None
+    assert model.context_window
+    turn = {"model": "gpt-4o-mini", "input": "and then?", "max_output_tokens": 100}
+    alone = estimate_request(OPENAI_RESPONSES, turn, json.dumps(turn).encode())
+    for continued in ({"previous_response_id": "resp_1"}, {"conversation": "conv_1"}):
+        body = {**turn, **continued}
+        estimate = estimate_request(OPENAI_RESPONSES, body, json.dumps(body).encode())
+        assert estimate.input_tokens == model.context_window > alone.input_tokens
+        assert estimate.output_tokens == alone.output_tokens

@@ -7,7 +7,9 @@ body (English prose runs about 4 bytes a token, but code and JSON run near 3; th
 service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles and keys as prompt
 text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more); the
 prompt is priced at the cache-write rate when the request asks for a cache write; output is the
-request's max tokens, else the model's output cap, times the completions it asks for (``n``).
+request's max tokens, else the model's output cap, times the completions it asks for (``n``);
+a request that continues a conversation the provider stores (``previous_response_id``) is
+assumed to read the model's whole context window, the most its unseen turns can bill.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def estimate_request(
         estimate_input_tokens(raw_body),
         wire.requested_output_cap(body),
         choices=wire.requested_choices(body),
+        stored_context=wire.continues_stored_context(body),
         cache_ttl=wire.requested_cache_ttl(body),
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
@@ -76,14 +79,18 @@ def estimate_call(
     output_cap: int | None,
     *,
     choices: int = 1,
+    stored_context: bool = False,
     cache_ttl: str | None = None,
     catalog: Catalog | None = None,
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
     """Estimate a call already counted: what an integration that sees no request body (a
     LangChain callback) reserves. ``choices`` completions may each run to the output cap;
+    a call that continues a ``stored_context`` may read up to the model's whole context window;
     ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write."""
     priced = (catalog or default_catalog()).resolve(model) if model else None
+    if stored_context and priced is not None and priced.context_window:
+        input_tokens = max(input_tokens, priced.context_window)
     output_tokens = choices * (
         output_cap or (priced.max_output_tokens if priced else None) or DEFAULT_OUTPUT_CAP
     )

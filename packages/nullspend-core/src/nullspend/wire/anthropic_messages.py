@@ -119,6 +119,9 @@ class AnthropicMessages:
     def requested_choices(self, body: JSONObject) -> int:
         return 1  # the Messages API has no n
 
+    def continues_stored_context(self, body: JSONObject) -> bool:
+        return False
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None
         for control in _cache_controls(body):

@@ -61,6 +61,12 @@ class WireFormat(Protocol):
         each may run to the output cap, and all are billed."""
         ...
 
+    def continues_stored_context(self, body: JSONObject) -> bool:
+        """Whether the request continues a conversation the provider keeps (OpenAI's
+        ``previous_response_id``, ``conversation``): its earlier turns are billed as input but
+        are not in the body."""
+        ...
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         """``"5m"`` or ``"1h"`` when the request asks the provider to write a prompt cache.
 

@@ -91,6 +91,9 @@ class Gemini:
         count = request_int(config, "candidateCount")
         return count or request_int(config, "candidate_count") or 1
 
+    def continues_stored_context(self, body: JSONObject) -> bool:
+        return False
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # Implicit caching has no write charge; explicit caches are created (and billed for
         # storage) through the cachedContents API, not by a generateContent request.

@@ -89,6 +89,9 @@ class OpenAIChat:
     def requested_choices(self, body: JSONObject) -> int:
         return request_int(body, "n") or 1
 
+    def continues_stored_context(self, body: JSONObject) -> bool:
+        return False
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.
         return None

@@ -102,6 +102,9 @@ class OpenAIResponses:
     def requested_choices(self, body: JSONObject) -> int:
         return 1  # the Responses API has no n
 
+    def continues_stored_context(self, body: JSONObject) -> bool:
+        return bool(body.get("previous_response_id") or body.get("conversation"))
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.
         return None
