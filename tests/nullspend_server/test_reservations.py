@@ -306,3 +306,34 @@ def test_expired_reservations_are_settled_at_their_estimate(database_url: str) -
     assert (state["spendMicrodollars"], state["reservedMicrodollars"]) == (25_000, 0)
     tags = {r["key"] for r in rows(database_url, "SELECT key FROM cost_event_tags")}
     assert {"_ns_estimated", "_ns_expired"} <= tags
+
+
+def test_a_reserve_sent_again_under_its_id_answers_the_reservation_it_made(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    """A client whose reserve lost its answer sends it again under the id it chose: it gets
+    the reservation made, counted once, even when the two tries arrive together."""
+    b = org_budget(admin, 1_000_000)
+    chosen = "rsv_" + "a" * 32
+    first = reserve(admin, 40_000, reservationId=chosen)
+    again = reserve(admin, 40_000, reservationId=chosen)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["data"]["reservationId"] == again.json()["data"]["reservationId"] == chosen
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == 40_000
+    assert admin.delete(f"/api/reservations/{chosen}").status_code == 200
+    assert reserve(admin, 40_000, reservationId=chosen).status_code == 409  # finished
+    assert reserve(admin, 1, reservationId="rsv_short").status_code == 400
+
+    async def together() -> list[httpx.Response]:
+        async with server.async_client() as client:
+            return await asyncio.gather(
+                *(reserve_async(client, 1_000, reservationId="rsv_" + "b" * 32) for _ in range(8))
+            )
+
+    answers = asyncio.run(together())
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201]
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == 1_000
+
+
+async def reserve_async(client: httpx.AsyncClient, estimate: int, **fields: Any) -> httpx.Response:
+    return await client.post("/api/reservations", json={"estimateMicrodollars": estimate, **fields})

@@ -4,6 +4,7 @@ code with the server's details, retries only where repeating is safe."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,6 @@ from starlette.routing import Route
 from nullspend.client import AsyncNullSpend, NewCostEvent, NullSpend, Reservation
 from nullspend.errors import (
     API_ERRORS,
-    ApiError,
     AuthenticationError,
     BudgetExceededError,
     BudgetUnavailableError,
@@ -215,9 +215,12 @@ class Flaky:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.seen: list[tuple[str, str | None]] = []
+        self.reservation_ids: list[str] = []
 
     async def endpoint(self, request: Request) -> JSONResponse:
         self.seen.append((request.url.path, request.headers.get("idempotency-key")))
+        if request.url.path == "/api/reservations":
+            self.reservation_ids.append((await request.json())["reservationId"])
         if len(self.seen) <= self.failures:
             error = {"code": "budget_unavailable", "message": "storage down", "details": None}
             return JSONResponse({"error": error}, 503, {"Retry-After": "0"})
@@ -227,6 +230,13 @@ class Flaky:
         if request.url.path.endswith("/batch"):
             return JSONResponse({"inserted": 1, "ids": ["ce_1"]}, status_code=201)
         now = "2026-11-23T00:00:00Z"
+        if request.url.path == "/api/reservations":
+            made = {
+                "reservationId": self.reservation_ids[-1],
+                "estimateMicrodollars": 1_000,
+                "expiresAt": now,
+            }
+            return JSONResponse({"data": made}, status_code=201)
         return JSONResponse(
             {"data": {"id": "ce_1", "createdAt": now, "costMicrodollars": 1}}, status_code=201
         )
@@ -263,16 +273,15 @@ def test_a_report_is_retried_with_the_same_idempotency_key(flaky: tuple[str, Fla
     assert None not in keys
 
 
-def test_a_reservation_is_never_sent_twice(flaky: tuple[str, Flaky]) -> None:
+def test_a_reservation_is_retried_under_its_own_id(flaky: tuple[str, Flaky]) -> None:
+    """A reserve carries an id of the client's making: sent again after a lost answer, it
+    answers the reservation its first try made, never a second one."""
     base, handler = flaky
-    with (
-        NullSpend("ns_live_sk_" + "1" * 32, base) as ns,
-        pytest.raises(BudgetUnavailableError) as unavailable,
-    ):
-        ns.reserve(1_000)
-    assert unavailable.value.retry_after == 0
-    assert isinstance(unavailable.value, ApiError)
-    assert len(handler.seen) == 1
+    with NullSpend("ns_live_sk_" + "1" * 32, base) as ns:
+        reservation = ns.reserve(1_000)
+    assert [path for path, _ in handler.seen] == ["/api/reservations"] * 3
+    (chosen,) = set(handler.reservation_ids)
+    assert reservation.reservation_id == chosen
 
 
 def test_retries_give_up_after_max_retries(flaky: tuple[str, Flaky]) -> None:
@@ -345,3 +354,43 @@ def test_rate_limited_and_forbidden_from_a_live_server(database_url: str) -> Non
             assert forbidden.value.details == {"requiredRole": "member", "role": "viewer"}
     finally:
         limited.stop()
+
+
+def test_a_reserve_whose_answer_is_lost_holds_nothing_it_does_not_use(
+    server: RunningServer,
+) -> None:
+    """The server makes the reservation, and its answer does not reach the client in time. Sent
+    again under its id, the reserve answers the reservation made, which the call then settles;
+    abandoned (the caller cancelled it), it is released. Neither is held for an hour and then
+    charged its estimate."""
+    with NullSpend(server.admin_key, server.base_url) as ns:  # so that what is held shows
+        budget(
+            server, entityType="api_key", entityId=ns.introspect().key_id, limitMicrodollars=10**9
+        )
+    first_answers_late: list[str] = []
+
+    async def late_first_reserve(request: Request, real: Response) -> Response:
+        if request.url.path == "/api/reservations" and not first_answers_late:
+            first_answers_late.append("late")
+            await asyncio.sleep(1.0)
+        return real
+
+    with interposed(server.base_url, late_first_reserve) as base:
+        with NullSpend(server.admin_key, base, timeout=0.3) as ns:
+            reservation = ns.reserve(1_000)  # timed out once, then answered under its id
+            ns.settle(reservation.reservation_id, cost_microdollars=600)
+
+        async def abandoned() -> None:
+            async with AsyncNullSpend(server.admin_key, base) as ans:
+                first_answers_late.clear()
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ans.reserve(1_000), 0.3)
+
+        asyncio.run(abandoned())
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        deadline = time.monotonic() + 10
+        while ns.budget_status()[0].reserved_microdollars:
+            assert time.monotonic() < deadline, "a reservation nobody uses is still held"
+            time.sleep(0.1)
+        (event,) = ns.cost_events().data
+        assert event.cost_microdollars == 600

@@ -297,7 +297,12 @@ class LocalNullSpend(TrackedClients):
         if customer:
             tags.setdefault("customer", customer)
         accounts = self._matching(customer, tags) if tags else self._totals
+        chosen_id = options.get("reservation_id")
         with self._lock:
+            if chosen_id is not None and chosen_id in self._held:  # sent again: what it made
+                return chosen_id
+            if chosen_id is not None and any(e.reservation_id == chosen_id for e in self._events):
+                raise ConflictError(f"reservation {chosen_id} is already finished")
             self._expire_due()
             if denial := self._first_denial(accounts, session_id, estimate_microdollars):
                 raise _error(denial)
@@ -307,7 +312,7 @@ class LocalNullSpend(TrackedClients):
                 self._sessions[session_id] = (
                     self._sessions.get(session_id, 0) + estimate_microdollars
                 )
-            reservation_id = self._ids.next("rsv")
+            reservation_id = chosen_id or self._ids.next("rsv")
             self._held[reservation_id] = _Held(
                 estimate_microdollars,
                 accounts,

@@ -126,7 +126,13 @@ class AsyncNullSpend(AsyncTrackedClients):
         """Admit an estimate against every budget it is subject to, or raise the
         ``DeniedError`` that says why not. Give the estimate, or the provider ``request`` body
         (and ``model``) for the server to estimate it as the proxy does."""
-        return await self._send(calls.reserve(estimate_microdollars, **options))
+        reservation_id = options.setdefault("reservation_id", calls.new_reservation_id())
+        try:
+            return await self._send(calls.reserve(estimate_microdollars, **options))
+        except BaseException as error:  # a cancellation too: its answer is lost
+            if not calls.made_no_reservation(error):  # it may be held: give it back
+                self._settler._release_if_made_later(reservation_id)
+            raise
 
     async def reserve_id(
         self, estimate_microdollars: int | None = None, **options: Unpack[calls.ReserveOptions]

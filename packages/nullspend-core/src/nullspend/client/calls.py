@@ -193,6 +193,21 @@ class ReserveOptions(TypedDict, total=False):
     session_id: str
     trace_id: str
     tags: Mapping[str, str]
+    reservation_id: str
+    """The caller's id for it (``rsv_`` and 16-64 letters, digits, ``_`` or ``-``; the clients
+    make one): a reserve sent again with it answers the reservation it made, so a reserve
+    whose answer was lost is retried, or released, rather than held unused."""
+
+
+def new_reservation_id() -> str:
+    return f"rsv_{uuid.uuid4().hex}"
+
+
+def made_no_reservation(error: BaseException) -> bool:
+    """Whether ``error`` is the server's answer that it made no reservation (a denial, a refused
+    request). Anything else (no answer, a timeout, a cancellation, a server failure) may have
+    come after the reservation was made."""
+    return isinstance(error, ApiError) and error.status is not None and error.status < 500
 
 
 def reserve(
@@ -209,9 +224,17 @@ def reserve(
         "sessionId": options.get("session_id"),
         "traceId": options.get("trace_id"),
         "tags": dict(options.get("tags") or {}),
+        "reservationId": options.get("reservation_id"),
     }
-    # Not idempotent: a retry after a lost answer would reserve twice.
-    return Call("POST", "/api/reservations", _data(Reservation), json=_present(body))
+    # With its id, a retry after a lost answer gets the reservation made; without, it would
+    # reserve twice.
+    return Call(
+        "POST",
+        "/api/reservations",
+        _data(Reservation),
+        json=_present(body),
+        idempotent="reservation_id" in options,
+    )
 
 
 class SettleOptions(TypedDict, total=False):

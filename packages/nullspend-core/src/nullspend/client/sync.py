@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -24,7 +25,7 @@ from nullspend.client.models import (
     Settled,
 )
 from nullspend.client.reporter import close_reporters_of
-from nullspend.errors import ConnectionFailedError
+from nullspend.errors import ConnectionFailedError, NotFoundError
 from nullspend.tracked.clients import TrackedClients
 from nullspend.tracked.metering import Scope
 
@@ -130,7 +131,13 @@ class NullSpend(TrackedClients):
         """Admit an estimate against every budget it is subject to, or raise the
         ``DeniedError`` that says why not. Give the estimate, or the provider ``request`` body
         (and ``model``) for the server to estimate it as the proxy does."""
-        return self._send(calls.reserve(estimate_microdollars, **options))
+        reservation_id = options.setdefault("reservation_id", calls.new_reservation_id())
+        try:
+            return self._send(calls.reserve(estimate_microdollars, **options))
+        except BaseException as error:
+            if not calls.made_no_reservation(error):  # it may be held: give it back
+                self._release_if_made_later(reservation_id)
+            raise
 
     def reserve_id(
         self, estimate_microdollars: int | None = None, **options: Unpack[calls.ReserveOptions]
@@ -160,6 +167,16 @@ class NullSpend(TrackedClients):
         """``release`` from the background thread, as ``settle_later``."""
         work = functools.partial(self.release, reservation_id)
         self._background.submit(work, f"releasing {reservation_id}")
+
+    def _release_if_made_later(self, reservation_id: str) -> None:
+        """``release_later`` for a reserve whose outcome is unknown: not found means it was
+        never made, which is no failure."""
+
+        def release() -> None:
+            with contextlib.suppress(NotFoundError):
+                self.release(reservation_id)
+
+        self._background.submit(release, f"releasing {reservation_id}")
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until what ``settle_later`` and ``release_later`` queued has been sent; False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field, model_validator
 from sqlmodel import col, select
 
@@ -26,7 +26,13 @@ from nullspend_server.api.schema import (
 from nullspend_server.auth import Member, Session, presented_key
 from nullspend_server.db.database import end_read
 from nullspend_server.db.tables import Reservation
-from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement
+from nullspend_server.engine import (
+    DeniedError,
+    Engine,
+    ReservationIdTakenError,
+    ReservationRequest,
+    Settlement,
+)
 from nullspend_server.errors import ApiError, denial_error
 
 router = APIRouter(tags=["reservations"])
@@ -48,6 +54,8 @@ class ReservationCreate(RequestModel):
     session_id: SessionId | None = None
     trace_id: str | None = Field(default=None, max_length=64)
     tags: Tags = Field(default_factory=dict)
+    reservation_id: str | None = Field(default=None, pattern=r"^rsv_[A-Za-z0-9_-]{16,64}$")
+    """The caller's id for it: sent again, the request answers the reservation it made."""
 
     @model_validator(mode="after")
     def _something_to_estimate(self) -> ReservationCreate:
@@ -108,7 +116,9 @@ def _engine(request: Request) -> Engine:
 
 
 @router.post("/api/reservations", status_code=201)
-async def create(body: ReservationCreate, principal: Member, request: Request) -> Data[Reserved]:
+async def create(
+    body: ReservationCreate, principal: Member, request: Request, response: Response
+) -> Data[Reserved]:
     request.app.state.rate_limiter.enforce(presented_key(request.headers) or "")
     estimate, unpriced = _estimate(body)
     try:
@@ -122,10 +132,19 @@ async def create(body: ReservationCreate, principal: Member, request: Request) -
                 session_id=body.session_id,
                 trace_id=body.trace_id,
                 tags=body.tags,
+                reservation_id=body.reservation_id,
             ),
         )
     except DeniedError as denied:
         raise denial_error(denied.denial) from None
+    except ReservationIdTakenError:
+        raise ApiError(
+            ErrorCode.CONFLICT,
+            "this reservationId names another reservation, or one already finished",
+            {"reservationId": body.reservation_id},
+        ) from None
+    if admission.replayed:
+        response.status_code = 200
     return Data(
         data=Reserved(
             reservation_id=admission.reservation_id,

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import BigInteger, String, bindparam, or_
+from sqlalchemy import BigInteger, String, bindparam, or_, select
 
 from nullspend.policy import denials
 from nullspend.policy.budgets import admits
@@ -24,6 +24,9 @@ from nullspend_server.ids import new_id
 # organization's, then its customer's, then its tags'.
 _ENTITY_ORDER = {"api_key": 0, "user": 1, "customer": 2, "tag": 3}
 _INSERT_RESERVATION = RESERVATIONS.insert()
+_EARLIER = select(RESERVATIONS.c.org_id, RESERVATIONS.c.status, RESERVATIONS.c.expires_at).where(
+    RESERVATIONS.c.id == bindparam("id", type_=String)
+)
 # Adds the estimate to a budget's reserved amount and stores its velocity window. The database
 # refuses it if it would overdraw a strict budget: a guard, the locked checks already decided.
 _estimate = bindparam("estimate", type_=BigInteger)
@@ -79,6 +82,12 @@ class ReservationRequest:
     session_id: str | None = None
     trace_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    reservation_id: str | None = None
+    """The caller's id for it: a request sent again with it answers the reservation made."""
+
+
+class ReservationIdTakenError(Exception):
+    """The caller's reservation id names another organization's, or a finished, reservation."""
 
 
 def effective_tags(principal: Principal, request: ReservationRequest) -> dict[str, str]:
@@ -94,6 +103,8 @@ class Admission:
     reservation_id: str
     expires_at: dt.datetime
     tightest: Tightest | None
+    replayed: bool = False
+    """The request was sent before and this reservation made then (its answer was lost)."""
 
 
 async def reserve(
@@ -111,6 +122,12 @@ async def reserve(
     transaction can change before this one commits. A denial also leaves state to commit
     (period resets, a tripped velocity cooldown).
     """
+    if request.reservation_id is not None:
+        earlier = (await db.execute(_EARLIER, {"id": request.reservation_id})).first()
+        if earlier is not None:
+            if earlier.org_id != principal.org_id or earlier.status != "active":
+                raise ReservationIdTakenError(request.reservation_id)
+            return Admission(request.reservation_id, earlier.expires_at, None, replayed=True)
     estimate = request.estimate_microdollars
     tags = effective_tags(principal, request)
     budgets = await lock_budgets(db, principal.org_id, principal.key_id, request.customer, tags)
@@ -145,7 +162,7 @@ async def reserve(
                 "now": now,
             },
         )
-    reservation_id = new_id("rsv")
+    reservation_id = request.reservation_id or new_id("rsv")
     await db.execute(
         _INSERT_RESERVATION,
         {

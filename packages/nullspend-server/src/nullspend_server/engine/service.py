@@ -10,9 +10,11 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
 from nullspend.attribution import TAG_EXPIRED, TAG_RECOVERED
+from nullspend.policy.denials import Denial
 from nullspend_server.auth import Principal
 from nullspend_server.db.database import Database
 from nullspend_server.db.tables import Reservation, ServerInstance, utcnow
@@ -52,10 +54,25 @@ class Engine:
         decision changed: period resets, a tripped velocity cooldown)."""
         now = utcnow()
         expires_at = now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
-        async with self.db.write_transaction() as db:
-            outcome = await reserve(
-                db, principal, request, now=now, expires_at=expires_at, instance_id=self.instance_id
-            )
+
+        async def attempt() -> Admission | Denial:
+            async with self.db.write_transaction() as db:
+                return await reserve(
+                    db,
+                    principal,
+                    request,
+                    now=now,
+                    expires_at=expires_at,
+                    instance_id=self.instance_id,
+                )
+
+        try:
+            outcome = await attempt()
+        except IntegrityError:
+            if request.reservation_id is None:
+                raise
+            # The same request, sent again, raced its first try in: answer what that made.
+            outcome = await attempt()
         if not isinstance(outcome, Admission):
             raise DeniedError(outcome)
         return outcome
