@@ -4,6 +4,7 @@ interpreter exit, and no thread left behind once idle."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nullspend.client import CostReporter, NewCostEvent, NullSpend, background
+from nullspend.client import AsyncNullSpend, CostReporter, NewCostEvent, NullSpend, background
 from nullspend.client.background import Background
 from tests.nullspend_server.conftest import RunningServer
 
@@ -161,3 +162,35 @@ def test_a_forked_child_reports_through_the_parents_reporter(server: RunningServ
         assert len(ns.cost_events(limit=10).data) == 5  # the child's, sent as it ended
         reporter.close()
         assert len(ns.cost_events(limit=10).data) == 6  # and the parent's, not sent twice
+
+
+def _reserve_and_settle_async_in_child(ans: AsyncNullSpend) -> None:
+    async def run() -> None:
+        ans.settle_later(await ans.reserve_id(1_000), cost_microdollars=700)
+
+    asyncio.run(run())
+
+
+def test_a_forked_child_uses_the_parents_async_client(server: RunningServer) -> None:
+    """The child makes its own connections: the parent's pooled ones are sockets it shares
+    (and belong to the parent's event loop)."""
+
+    async def main() -> None:
+        async with AsyncNullSpend(server.admin_key, server.base_url) as ans:
+            ans.settle_later(await ans.reserve_id(1_000), cost_microdollars=700)
+            assert await ans.flush(10)
+            fork = multiprocessing.get_context("fork")
+            children = [
+                fork.Process(target=_reserve_and_settle_async_in_child, args=(ans,))
+                for _ in range(3)
+            ]
+            for child in children:
+                child.start()
+            for child in children:
+                await asyncio.to_thread(child.join, 30)
+                assert child.exitcode == 0
+            ans.settle_later(await ans.reserve_id(1_000), cost_microdollars=700)  # still works
+            assert await ans.flush(10)
+            assert len((await ans.cost_events(limit=10)).data) == 5
+
+    asyncio.run(main())

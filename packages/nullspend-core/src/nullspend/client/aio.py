@@ -8,7 +8,7 @@ from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from nullspend.client import calls
+from nullspend.client import calls, processes
 from nullspend.client.models import (
     Budget,
     BudgetStatus,
@@ -44,21 +44,21 @@ class AsyncNullSpend(AsyncTrackedClients):
         self.connection = calls.Connection.resolve(api_key, base_url)
         self.max_retries = max_retries
         self.scope = Scope()
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._http = processes.PerProcess(lambda: httpx.AsyncClient(timeout=timeout), http_client)
         # Sends settle_later's work with a sync client of its own: a thread, not a task, so
         # that what is queued when the event loop ends (asyncio.run cancels its tasks) is still
         # sent, at exit if need be. Made here, so scoped copies (ns.customer(...)) share it.
         self._settler = NullSpend(
             self.connection.api_key,
             self.connection.base_url,
-            timeout=self._http.timeout,
+            timeout=self._http.get().timeout,
             max_retries=max_retries,
         )
 
     async def close(self) -> None:
         """Send what ``settle_later`` and ``release_later`` left queued, then disconnect."""
         await asyncio.to_thread(self._settler.close)
-        await self._http.aclose()
+        await self._http.get().aclose()
 
     def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
         """``settle`` from a background thread, returning at once (see
@@ -103,7 +103,7 @@ class AsyncNullSpend(AsyncTrackedClients):
 
     async def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
-            return await self._http.request(**call.request(self.connection))
+            return await self._http.get().request(**call.request(self.connection))
         except httpx.TransportError as error:
             raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import multiprocessing.util
 import os
 from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 _at_child_exit: list[Callable[[], None]] = []
 
@@ -35,3 +38,21 @@ def after_fork_in_child(reset: Callable[[], None]) -> None:
 def at_child_exit(close: Callable[[], None]) -> None:
     """Run ``close`` when a child that multiprocessing forked ends (``atexit`` covers the rest)."""
     _at_child_exit.append(close)
+
+
+class PerProcess(Generic[T]):
+    """A value this process made, made again in a forked child: an HTTP client, whose pooled
+    connections are sockets shared with the parent (two processes talking on one socket read
+    each other's answers). One given by the caller is the caller's to manage: kept as is."""
+
+    def __init__(self, make: Callable[[], T], given: T | None = None) -> None:
+        self._make = make
+        self._given = given
+        self._pid = os.getpid()
+        self._value = given if given is not None else make()
+
+    def get(self) -> T:
+        if self._given is None and self._pid != os.getpid():
+            self._value = self._make()  # the parent's is left alone
+            self._pid = os.getpid()
+        return self._value

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 import httpx
 
-from nullspend.client import calls
+from nullspend.client import calls, processes
 from nullspend.client.background import Background
 from nullspend.client.models import (
     Budget,
@@ -30,24 +29,6 @@ from nullspend.tracked.clients import TrackedClients
 from nullspend.tracked.metering import Scope
 
 T = TypeVar("T")
-
-
-class _ProcessHttp:
-    """This process's HTTP client. One the client made is made again in a forked child: its
-    pooled connections are sockets shared with the parent, and two processes talking on one
-    socket read each other's answers. A client given by the caller is the caller's to manage."""
-
-    def __init__(self, given: httpx.Client | None, timeout: httpx.Timeout | float) -> None:
-        self._given = given
-        self._timeout = timeout
-        self._pid = os.getpid()
-        self._client = given or httpx.Client(timeout=timeout)
-
-    def client(self) -> httpx.Client:
-        if self._given is None and self._pid != os.getpid():
-            self._client = httpx.Client(timeout=self._timeout)  # the parent's is left alone
-            self._pid = os.getpid()
-        return self._client
 
 
 class NullSpend(TrackedClients):
@@ -71,7 +52,7 @@ class NullSpend(TrackedClients):
         self.connection = calls.Connection.resolve(api_key, base_url)
         self.max_retries = max_retries
         self.scope = Scope()
-        self._http = _ProcessHttp(http_client, timeout)
+        self._http = processes.PerProcess(lambda: httpx.Client(timeout=timeout), http_client)
         self._background = Background()
 
     def close(self) -> None:
@@ -79,7 +60,7 @@ class NullSpend(TrackedClients):
         ``CostReporter`` on this client holds, then disconnect."""
         close_reporters_of(self)
         self._background.close()
-        self._http.client().close()
+        self._http.get().close()
 
     def __enter__(self) -> NullSpend:
         return self
@@ -108,7 +89,7 @@ class NullSpend(TrackedClients):
 
     def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
-            return self._http.client().request(**call.request(self.connection))
+            return self._http.get().request(**call.request(self.connection))
         except httpx.TransportError as error:
             raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
 
