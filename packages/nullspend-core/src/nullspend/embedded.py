@@ -242,7 +242,7 @@ class LocalNullSpend(TrackedClients):
         # calls; spend counts every event.
         self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
         # What each recent report's Idempotency-Key recorded, with its events' fingerprint.
-        self._reported: dict[tuple[bool, str | None], tuple[str, list[_Event]]] = {}
+        self._reported: dict[tuple[bool, str], tuple[str, list[_Event]]] = {}
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._store = _Store(Path(path)) if path is not None else None
@@ -299,10 +299,11 @@ class LocalNullSpend(TrackedClients):
         accounts = self._matching(customer, tags) if tags else self._totals
         chosen_id = options.get("reservation_id")
         with self._lock:
-            if chosen_id is not None and chosen_id in self._held:  # sent again: what it made
-                return chosen_id
-            if chosen_id is not None and any(e.reservation_id == chosen_id for e in self._events):
-                raise ConflictError(f"reservation {chosen_id} is already finished")
+            if chosen_id is not None:
+                if chosen_id in self._held:  # sent again: what it made
+                    return chosen_id
+                if isinstance(finished := self._not_held(chosen_id), ConflictError):
+                    raise finished
             self._expire_due()
             if denial := self._first_denial(accounts, session_id, estimate_microdollars):
                 raise _error(denial)
@@ -448,10 +449,15 @@ class LocalNullSpend(TrackedClients):
         if not 1 <= len(reports) <= MAX_BATCH:
             raise ValidationError(f"report 1 to {MAX_BATCH} events at once")
         events = [self._reported_event(report) for report in reports]
-        fingerprint = json.dumps([r.wire() for r in reports], sort_keys=True)
-        key = (batch, idempotency_key)  # a report's keys and a batch's are apart, as on the server
+        key = fingerprint = None
+        if idempotency_key is not None:
+            key = (
+                batch,
+                idempotency_key,
+            )  # a report's keys and a batch's are apart, as on the server
+            fingerprint = json.dumps([r.wire() for r in reports], sort_keys=True)
         with self._lock:
-            if idempotency_key is not None and key in self._reported:
+            if key is not None and key in self._reported:
                 earlier, recorded = self._reported[key]
                 if earlier != fingerprint:
                     raise ConflictError("this idempotency key was used with other events")
@@ -460,7 +466,7 @@ class LocalNullSpend(TrackedClients):
                 self._store.add(*events)
             for event in events:
                 self._count(event, self._matching(event.customer, event.tags))
-            if idempotency_key is not None:
+            if key is not None and fingerprint is not None:
                 if len(self._reported) >= EVENTS_KEPT:  # bounded: the oldest key goes
                     del self._reported[next(iter(self._reported))]
                 self._reported[key] = (fingerprint, events)

@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from nullspend import pricing
 from nullspend.client.models import MAX_BATCH
-from nullspend.errors import ErrorCode
-from nullspend.pricing import default_catalog, price_usage
+from nullspend.errors import ErrorCode, UnpricedModelError
 from nullspend.usage import Usage
 from nullspend_server.api.event_queries import (
     EventFilters,
@@ -86,12 +86,12 @@ class CostEventIn(RequestModel):
     def cost(self) -> int:
         if self.cost_microdollars is not None:
             return self.cost_microdollars
-        priced = default_catalog().resolve(self.model)
-        if priced is None:
+        try:
+            return pricing.cost(self.usage(), self.model).total_microdollars
+        except UnpricedModelError:
             raise ValueError(
                 f"model {self.model!r} is not in the pricing catalog: send costMicrodollars"
-            )
-        return price_usage(self.usage(), priced).total_microdollars
+            ) from None
 
 
 class Batch(RequestModel):

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field, model_validator
 from sqlmodel import col, select
 
-from nullspend.errors import ErrorCode
-from nullspend.pricing import default_catalog, estimate_request_body, price_usage
+from nullspend import pricing
+from nullspend.errors import ErrorCode, UnpricedModelError
 from nullspend.usage import Usage
 from nullspend.wire import FORMATS
 from nullspend_server.api.schema import (
@@ -99,7 +99,7 @@ def _estimate(body: ReservationCreate) -> tuple[int, bool]:
     if body.estimate_microdollars is not None:
         return body.estimate_microdollars, False
     assert body.request is not None
-    estimate = estimate_request_body(
+    estimate = pricing.estimate_request_body(
         body.request,
         FORMATS[body.format] if body.format else None,
         provider=body.provider,
@@ -166,14 +166,14 @@ async def _usage_cost(
         )
         model = (await session.exec(query)).first()
         await end_read(session)  # the settle's write transaction comes next
-    priced = default_catalog().resolve(model) if model else None
-    if priced is None:
+    try:
+        return pricing.cost(usage, model or "").total_microdollars
+    except UnpricedModelError:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
             f"model {model!r} is not in the pricing catalog: send costMicrodollars",
             {"model": model},
-        )
-    return price_usage(usage, priced).total_microdollars
+        ) from None
 
 
 @router.post("/api/reservations/{reservation_id}/settle")
