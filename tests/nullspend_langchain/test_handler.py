@@ -589,3 +589,22 @@ def test_a_call_inside_a_retriever_shares_the_runs_trace(fake: tuple[str, Any]) 
     handler = NullSpendCallbackHandler(client=engine)
     chain.invoke("what is x", config={"callbacks": [handler], "run_id": root})
     assert [e.trace_id for e in engine.cost_events().data] == [root.hex] * 2
+
+
+def test_a_turn_continuing_a_stored_conversation_is_held_to_the_cap(fake: tuple[str, Any]) -> None:
+    """A Responses turn given ``previous_response_id`` (as ChatOpenAI's docs pass it) is billed
+    for the stored earlier turns, which its messages leave out: it is estimated at the model's
+    context window, so a cap smaller than that refuses it before the request is sent."""
+    engine = LocalNullSpend([LocalBudget.total(5_000)])
+    model = chat_openai(
+        fake,
+        use_responses_api=True,
+        max_tokens=100,
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+    )
+    model.invoke("Hello")
+    with pytest.raises(DeniedError):
+        model.invoke("And then?", previous_response_id="resp_earlier")
+    assert len(fake[1].state.requests) == 1
+    (status,) = engine.budget_status()
+    assert status.reserved_microdollars == 0

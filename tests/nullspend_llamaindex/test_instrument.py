@@ -335,3 +335,26 @@ def test_a_stream_dropped_before_its_first_step_holds_nothing(fake: tuple[str, A
     (status,) = ns.budget_status()
     assert status.reserved_microdollars == 0
     assert len(ns.cost_events().data) == 1  # charged, not released
+
+
+def test_a_turn_continuing_a_stored_conversation_is_held_to_the_cap(
+    fake: tuple[str, Any],
+) -> None:
+    """``OpenAIResponses(track_previous_responses=True)`` sends each turn with the previous
+    response's id: the provider bills the stored turns it does not send. Such a turn is
+    estimated at the model's context window, so a cap smaller than that refuses it first."""
+    ns = LocalNullSpend([LocalBudget.total(5_000)])
+    instrument(client=ns)
+    llm = OpenAIResponses(
+        model="gpt-4o-mini",
+        api_base=f"{fake[0]}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        max_output_tokens=100,
+        track_previous_responses=True,
+        default_headers={"x-fake-usage": json.dumps(USAGE)},
+    )
+    llm.chat(HELLO)  # the first turn continues nothing
+    with pytest.raises(DeniedError):
+        llm.chat(HELLO)
+    assert len(fake[1].state.requests) == 1

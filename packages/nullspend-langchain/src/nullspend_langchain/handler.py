@@ -26,7 +26,7 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import OPENAI_CHAT, Reading
+from nullspend.wire import OPENAI_CHAT, OPENAI_RESPONSES, Reading
 from nullspend_langchain.usage import usage_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
@@ -156,7 +156,13 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         if tools := params.get("tools"):
             raw += _encode_json(tools).encode()
         estimate = estimate_call(
-            model, estimate_input_tokens(raw), cap, choices=OPENAI_CHAT.requested_choices(params)
+            model,
+            estimate_input_tokens(raw),
+            cap,
+            choices=OPENAI_CHAT.requested_choices(params),
+            # A Responses turn that continues a stored conversation (previous_response_id, as
+            # ChatOpenAI's docs pass it) is billed for turns its messages leave out.
+            stored_context=OPENAI_RESPONSES.continues_stored_context(params),
         )
         provider = metadata.get("ls_provider")
         if not isinstance(provider, str):
