@@ -27,6 +27,7 @@ from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
+from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
 
 ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
@@ -608,3 +609,113 @@ def test_a_turn_continuing_a_stored_conversation_is_held_to_the_cap(fake: tuple[
     assert len(fake[1].state.requests) == 1
     (status,) = engine.budget_status()
     assert status.reserved_microdollars == 0
+
+
+async def _until(condition: Any, seconds: float = 5.0) -> None:
+    """Wait on the event loop for ``condition()`` (work it schedules, such as an async
+    generator's close, runs meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def stop_an_agent_stream_early(fake: tuple[str, Any], client: NullSpend | LocalNullSpend) -> None:
+    """Stream a LangGraph agent and stop after its first chunk, the loop still running; return
+    once nothing is reserved any more."""
+    from langgraph.prebuilt import create_react_agent
+
+    handler = NullSpendCallbackHandler(client=client)
+    agent = create_react_agent(chat_openai(fake), tools=[add])
+    question = {"messages": [{"role": "user", "content": "What is 2 + 3?"}]}
+
+    def reserved() -> int:
+        return client.budget_status()[0].reserved_microdollars
+
+    async def stop_after_first_chunk() -> None:
+        async for _ in agent.astream(
+            question, config={"callbacks": [handler]}, stream_mode="messages"
+        ):
+            break
+        assert reserved() > 0  # the model call is still open here
+        await _until(lambda: reserved() == 0)
+
+    asyncio.run(stop_after_first_chunk())
+
+
+def test_a_langgraph_stream_stopped_early_holds_nothing(fake: tuple[str, Any]) -> None:
+    """A chat UI stops an agent's stream (the client went away): LangGraph cancels the node,
+    and LangChain ends the model call with neither ``on_llm_end`` nor ``on_llm_error``. The
+    handler ends the calls of a cancelled task: a stream that had started is charged its
+    estimate (tokens were spent), and nothing stays reserved against the cap for an hour."""
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    stop_an_agent_stream_early(fake, engine)
+    (event,) = engine.cost_events().data
+    (status,) = engine.budget_status()
+    assert event.cost_microdollars > COST  # the estimate: no usage came
+    assert (status.spend_microdollars, status.reserved_microdollars) == (event.cost_microdollars, 0)
+
+
+def test_a_langgraph_stream_stopped_early_holds_nothing_on_a_server(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """The same against a server: the handler runs in executor threads there, outside the
+    task, and ends the calls of a run cancelled around them (the node's chain run)."""
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        budget(
+            server, entityType="api_key", entityId=ns.introspect().key_id, limitMicrodollars=10**9
+        )
+        stop_an_agent_stream_early(fake, ns)
+        (event,) = settled_events(ns, 1)
+        assert event.cost_microdollars > COST
+
+
+def test_a_cancelled_ainvoke_holds_nothing(fake: tuple[str, Any]) -> None:
+    """An ``ainvoke`` cancelled while the provider has not answered (a timeout around it, a
+    stopped agent) is left by LangChain with neither end nor error: its task's cancellation
+    releases the reservation, as an error before any answer does."""
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers={"x-fake-fault": "hang"},
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+    )
+
+    async def cancel_while_waiting() -> None:
+        call = asyncio.create_task(model.ainvoke("Hello"))
+        await _until(lambda: len(fake[1].state.requests) == 1)
+        assert engine.budget_status()[0].reserved_microdollars > 0
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await _until(lambda: engine.budget_status()[0].reserved_microdollars == 0)
+
+    asyncio.run(cancel_while_waiting())
+    assert engine.cost_events().data == []
+
+
+def test_a_chain_stream_closed_after_its_usage_is_charged_its_usage(
+    fake: tuple[str, Any],
+) -> None:
+    """Closing a chain's stream closes the chain's run first (``GeneratorExit``), then the
+    model's stream, which reports the usage it had received: the call is charged that, not
+    ended at its estimate when the chain's run closed."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    engine = LocalNullSpend()
+    prompt = ChatPromptTemplate.from_messages([("user", "{question}")])
+    chain = prompt | chat_openai(fake, stream_usage=True)
+    config: Any = {"callbacks": [NullSpendCallbackHandler(client=engine)]}
+
+    async def close_once_usage_came() -> None:
+        stream = chain.astream({"question": "Hello"}, config=config)
+        async for chunk in stream:
+            if chunk.usage_metadata:
+                break
+        await stream.aclose()
+
+    asyncio.run(close_once_usage_came())
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]

@@ -4,6 +4,7 @@ and settled; a failed call releases its reservation."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -35,6 +36,8 @@ _MAX_TAGS = 10
 _NO_USAGE = Usage()
 # What _reading answers for an answer LangChain took from its cache: no provider call was made.
 _CACHE_HIT = Reading(_NO_USAGE, None)
+# What a call that reported no usage is read as: it is charged its estimate.
+_NO_READING = Reading(None, None)
 # One encoder for every estimate: json.dumps(default=...) would build a new one per call.
 _encode_json = json.JSONEncoder(default=str).encode
 
@@ -57,6 +60,9 @@ class _Open:
     started: float
     batch: _Batch | None
     """For one prompt of a multi-prompt ``generate``: what its siblings share."""
+    parent: UUID | None
+    task: asyncio.Task[Any] | None
+    """The asyncio task the call started in, when the handler runs on the event loop."""
     streamed: bool = False
 
 
@@ -93,6 +99,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # The parent of every chain and tool run still going: a call's trace is its root run.
         self._parents: dict[UUID, UUID] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
+        # Tasks whose end is watched for calls LangChain will never end (see _on_task_done).
+        self._watched: set[asyncio.Task[Any]] = set()
         # Embedded, a callback is a few dozen microseconds of Python: run on the event loop, not
         # hopped to an executor thread. Server mode does HTTP, which must not block the loop.
         self.run_inline = isinstance(self.client, LocalNullSpend)
@@ -201,6 +209,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             provider,
             time.perf_counter(),
             batch,
+            parent_run_id,
+            self._task_to_watch() if self.run_inline else None,
         )
         if batch is None:
             self._open[run_id] = call  # one dict store: atomic, no lock needed
@@ -210,6 +220,35 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 self.client.release_later(reservation_id)
                 raise sibling_refused
             self._open[run_id] = call
+
+    def _task_to_watch(self) -> asyncio.Task[Any] | None:
+        """The task this call starts in, watched so that a call cancelled with it is ended:
+        a cancelled ``ainvoke`` (``asyncio.wait_for``'s timeout, a stopped agent) leaves
+        ``asyncio.gather`` in LangChain's ``agenerate`` with neither end nor error heard."""
+        loop = asyncio._get_running_loop()  # None in sync code: no exception to raise and catch
+        if loop is None or (task := asyncio.current_task(loop)) is None:
+            return None
+        if task not in self._watched:
+            self._watched.add(task)
+            task.add_done_callback(self._on_task_done)
+        return task
+
+    def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._watched.discard(task)
+        if task.cancelled():  # a task that ended otherwise may have handed its stream on
+            self._abandon([run for run, call in list(self._open.items()) if call.task is task])
+
+    def _abandon(self, runs: Iterable[UUID]) -> None:
+        """End calls LangChain will never end, as an error would: a stream that had started
+        is charged its estimate (it had spent tokens; no usage came), other calls released."""
+        for run in runs:
+            call = self._open.pop(run, None)
+            if call is None:
+                continue
+            if call.streamed:
+                self._settle(call, _NO_READING)
+            else:
+                self.client.release_later(call.reservation_id)
 
     def _deny_batch(self, batch: _Batch, params: object, refused: Exception) -> None:
         """Release the reservations of a refused prompt's siblings (the model is not called),
@@ -289,19 +328,29 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         self._leave(run_id)
 
     def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._leave(run_id)
+        self._left_on_error(run_id, error)
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._leave(run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._leave(run_id)
+        self._left_on_error(run_id, error)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._leave(run_id)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._left_on_error(run_id, error)
+
+    def _left_on_error(self, run_id: UUID, error: BaseException) -> None:
+        """A run cancelled (a LangGraph stream stopped, a timed-out node) has cancelled the
+        model calls inside it, which LangChain may then never end: they are ended here. Any
+        other error may leave a sibling branch's call running (``RunnableParallel``), and a
+        stream closed (``GeneratorExit``) closes the model's own stream after its chain's,
+        with the usage it got: those are left to their own end."""
         self._leave(run_id)
+        if self._open and isinstance(error, asyncio.CancelledError):
+            self._abandon([run for run, call in list(self._open.items()) if call.parent == run_id])
 
     def _run_tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
         """The run's LangChain tags (bare strings) as ``key=true``, those that stay valid on
@@ -439,4 +488,4 @@ def _reading(response: LLMResult, *, batched: bool) -> Reading:
         return Reading(Usage(input_tokens=prompt, output_tokens=completion), model)
     if batched and output.get("token_usage") == {}:
         return Reading(_NO_USAGE, output.get("model_name") or output.get("model"))
-    return Reading(None, None)
+    return _NO_READING
