@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import default_catalog
 from nullspend_llamaindex import instrument
 from tests.nullspend_server.conftest import RunningServer
+from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE
 
 ANTHROPIC_USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
@@ -358,3 +360,35 @@ def test_a_turn_continuing_a_stored_conversation_is_held_to_the_cap(
     with pytest.raises(DeniedError):
         llm.chat(HELLO)
     assert len(fake[1].state.requests) == 1
+
+
+class SlowToReserveNullSpend(NullSpend):
+    """A server client whose reservations take half a second to be answered."""
+
+    def reserve_id(self, *args: Any, **kwargs: Any) -> str:
+        time.sleep(0.5)
+        return super().reserve_id(*args, **kwargs)
+
+
+def test_an_async_call_cancelled_while_reserving_holds_nothing(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """A timeout around ``achat`` fires while its reservation is still being made in a worker
+    thread: the thread goes on and makes it, and nobody would use it. It is released once made,
+    not held against the cap for its hour."""
+    with SlowToReserveNullSpend(server.admin_key, server.base_url) as ns:
+        budget(
+            server, entityType="api_key", entityId=ns.introspect().key_id, limitMicrodollars=10**9
+        )
+        instrument(client=ns)
+
+        async def time_out() -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(openai_llm(fake).achat(HELLO), 0.1)
+
+        asyncio.run(time_out())
+        deadline = time.monotonic() + 5
+        while not ns.budget_status() or ns.budget_status()[0].reserved_microdollars:
+            assert time.monotonic() < deadline, "the reservation nobody uses is still held"
+            time.sleep(0.05)
+    assert fake[1].state.requests == []

@@ -19,6 +19,7 @@ import functools
 import inspect
 import json
 import sys
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -39,7 +40,6 @@ from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
 
-T = TypeVar("T")
 S = TypeVar("S", Iterator[Any], AsyncIterator[Any])
 
 _METHODS = (
@@ -178,10 +178,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
         @functools.wraps(method)
         async def gated_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = await _off_loop(
-                _active.client if _active else None,
-                functools.partial(_reserve, self, name, args, kwargs),
-            )
+            call = await _reserve_off_loop(self, name, args, kwargs)
             if call is None:  # inside another gated call (complete calling chat): covered
                 return await method(self, *args, **kwargs)
             token = _current.set(call)
@@ -298,12 +295,48 @@ def _only_usage(response: Any) -> bool:
     return getattr(raw, "choices", None) == [] and getattr(raw, "usage", None) is not None
 
 
-async def _off_loop(client: NullSpend | LocalNullSpend | None, work: Callable[[], T]) -> T:
-    """``work()``, in a worker thread when it talks to a server: the event loop never waits
+async def _reserve_off_loop(
+    llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _Call | None:
+    """``_reserve``, in a worker thread when it talks to a server: the event loop never waits
     on NullSpend's HTTP. The embedded engine is a few microseconds of Python: run in place."""
-    if client is None or isinstance(client, LocalNullSpend):
-        return work()
-    return await asyncio.to_thread(work)
+    if _active is None or isinstance(_active.client, LocalNullSpend):
+        return _reserve(llm, name, args, kwargs)
+    handoff = _Handoff()
+    try:
+        return await asyncio.to_thread(handoff.reserve, llm, name, args, kwargs)
+    except asyncio.CancelledError:
+        handoff.abandon()
+        raise
+
+
+class _Handoff:
+    """A reservation made in a worker thread for a caller that may be cancelled meanwhile (a
+    timeout around the call): the thread goes on, and the reservation it makes is released
+    rather than held, unused, for its hour. Whichever side comes second releases it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._made: _Call | None = None
+
+    def reserve(
+        self, llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Call | None:
+        call = _reserve(llm, name, args, kwargs)
+        with self._lock:
+            self._made = call
+            abandoned = self._abandoned
+        if abandoned and call is not None:
+            call.release()
+        return call
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            made = self._made
+        if made is not None:
+            made.release()
 
 
 def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
