@@ -5,6 +5,9 @@ tests/nullspend/fixtures are validated against them).
 Per request, through headers the proxy forwards untouched:
 - ``x-fake-usage``: JSON ``{"input", "cached", "output", "reasoning", "cache_write"}``; for
   OpenAI ``input`` is the prompt total (cached included), for Anthropic the uncached input.
+  Anthropic only: ``cache_write_1h`` (how much of ``cache_write`` has the 1-hour lifetime) and
+  ``web_searches`` (server-side web searches: a ``server_tool_use`` and a
+  ``web_search_tool_result`` block each before the answer, counted in ``server_tool_use``).
 - ``x-fake-fault``: ``status:<code>`` (the provider's error body), ``hang`` (never answer),
   ``drop-after:<n>`` (stream n events, then break the connection), ``no-usage`` (a complete
   stream without usage), ``slow:<ms>`` (pause before each stream event), ``output-only-delta``
@@ -31,7 +34,15 @@ from starlette.routing import Route
 
 from tests.fakes.threaded import serve_in_thread
 
-DEFAULT_USAGE = {"input": 12, "cached": 0, "output": 9, "reasoning": 0, "cache_write": 0}
+DEFAULT_USAGE = {
+    "input": 12,
+    "cached": 0,
+    "output": 9,
+    "reasoning": 0,
+    "cache_write": 0,
+    "cache_write_1h": 0,
+    "web_searches": 0,
+}
 WORDS = ["Hello", " there", "! 世界", " 🚀"]
 CREATED = 1_763_800_000
 
@@ -273,11 +284,50 @@ def _message_usage(u: dict[str, int], output: int) -> dict[str, Any]:
         "cache_creation_input_tokens": u["cache_write"],
         "output_tokens": output,
         "cache_creation": {
-            "ephemeral_5m_input_tokens": u["cache_write"],
-            "ephemeral_1h_input_tokens": 0,
+            "ephemeral_5m_input_tokens": u["cache_write"] - u["cache_write_1h"],
+            "ephemeral_1h_input_tokens": u["cache_write_1h"],
         },
         "service_tier": "standard",
+        **_server_tool_use(u),
     }
+
+
+def _server_tool_use(u: dict[str, int]) -> dict[str, Any]:
+    searches = u["web_searches"]
+    return (
+        {"server_tool_use": {"web_search_requests": searches, "web_fetch_requests": 0}}
+        if searches
+        else {}
+    )
+
+
+def _web_search_blocks(u: dict[str, int]) -> list[dict[str, Any]]:
+    """The server tool's blocks before the answer, one call and its result per search."""
+    blocks: list[dict[str, Any]] = []
+    for n in range(u["web_searches"]):
+        call_id = f"srvtoolu_fake{n}"
+        blocks.append(
+            {"type": "server_tool_use", "id": call_id, "name": "web_search", "input": SEARCH}
+        )
+        blocks.append(
+            {
+                "type": "web_search_tool_result",
+                "tool_use_id": call_id,
+                "content": [
+                    {
+                        "type": "web_search_result",
+                        "url": "https://example.com/news",
+                        "title": "News",
+                        "encrypted_content": "ZmFrZQ==",
+                        "page_age": None,
+                    }
+                ],
+            }
+        )
+    return blocks
+
+
+SEARCH = {"query": "news today"}
 
 
 def messages(s: Scenario) -> Response:
@@ -304,7 +354,7 @@ def messages(s: Scenario) -> Response:
         return JSONResponse(
             {
                 **message,
-                "content": [block],
+                "content": [*_web_search_blocks(s.usage), block],
                 "stop_reason": stop_reason,
                 "usage": _message_usage(s.usage, s.usage["output"]),
             }
@@ -320,6 +370,7 @@ def messages(s: Scenario) -> Response:
             "cache_creation_input_tokens": s.usage["cache_write"],
             "cache_read_input_tokens": s.usage["cached"],
             "output_tokens": s.usage["output"],
+            **_server_tool_use(s.usage),
         }
     if tool:
         opening = {"type": "tool_use", "id": TOOL_CALL_ID, "name": tool["name"], "input": {}}
@@ -330,13 +381,25 @@ def messages(s: Scenario) -> Response:
     else:
         opening = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": w} for w in WORDS]
-    events = [
-        ("message_start", {"message": start}),
-        ("content_block_start", {"index": 0, "content_block": opening}),
-        ("ping", {}),
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
+    for index, block in enumerate(_web_search_blocks(s.usage)):
+        if block["type"] == "server_tool_use":  # its input streams as JSON, as a tool call's
+            events.append(
+                ("content_block_start", {"index": index, "content_block": {**block, "input": {}}})
+            )
+            piece = {"type": "input_json_delta", "partial_json": _compact(block["input"])}
+            events.append(("content_block_delta", {"index": index, "delta": piece}))
+        else:
+            events.append(("content_block_start", {"index": index, "content_block": block}))
+        events.append(("content_block_stop", {"index": index}))
+    last = 2 * s.usage["web_searches"]
+    events += [("content_block_start", {"index": last, "content_block": opening}), ("ping", {})]
+    events += [("content_block_delta", {"index": last, "delta": d}) for d in deltas]
+    events += [
+        ("content_block_stop", {"index": last}),
+        ("message_delta", delta),
+        ("message_stop", {}),
     ]
-    events += [("content_block_delta", {"index": 0, "delta": d}) for d in deltas]
-    events += [("content_block_stop", {"index": 0}), ("message_delta", delta), ("message_stop", {})]
     return _sse(
         s, [f"event: {kind}\ndata: {_compact({'type': kind, **data})}\n\n" for kind, data in events]
     )

@@ -465,7 +465,7 @@ def test_a_run_tag_never_replaces_the_handlers_tag(fake: tuple[str, Any]) -> Non
     assert fake[1].state.requests == []
 
 
-def reserved_for(model: Any, fake: tuple[str, Any]) -> int:
+def reserved_for(model: Any, fake: tuple[str, Any], prompt: Any = "Hello") -> int:
     """The estimate the handler reserves for one ``invoke`` of ``model``."""
     engine = LocalNullSpend()
     reserved: list[int] = []
@@ -477,7 +477,7 @@ def reserved_for(model: Any, fake: tuple[str, Any]) -> int:
         return reserve_id(estimate, **options)
 
     engine.reserve_id = spy  # type: ignore[method-assign]
-    model.invoke("Hello", config={"callbacks": [NullSpendCallbackHandler(client=engine)]})
+    model.invoke(prompt, config={"callbacks": [NullSpendCallbackHandler(client=engine)]})
     (estimate,) = reserved
     return estimate
 
@@ -719,3 +719,195 @@ def test_a_chain_stream_closed_after_its_usage_is_charged_its_usage(
 
     asyncio.run(close_once_usage_came())
     assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
+
+
+def test_the_tool_calls_in_the_history_are_in_the_estimate(fake: tuple[str, Any]) -> None:
+    """An agent's history holds its earlier tool calls. ChatOpenAI keeps their arguments out of
+    the message's content (empty), in ``tool_calls``; the provider bills them as input: left
+    out, 40 file writes (59 KB) were estimated as a few tokens, past a strict cap."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    body = "def handler(event):\n    return event\n" * 40
+    history: list[Any] = [HumanMessage("Write the files")]
+    for n in range(40):
+        call = {"name": "write_file", "args": {"path": f"f{n}.py", "text": body}, "id": f"c{n}"}
+        history += [AIMessage("", tool_calls=[call]), ToolMessage("ok", tool_call_id=f"c{n}")]
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+    plain = reserved_for(chat_openai(fake, max_tokens=100), fake, history[:1])
+    with_calls = reserved_for(chat_openai(fake, max_tokens=100), fake, history)
+    arguments = sum(len(json.dumps(m.tool_calls)) for m in history if isinstance(m, AIMessage))
+    at_least = arguments // 4 * gpt.prices.input // PICODOLLARS_PER_MICRODOLLAR
+    assert with_calls - plain >= at_least > 0
+
+
+ONE_HOUR_CACHED = [
+    {
+        "type": "text",
+        "text": "a long manual " * 1000,
+        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+    }
+]
+
+
+def test_a_one_hour_cache_write_is_priced_and_estimated_as_one(fake: tuple[str, Any]) -> None:
+    """A prompt written to Anthropic's cache for an hour is billed at twice the input price.
+    A stream's usage, as langchain-anthropic builds it from the last event, does not split the
+    write by lifetime: it is priced at the lifetime the call asked for, as the answer's own
+    usage prices it. The estimate prices the prompt as such a write too."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    usage = {
+        "input": 20,
+        "cached": 0,
+        "output": 87,
+        "cache_write": 50_000,
+        "cache_write_1h": 50_000,
+    }
+    # Claude Sonnet 4.5: $3 input, $6 cache write (1 h), $15 output per M
+    cost = 20 * 3 + 50_000 * 6 + 87 * 15
+    prompt = [SystemMessage(ONE_HOUR_CACHED), HumanMessage("Hello")]
+    recorded = []
+    for streamed in (False, True):
+        engine = LocalNullSpend()
+        model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+        model.default_headers = {"x-fake-usage": json.dumps(usage)}
+        list(model.stream(prompt)) if streamed else model.invoke(prompt)
+        (event,) = engine.cost_events().data
+        recorded.append((event.cost_microdollars, event.cache_write_1h_tokens))
+    assert recorded == [(cost, 50_000)] * 2
+    claude = default_catalog().resolve("claude-sonnet-4-5")
+    assert claude is not None and claude.prices.cache_write_1h > claude.prices.input
+    cached = reserved_for(chat_anthropic(fake), fake, prompt)
+    plain = reserved_for(chat_anthropic(fake), fake, [SystemMessage(ONE_HOUR_CACHED[0]["text"])])
+    text_tokens = len(ONE_HOUR_CACHED[0]["text"]) // 4
+    above_input = claude.prices.cache_write_1h - claude.prices.input
+    assert cached - plain >= text_tokens * above_input // PICODOLLARS_PER_MICRODOLLAR > 0
+
+
+def test_web_searches_are_charged(fake: tuple[str, Any]) -> None:
+    """Anthropic's server-side web search is billed per search on top of the tokens. The
+    answer's usage counts them; a stream's usage as langchain-anthropic reports it does not, so
+    there they are counted from the answer's search blocks."""
+    from nullspend.pricing import cost as priced
+
+    usage = {**ANTHROPIC_USAGE, "web_searches": 3}
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    expected = priced(
+        Usage(
+            input_tokens=20,
+            cache_read_tokens=6000,
+            cache_write_5m_tokens=1500,
+            output_tokens=87,
+            web_search_requests=3,
+        ),
+        "claude-sonnet-4-5",
+    ).total_microdollars
+    assert expected > ANTHROPIC_COST
+    recorded = []
+    for streamed in (False, True):
+        engine = LocalNullSpend()
+        model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+        model.default_headers = {"x-fake-usage": json.dumps(usage)}
+        bound = model.bind_tools([search])
+        list(bound.stream("News today?")) if streamed else bound.invoke("News today?")
+        (event,) = engine.cost_events().data
+        recorded.append((event.cost_microdollars, event.web_search_requests))
+    assert recorded == [(expected, 3)] * 2
+
+
+def test_a_structured_answer_refused_by_the_content_filter_is_charged(
+    fake: tuple[str, Any],
+) -> None:
+    """The openai SDK refuses a parsed answer stopped by the content filter after the provider
+    billed it; langchain-openai attaches the HTTP answer to the error, and its usage is
+    charged."""
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        text: str
+
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    filtered = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers={**fake_headers(USAGE, ""), "x-fake-fault": "finish:content_filter"},
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+    )
+    with pytest.raises(openai.ContentFilterFinishReasonError):
+        filtered.with_structured_output(Answer, method="json_schema").invoke("Answer in JSON")
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
+    (status,) = engine.budget_status()
+    assert status.reserved_microdollars == 0
+
+
+def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[str, Any]) -> None:
+    """``asyncio.timeout`` around an ``ainvoke`` (a web handler that answers "try again")
+    cancels the call inside its own task, which then goes on and ends well: LangChain ended
+    the call with neither end nor error. It is released when its task ends."""
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers={"x-fake-fault": "hang"},
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+    )
+
+    async def answer_try_again() -> str:
+        try:
+            async with asyncio.timeout(0.3):
+                await model.ainvoke("Hello")
+        except TimeoutError:
+            assert engine.budget_status()[0].reserved_microdollars > 0
+            return "try again"
+        return "answered"
+
+    async def serve() -> None:
+        assert await asyncio.create_task(answer_try_again()) == "try again"
+        await _until(lambda: engine.budget_status()[0].reserved_microdollars == 0)
+
+    asyncio.run(serve())
+    assert engine.cost_events().data == []
+
+
+def test_a_sync_batch_failing_part_way_holds_nothing(fake: tuple[str, Any]) -> None:
+    """Sync ``generate`` calls its prompts one by one and stops at the first that fails,
+    ending none of the others: the one before was answered and billed (its usage is thrown
+    away with the batch: charged its estimate), the one after was never sent (released).
+    ``agenerate`` calls them all at once and ends each: the answered two at their usage."""
+    from langchain_core.messages import HumanMessage
+
+    async def second_fails(request: Request, real: Response) -> Response:
+        if b"second" in await request.body():
+            error = {"error": {"message": "overloaded", "type": "server_error", "code": None}}
+            return Response(json.dumps(error), 500, media_type="application/json")
+        return real
+
+    prompts = [[HumanMessage(text)] for text in ("first", "second", "third")]
+    sync_engine, async_engine = LocalNullSpend([LocalBudget.total(10**6)]), LocalNullSpend()
+    with interposed(fake[0], second_fails) as base:
+        model = ChatOpenAI(
+            model="gpt-4o-mini",
+            base_url=f"{base}/v1",
+            api_key="sk-test",  # type: ignore[arg-type]
+            max_retries=0,
+            max_tokens=100,
+            default_headers=fake_headers(USAGE, ""),
+        )
+        with pytest.raises(openai.InternalServerError):
+            model.generate(prompts, callbacks=[NullSpendCallbackHandler(client=sync_engine)])
+        assert len(fake[1].state.requests) == 2  # the third was never sent
+        with pytest.raises(openai.InternalServerError):
+            asyncio.run(
+                model.agenerate(prompts, callbacks=[NullSpendCallbackHandler(client=async_engine)])
+            )
+    (event,) = sync_engine.cost_events().data
+    (status,) = sync_engine.budget_status()
+    first_estimate = reserved_for(chat_openai(fake, max_tokens=100), fake, prompts[0])
+    assert event.cost_microdollars == first_estimate > 0
+    assert (status.spend_microdollars, status.reserved_microdollars) == (event.cost_microdollars, 0)
+    assert [e.cost_microdollars for e in async_engine.cost_events().data] == [COST, COST]

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import BaseMessage
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
 from nullspend.attribution import tag_errors
@@ -27,7 +29,7 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import OPENAI_CHAT, OPENAI_RESPONSES, Reading
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading
 from nullspend_langchain.usage import usage_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
@@ -57,6 +59,9 @@ class _Open:
     estimated_input_tokens: int
     model: str | None
     provider: str | None
+    cache_ttl: str | None
+    """The prompt-cache lifetime the call asked for: what a cache write it reports unsplit is
+    priced at."""
     started: float
     batch: _Batch | None
     """For one prompt of a multi-prompt ``generate``: what its siblings share."""
@@ -121,7 +126,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         text = [m.content for batch in messages for m in batch]
-        self._reserve(run_id, parent_run_id, tags, metadata, invocation_params, batch_size, text)
+        # ChatOpenAI keeps a tool-calling turn's arguments out of its content (""), in
+        # tool_calls; billed as input all the same. (Anthropic's are content blocks: counted.)
+        calls = [
+            m.tool_calls
+            for batch in messages
+            for m in batch
+            if isinstance(m, AIMessage) and m.tool_calls and isinstance(m.content, str)
+        ]
+        self._reserve(
+            run_id, parent_run_id, tags, metadata, invocation_params, batch_size, text, calls
+        )
 
     def on_llm_start(
         self,
@@ -137,7 +152,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self._reserve(
-            run_id, parent_run_id, tags, metadata, invocation_params, batch_size, list(prompts)
+            run_id, parent_run_id, tags, metadata, invocation_params, batch_size, list(prompts), []
         )
 
     def _reserve(
@@ -149,6 +164,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         invocation_params: Mapping[str, Any] | None,
         batch_size: int,
         text: list[Any],
+        tool_calls: list[Any],
     ) -> None:
         params = invocation_params or {}
         metadata = metadata or {}
@@ -156,13 +172,22 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # LangChain's invocation params name the cap as OpenAI's API does (Anthropic's too).
         cap = OPENAI_CHAT.requested_output_cap(params)
         # What the estimate counts: the prompt's text, or its JSON when it has content blocks,
-        # and the tools' schemas, which the provider bills as input too.
+        # and the tool calls and tools' schemas, which the provider bills as input too.
+        blocks = False
         try:
             raw = "\n".join(text).encode()
         except TypeError:
             raw = _encode_json(text).encode()
-        if tools := params.get("tools"):
+            blocks = True
+        if tool_calls:
+            raw += _encode_json(tool_calls).encode()
+        tools = params.get("tools")
+        if tools:
             raw += _encode_json(tools).encode()
+        # Only content blocks, tools and the call's own parameters can ask for prompt caching.
+        cache_ttl = (
+            _cache_ttl(text, params) if blocks or tools or "cache_control" in params else None
+        )
         estimate = estimate_call(
             model,
             estimate_input_tokens(raw),
@@ -171,6 +196,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # A Responses turn that continues a stored conversation (previous_response_id, as
             # ChatOpenAI's docs pass it) is billed for turns its messages leave out.
             stored_context=OPENAI_RESPONSES.continues_stored_context(params),
+            cache_ttl=cache_ttl,  # a prompt written to the cache is billed above input
         )
         provider = metadata.get("ls_provider")
         if not isinstance(provider, str):
@@ -207,6 +233,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             estimate.input_tokens,
             model,
             provider,
+            cache_ttl,
             time.perf_counter(),
             batch,
             parent_run_id,
@@ -234,9 +261,18 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         return task
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        """A call still open when its task ends was cancelled with it, or in it (a timeout the
+        task caught: ``asyncio.timeout``). Only a stream that had started can go on in another
+        task, handed on by one that ended well: those are left to their own end."""
         self._watched.discard(task)
-        if task.cancelled():  # a task that ended otherwise may have handed its stream on
-            self._abandon([run for run, call in list(self._open.items()) if call.task is task])
+        cancelled = task.cancelled()
+        self._abandon(
+            [
+                run
+                for run, call in list(self._open.items())
+                if call.task is task and (cancelled or not call.streamed)
+            ]
+        )
 
     def _abandon(self, runs: Iterable[UUID]) -> None:
         """End calls LangChain will never end, as an error would: a stream that had started
@@ -377,7 +413,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         call = self._open.pop(run_id, None)  # atomic: a batch's denial pops under the lock
         if call is None:
             return
-        reading = _reading(response, batched=call.batch is not None)
+        reading = _reading(response, batched=call.batch is not None, cache_ttl=call.cache_ttl)
         if reading is _CACHE_HIT:
             self.client.release_later(call.reservation_id)
             return
@@ -425,6 +461,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             call = self._open.get(run_id)
         if call is None:
             return
+        if call.batch is not None and _stopped_its_batch(error):
+            self._end_siblings(call)
         if (answered := _answer_in(error)) is not None:
             with self._lock:
                 self._open.pop(run_id, None)
@@ -441,17 +479,90 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self._open.pop(run_id, None)
         self.client.release_later(call.reservation_id)
 
+    def _end_siblings(self, failed: _Open) -> None:
+        """End the other prompts of a sync ``generate`` stopped by ``failed``: those before it
+        were answered, their usage thrown away with the batch (charged their estimate); those
+        after it were never sent (released)."""
+        with self._lock:
+            siblings = [
+                (run, call)
+                for run, call in self._open.items()
+                if call.batch == failed.batch and call is not failed
+            ]
+            for run, _ in siblings:
+                del self._open[run]
+        for _, call in siblings:
+            if call.started < failed.started:
+                self._settle(call, _NO_READING)
+            else:
+                self.client.release_later(call.reservation_id)
+
+
+# LangChain's sync BaseChatModel.generate: it calls its prompts one by one and stops at the
+# first that fails, ending none of the others. (agenerate ends every prompt itself.)
+_SYNC_GENERATE = BaseChatModel.generate.__code__
+
+
+def _stopped_its_batch(error: BaseException) -> bool:
+    """Whether ``error`` is a prompt's failure that sync ``generate`` is raising: it is caught
+    in generate's own frame, the first of its traceback."""
+    trace = error.__traceback__
+    return trace is not None and trace.tb_frame.f_code is _SYNC_GENERATE
+
 
 def _answer_in(error: BaseException) -> Reading | None:
-    """The provider's answer an error carries (the openai SDK's finish-reason errors keep the
-    ``completion``), or None."""
+    """The provider's answer an error raised after it came carries, or None: the openai SDK's
+    ``LengthFinishReasonError`` keeps the ``completion``; langchain-openai attaches the HTTP
+    response to the others (``ContentFilterFinishReasonError``, a parse that failed)."""
     completion = getattr(error, "completion", None)
     dump = getattr(completion, "model_dump", None)
-    if not callable(dump):
+    if callable(dump):
+        body = dump()
+    else:
+        response = getattr(error, "response", None)
+        if not isinstance(response, httpx.Response) or not response.is_success:
+            return None  # no answer, or the provider's refusal: nothing billed
+        try:
+            body = response.json()
+        except (httpx.ResponseNotRead, ValueError):  # a stream, or not JSON
+            return None
+    if not isinstance(body, dict):
         return None
-    body = dump()
-    reading = OPENAI_CHAT.read_response(body) if isinstance(body, dict) else None
-    return reading if reading is not None and reading.usage is not None else None
+    wire = OPENAI_RESPONSES if body.get("object") == "response" else OPENAI_CHAT
+    reading = wire.read_response(body)
+    return reading if reading.usage is not None else None
+
+
+def _web_searches(message: BaseMessage) -> int:
+    """Anthropic's server-side web searches in an answer, billed apart from its tokens: its
+    usage counts them; a stream's last event does too, but langchain-anthropic keeps only its
+    tokens, so there they are counted from the answer's ``server_tool_use`` blocks."""
+    content = message.content
+    if not isinstance(content, list):  # a plain text answer ran no server tool
+        return 0
+    usage = message.response_metadata.get("usage")
+    server = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
+    if isinstance(server, Mapping):
+        return int(server.get("web_search_requests") or 0)
+    return sum(
+        1
+        for block in content
+        if isinstance(block, Mapping)
+        and block.get("type") == "server_tool_use"
+        and block.get("name") == "web_search"
+    )
+
+
+def _cache_ttl(text: list[Any], params: Mapping[str, Any]) -> str | None:
+    """The prompt-cache lifetime a call asks for ("5m" or "1h"; None: no caching), read as
+    Anthropic's API reads ``cache_control``: on content blocks, tools, or the whole request."""
+    return ANTHROPIC_MESSAGES.requested_cache_ttl(
+        {
+            "cache_control": params.get("cache_control"),
+            "tools": params.get("tools"),
+            "messages": [{"content": content} for content in text],
+        }
+    )
 
 
 def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
@@ -459,9 +570,10 @@ def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | N
     return model if isinstance(model, str) else None
 
 
-def _reading(response: LLMResult, *, batched: bool) -> Reading:
+def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None) -> Reading:
     """The usage and model a result reports (``_CACHE_HIT`` for an answer from LangChain's
-    cache): from the message's usage_metadata (chat models),
+    cache): from the message's usage_metadata (chat models; ``cache_ttl`` is what the call
+    asked for),
     else the provider's token_usage in llm_output. Of a batch of prompts to a plain LLM, the
     first prompt's result carries the whole batch's token_usage and the others an empty one
     (``LLMResult.flatten``): those cost nothing more."""
@@ -476,7 +588,10 @@ def _reading(response: LLMResult, *, batched: bool) -> Reading:
                 if metadata:
                     if metadata.get("total_cost") == 0:  # LangChain's mark of a cache hit
                         return _CACHE_HIT
-                    return Reading(usage_from_metadata(metadata), model)
+                    usage = usage_from_metadata(
+                        metadata, cache_ttl=cache_ttl, web_searches=_web_searches(message)
+                    )
+                    return Reading(usage, model)
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:

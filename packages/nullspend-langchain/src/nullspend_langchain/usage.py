@@ -12,7 +12,12 @@ from typing import Any
 from nullspend.usage import Usage
 
 
-def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
+def usage_from_metadata(
+    metadata: Mapping[str, Any], *, cache_ttl: str | None = None, web_searches: int = 0
+) -> Usage:
+    """``cache_ttl`` ("5m" or "1h", what the call asked for) prices cache writes reported
+    without their split by lifetime: langchain-anthropic builds a stream's usage from its last
+    event, which has no split. ``web_searches`` are the server-side searches the answer ran."""
     total_in = int(metadata.get("input_tokens") or 0)
     total_out = int(metadata.get("output_tokens") or 0)
     details_in: Mapping[str, Any] | None = metadata.get("input_token_details")
@@ -21,13 +26,19 @@ def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
         details_out and any(details_out.values())
     ):
         # Most calls: no part of either total is priced apart (none given, or all zeros).
-        return Usage(input_tokens=total_in, output_tokens=total_out)
+        return Usage(
+            input_tokens=total_in, output_tokens=total_out, web_search_requests=web_searches
+        )
     details_in = details_in or {}
     details_out = details_out or {}
     cache_read = int(details_in.get("cache_read") or 0)
     write_1h = int(details_in.get("ephemeral_1h_input_tokens") or 0)
     cache_creation = int(details_in.get("cache_creation") or 0)
     write_5m = max(cache_creation - write_1h, int(details_in.get("ephemeral_5m_input_tokens") or 0))
+    if cache_ttl == "1h" and "ephemeral_1h_input_tokens" not in details_in:
+        # Written without its split: at the lifetime asked for (the higher price when a call
+        # asked for both, an upper bound).
+        write_5m, write_1h = 0, cache_creation
     audio_in = int(details_in.get("audio") or 0)
     audio_out = int(details_out.get("audio") or 0)
     return Usage(
@@ -39,4 +50,5 @@ def usage_from_metadata(metadata: Mapping[str, Any]) -> Usage:
         reasoning_tokens=int(details_out.get("reasoning") or 0),
         audio_input_tokens=audio_in,
         audio_output_tokens=audio_out,
+        web_search_requests=web_searches,
     )
