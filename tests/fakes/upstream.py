@@ -16,6 +16,7 @@ Per request, through headers the proxy forwards untouched:
 - ``x-fake-tool-call``: JSON ``{"name", "arguments"}``: answer with that tool call (Chat
   Completions and Messages, streamed or not) unless the conversation ends with a tool's result,
   which is answered with text: an agent's tool round trip.
+- ``x-fake-answer``: the text of a Responses answer (a structured output's JSON, say).
 Every request received is recorded in ``app.state.requests``.
 """
 
@@ -58,6 +59,7 @@ class Scenario:
         self.model = body.get("model", "unknown")
         self.stream = body.get("stream") is True
         self.body = body
+        self.answer = request.headers.get("x-fake-answer") or "".join(WORDS)
         wanted = request.headers.get("x-fake-tool-call")
         self.tool_call: dict[str, Any] | None = (
             json.loads(wanted) if wanted and not _ends_with_tool_result(body) else None
@@ -227,7 +229,7 @@ def _response(s: Scenario, status: str, with_usage: bool) -> dict[str, Any]:
                 "id": "msg_fake",
                 "status": "completed",
                 "role": "assistant",
-                "content": [{"type": "output_text", "text": "".join(WORDS), "annotations": []}],
+                "content": [{"type": "output_text", "text": s.answer, "annotations": []}],
             }
         ],
         "usage": {

@@ -777,7 +777,8 @@ def test_a_one_hour_cache_write_is_priced_and_estimated_as_one(fake: tuple[str, 
         recorded.append((event.cost_microdollars, event.cache_write_1h_tokens))
     assert recorded == [(cost, 50_000)] * 2
     claude = default_catalog().resolve("claude-sonnet-4-5")
-    assert claude is not None and claude.prices.cache_write_1h > claude.prices.input
+    assert claude is not None
+    assert claude.prices.cache_write_1h > claude.prices.input
     cached = reserved_for(chat_anthropic(fake), fake, prompt)
     plain = reserved_for(chat_anthropic(fake), fake, [SystemMessage(ONE_HOUR_CACHED[0]["text"])])
     text_tokens = len(ONE_HOUR_CACHED[0]["text"]) // 4

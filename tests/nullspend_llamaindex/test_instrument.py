@@ -20,6 +20,7 @@ import pytest
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI, OpenAIResponses
+from pydantic import BaseModel, ValidationError
 
 from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
@@ -392,3 +393,89 @@ def test_an_async_call_cancelled_while_reserving_holds_nothing(
             assert time.monotonic() < deadline, "the reservation nobody uses is still held"
             time.sleep(0.05)
     assert fake[1].state.requests == []
+
+
+class Verdict(BaseModel):
+    text: str
+    score: int
+
+
+def responses_llm(fake: tuple[str, Any], **headers: str) -> OpenAIResponses:
+    return OpenAIResponses(
+        model="gpt-4o-mini",
+        api_base=f"{fake[0]}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        max_output_tokens=100,
+        default_headers={"x-fake-usage": json.dumps(USAGE), **headers},
+    )
+
+
+def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
+    fake: tuple[str, Any],
+) -> None:
+    """``OpenAIResponses.structured_predict`` calls its client's ``responses.parse`` directly,
+    not through ``chat``: it is gated too, so a cap refuses it before the request, and a call
+    made is counted (at its estimate: no answer reaches LlamaIndex's events)."""
+    from llama_index.core.prompts import PromptTemplate
+
+    prompt = PromptTemplate("Rate this review: {review}")
+    answer = json.dumps({"text": "fine", "score": 4})
+    refusing = LocalNullSpend([LocalBudget.total(1)])
+    instrument(client=refusing)
+    llm = responses_llm(fake, **{"x-fake-answer": answer})
+    with pytest.raises(DeniedError):
+        llm.structured_predict(Verdict, prompt, review="Good value.")
+    with pytest.raises(DeniedError):
+        asyncio.run(llm.astructured_predict(Verdict, prompt, review="Good value."))
+    assert fake[1].state.requests == []
+    counting = LocalNullSpend()
+    instrument(client=counting)
+    assert llm.structured_predict(Verdict, prompt, review="Good value.").score == 4
+    (event,) = counting.cost_events().data
+    assert event.cost_microdollars > 0
+
+
+def test_a_structured_answer_that_fails_to_parse_is_charged(fake: tuple[str, Any]) -> None:
+    """The provider answered and billed; the structured LLM then failed to read the answer
+    (a tool call missing a field). The call is charged its usage, not released: released, such
+    calls passed a strict cap without end."""
+    ns = LocalNullSpend([LocalBudget.total(10**6)])
+    instrument(client=ns)
+    incomplete = json.dumps({"name": "Verdict", "arguments": {"text": "fine"}})
+    llm = openai_llm(fake)
+    llm.default_headers = {**(llm.default_headers or {}), "x-fake-tool-call": incomplete}
+    with pytest.raises(ValidationError):
+        llm.as_structured_llm(Verdict).chat(HELLO)
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
+
+
+def test_a_subclass_or_a_wrapper_of_the_responses_llm_is_read_as_one(
+    fake: tuple[str, Any],
+) -> None:
+    """A subclass of ``OpenAIResponses`` defined elsewhere, and ``as_structured_llm`` around
+    one, speak the Responses API: read as Chat Completions, their usage read as zero."""
+
+    class HouseResponses(OpenAIResponses):
+        pass
+
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    house = HouseResponses(
+        model="gpt-4o-mini",
+        api_base=f"{fake[0]}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        max_output_tokens=100,
+        default_headers={"x-fake-usage": json.dumps(USAGE)},
+    )
+    house.chat(HELLO)
+    answer = json.dumps({"text": "fine", "score": 4})
+    structured = responses_llm(fake, **{"x-fake-answer": answer}).as_structured_llm(Verdict)
+    assert json.loads(str(structured.chat(HELLO).message.content))["score"] == 4
+    plain, wrapped = ns.cost_events().data[::-1]
+    assert plain.cost_microdollars == COST
+    # No answer reaches the wrapper's events: charged its estimate, at the Responses LLM's cap.
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+    assert 0 < wrapped.cost_microdollars < 200 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR

@@ -51,6 +51,9 @@ _METHODS = (
     "stream_complete",
     "acomplete",
     "astream_complete",
+    # OpenAIResponses answers these with its client's responses.parse, not through chat.
+    "structured_predict",
+    "astructured_predict",
 )
 _GATED = "__nullspend_gated__"
 
@@ -92,6 +95,11 @@ class _Call:
             return
         self.done = True
         self.client.release_later(self.reservation_id)
+
+    def end_on_error(self) -> None:
+        """An error after the provider's answer came (a structured answer that failed to
+        parse) was billed: settled from that answer. Before it: released."""
+        self.settle() if self.raw is not None else self.release()
 
     def release_if_never_stepped(self) -> None:
         """A stream dropped before its first step sent nothing. (One dropped later is closed,
@@ -185,7 +193,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             try:
                 result = await method(self, *args, **_asking_for_usage(self, name, call, kwargs))
             except BaseException:
-                call.release()
+                call.end_on_error()
                 raise
             finally:
                 _current.reset(token)
@@ -206,7 +214,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             result = method(self, *args, **_asking_for_usage(self, name, call, kwargs))
         except BaseException:
-            call.release()
+            call.end_on_error()
             raise
         finally:
             _current.reset(token)
@@ -340,14 +348,19 @@ class _Handoff:
 
 
 def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
-    """Reserve the call's estimate, or raise the typed denial. None inside another gated call."""
-    if _active is None or _current.get() is not None:
+    """Reserve the call's estimate, or raise the typed denial. None inside another gated call
+    still waiting for its answer (``complete`` calling ``chat``): that one covers it. A second
+    provider call inside one (a structured program trying again) is reserved on its own."""
+    if _active is None or ((around := _current.get()) is not None and around.raw is None):
         return None
+    llm = _provider_llm(llm)
     model = _model_of(llm)
     wire = _wire_of(llm)
-    prompt = args[0] if args else kwargs.get("messages", kwargs.get("prompt", ""))
     # What the estimate counts: the prompt, and the tools' schemas (billed as input too).
-    text = str(prompt)
+    if name.endswith("structured_predict"):
+        text = _structured_prompt(args, kwargs)
+    else:
+        text = str(args[0] if args else kwargs.get("messages", kwargs.get("prompt", "")))
     if tools := kwargs.get("tools"):
         text += json.dumps(tools, default=str)
     cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
@@ -379,12 +392,36 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     )
 
 
+def _provider_llm(llm: Any) -> Any:
+    """The LLM that calls the provider: a wrapper's (``as_structured_llm``'s StructuredLLM)
+    own, whose model, API and caps the estimate reads."""
+    inner = getattr(llm, "llm", None)
+    return inner if isinstance(inner, BaseLLM) else llm
+
+
+def _structured_prompt(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """What ``structured_predict(output_cls, prompt, llm_kwargs=None, **prompt_args)`` sends:
+    the prompt filled in, and the output's JSON schema."""
+    output_cls = args[0] if args else kwargs.get("output_cls")
+    template = args[1] if len(args) > 1 else kwargs.get("prompt")
+    prompt_args = {k: v for k, v in kwargs.items() if k not in _STRUCTURED_PARAMETERS}
+    try:
+        text = str(template.format_messages(**prompt_args))  # type: ignore[union-attr]
+    except Exception:  # a template of another kind, or arguments it refuses: its text
+        text = str(template)
+    schema = getattr(output_cls, "model_json_schema", None)
+    return text + json.dumps(schema()) if callable(schema) else text
+
+
+_STRUCTURED_PARAMETERS = frozenset({"output_cls", "prompt", "llm_kwargs"})
+
+
 def _wire_of(llm: Any) -> WireFormat:
     """The API an LLM class speaks, so its answer's usage is read in that API's fields."""
-    module = type(llm).__module__
-    if "anthropic" in module:
+    if "anthropic" in type(llm).__module__:
         return ANTHROPIC_MESSAGES
-    if module == "llama_index.llms.openai.responses":  # OpenAIResponses and its subclasses
+    responses = sys.modules.get("llama_index.llms.openai.responses")
+    if responses is not None and isinstance(llm, responses.OpenAIResponses):
         return OPENAI_RESPONSES
     return OPENAI_CHAT
 
