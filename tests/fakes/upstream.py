@@ -247,6 +247,22 @@ def _response(s: Scenario, status: str, with_usage: bool) -> dict[str, Any]:
     }
 
 
+def compact(s: Scenario) -> Response:
+    """``POST /v1/responses/compact``: a ``CompactedResponse``, billed as a response (its usage;
+    it names no model)."""
+    return JSONResponse(
+        {
+            "id": "cmp_fake",
+            "object": "response.compaction",
+            "created_at": CREATED,
+            "output": [
+                {"type": "compaction", "id": "cmp_item_fake", "encrypted_content": "ZmFrZQ=="}
+            ],
+            "usage": _response(s, "completed", True)["usage"],
+        }
+    )
+
+
 def responses(s: Scenario) -> Response:
     if not s.stream:
         return JSONResponse(_response(s, "completed", True))
@@ -409,7 +425,12 @@ def messages(s: Scenario) -> Response:
 
 # --- the app -------------------------------------------------------------------------------
 
-HANDLERS = {"/v1/chat/completions": chat, "/v1/responses": responses, "/v1/messages": messages}
+HANDLERS = {
+    "/v1/chat/completions": chat,
+    "/v1/responses": responses,
+    "/v1/responses/compact": compact,
+    "/v1/messages": messages,
+}
 
 
 def _error(path: str, status: int) -> JSONResponse:

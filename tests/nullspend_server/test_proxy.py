@@ -111,6 +111,18 @@ def test_chat_completion_is_priced_and_recorded(
     assert not any(h.startswith("x-nullspend") for h in forwarded["headers"])
 
 
+def test_a_compaction_is_priced_and_recorded(proxy: RunningServer) -> None:
+    """``responses.compact`` runs the model over a conversation: priced from its usage at the
+    model the request named (a compaction names none), not let through unmetered."""
+    raw = openai_client(proxy).responses.with_raw_response.compact(
+        model="gpt-4o-mini", input="Hello"
+    )
+    assert raw.parse().usage.input_tokens == 1200
+    assert raw.headers["X-NullSpend-Cost-Microdollars"] == str(GPT_4O_MINI_COST)
+    [event] = events(proxy)
+    assert (event["model"], event["cost_microdollars"]) == ("gpt-4o-mini", GPT_4O_MINI_COST)
+
+
 def test_stream_without_include_usage_is_priced_and_looks_untouched(
     proxy: RunningServer, fake: tuple[str, Any]
 ) -> None:

@@ -5,6 +5,7 @@ typed and raised before anything is sent."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -12,9 +13,10 @@ import anthropic
 import pytest
 
 from nullspend.client import AsyncNullSpend, NullSpend
+from nullspend.embedded import AsyncLocalNullSpend, LocalBudget
 from nullspend.errors import DeniedError, TagBudgetExceededError
 from tests.nullspend_server.conftest import RunningServer
-from tests.sdk.test_tracked_openai import settled_events
+from tests.sdk.test_tracked_openai import released_budget, settled_events
 
 USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
 # claude-sonnet-4-5: $3 input, $0.30 cache read, $3.75 cache write (5 min), $15 output per M
@@ -77,3 +79,25 @@ def test_async_anthropic(server: RunningServer, fake: tuple[str, Any]) -> None:
         events = settled_events(ns, 2)
         assert [e.cost_microdollars for e in events] == [COST, COST]
         assert {e.customer for e in events} == {"acme"}
+
+
+def test_an_async_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[str, Any]) -> None:
+    """An async messages.create(stream=True) never read nor closed is settled at its estimate
+    once collected, though nothing of it runs on the event loop: its reservation no longer
+    holds the budget for an hour."""
+    ns = AsyncLocalNullSpend([LocalBudget.total(5_000_000)])
+
+    async def drop_an_unread_stream() -> int:
+        client = ns.anthropic(**client_kwargs(fake))
+        stream = await client.messages.create(
+            model=MODEL, max_tokens=200, messages=MESSAGES, stream=True
+        )
+        (status,) = await ns.budget_status()
+        del stream
+        gc.collect()
+        return status.reserved_microdollars
+
+    estimate = asyncio.run(drop_an_unread_stream())
+    assert estimate > 0
+    assert released_budget(ns.engine).spend_microdollars == estimate
+    assert [e.cost_microdollars for e in ns.engine.cost_events().data] == [estimate]

@@ -5,6 +5,7 @@ reach the caller as the provider would have sent them."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from nullspend.client import AsyncNullSpend, NullSpend
+from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError
 from tests.fakes.interposed import HeldSettles, interposed
@@ -39,6 +40,16 @@ def settled_events(ns: NullSpend, count: int) -> list[Any]:
         assert time.monotonic() < deadline, "not settled"
         time.sleep(0.02)
     return events
+
+
+def released_budget(ns: LocalNullSpend) -> BudgetStatus:
+    """The one budget, once nothing is reserved against it (a dropped stream settles from a
+    thread of its own)."""
+    deadline = time.monotonic() + 5
+    while (status := ns.budget_status()[0]).reserved_microdollars:
+        assert time.monotonic() < deadline, "still reserved"
+        time.sleep(0.02)
+    return status
 
 
 def test_a_call_is_reserved_priced_and_settled(
@@ -186,6 +197,54 @@ def test_only_the_providers_priced_routes_are_metered(fake: tuple[str, Any]) -> 
         openai.NotFoundError
     ):  # it reached the provider (the fake has no such route)
         client.beta.threads.messages.create("thread_1", role="user", content="Hello")
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (0, 0)
+    assert ns.cost_events().data == []
+
+
+def test_a_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[str, Any]) -> None:
+    """A stream the caller neither reads nor closes (as returned, or through with_raw_response)
+    no longer holds its reservation for an hour, blocking the budget: once collected it is
+    settled at its estimate."""
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    client = ns.openai(**client_kwargs(fake))
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    )
+    estimate = ns.budget_status()[0].reserved_microdollars // 2  # the same call twice
+    assert estimate > 0
+    del stream, raw
+    gc.collect()
+    assert released_budget(ns).spend_microdollars == 2 * estimate
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [estimate, estimate]
+
+
+def test_a_compaction_is_metered_and_the_free_responses_calls_are_not(
+    fake: tuple[str, Any],
+) -> None:
+    """responses.compact runs the model over the conversation and is billed for its usage:
+    under a spent cap it is denied before anything is sent, and otherwise charged its usage
+    at the model asked for (a compaction names none). Counting input tokens, cancelling
+    and reading back a response cost nothing and still reach the provider."""
+    ns = LocalNullSpend([LocalBudget.total(1)])
+    client = ns.openai(**client_kwargs(fake))
+    with pytest.raises(DeniedError):
+        client.responses.compact(model="gpt-4o-mini", input="Hello")
+    assert fake[1].state.requests == []
+    counted = LocalNullSpend()
+    counted.openai(**client_kwargs(fake)).responses.compact(model="gpt-4o-mini", input="Hello")
+    (event,) = counted.cost_events().data
+    assert (event.model, event.cost_microdollars) == ("gpt-4o-mini", COST)
+    fake[1].state.requests.clear()
+    free_calls = [
+        lambda: client.responses.input_tokens.count(model="gpt-4o-mini", input="Hello"),
+        lambda: client.responses.cancel("resp_1"),
+        lambda: client.responses.retrieve("resp_1"),
+    ]
+    for free_call in free_calls:
+        with pytest.raises(openai.NotFoundError):  # reached the fake, which has no such route
+            free_call()
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (0, 0)
     assert ns.cost_events().data == []

@@ -18,8 +18,15 @@ from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 
 Routes = tuple[tuple[str, WireFormat], ...]
 """A provider's priced routes, by how their path ends (the base URL may carry /v1 or a gateway
-prefix). Per provider: OpenAI's Assistants API has a free POST .../threads/{id}/messages."""
-OPENAI_ROUTES: Routes = (("/chat/completions", OPENAI_CHAT), ("/responses", OPENAI_RESPONSES))
+prefix), never by how it starts: under /responses only creating and compacting run a model,
+not .../input_tokens or .../{id}/cancel. Per provider: OpenAI's Assistants API has a free POST
+.../threads/{id}/messages."""
+OPENAI_ROUTES: Routes = (
+    ("/chat/completions", OPENAI_CHAT),
+    ("/responses", OPENAI_RESPONSES),
+    # A compaction answers a CompactedResponse: a response's usage, no model (the asked one).
+    ("/responses/compact", OPENAI_RESPONSES),
+)
 ANTHROPIC_ROUTES: Routes = (("/messages", ANTHROPIC_MESSAGES),)
 
 

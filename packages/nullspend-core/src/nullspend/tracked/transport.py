@@ -7,6 +7,8 @@ metered stream is made per module (``http``)."""
 
 from __future__ import annotations
 
+import _thread
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cache
 from types import ModuleType
@@ -17,6 +19,7 @@ import httpx
 from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
 from nullspend.tracked.metering import Metered, Routes, Scope
 from nullspend.wire import Reading
+from nullspend.wire.base import StreamAccumulator
 
 if TYPE_CHECKING:
     from nullspend.client.aio import AsyncNullSpend
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 RaiseAs = Callable[[ApiError], Exception]
 """Turns a NullSpend error into what the provider SDK lets through unwrapped (see providers)."""
+Settle = Callable[[Metered, Reading], None]
 
 
 def _refusal(error: NullSpendError, raise_as: RaiseAs) -> Exception:
@@ -165,18 +169,35 @@ class AsyncTrackedTransport(_Settling, httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def _settle_with_what_was_read(
+    metered: Metered, accumulator: StreamAccumulator, settle: Settle
+) -> None:
+    settle(metered, accumulator.finish())
+
+
 class _StreamReading:
     """What both metered streams do per chunk: usage read on the side (first: the caller may
     stop reading at [DONE], which can share this chunk), then the bytes to pass on; and the
-    reading to settle with, given once."""
+    settle, once: when the stream is closed, or when it is dropped unclosed."""
 
-    def __init__(self, inner: Any, metered: Metered, settle: Callable[[Metered, Reading], None]):
+    def __init__(self, inner: Any, metered: Metered, settle: Settle):
         self.inner = inner
         self.metered = metered
         self.settle = settle
         self.accumulator = metered.wire.stream()
         self.chunk_filter = metered.stream_filter()
-        self.settled = False
+        # The SDKs close a stream only from the generator that reads it: one never read (or
+        # left half read) would hold its reservation until it expired. Its garbage collection
+        # settles it instead, from a thread of its own: the collection can start inside any
+        # lock its thread holds (the embedded engine's, the settle queue's), which the settle
+        # takes too. The finaliser holds what it settles with, never the stream.
+        self.on_drop = weakref.finalize(
+            self,
+            _thread.start_new_thread,
+            _settle_with_what_was_read,
+            (metered, self.accumulator, settle),
+        )
+        self.on_drop.atexit = False  # at exit an unclosed stream's reservation expires
 
     def pass_on(self, chunk: bytes) -> bytes:
         self.accumulator.feed(chunk)
@@ -185,17 +206,16 @@ class _StreamReading:
     def rest(self) -> bytes:
         return self.chunk_filter.finish() if self.chunk_filter else b""
 
-    def reading(self) -> Reading | None:
-        """The final reading, the first time only (a stream is settled once)."""
-        if self.settled:
-            return None
-        self.settled = True
-        return self.accumulator.finish()
+    def settle_now(self) -> None:
+        """Settle with what was read, unless it is settled already."""
+        if self.on_drop.detach() is not None:
+            _settle_with_what_was_read(self.metered, self.accumulator, self.settle)
 
 
 class _MeteredStream(_StreamReading):
     """The provider's stream, passed on as it arrives, usage read on the side; settled once,
-    when it ends or the caller closes it (with what usage was seen, else the estimate)."""
+    when it ends, the caller closes it or drops it (with what usage was seen, else the
+    estimate)."""
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.inner:
@@ -208,8 +228,7 @@ class _MeteredStream(_StreamReading):
         try:
             self.inner.close()
         finally:
-            if (reading := self.reading()) is not None:
-                self.settle(self.metered, reading)
+            self.settle_now()
 
 
 class _AsyncMeteredStream(_StreamReading):
@@ -224,8 +243,7 @@ class _AsyncMeteredStream(_StreamReading):
         try:
             await self.inner.aclose()
         finally:
-            if (reading := self.reading()) is not None:
-                self.settle(self.metered, reading)
+            self.settle_now()
 
 
 @cache

@@ -42,6 +42,7 @@ from nullspend_server.settings import ServerSettings
 PRICED: dict[str, tuple[str, WireFormat]] = {
     "/v1/chat/completions": ("openai", OPENAI_CHAT),
     "/v1/responses": ("openai", OPENAI_RESPONSES),
+    "/v1/responses/compact": ("openai", OPENAI_RESPONSES),  # a compaction: usage, no model
     "/v1/messages": ("anthropic", ANTHROPIC_MESSAGES),
 }
 FREE = {("POST", "/v1/messages/count_tokens"), ("GET", "/v1/models")}
