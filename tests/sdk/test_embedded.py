@@ -7,9 +7,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import multiprocessing
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -118,16 +124,141 @@ def test_spend_outlives_the_process_in_a_sqlite_file(tmp_path: Path) -> None:
         event_type="llm",
         trace_id="t-1",
     )
+    written = first.cost_events().data
+    first.close()
     again = LocalNullSpend([LocalBudget.total(5_000)], path=path)
     (status,) = again.budget_status()
     assert status.spend_microdollars == 4_000
     with pytest.raises(BudgetExceededError):
         again.reserve(2_000)
     # The event as the next process reads it is the event as it was written, to the microsecond.
-    assert again.cost_events(customer="acme").data == first.cost_events().data
+    assert again.cost_events(customer="acme").data == written
     (event,) = again.cost_events().data
     assert (event.cached_input_tokens, event.web_search_requests) == (2, 9)
     assert (event.duration_ms, event.event_type, event.trace_id) == (12, "llm", "t-1")
+
+
+# Opens the file in a process of its own, spends 1,000 and prints the spend on file, then holds
+# the file until its input ends (or it is killed); or prints the error that refused it.
+_OPEN_ELSEWHERE = """
+import sys
+from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.errors import ConflictError
+try:
+    ns = LocalNullSpend([LocalBudget.total(10_000)], path=sys.argv[1])
+except ConflictError as error:
+    print(f"ConflictError: {error}")
+else:
+    ns.settle(ns.reserve(1_000).reservation_id, cost_microdollars=1_000)
+    print(ns.budget_status()[0].spend_microdollars, flush=True)
+    sys.stdin.read()
+"""
+
+
+def open_elsewhere(path: Path, **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _OPEN_ELSEWHERE, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        **{"stdin": subprocess.DEVNULL, **popen},
+    )
+
+
+def test_a_file_in_use_is_refused_to_another_process_until_closed(tmp_path: Path) -> None:
+    """Each process would enforce the whole cap with its own copy of the spend (two made 20,000
+    of a 10,000 cap): the second is refused, clearly, until the first closes."""
+    path = tmp_path / "spend.db"
+    first = LocalNullSpend([LocalBudget.total(10_000)], path=path)
+    first.settle(first.reserve(1_000).reservation_id, cost_microdollars=1_000)
+    refused, _ = open_elsewhere(path).communicate(timeout=60)
+    assert refused.startswith(f"ConflictError: {path} is in use by another LocalNullSpend")
+    assert "one process's spend" in refused
+    assert "NullSpend server shares budgets across processes" in refused
+    first.close()
+    counted, _ = open_elsewhere(path).communicate(timeout=60)
+    assert counted == "2000\n"  # the first's 1,000, and its own
+
+
+def test_a_file_is_free_once_the_process_holding_it_dies(tmp_path: Path) -> None:
+    path = tmp_path / "spend.db"
+    holder = open_elsewhere(path, stdin=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "1000\n"
+        with pytest.raises(ConflictError, match="in use by another LocalNullSpend"):
+            LocalNullSpend(path=path)
+    finally:
+        holder.kill()  # dies holding the file, never closed: the kernel drops its lock
+        holder.communicate()
+    (status,) = LocalNullSpend([LocalBudget.total(10_000)], path=path).budget_status()
+    assert status.spend_microdollars == 1_000
+
+
+def test_the_same_process_opens_the_file_again_once_closed(tmp_path: Path) -> None:
+    path = tmp_path / "spend.db"
+    budgets = [LocalBudget.total(10_000)]
+    first = LocalNullSpend(budgets, path=path)
+    first.settle(first.reserve(1_000).reservation_id, cost_microdollars=1_000)
+    with pytest.raises(ConflictError, match="in use by another LocalNullSpend"):
+        LocalNullSpend(budgets, path=path)
+    first.close()
+    with pytest.raises(ConflictError, match="closed"):  # the file may be another engine's now
+        first.reserve(1_000)
+    with LocalNullSpend(budgets, path=path) as again:
+        assert again.budget_status()[0].spend_microdollars == 1_000
+    twin = LocalNullSpend(budgets, path=path).customer("acme")  # shares the engine's hold
+    with pytest.raises(ConflictError):
+        LocalNullSpend(budgets, path=path)
+    del twin  # the engine collected (a notebook cell run again): the file is free
+
+    async def twice() -> None:
+        for _ in range(2):
+            async with AsyncLocalNullSpend(budgets, path=path) as engine:
+                assert (await engine.budget_status())[0].spend_microdollars == 1_000
+
+    asyncio.run(twice())
+
+
+def _in_a_forked_child(
+    inherited: list[LocalNullSpend], path: Path, answers: Queue[list[str]], done: Event
+) -> None:
+    outcomes: list[str] = []
+    for call in [*(ns.reserve for ns in inherited), lambda _: LocalNullSpend(path=path)]:
+        try:
+            call(1_000)
+            outcomes.append("admitted")
+        except ConflictError as error:
+            outcomes.append(str(error))
+    answers.put(outcomes)
+    done.wait(60)
+
+
+def test_a_forked_child_cannot_use_the_parents_engine(tmp_path: Path) -> None:
+    """A child's copy of the spend would be a second cap beside the parent's: its calls are
+    refused, with a file or not, and it does not keep the parent's file from the next engine."""
+    path = tmp_path / "spend.db"
+    on_file, in_memory = LocalNullSpend(path=path), LocalNullSpend()
+    fork = multiprocessing.get_context("fork")
+    answers: Queue[list[str]] = fork.Queue()
+    done = fork.Event()
+    child = fork.Process(
+        target=_in_a_forked_child, args=([on_file, in_memory], path, answers, done)
+    )
+    child.start()
+    try:
+        *inherited, opened = answers.get(timeout=60)
+        refusal = f"this LocalNullSpend belongs to process {os.getpid()}, not to this forked child"
+        assert [answer.partition(":")[0] for answer in inherited] == [refusal] * 2
+        assert all("NullSpend server shares budgets" in answer for answer in inherited)
+        assert "in use by another LocalNullSpend" in opened  # the parent's still
+        on_file.settle(on_file.reserve(1_000).reservation_id, cost_microdollars=1_000)
+        on_file.close()
+        (status,) = LocalNullSpend([LocalBudget.total(10_000)], path=path).budget_status()
+        assert status.spend_microdollars == 1_000  # though the child lives on
+    finally:
+        done.set()
+        child.join(60)
+    assert child.exitcode == 0
 
 
 def test_reserve_id_is_reserve_answered_with_the_id() -> None:
@@ -229,6 +360,7 @@ def test_a_reservation_nobody_settles_is_charged_its_estimate_when_it_expires(
     }
     with pytest.raises(ConflictError, match="already expired"):
         ns.settle(leaked.reservation_id, cost_microdollars=1_000)
+    ns.close()
     # Recorded in the file: the next process counts it.
     (again,) = LocalNullSpend([LocalBudget.total(10_000)], path=path).budget_status()
     assert again.spend_microdollars == 3_000
@@ -382,6 +514,7 @@ def test_a_batch_with_one_bad_event_records_none(
         ns.report_batch([good, good.model_copy(update=bad)])
     assert ns.cost_events().data == []
     assert ns.budget_status()[0].spend_microdollars == 0
+    ns.close()
     assert LocalNullSpend(path=path).cost_events().data == []  # nothing on file either
 
 
@@ -400,6 +533,7 @@ def test_report_batch_limits_and_idempotency(tmp_path: Path) -> None:
     ns.report(event, idempotency_key="k")  # a single report's keys are apart from a batch's
     with pytest.raises(ValidationError):  # as on the server, which stores <key>#<index>
         ns.report_batch([event], idempotency_key="k#1")
+    ns.close()
     # Recorded once, and on file: the next process counts it.
     again = LocalNullSpend([LocalBudget.total(10**9)], path=path)
     assert again.budget_status()[0].spend_microdollars == (MAX_BATCH + 1) * 150

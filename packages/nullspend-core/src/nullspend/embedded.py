@@ -9,6 +9,11 @@ each ``strict_block``, ``soft_block`` or ``warn``. Calendar periods and velocity
 server. A reservation nobody settles or releases within its lifetime (an hour unless set) is
 settled at its estimate, tagged ``_ns_estimated`` and ``_ns_expired``, as the server does: a call
 whose end was never heard is charged and recorded, not forgotten.
+
+Embedded mode keeps one process's spend: a file in use by a live engine cannot be opened by
+another (the lock is held until ``close()``, the engine's collection or the process's end), and
+an engine a forked child inherits refuses its calls. Budgets shared across processes need the
+server.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import datetime as dt
 import itertools
 import json
 import logging
+import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +37,7 @@ from typing import Any, ClassVar, Literal, Unpack
 
 from nullspend import pricing
 from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors
+from nullspend.client import processes
 from nullspend.client.background import log_failure
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
 from nullspend.client.models import (
@@ -57,6 +66,9 @@ from nullspend.tracked.clients import AsyncTrackedClients, TrackedClients
 from nullspend.usage import Usage
 from nullspend.wire import FORMATS
 
+if sys.platform != "win32":
+    import fcntl
+
 log = logging.getLogger("nullspend.embedded")
 EntityType = Literal["user", "customer", "tag"]
 # Which denial a call hears first when several budgets refuse it, as on the server.
@@ -67,6 +79,10 @@ EVENTS_KEPT = 10_000
 _NO_USAGE = Usage()
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
+_ONE_PROCESS = (
+    "embedded mode keeps one process's spend (another copy would enforce the caps again); "
+    "a NullSpend server shares budgets across processes"
+)
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,78 @@ class _Store:
             self._connection.executemany("INSERT INTO cost_events (body) VALUES (?)", bodies)
 
 
+class _Tenancy:
+    """What ties an engine (and the twins ``scoped`` copies of it, which share it) to the one
+    process whose spend it keeps: the lock on its file, and why it refuses calls, if it does."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.refusal: str | None = None
+        """Set when the engine may no longer count spend: closed, or inherited by a fork."""
+        self._path = path
+        self._pid = os.getpid()
+        fd = _lock_file(path) if path is not None else None
+        # Closing the descriptor releases the lock: on close(), when the engine is collected
+        # (a notebook cell run again), and at exit (the kernel, even for a killed process).
+        self._release = weakref.finalize(self, os.close, fd) if fd is not None else None
+        _tenancies.add(self)
+
+    def close(self) -> None:
+        if self._path is not None:  # with no file, nothing is shared and nothing closes
+            self.refusal = f"this LocalNullSpend is closed: {self._path} may be another's now"
+            self.release()
+
+    def check(self) -> None:
+        """Raise the refusal, if any: first thing in every call that counts or reads spend."""
+        if self.refusal is not None:
+            raise ConflictError(self.refusal)
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+    def forked(self) -> None:
+        """In a forked child. Its copy of the spend would be a second cap beside the parent's,
+        and its SQLite connection is not safe to use across a fork: refuse every call rather
+        than count silently. Its copy of the lock's descriptor is closed; the parent's holds."""
+        self.refusal = (
+            f"this LocalNullSpend belongs to process {self._pid}, not to this forked child: "
+            f"{_ONE_PROCESS}; make an engine in the child"
+        )
+        self.release()
+
+
+_tenancies: weakref.WeakSet[_Tenancy] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for tenancy in list(_tenancies):
+        tenancy.forked()
+
+
+processes.after_fork_in_child(_after_fork)
+
+
+def _lock_file(path: Path) -> int | None:
+    """An exclusive advisory lock on ``<path>.lock``, its descriptor to hold while the engine
+    lives. Not on the database itself: SQLite holds POSIX locks on it, which closing another
+    descriptor of the same file in this process would drop."""
+    if sys.platform == "win32":
+        log.warning("no file locks on Windows: open %s from one process at a time", path)
+        return None
+    fd = os.open(path.with_name(f"{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if isinstance(error, BlockingIOError):
+            raise ConflictError(
+                f"{path.absolute()} is in use by another LocalNullSpend, in this process or "
+                f"another (share that one, or close it first): {_ONE_PROCESS}"
+            ) from None
+        raise
+    return fd
+
+
 class LocalNullSpend(TrackedClients):
     """``NullSpend``'s enforcement calls, answered in-process.
 
@@ -245,13 +333,21 @@ class LocalNullSpend(TrackedClients):
         self._reported: dict[tuple[bool, str], tuple[str, list[_Event]]] = {}
         self._ids = _Ids()
         self._lock = threading.Lock()
-        self._store = _Store(Path(path)) if path is not None else None
-        if self._store is not None:  # spend so far, from the events on file
-            for event in self._store.events():
-                self._count(event, self._matching(event.customer, event.tags))
+        self._tenancy = _Tenancy(Path(path) if path is not None else None)
+        self._store = None
+        if path is not None:
+            try:
+                self._store = _Store(Path(path))
+                for event in self._store.events():  # spend so far, from the events on file
+                    self._count(event, self._matching(event.customer, event.tags))
+            except BaseException:  # free the file at once, for a retry in this process
+                self._tenancy.release()
+                raise
 
     def close(self) -> None:
-        pass
+        """Free the file given as ``path`` for the next engine (this one then refuses calls);
+        with no file, there is nothing to close."""
+        self._tenancy.close()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """True: nothing is ever queued (``settle_later`` and ``release_later`` settle at
@@ -286,6 +382,7 @@ class LocalNullSpend(TrackedClients):
     ) -> str:
         """``reserve``, answering only the reservation's id: what the integrations call for
         every call, without the typed answer they do not read."""
+        self._tenancy.check()
         if estimate_microdollars is None:
             estimate_microdollars = _estimate_of(options).microdollars
         elif estimate_microdollars < 0:
@@ -338,6 +435,7 @@ class LocalNullSpend(TrackedClients):
 
     def _record(self, reservation_id: str, options: SettleOptions) -> _Event:
         """Settle: the reservation's event recorded and its spend counted."""
+        self._tenancy.check()
         cost = options.get("cost_microdollars")
         usage = options.get("usage")
         if cost is None and usage is None:
@@ -408,6 +506,7 @@ class LocalNullSpend(TrackedClients):
         return Settled(reservation_id=reservation_id, status="released")
 
     def _give_back(self, reservation_id: str) -> None:
+        self._tenancy.check()
         with self._lock:
             self._unreserve(self._take(reservation_id))
 
@@ -446,6 +545,7 @@ class LocalNullSpend(TrackedClients):
     def _report(
         self, reports: list[NewCostEvent], idempotency_key: str | None, *, batch: bool
     ) -> list[_Event]:
+        self._tenancy.check()
         if not 1 <= len(reports) <= MAX_BATCH:
             raise ValidationError(f"report 1 to {MAX_BATCH} events at once")
         events = [self._reported_event(report) for report in reports]
@@ -510,6 +610,7 @@ class LocalNullSpend(TrackedClients):
     # --- reads --------------------------------------------------------------------------------
 
     def budget_status(self) -> list[BudgetStatus]:
+        self._tenancy.check()
         with self._lock:
             self._expire_due()
             return [
@@ -532,6 +633,7 @@ class LocalNullSpend(TrackedClients):
         self, *, limit: int = 50, cursor: str | None = None, **filters: Unpack[EventFilters]
     ) -> CostEventPage:
         """Newest first; ``cursor`` is the id of the last event of the previous page."""
+        self._tenancy.check()
         with self._lock:
             self._expire_due()
             found = [e for e in reversed(self._events) if _matches(e, filters)]
@@ -629,7 +731,7 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        pass
+        self.engine.close()
 
     async def close(self) -> None:
         self.engine.close()
