@@ -534,12 +534,10 @@ def _answer_in(error: BaseException) -> Reading | None:
 
 
 def _web_searches(message: BaseMessage) -> int:
-    """Anthropic's server-side web searches in an answer, billed apart from its tokens: its
-    usage counts them; a stream's last event does too, but langchain-anthropic keeps only its
-    tokens, so there they are counted from the answer's ``server_tool_use`` blocks."""
+    """Anthropic's server-side web searches in an answer in content blocks, billed apart from
+    its tokens: its usage counts them; a stream's last event does too, but langchain-anthropic
+    keeps only its tokens, so there they are counted from the ``server_tool_use`` blocks."""
     content = message.content
-    if not isinstance(content, list):  # a plain text answer ran no server tool
-        return 0
     usage = message.response_metadata.get("usage")
     server = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
     if isinstance(server, Mapping):
@@ -588,8 +586,10 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                 if metadata:
                     if metadata.get("total_cost") == 0:  # LangChain's mark of a cache hit
                         return _CACHE_HIT
+                    # Only an answer in content blocks can hold a server tool's searches.
+                    searches = _web_searches(message) if type(message.content) is list else 0
                     usage = usage_from_metadata(
-                        metadata, cache_ttl=cache_ttl, web_searches=_web_searches(message)
+                        metadata, cache_ttl=cache_ttl, web_searches=searches
                     )
                     return Reading(usage, model)
     output = response.llm_output or {}
