@@ -48,13 +48,17 @@ def fake_headers(usage: dict[str, int], tool_call: str) -> dict[str, str]:
     )
 
 
-def chat_openai(fake: tuple[str, Any], *, tool_call: str = "", **kwargs: Any) -> ChatOpenAI:
+def chat_openai(
+    fake: tuple[str, Any], *, tool_call: str = "", fault: str = "", **kwargs: Any
+) -> ChatOpenAI:
+    """gpt-4o-mini on the fake provider; ``fault`` is its ``x-fake-fault``."""
+    faults = {"x-fake-fault": fault} if fault else {}
     return ChatOpenAI(
         model="gpt-4o-mini",
         base_url=f"{fake[0]}/v1",
         api_key="sk-test",  # type: ignore[arg-type]
         max_retries=0,
-        default_headers=fake_headers(USAGE, tool_call),
+        default_headers=fake_headers(USAGE, tool_call) | faults,
         **kwargs,
     )
 
@@ -520,30 +524,33 @@ def test_an_answer_from_langchains_cache_costs_nothing(fake: tuple[str, Any]) ->
     assert (status.spend_microdollars, status.reserved_microdollars) == (COST, 0)
 
 
-def test_a_structured_answer_cut_off_at_max_tokens_is_charged_its_usage(
-    fake: tuple[str, Any],
+@pytest.mark.parametrize(
+    ("fault", "refusal"),
+    [
+        ("finish:length", openai.LengthFinishReasonError),
+        ("finish:content_filter", openai.ContentFilterFinishReasonError),
+    ],
+)
+def test_a_structured_answer_refused_after_it_came_is_charged_its_usage(
+    fake: tuple[str, Any], fault: str, refusal: type[Exception]
 ) -> None:
-    """The openai SDK refuses a parsed answer that hit max_tokens (LengthFinishReasonError)
-    after the provider billed it: the error carries the answer, and its usage is charged."""
+    """The openai SDK refuses a parsed answer cut off at max_tokens, or stopped by the content
+    filter, after the provider billed it: the error carries the answer (the first in its
+    ``completion``, the other as the HTTP answer langchain-openai attaches), and its usage is
+    charged."""
     from pydantic import BaseModel
 
     class Answer(BaseModel):
         text: str
 
     engine = LocalNullSpend([LocalBudget.total(10**6)])
-    cut_off = ChatOpenAI(
-        model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
-        api_key="sk-test",  # type: ignore[arg-type]
-        max_retries=0,
-        default_headers={**fake_headers(USAGE, ""), "x-fake-fault": "finish:length"},
-        callbacks=[NullSpendCallbackHandler(client=engine)],
-    )
-    with pytest.raises(openai.LengthFinishReasonError):
-        cut_off.with_structured_output(Answer, method="json_schema").invoke("Answer in JSON")
+    refused = chat_openai(fake, fault=fault, callbacks=[NullSpendCallbackHandler(client=engine)])
+    with pytest.raises(refusal):
+        refused.with_structured_output(Answer, method="json_schema").invoke("Answer in JSON")
     assert len(fake[1].state.requests) == 1
     assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
-    assert engine.budget_status()[0].reserved_microdollars == 0
+    (status,) = engine.budget_status()
+    assert status.reserved_microdollars == 0
 
 
 def test_a_batch_whose_reservation_fails_part_way_holds_nothing(
@@ -675,14 +682,7 @@ def test_a_cancelled_ainvoke_holds_nothing(fake: tuple[str, Any]) -> None:
     stopped agent) is left by LangChain with neither end nor error: its task's cancellation
     releases the reservation, as an error before any answer does."""
     engine = LocalNullSpend([LocalBudget.total(10**6)])
-    model = ChatOpenAI(
-        model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
-        api_key="sk-test",  # type: ignore[arg-type]
-        max_retries=0,
-        default_headers={"x-fake-fault": "hang"},
-        callbacks=[NullSpendCallbackHandler(client=engine)],
-    )
+    model = chat_openai(fake, fault="hang", callbacks=[NullSpendCallbackHandler(client=engine)])
 
     async def cancel_while_waiting() -> None:
         call = asyncio.create_task(model.ainvoke("Hello"))
@@ -817,46 +817,12 @@ def test_web_searches_are_charged(fake: tuple[str, Any]) -> None:
     assert recorded == [(expected, 3)] * 2
 
 
-def test_a_structured_answer_refused_by_the_content_filter_is_charged(
-    fake: tuple[str, Any],
-) -> None:
-    """The openai SDK refuses a parsed answer stopped by the content filter after the provider
-    billed it; langchain-openai attaches the HTTP answer to the error, and its usage is
-    charged."""
-    from pydantic import BaseModel
-
-    class Answer(BaseModel):
-        text: str
-
-    engine = LocalNullSpend([LocalBudget.total(10**6)])
-    filtered = ChatOpenAI(
-        model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
-        api_key="sk-test",  # type: ignore[arg-type]
-        max_retries=0,
-        default_headers={**fake_headers(USAGE, ""), "x-fake-fault": "finish:content_filter"},
-        callbacks=[NullSpendCallbackHandler(client=engine)],
-    )
-    with pytest.raises(openai.ContentFilterFinishReasonError):
-        filtered.with_structured_output(Answer, method="json_schema").invoke("Answer in JSON")
-    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
-    (status,) = engine.budget_status()
-    assert status.reserved_microdollars == 0
-
-
 def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[str, Any]) -> None:
     """``asyncio.timeout`` around an ``ainvoke`` (a web handler that answers "try again")
     cancels the call inside its own task, which then goes on and ends well: LangChain ended
     the call with neither end nor error. It is released when its task ends."""
     engine = LocalNullSpend([LocalBudget.total(10**6)])
-    model = ChatOpenAI(
-        model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
-        api_key="sk-test",  # type: ignore[arg-type]
-        max_retries=0,
-        default_headers={"x-fake-fault": "hang"},
-        callbacks=[NullSpendCallbackHandler(client=engine)],
-    )
+    model = chat_openai(fake, fault="hang", callbacks=[NullSpendCallbackHandler(client=engine)])
 
     async def answer_try_again() -> str:
         try:
@@ -891,14 +857,7 @@ def test_a_sync_batch_failing_part_way_holds_nothing(fake: tuple[str, Any]) -> N
     prompts = [[HumanMessage(text)] for text in ("first", "second", "third")]
     sync_engine, async_engine = LocalNullSpend([LocalBudget.total(10**6)]), LocalNullSpend()
     with interposed(fake[0], second_fails) as base:
-        model = ChatOpenAI(
-            model="gpt-4o-mini",
-            base_url=f"{base}/v1",
-            api_key="sk-test",  # type: ignore[arg-type]
-            max_retries=0,
-            max_tokens=100,
-            default_headers=fake_headers(USAGE, ""),
-        )
+        model = chat_openai((base, fake[1]), max_tokens=100)  # through the man in the middle
         with pytest.raises(openai.InternalServerError):
             model.generate(prompts, callbacks=[NullSpendCallbackHandler(client=sync_engine)])
         assert len(fake[1].state.requests) == 2  # the third was never sent

@@ -48,6 +48,24 @@ def openai_llm(fake: tuple[str, Any]) -> OpenAI:
     )
 
 
+def responses_llm(
+    fake: tuple[str, Any],
+    kind: type[OpenAIResponses] = OpenAIResponses,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> OpenAIResponses:
+    """gpt-4o-mini on the Responses API of the fake provider, at most 100 output tokens."""
+    return kind(
+        model="gpt-4o-mini",
+        api_base=f"{fake[0]}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        max_output_tokens=100,
+        default_headers={"x-fake-usage": json.dumps(USAGE), **(headers or {})},
+        **fields,
+    )
+
+
 def test_chat_complete_and_streams_are_priced(fake: tuple[str, Any]) -> None:
     made_before = openai_llm(fake)
     ns = LocalNullSpend()
@@ -250,14 +268,7 @@ def test_the_responses_api_is_priced_from_its_own_usage(fake: tuple[str, Any]) -
     max_output_tokens: read as Chat Completions, every call was recorded at $0."""
     ns = LocalNullSpend()
     instrument(client=ns)
-    llm = OpenAIResponses(
-        model="gpt-4o-mini",
-        api_base=f"{fake[0]}/v1",
-        api_key="sk-test",
-        max_retries=0,
-        max_output_tokens=100,
-        default_headers={"x-fake-usage": json.dumps(USAGE)},
-    )
+    llm = responses_llm(fake)
     llm.chat(HELLO)
     assert list(llm.stream_chat(HELLO))
     asyncio.run(llm.achat(HELLO))
@@ -348,15 +359,7 @@ def test_a_turn_continuing_a_stored_conversation_is_held_to_the_cap(
     estimated at the model's context window, so a cap smaller than that refuses it first."""
     ns = LocalNullSpend([LocalBudget.total(5_000)])
     instrument(client=ns)
-    llm = OpenAIResponses(
-        model="gpt-4o-mini",
-        api_base=f"{fake[0]}/v1",
-        api_key="sk-test",
-        max_retries=0,
-        max_output_tokens=100,
-        track_previous_responses=True,
-        default_headers={"x-fake-usage": json.dumps(USAGE)},
-    )
+    llm = responses_llm(fake, track_previous_responses=True)
     llm.chat(HELLO)  # the first turn continues nothing
     with pytest.raises(DeniedError):
         llm.chat(HELLO)
@@ -400,17 +403,6 @@ class Verdict(BaseModel):
     score: int
 
 
-def responses_llm(fake: tuple[str, Any], **headers: str) -> OpenAIResponses:
-    return OpenAIResponses(
-        model="gpt-4o-mini",
-        api_base=f"{fake[0]}/v1",
-        api_key="sk-test",
-        max_retries=0,
-        max_output_tokens=100,
-        default_headers={"x-fake-usage": json.dumps(USAGE), **headers},
-    )
-
-
 def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
     fake: tuple[str, Any],
 ) -> None:
@@ -423,7 +415,7 @@ def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
     answer = json.dumps({"text": "fine", "score": 4})
     refusing = LocalNullSpend([LocalBudget.total(1)])
     instrument(client=refusing)
-    llm = responses_llm(fake, **{"x-fake-answer": answer})
+    llm = responses_llm(fake, headers={"x-fake-answer": answer})
     with pytest.raises(DeniedError):
         llm.structured_predict(Verdict, prompt, review="Good value.")
     with pytest.raises(DeniedError):
@@ -461,17 +453,9 @@ def test_a_subclass_or_a_wrapper_of_the_responses_llm_is_read_as_one(
 
     ns = LocalNullSpend()
     instrument(client=ns)
-    house = HouseResponses(
-        model="gpt-4o-mini",
-        api_base=f"{fake[0]}/v1",
-        api_key="sk-test",
-        max_retries=0,
-        max_output_tokens=100,
-        default_headers={"x-fake-usage": json.dumps(USAGE)},
-    )
-    house.chat(HELLO)
+    responses_llm(fake, HouseResponses).chat(HELLO)
     answer = json.dumps({"text": "fine", "score": 4})
-    structured = responses_llm(fake, **{"x-fake-answer": answer}).as_structured_llm(Verdict)
+    structured = responses_llm(fake, headers={"x-fake-answer": answer}).as_structured_llm(Verdict)
     assert json.loads(str(structured.chat(HELLO).message.content))["score"] == 4
     plain, wrapped = ns.cost_events().data[::-1]
     assert plain.cost_microdollars == COST
