@@ -249,9 +249,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             self._open[run_id] = call
 
     def _task_to_watch(self) -> asyncio.Task[Any] | None:
-        """The task this call starts in, watched so that a call cancelled with it is ended:
-        a cancelled ``ainvoke`` (``asyncio.wait_for``'s timeout, a stopped agent) leaves
-        ``asyncio.gather`` in LangChain's ``agenerate`` with neither end nor error heard."""
+        """The task this call starts in, watched so that a call still open when it ends is
+        ended: a cancelled ``ainvoke`` (a timeout, a stopped agent) leaves ``asyncio.gather``
+        in LangChain's ``agenerate`` with neither end nor error heard."""
         loop = asyncio._get_running_loop()  # None in sync code: no exception to raise and catch
         if loop is None or (task := asyncio.current_task(loop)) is None:
             return None
