@@ -27,6 +27,7 @@ from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.dbtools import rows
 from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
 
@@ -871,3 +872,37 @@ def test_a_sync_batch_failing_part_way_holds_nothing(fake: tuple[str, Any]) -> N
     assert event.cost_microdollars == first_estimate > 0
     assert (status.spend_microdollars, status.reserved_microdollars) == (event.cost_microdollars, 0)
     assert [e.cost_microdollars for e in async_engine.cost_events().data] == [COST, COST]
+
+
+def test_a_run_cancelled_while_its_call_reserves_holds_nothing(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """Server mode: the handler's start runs in an executor thread and waits for the server.
+    The chain around it is cancelled meanwhile; the reservation lands after the cancellation
+    was heard, for a call that will never be made: it is released, not held for an hour."""
+    from langchain_core.runnables import RunnableLambda
+
+    async def slow_reserve(request: Request, real: Response) -> Response:
+        if request.url.path == "/api/reservations":
+            await asyncio.sleep(0.5)
+        return real
+
+    with interposed(server.base_url, slow_reserve) as base, NullSpend(server.admin_key, base) as ns:
+        chain = RunnableLambda(lambda question: question) | chat_openai(fake)
+        config: Any = {"callbacks": [NullSpendCallbackHandler(client=ns)]}
+
+        async def cancel_while_reserving() -> None:
+            call = asyncio.create_task(chain.ainvoke("Hello", config=config))
+            await asyncio.sleep(0.2)  # the reserve is on its way
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+        asyncio.run(cancel_while_reserving())
+    deadline = time.monotonic() + 5
+    while [r["status"] for r in rows(server.database_url, "SELECT status FROM reservations")] != [
+        "released"
+    ]:
+        assert time.monotonic() < deadline, "the reservation nobody uses is still held"
+        time.sleep(0.05)
+    assert fake[1].state.requests == []

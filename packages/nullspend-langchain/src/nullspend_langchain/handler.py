@@ -46,7 +46,7 @@ _encode_json = json.JSONEncoder(default=str).encode
 
 # The prompts of one multi-prompt generate(): their parent run and their invocation_params' id.
 _Batch = tuple[UUID | None, int]
-# How long a batch's denial is kept for its siblings still starting.
+# How long a batch's denial (or a run's cancellation) is kept for calls still starting.
 _DENIAL_KEPT = 60.0
 
 
@@ -106,6 +106,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
         # Tasks whose end is watched for calls LangChain will never end (see _on_task_done).
         self._watched: set[asyncio.Task[Any]] = set()
+        # Runs cancelled lately, and when: a start still reserving in an executor thread
+        # (server mode) may land after its run's cancellation was heard.
+        self._cancelled: dict[UUID, float] = {}
         # Embedded, a callback is a few dozen microseconds of Python: run on the event loop, not
         # hopped to an executor thread. Server mode does HTTP, which must not block the loop.
         self.run_inline = isinstance(self.client, LocalNullSpend)
@@ -241,6 +244,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         )
         if batch is None:
             self._open[run_id] = call  # one dict store: atomic, no lock needed
+            if self._cancelled and parent_run_id in self._cancelled:
+                self._abandon([run_id])  # its run was cancelled while it reserved
             return
         with self._lock:  # a sibling's denial and this store are one step
             if (sibling_refused := self._denial_of(batch, params)) is not None:
@@ -385,7 +390,14 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         stream closed (``GeneratorExit``) closes the model's own stream after its chain's,
         with the usage it got: those are left to their own end."""
         self._leave(run_id)
-        if self._open and isinstance(error, asyncio.CancelledError):
+        if not isinstance(error, asyncio.CancelledError):
+            return
+        if not self.run_inline:  # starts run in executor threads: one may still be reserving
+            now = time.monotonic()
+            for run in [r for r, at in list(self._cancelled.items()) if now - at > _DENIAL_KEPT]:
+                self._cancelled.pop(run, None)
+            self._cancelled[run_id] = now
+        if self._open:
             self._abandon([run for run, call in list(self._open.items()) if call.parent == run_id])
 
     def _run_tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
