@@ -11,8 +11,9 @@ settled at its estimate, tagged ``_ns_estimated`` and ``_ns_expired``, as the se
 whose end was never heard is charged and recorded, not forgotten.
 
 Embedded mode keeps one process's spend: a file in use by a live engine cannot be opened by
-another (the lock is held until ``close()``, the engine's collection or the process's end), and
-an engine a forked child inherits refuses its calls. Budgets shared across processes need the
+another process (the lock is held until ``close()``, the engine's collection or the process's
+end); in one process the newest engine on a file takes it over and the older one refuses its
+calls, as does an engine a forked child inherits. Budgets shared across processes need the
 server.
 """
 
@@ -235,14 +236,32 @@ class _Tenancy:
 
     def __init__(self, path: Path | None) -> None:
         self.refusal: str | None = None
-        """Set when the engine may no longer count spend: closed, or inherited by a fork."""
+        """Set when the engine may no longer count spend: closed, superseded, or inherited by
+        a fork."""
         self._path = path
         self._pid = os.getpid()
-        fd = _lock_file(path) if path is not None else None
-        # Closing the descriptor releases the lock: on close(), when the engine is collected
-        # (a notebook cell run again), and at exit (the kernel, even for a killed process).
+        fd = None
+        if path is not None:
+            # In this process the newest engine on a file takes it over (a notebook cell run
+            # again while its name still holds the old engine); another process is refused.
+            held = _holders.get(path.resolve())
+            fd = held.superseded() if held is not None else None
+            if fd is None:
+                fd = _lock_file(path)
+            _holders[path.resolve()] = self
+        # Closing the descriptor releases the lock: on close(), when the engine is collected,
+        # and at exit (the kernel, even for a killed process).
         self._release = weakref.finalize(self, os.close, fd) if fd is not None else None
         _tenancies.add(self)
+
+    def superseded(self) -> int | None:
+        """Hand this engine's lock to a newer engine on the same file in this process (its
+        descriptor, or None if it holds none any more); this one refuses calls from now on."""
+        self.refusal = f"a newer LocalNullSpend in this process has {self._path} now"
+        if self._release is None or (taken := self._release.detach()) is None:
+            return None
+        fd: int = taken[2][0]
+        return fd
 
     def close(self) -> None:
         if self._path is not None:  # with no file, nothing is shared and nothing closes
@@ -270,6 +289,8 @@ class _Tenancy:
 
 
 _tenancies: weakref.WeakSet[_Tenancy] = weakref.WeakSet()
+# This process's engine on each file, by its resolved path.
+_holders: weakref.WeakValueDictionary[Path, _Tenancy] = weakref.WeakValueDictionary()
 
 
 def _after_fork() -> None:
