@@ -906,3 +906,48 @@ def test_a_run_cancelled_while_its_call_reserves_holds_nothing(
         assert time.monotonic() < deadline, "the reservation nobody uses is still held"
         time.sleep(0.05)
     assert fake[1].state.requests == []
+
+
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+def test_a_stream_stopped_after_its_usage_came_is_charged_that_usage(
+    fake: tuple[str, Any], stop: str
+) -> None:
+    """A chain streams the model through a slow step (a moderation call, a send to a client
+    that hangs up) and is stopped while the step holds the usage chunk: cancelled, or timed out
+    inside a task that goes on. The chain run's cancellation is heard while the model's stream
+    is still open; it is ended from the usage its chunks reported, not at its estimate."""
+    from langchain_core.runnables import RunnableGenerator
+
+    engine = LocalNullSpend()
+    usage_came = asyncio.Event()
+
+    async def slow_step(chunks: Any) -> Any:
+        async for chunk in chunks:
+            if chunk.usage_metadata:
+                usage_came.set()
+                await asyncio.sleep(10)
+            yield chunk
+
+    chain = chat_openai(fake, stream_usage=True, max_tokens=4000) | RunnableGenerator(slow_step)
+    config: Any = {"callbacks": [NullSpendCallbackHandler(client=engine)]}
+
+    async def stream() -> None:
+        async for _ in chain.astream("Hello", config=config):
+            pass
+
+    async def stopped() -> None:
+        if stop == "timeout":
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await stream()
+        else:
+            streaming = asyncio.create_task(stream())
+            await usage_came.wait()
+            streaming.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await streaming
+        await _until(lambda: bool(engine.cost_events().data))
+
+    asyncio.run(stopped())
+    (event,) = engine.cost_events().data
+    assert (event.cost_microdollars, event.input_tokens, event.output_tokens) == (COST, 176, 90)

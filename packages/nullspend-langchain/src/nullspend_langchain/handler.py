@@ -20,6 +20,7 @@ import httpx
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
 from nullspend.attribution import tag_errors
@@ -69,6 +70,8 @@ class _Open:
     task: asyncio.Task[Any] | None
     """The asyncio task the call started in, when the handler runs on the event loop."""
     streamed: bool = False
+    usage_seen: UsageMetadata | None = None
+    """The usage a stream's chunks reported so far, summed as LangChain sums them."""
 
 
 class NullSpendCallbackHandler(BaseCallbackHandler):
@@ -281,15 +284,19 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
 
     def _abandon(self, runs: Iterable[UUID]) -> None:
         """End calls LangChain will never end, as an error would: a stream that had started
-        is charged its estimate (it had spent tokens; no usage came), other calls released."""
+        is charged the usage its chunks reported, else its estimate (it had spent tokens);
+        other calls are released."""
         for run in runs:
             call = self._open.pop(run, None)
             if call is None:
                 continue
-            if call.streamed:
-                self._settle(call, _NO_READING)
-            else:
+            if not call.streamed:
                 self.client.release_later(call.reservation_id)
+            elif call.usage_seen:
+                usage = usage_from_metadata(call.usage_seen, cache_ttl=call.cache_ttl)
+                self._settle(call, Reading(usage, None))
+            else:
+                self._settle(call, _NO_READING)
 
     def _deny_batch(self, batch: _Batch, params: object, refused: Exception) -> None:
         """Release the reservations of a refused prompt's siblings (the model is not called),
@@ -418,6 +425,10 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # The only sign a call streams: invocation_params say stream=False either way.
         if (call := self._open.get(run_id)) is not None:
             call.streamed = True
+            # Kept for a stream ended without its end heard (_abandon): its usage may have come.
+            chunk = kwargs.get("chunk")
+            if usage := getattr(getattr(chunk, "message", None), "usage_metadata", None):
+                call.usage_seen = add_usage(call.usage_seen, usage)
 
     # --- end: settle, or release ---------------------------------------------------------------
 
