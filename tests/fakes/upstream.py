@@ -5,9 +5,10 @@ tests/nullspend/fixtures are validated against them).
 Per request, through headers the proxy forwards untouched:
 - ``x-fake-usage``: JSON ``{"input", "cached", "output", "reasoning", "cache_write"}``; for
   OpenAI ``input`` is the prompt total (cached included), for Anthropic the uncached input.
-  Anthropic only: ``cache_write_1h`` (how much of ``cache_write`` has the 1-hour lifetime) and
-  ``web_searches`` (server-side web searches: a ``server_tool_use`` and a
-  ``web_search_tool_result`` block each before the answer, counted in ``server_tool_use``).
+  Anthropic only: ``cache_write_1h`` (how much of ``cache_write`` has the 1-hour lifetime).
+  ``web_searches``: server-side web searches, each a ``server_tool_use`` and a
+  ``web_search_tool_result`` block before an Anthropic answer (counted in its
+  ``server_tool_use``), or a ``web_search_call`` item before a completed Responses answer.
 - ``x-fake-fault``: ``status:<code>`` (the provider's error body), ``hang`` (never answer),
   ``drop-after:<n>`` (stream n events, then break the connection), ``no-usage`` (a complete
   stream without usage), ``slow:<ms>`` (pause before each stream event), ``output-only-delta``
@@ -224,13 +225,14 @@ def _response(s: Scenario, status: str, with_usage: bool) -> dict[str, Any]:
         "output": []
         if status != "completed"
         else [
+            *_web_search_calls(s),
             {
                 "type": "message",
                 "id": "msg_fake",
                 "status": "completed",
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": s.answer, "annotations": []}],
-            }
+            },
         ],
         "usage": {
             "input_tokens": u["input"],
@@ -263,16 +265,33 @@ def compact(s: Scenario) -> Response:
     )
 
 
+def _web_search_calls(s: Scenario) -> list[dict[str, Any]]:
+    """A Responses answer's web searches, output items before its message."""
+    return [
+        {
+            "type": "web_search_call",
+            "id": f"ws_fake{n}",
+            "status": "completed",
+            "action": {"type": "search", "query": SEARCH["query"]},
+        }
+        for n in range(s.usage["web_searches"])
+    ]
+
+
 def responses(s: Scenario) -> Response:
     if not s.stream:
         return JSONResponse(_response(s, "completed", True))
     events = [("response.created", {"response": _response(s, "in_progress", False)})]
+    for index, search in enumerate(_web_search_calls(s)):
+        started = {**search, "status": "in_progress"}
+        events.append(("response.output_item.added", {"output_index": index, "item": started}))
+        events.append(("response.output_item.done", {"output_index": index, "item": search}))
     events += [
         (
             "response.output_text.delta",
             {
                 "item_id": "msg_fake",
-                "output_index": 0,
+                "output_index": s.usage["web_searches"],
                 "content_index": 0,
                 "delta": w,
                 "logprobs": [],

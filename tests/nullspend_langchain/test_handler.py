@@ -951,3 +951,37 @@ def test_a_stream_stopped_after_its_usage_came_is_charged_that_usage(
     asyncio.run(stopped())
     (event,) = engine.cost_events().data
     assert (event.cost_microdollars, event.input_tokens, event.output_tokens) == (COST, 176, 90)
+
+
+@pytest.mark.parametrize("output_version", [None, "v1"])
+def test_web_searches_on_the_responses_api_are_charged(
+    fake: tuple[str, Any], output_version: str | None
+) -> None:
+    """OpenAI's Responses API bills each web search its built-in tool runs on top of the
+    tokens; they are the answer's ``web_search_call`` items, which LangChain keeps as content
+    blocks (``server_tool_call`` ones in its v1 output), streamed or not."""
+    from nullspend.pricing import cost as priced
+
+    expected = priced(
+        Usage(input_tokens=176, cache_read_tokens=1024, output_tokens=90, web_search_requests=2),
+        "gpt-4o-mini",
+    ).total_microdollars
+    assert expected > COST
+    recorded = []
+    for streamed in (False, True):
+        engine = LocalNullSpend()
+        model = ChatOpenAI(
+            model="gpt-4o-mini",
+            base_url=f"{fake[0]}/v1",
+            api_key="sk-test",  # type: ignore[arg-type]
+            max_retries=0,
+            use_responses_api=True,
+            output_version=output_version,
+            default_headers=fake_headers({**USAGE, "web_searches": 2}, ""),
+            callbacks=[NullSpendCallbackHandler(client=engine)],
+        )
+        bound = model.bind_tools([{"type": "web_search_preview"}])
+        list(bound.stream("News today?")) if streamed else bound.invoke("News today?")
+        (event,) = engine.cost_events().data
+        recorded.append((event.cost_microdollars, event.web_search_requests))
+    assert recorded == [(expected, 2)] * 2

@@ -31,6 +31,7 @@ from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading
+from nullspend.wire.openai_responses import web_search_calls
 from nullspend_langchain.usage import usage_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
@@ -557,21 +558,31 @@ def _answer_in(error: BaseException) -> Reading | None:
 
 
 def _web_searches(message: BaseMessage) -> int:
-    """Anthropic's server-side web searches in an answer in content blocks, billed apart from
-    its tokens: its usage counts them; a stream's last event does too, but langchain-anthropic
-    keeps only its tokens, so there they are counted from the ``server_tool_use`` blocks."""
-    content = message.content
+    """The server-side web searches in an answer in content blocks, billed apart from its
+    tokens. Anthropic's usage counts them; a stream's last event does too, but
+    langchain-anthropic keeps only its tokens, so there they are counted from the
+    ``server_tool_use`` blocks. OpenAI's Responses API reports its searches as
+    ``web_search_call`` items, which LangChain keeps as blocks (``server_tool_call`` ones named
+    ``web_search``, their action as ``args``, in its v1 output)."""
     usage = message.response_metadata.get("usage")
     server = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
     if isinstance(server, Mapping):
         return int(server.get("web_search_requests") or 0)
-    return sum(
-        1
-        for block in content
-        if isinstance(block, Mapping)
-        and block.get("type") == "server_tool_use"
-        and block.get("name") == "web_search"
-    )
+    anthropic_searches = 0
+    openai_calls: list[Mapping[str, Any]] = []
+    for block in message.content:
+        if not isinstance(block, Mapping):
+            continue
+        kind = block.get("type")
+        if kind == "web_search_call":
+            openai_calls.append(block)
+        elif block.get("name") != "web_search":
+            continue
+        elif kind == "server_tool_use":
+            anthropic_searches += 1
+        elif kind == "server_tool_call":
+            openai_calls.append({"type": "web_search_call", "action": block.get("args")})
+    return anthropic_searches + web_search_calls(openai_calls)
 
 
 def _cache_ttl(text: list[Any], params: Mapping[str, Any]) -> str | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from nullspend.usage import Usage
 from nullspend.wire._json import count, items, parse_object, request_int, section, text
@@ -24,8 +25,14 @@ def _web_searches(response: JSONObject) -> int:
         return count(
             section(tool_usage, "web_search", where), "num_requests", f"{where}.web_search"
         )
+    return web_search_calls(items(response, "output", _WHERE))
+
+
+def web_search_calls(output: Iterable[Any]) -> int:
+    """The billable searches among a response's output items (or LangChain's content blocks
+    of them): its ``web_search_call`` items, less the actions OpenAI does not bill as one."""
     searches = 0
-    for item in items(response, "output", _WHERE):
+    for item in output:
         if isinstance(item, Mapping) and item.get("type") == "web_search_call":
             action = item.get("action")
             if not isinstance(action, Mapping) or action.get("type") not in _NOT_A_SEARCH:
