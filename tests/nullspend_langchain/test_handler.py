@@ -806,16 +806,26 @@ def test_web_searches_are_charged(fake: tuple[str, Any]) -> None:
         "claude-sonnet-4-5",
     ).total_microdollars
     assert expected > ANTHROPIC_COST
+
+    def searching(engine: LocalNullSpend) -> Any:
+        model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+        model.default_headers = {"x-fake-usage": json.dumps(usage)}
+        return model.bind_tools([search])
+
+    assert searched_both_ways(searching) == [(expected, 3)] * 2
+
+
+def searched_both_ways(searching: Any) -> list[tuple[int, int]]:
+    """The cost and web searches recorded for one question asked of ``searching(engine)``'s
+    model, invoked and then streamed, each on an engine of its own."""
     recorded = []
     for streamed in (False, True):
         engine = LocalNullSpend()
-        model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
-        model.default_headers = {"x-fake-usage": json.dumps(usage)}
-        bound = model.bind_tools([search])
-        list(bound.stream("News today?")) if streamed else bound.invoke("News today?")
+        model = searching(engine)
+        list(model.stream("News today?")) if streamed else model.invoke("News today?")
         (event,) = engine.cost_events().data
         recorded.append((event.cost_microdollars, event.web_search_requests))
-    assert recorded == [(expected, 3)] * 2
+    return recorded
 
 
 def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[str, Any]) -> None:
@@ -967,9 +977,8 @@ def test_web_searches_on_the_responses_api_are_charged(
         "gpt-4o-mini",
     ).total_microdollars
     assert expected > COST
-    recorded = []
-    for streamed in (False, True):
-        engine = LocalNullSpend()
+
+    def searching(engine: LocalNullSpend) -> Any:
         model = ChatOpenAI(
             model="gpt-4o-mini",
             base_url=f"{fake[0]}/v1",
@@ -980,8 +989,6 @@ def test_web_searches_on_the_responses_api_are_charged(
             default_headers=fake_headers({**USAGE, "web_searches": 2}, ""),
             callbacks=[NullSpendCallbackHandler(client=engine)],
         )
-        bound = model.bind_tools([{"type": "web_search_preview"}])
-        list(bound.stream("News today?")) if streamed else bound.invoke("News today?")
-        (event,) = engine.cost_events().data
-        recorded.append((event.cost_microdollars, event.web_search_requests))
-    assert recorded == [(expected, 2)] * 2
+        return model.bind_tools([{"type": "web_search_preview"}])
+
+    assert searched_both_ways(searching) == [(expected, 2)] * 2
