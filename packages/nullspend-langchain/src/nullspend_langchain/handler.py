@@ -10,7 +10,7 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading
+from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, format_of
 from nullspend.wire.openai_responses import web_search_calls
 from nullspend_langchain.usage import usage_from_metadata
 
@@ -248,8 +248,10 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         )
         if batch is None:
             self._open[run_id] = call  # one dict store: atomic, no lock needed
-            if self._cancelled and parent_run_id in self._cancelled:
-                self._abandon([run_id])  # its run was cancelled while it reserved
+            # Its run cancelled while it reserved (server mode): the call will never be made.
+            cancelled = self._cancelled and parent_run_id in self._cancelled
+            if cancelled and self._open.pop(run_id, None) is not None:
+                self._abandon([call])
             return
         with self._lock:  # a sibling's denial and this store are one step
             if (sibling_refused := self._denial_of(batch, params)) is not None:
@@ -276,21 +278,20 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         self._watched.discard(task)
         cancelled = task.cancelled()
         self._abandon(
-            [
-                run
-                for run, call in list(self._open.items())
-                if call.task is task and (cancelled or not call.streamed)
-            ]
+            self._take(lambda call: call.task is task and (cancelled or not call.streamed))
         )
 
-    def _abandon(self, runs: Iterable[UUID]) -> None:
+    def _take(self, which: Callable[[_Open], bool]) -> list[_Open]:
+        """Take out the open calls ``which`` picks: each once, even when another thread takes
+        some meanwhile (a pop is atomic)."""
+        picked = [run for run, call in list(self._open.items()) if which(call)]
+        return [call for run in picked if (call := self._open.pop(run, None)) is not None]
+
+    def _abandon(self, calls: Iterable[_Open]) -> None:
         """End calls LangChain will never end, as an error would: a stream that had started
         is charged the usage its chunks reported, else its estimate (it had spent tokens);
         other calls are released."""
-        for run in runs:
-            call = self._open.pop(run, None)
-            if call is None:
-                continue
+        for call in calls:
             if not call.streamed:
                 self.client.release_later(call.reservation_id)
             elif call.usage_seen:
@@ -308,11 +309,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 del self._denied[key]
             # The params object is kept too: alive, its id cannot name another batch.
             self._denied[batch] = (params, refused, now)
-            siblings = [run for run, call in self._open.items() if call.batch == batch]
-            calls = [self._open.pop(run, None) for run in siblings]
+            calls = self._take(lambda call: call.batch == batch)
         for call in calls:
-            if call is not None:  # else it ended meanwhile: its end settled it
-                self.client.release_later(call.reservation_id)
+            self.client.release_later(call.reservation_id)
 
     def _denial_of(self, batch: _Batch, params: object) -> Exception | None:
         kept = self._denied.get(batch)
@@ -406,7 +405,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 self._cancelled.pop(run, None)
             self._cancelled[run_id] = now
         if self._open:
-            self._abandon([run for run, call in list(self._open.items()) if call.parent == run_id])
+            self._abandon(self._take(lambda call: call.parent == run_id))
 
     def _run_tags(self, run_tags: Sequence[str] | None) -> dict[str, str]:
         """The run's LangChain tags (bare strings) as ``key=true``, those that stay valid on
@@ -508,14 +507,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         were answered, their usage thrown away with the batch (charged their estimate); those
         after it were never sent (released)."""
         with self._lock:
-            siblings = [
-                (run, call)
-                for run, call in self._open.items()
-                if call.batch == failed.batch and call is not failed
-            ]
-            for run, _ in siblings:
-                del self._open[run]
-        for _, call in siblings:
+            siblings = self._take(lambda call: call.batch == failed.batch and call is not failed)
+        for call in siblings:
             if call.started < failed.started:
                 self._settle(call, _NO_READING)
             else:
@@ -550,9 +543,8 @@ def _answer_in(error: BaseException) -> Reading | None:
             body = response.json()
         except (httpx.ResponseNotRead, ValueError):  # a stream, or not JSON
             return None
-    if not isinstance(body, dict):
+    if not isinstance(body, dict) or (wire := format_of(body)) is None:
         return None
-    wire = OPENAI_RESPONSES if body.get("object") == "response" else OPENAI_CHAT
     reading = wire.read_response(body)
     return reading if reading.usage is not None else None
 

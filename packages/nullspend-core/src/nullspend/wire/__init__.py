@@ -24,6 +24,7 @@ __all__ = [
     "StreamAccumulator",
     "WireFormat",
     "detect_format",
+    "format_of",
 ]
 
 FORMATS: dict[str, WireFormat] = {
@@ -51,7 +52,7 @@ def detect_format(data: bytes) -> WireFormat:
             body = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"the response starts like JSON but is not valid JSON: {exc}") from exc
-        found = _by_shape(body)
+        found = format_of(body)
     else:
         decoder = SSEDecoder()
         events = decoder.feed(text) + decoder.finish()
@@ -74,11 +75,12 @@ def _by_event(event: SSEEvent) -> WireFormat | None:
         payload = json.loads(event.data)
     except (ValueError, RecursionError):
         return None  # e.g. OpenAI's "[DONE]", or a line cut short
-    return _by_shape(payload)
+    return format_of(payload)
 
 
-def _by_shape(payload: Any) -> WireFormat | None:
-    """Recognise a JSON body, or the payload of one stream event, by its telltale fields."""
+def format_of(payload: Any) -> WireFormat | None:
+    """The wire format of a JSON body, or of the payload of one stream event, by its telltale
+    fields; None if it has none."""
     if not isinstance(payload, Mapping):
         return None
     kind = payload.get("type")
