@@ -18,6 +18,8 @@ Per request, through headers the proxy forwards untouched:
   Completions and Messages, streamed or not) unless the conversation ends with a tool's result,
   which is answered with text: an agent's tool round trip.
 - ``x-fake-answer``: the text of a Responses answer (a structured output's JSON, say).
+An OpenAI answer's ``service_tier`` is the one its request asked for ("priority" for "fast"),
+else "default", as OpenAI answers a project without a default tier.
 Every request received is recorded in ``app.state.requests``.
 """
 
@@ -61,6 +63,10 @@ class Scenario:
         self.stream = body.get("stream") is True
         self.body = body
         self.answer = request.headers.get("x-fake-answer") or "".join(WORDS)
+        asked = body.get("service_tier")
+        self.service_tier = {"fast": "priority", "priority": "priority", "flex": "flex"}.get(
+            asked if isinstance(asked, str) else "", "default"
+        )
         wanted = request.headers.get("x-fake-tool-call")
         self.tool_call: dict[str, Any] | None = (
             json.loads(wanted) if wanted and not _ends_with_tool_result(body) else None
@@ -150,7 +156,7 @@ def chat(s: Scenario) -> Response:
                 "object": "chat.completion",
                 "created": CREATED,
                 "model": s.model,
-                "service_tier": "default",
+                "service_tier": s.service_tier,
                 "system_fingerprint": "fp_fake",
                 "choices": [
                     {
@@ -171,7 +177,7 @@ def chat(s: Scenario) -> Response:
         "object": "chat.completion.chunk",
         "created": CREATED,
         "model": s.model,
-        "service_tier": "default",
+        "service_tier": s.service_tier,
         "system_fingerprint": "fp_fake",
     }
 
@@ -218,6 +224,7 @@ def _response(s: Scenario, status: str, with_usage: bool) -> dict[str, Any]:
         "instructions": None,
         "metadata": {},
         "parallel_tool_calls": True,
+        "service_tier": s.service_tier,
         "temperature": 1.0,
         "top_p": 1.0,
         "tool_choice": "auto",

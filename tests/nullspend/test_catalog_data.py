@@ -94,6 +94,9 @@ TIERED_AT_200K = ("claude-sonnet-4-20250514", "claude-sonnet-4-5-20250929", "gem
 def _price_sets(model: ModelEntry) -> list[tuple[str, PriceSet]]:
     sets = [("base", model.prices)]
     sets += [(f"tier>{tier.above_prompt_tokens}", tier.prices) for tier in model.tiers]
+    for name, served in model.service_tiers.items():
+        sets.append((name, served.prices))
+        sets += [(f"{name}>{t.above_prompt_tokens}", t.prices) for t in served.tiers]
     return sets
 
 
@@ -109,6 +112,8 @@ def _raw_price_strings() -> list[tuple[str, str, object]]:
     found = []
     for model in RAW["models"]:
         price_sets = [model["prices"], *(tier["prices"] for tier in model.get("tiers", ()))]
+        for served in model.get("service_tiers", {}).values():
+            price_sets += [served["prices"], *(tier["prices"] for tier in served.get("tiers", ()))]
         for price_set in price_sets:
             found += [(model["id"], field, value) for field, value in price_set.items()]
     return found
@@ -175,6 +180,24 @@ def test_tier_prices_are_at_least_the_base_prices() -> None:
             assert tier_prices.keys() == base.keys(), (model.id, tier.above_prompt_tokens)
             for field, price in tier_prices.items():
                 assert price >= base[field], (model.id, tier.above_prompt_tokens, field)
+
+
+def test_priority_costs_more_and_flex_less_than_standard() -> None:
+    """Each service tier names the prices it changes, in the direction its name says, at the
+    model's own long-context thresholds."""
+    priced = 0
+    for model in CATALOG.models:
+        standard = _prices(model.prices)
+        thresholds = {tier.above_prompt_tokens for tier in model.tiers}
+        for name, served in model.service_tiers.items():
+            prices = _prices(served.prices)
+            assert {"input", "output"} <= prices.keys() <= standard.keys(), (model.id, name)
+            for field, price in prices.items():
+                cheaper, dearer = (price, standard[field])[:: 1 if name == "flex" else -1]
+                assert cheaper < dearer, (model.id, name, field)
+            assert {t.above_prompt_tokens for t in served.tiers} <= thresholds, (model.id, name)
+            priced += 1
+    assert priced >= 50
 
 
 def test_tiers_have_distinct_thresholds() -> None:

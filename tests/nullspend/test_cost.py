@@ -222,3 +222,37 @@ def test_usage_refuses_a_negative_count_in_any_field(field: str) -> None:
         Usage(**{field: -1})
     with pytest.raises(ValueError, match="cannot be negative"):  # however large the others
         Usage(**{"input_tokens": 2**70, field: -(2**65)})
+
+
+@pytest.mark.parametrize(
+    ("service_tier", "microdollars"),
+    [
+        # gpt-5 per M: $1.25 input, $0.125 cached, $10 output; web search $10 per 1,000
+        (None, 125_000 + 25_000 + 100_000 + 20_000),
+        ("scale", 125_000 + 25_000 + 100_000 + 20_000),  # not priced apart: standard
+        # priority: $2.50, $0.25, $20; the tier leaves web search at the standard price
+        ("priority", 250_000 + 50_000 + 200_000 + 20_000),
+        ("flex", 62_500 + 12_500 + 50_000 + 20_000),  # flex: $0.625, $0.0625, $5
+    ],
+)
+def test_a_service_tier_prices_the_call_at_its_own_rates(
+    service_tier: str | None, microdollars: int
+) -> None:
+    usage = Usage(
+        input_tokens=100_000,
+        cache_read_tokens=200_000,
+        output_tokens=10_000,
+        web_search_requests=2,
+    )
+    priced = cost(usage, "gpt-5-2025-08-07", service_tier=service_tier)
+    assert priced.total_microdollars == microdollars
+    assert priced.model.id == "gpt-5"
+
+
+def test_a_service_tier_has_its_own_long_context_prices() -> None:
+    """gpt-5.4 above 272k prompt tokens: $5 input standard, $2.50 in flex (and $1.25 below)."""
+    long, short = Usage(input_tokens=300_000), Usage(input_tokens=200_000)
+    assert cost(long, "gpt-5.4").total_microdollars == 1_500_000
+    flex_long = cost(long, "gpt-5.4", service_tier="flex")
+    assert (flex_long.total_microdollars, flex_long.tier_threshold) == (750_000, 272_000)
+    assert cost(short, "gpt-5.4", service_tier="flex").total_microdollars == 250_000

@@ -55,6 +55,20 @@ def test_override_can_replace_or_drop_tiers(tmp_path: Path) -> None:
     )
 
 
+def test_override_can_price_a_service_tier(tmp_path: Path) -> None:
+    """A negotiated priority rate replaces the shipped one; the standard price is untouched."""
+    tiers = {"priority": {"prices": {"input": "2", "output": "16"}}}
+    path = write(
+        tmp_path,
+        [{"id": "gpt-5", "prices": {"input": "1", "output": "8"}, "service_tiers": tiers}],
+    )
+    catalog = load_catalog(path)
+    assert cost(USAGE, "gpt-5", catalog).total_microdollars == 9_000_000
+    assert cost(USAGE, "gpt-5", catalog, service_tier="priority").total_microdollars == 18_000_000
+    # The override's service tiers replace the shipped ones: flex is no longer priced apart.
+    assert cost(USAGE, "gpt-5", catalog, service_tier="flex").total_microdollars == 9_000_000
+
+
 def test_private_model_is_added(tmp_path: Path) -> None:
     path = write(
         tmp_path,

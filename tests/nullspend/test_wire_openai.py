@@ -303,6 +303,45 @@ def test_responses_requests() -> None:
     assert OPENAI_RESPONSES.requested_cache_ttl(body) is None
 
 
+# --- Service tiers: priced apart when OpenAI served the call in priority or flex ------------
+
+SERVICE_TIERS = [
+    ("default", None),
+    ("auto", None),
+    ("scale", None),
+    ("priority", "priority"),
+    ("flex", "flex"),
+]
+
+
+@pytest.mark.parametrize(("answered", "priced_as"), SERVICE_TIERS)
+def test_the_service_tier_an_answer_was_served_in_is_read(
+    answered: str, priced_as: str | None
+) -> None:
+    chat = {**fixture_json("openai_chat.json"), "service_tier": answered}
+    assert OPENAI_CHAT.read_response(chat).service_tier == priced_as
+    response = {**fixture_json("openai_responses.json"), "service_tier": answered}
+    assert OPENAI_RESPONSES.read_response(response).service_tier == priced_as
+    tier = f'"service_tier":"{answered}"'.encode()
+    streams = (
+        (OPENAI_CHAT, "openai_chat_stream.sse"),
+        (OPENAI_RESPONSES, "openai_responses_stream.sse"),
+    )
+    for wire, name in streams:
+        data = fixture(name).replace(b'"service_tier":"default"', tier)
+        reading = read_stream(wire, data, cuts=list(range(7, len(data), 97)))
+        assert (reading.service_tier, reading.usage is not None) == (priced_as, True)
+
+
+@pytest.mark.parametrize(
+    ("asked", "priced_as"), [*SERVICE_TIERS, ("fast", "priority"), (None, None), (3, None)]
+)
+def test_the_service_tier_a_request_asks_for_is_read(asked: object, priced_as: str | None) -> None:
+    """OpenAI answers "fast" as "priority", and prices it so."""
+    for wire in (OPENAI_CHAT, OPENAI_RESPONSES):
+        assert wire.requested_service_tier({"model": "gpt-5", "service_tier": asked}) == priced_as
+
+
 # --- The fixtures are what the SDK parses -----------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, format_of
 from nullspend.wire.openai_responses import web_search_calls
-from nullspend_langchain.usage import usage_from_metadata
+from nullspend_langchain.usage import service_tier_of, usage_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
 SESSION_KEY = "nullspend_session"
@@ -204,6 +204,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # ChatOpenAI's docs pass it) is billed for turns its messages leave out.
             stored_context=OPENAI_RESPONSES.continues_stored_context(params),
             cache_ttl=cache_ttl,  # a prompt written to the cache is billed above input
+            service_tier=OPENAI_CHAT.requested_service_tier(params),  # ChatOpenAI's service_tier
         )
         provider = metadata.get("ls_provider")
         if not isinstance(provider, str):
@@ -295,8 +296,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             if not call.streamed:
                 self.client.release_later(call.reservation_id)
             elif call.usage_seen:
-                usage = usage_from_metadata(call.usage_seen, cache_ttl=call.cache_ttl)
-                self._settle(call, Reading(usage, None))
+                seen = call.usage_seen
+                usage = usage_from_metadata(seen, cache_ttl=call.cache_ttl)
+                self._settle(call, Reading(usage, None, service_tier_of(seen)))
             else:
                 self._settle(call, _NO_READING)
 
@@ -455,7 +457,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 stacklevel=2,
             )
             usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
-            reading = Reading(usage, reading.model)
+            reading = dataclasses.replace(reading, usage=usage)
         if usage is None and call.streamed:
             warnings.warn(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
@@ -617,7 +619,7 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                     usage = usage_from_metadata(
                         metadata, cache_ttl=cache_ttl, web_searches=searches
                     )
-                    return Reading(usage, model)
+                    return Reading(usage, model, service_tier_of(metadata))
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:

@@ -11,6 +11,20 @@ from typing import Any
 
 from nullspend.usage import Usage
 
+# The processing tiers langchain-openai reports apart (OpenAI's service_tier in the answer):
+# the tier's tokens under its name, their parts under its prefix ("priority_cache_read").
+_SERVICE_TIERS = ("priority", "flex")
+
+
+def service_tier_of(metadata: Mapping[str, Any]) -> str | None:
+    """The processing tier the usage was served in, when it is priced apart, else None."""
+    details: Mapping[str, Any] | None = metadata.get("input_token_details")
+    if details:
+        for tier in _SERVICE_TIERS:
+            if tier in details:
+                return tier
+    return None
+
 
 def usage_from_metadata(
     metadata: Mapping[str, Any], *, cache_ttl: str | None = None, web_searches: int = 0
@@ -31,9 +45,11 @@ def usage_from_metadata(
         )
     details_in = details_in or {}
     details_out = details_out or {}
-    cache_read = int(details_in.get("cache_read") or 0)
+    tier = service_tier_of(metadata)
+    prefix = f"{tier}_" if tier else ""
+    cache_read = int(details_in.get(f"{prefix}cache_read") or 0)
     write_1h = int(details_in.get("ephemeral_1h_input_tokens") or 0)
-    cache_creation = int(details_in.get("cache_creation") or 0)
+    cache_creation = int(details_in.get(f"{prefix}cache_creation") or 0)
     write_5m = max(cache_creation - write_1h, int(details_in.get("ephemeral_5m_input_tokens") or 0))
     if cache_ttl == "1h" and "ephemeral_1h_input_tokens" not in details_in:
         # Written without its split: at the lifetime asked for (the higher price when a call
@@ -47,7 +63,7 @@ def usage_from_metadata(
         cache_write_5m_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
         output_tokens=max(total_out - audio_out, 0),
-        reasoning_tokens=int(details_out.get("reasoning") or 0),
+        reasoning_tokens=int(details_out.get(f"{prefix}reasoning") or 0),
         audio_input_tokens=audio_in,
         audio_output_tokens=audio_out,
         web_search_requests=web_searches,

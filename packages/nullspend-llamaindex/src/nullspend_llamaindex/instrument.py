@@ -364,21 +364,20 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     if tools := kwargs.get("tools"):
         text += json.dumps(tools, default=str)
     cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
+    # The request's other parameters: the LLM's additional_kwargs, then the call's own.
+    sent = {**(getattr(llm, "additional_kwargs", None) or {}), **kwargs}
     # OpenAIResponses that tracks its previous responses (or is given previous_response_id or
-    # conversation, in its additional_kwargs or the call's) continues a stored conversation:
-    # billed for the earlier turns it does not send.
+    # conversation) continues a stored conversation: billed for the earlier turns it does not
+    # send.
     stored = wire is OPENAI_RESPONSES and wire.continues_stored_context(
-        {
-            "previous_response_id": getattr(llm, "_previous_response_id", None),
-            **(getattr(llm, "additional_kwargs", None) or {}),
-            **kwargs,
-        }
+        {"previous_response_id": getattr(llm, "_previous_response_id", None), **sent}
     )
     estimate = estimate_call(
         model,
         estimate_input_tokens(text.encode()),
         cap if isinstance(cap, int) else None,
         stored_context=stored,
+        service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)

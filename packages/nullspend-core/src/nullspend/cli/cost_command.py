@@ -39,13 +39,14 @@ def cost(
     reported = reading.model or model
     if reported is None:
         raise fail("the response names no model; pass --model")
-    priced = catalog.resolve(model or reported)
+    priced = catalog.resolve(model or reported, reading.service_tier)
     result: dict[str, Any] = {
         "format": wire.name,
         "provider": wire.provider,
         "streamed": streamed,
         "model": reported,
         "resolved_model": priced.id if priced else None,
+        "service_tier": reading.service_tier,
         "usage": reading.usage.as_dict() if reading.usage else None,
     }
     if reading.usage is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -21,7 +21,7 @@ from nullspend.money import (
 from nullspend.money import (
     dollars_per_thousand_to_picodollars_per_unit as per_unit,
 )
-from nullspend.pricing.schema import CatalogFile, ModelEntry, OverrideFile, PriceSet
+from nullspend.pricing.schema import CatalogFile, ModelEntry, OverrideFile, PriceSet, Tier
 from nullspend.settings import CoreSettings
 
 _File = TypeVar("_File", bound=BaseModel)
@@ -77,22 +77,49 @@ class PricedModel:
     checked: dt.date
     entry: ModelEntry
     """The catalog entry as written, decimal prices included."""
+    service_tiers: Mapping[str, PricedModel]
+    """The model as priced in each processing tier that the catalog prices apart."""
 
     @classmethod
     def compile(cls, entry: ModelEntry) -> PricedModel:
-        tiers = sorted(entry.tiers, key=lambda tier: tier.above_prompt_tokens, reverse=True)
-        return cls(
+        model = cls(
             id=entry.id,
             provider=entry.provider,
             aliases=entry.aliases,
             context_window=entry.context_window,
             max_output_tokens=entry.max_output_tokens,
             prices=Prices.compile(entry.prices),
-            tiers=tuple((t.above_prompt_tokens, Prices.compile(t.prices)) for t in tiers),
+            tiers=_compiled_tiers(entry.tiers),
             source=entry.source,
             checked=entry.checked,
             entry=entry,
+            service_tiers={},
         )
+        if not entry.service_tiers:
+            return model
+        standard = entry.prices.model_dump(exclude_none=True)
+
+        def over_standard(prices: PriceSet) -> PriceSet:
+            # A price a service tier leaves out is the standard one.
+            return PriceSet.model_validate({**standard, **prices.model_dump(exclude_none=True)})
+
+        served: dict[str, PricedModel] = {
+            name: replace(
+                model,
+                prices=Prices.compile(over_standard(tier.prices)),
+                tiers=_compiled_tiers(
+                    Tier(above_prompt_tokens=t.above_prompt_tokens, prices=over_standard(t.prices))
+                    for t in tier.tiers
+                ),
+            )
+            for name, tier in entry.service_tiers.items()
+        }
+        return replace(model, service_tiers=served)
+
+    def serving(self, service_tier: str | None) -> PricedModel:
+        """The model as priced in ``service_tier`` (a name ``nullspend.wire`` reads from an
+        answer, or None): the standard prices for a tier the catalog does not price apart."""
+        return self.service_tiers.get(service_tier, self) if service_tier else self
 
     def prices_for(self, prompt_tokens: int) -> tuple[Prices, int | None]:
         """The prices a request with this many prompt tokens pays, and the tier threshold used."""
@@ -100,6 +127,12 @@ class PricedModel:
             if prompt_tokens > threshold:
                 return prices, threshold
         return self.prices, None
+
+
+def _compiled_tiers(tiers: Iterable[Tier]) -> tuple[tuple[int, Prices], ...]:
+    """Long-context tiers as ``PricedModel.tiers`` keeps them: highest threshold first."""
+    ordered = sorted(tiers, key=lambda tier: tier.above_prompt_tokens, reverse=True)
+    return tuple((t.above_prompt_tokens, Prices.compile(t.prices)) for t in ordered)
 
 
 # Names that carry a routing prefix before the provider's own model id.
@@ -139,22 +172,22 @@ class Catalog:
     def __iter__(self) -> Iterator[PricedModel]:
         return iter(self._models.values())
 
-    def resolve(self, name: str) -> PricedModel | None:
-        """The model a name means, or None when it is not in the catalog (unpriced).
+    def resolve(self, name: str, service_tier: str | None = None) -> PricedModel | None:
+        """The model a name means, or None when it is not in the catalog (unpriced); priced
+        in ``service_tier`` when given (``PricedModel.serving``).
 
         Accepts ids and aliases in any case, provider prefixes (``openai/gpt-4o``), Bedrock ids
         (``us.anthropic.claude-sonnet-4-20250514-v1:0``) and Vertex ids
         (``claude-sonnet-4@20250514``).
         """
         try:
-            return self._resolved[name]
+            model = self._resolved[name]
         except KeyError:
-            pass
-        model = self._lookup(name.strip().lower())
-        if len(self._resolved) >= _RESOLVE_CACHE_SIZE:
-            self._resolved.clear()  # names come from requests: keep the memo bounded
-        self._resolved[name] = model
-        return model
+            model = self._lookup(name.strip().lower())
+            if len(self._resolved) >= _RESOLVE_CACHE_SIZE:
+                self._resolved.clear()  # names come from requests: keep the memo bounded
+            self._resolved[name] = model
+        return model.serving(service_tier) if service_tier and model is not None else model
 
     def _lookup(self, name: str) -> PricedModel | None:
         model = self._names.get(name)

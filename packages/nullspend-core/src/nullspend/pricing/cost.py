@@ -91,12 +91,15 @@ def _picodollars(usage: Usage, prices: Prices) -> int:
     )
 
 
-def cost(usage: Usage, model: str, catalog: Catalog | None = None) -> Cost:
-    """Price usage of a model named as a provider or a user names it.
+def cost(
+    usage: Usage, model: str, catalog: Catalog | None = None, *, service_tier: str | None = None
+) -> Cost:
+    """Price usage of a model named as a provider or a user names it, served in
+    ``service_tier`` when given (OpenAI's "priority" or "flex"; other tiers are standard).
 
     Raises UnpricedModelError when the name is not in the catalog: an unknown model is never $0.
     """
-    priced = (catalog or default_catalog()).resolve(model)
+    priced = (catalog or default_catalog()).resolve(model, service_tier)
     if priced is None:
         raise UnpricedModelError(model)
     return price_usage(usage, priced)

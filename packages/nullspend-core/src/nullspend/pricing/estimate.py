@@ -68,6 +68,7 @@ def estimate_request(
         choices=wire.requested_choices(body),
         stored_context=wire.continues_stored_context(body),
         cache_ttl=wire.requested_cache_ttl(body),
+        service_tier=wire.requested_service_tier(body),
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
     )
@@ -81,14 +82,16 @@ def estimate_call(
     choices: int = 1,
     stored_context: bool = False,
     cache_ttl: str | None = None,
+    service_tier: str | None = None,
     catalog: Catalog | None = None,
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
     """Estimate a call already counted: what an integration that sees no request body (a
     LangChain callback) reserves. ``choices`` completions may each run to the output cap;
     a call that continues a ``stored_context`` may read up to the model's whole context window;
-    ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write."""
-    priced = (catalog or default_catalog()).resolve(model) if model else None
+    ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write; ``service_tier`` (what
+    the request asks for) prices the call in that processing tier."""
+    priced = (catalog or default_catalog()).resolve(model, service_tier) if model else None
     if stored_context and priced is not None and priced.context_window:
         input_tokens = max(input_tokens, priced.context_window)
     output_tokens = choices * (

@@ -17,6 +17,8 @@ from nullspend.money import (
 )
 
 Provider = Literal["openai", "anthropic", "google"]
+ServiceTierName = Literal["priority", "flex"]
+"""OpenAI's processing tiers priced apart from the standard one (``service_tier``)."""
 
 
 def _exact_per_million(price: str) -> str:
@@ -64,6 +66,18 @@ class Tier(BaseModel):
     prices: PriceSet
 
 
+class ServiceTier(BaseModel):
+    """The prices of a call served in one of the provider's processing tiers (OpenAI's
+    ``service_tier`` in its answer): the model's whole price set, long-context tiers included,
+    is replaced. A price the tier leaves out is the standard one (web search, say)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prices: PriceSet
+    tiers: tuple[Tier, ...] = ()
+    """Long-context tiers of this service tier. Empty: its prices apply at any prompt length."""
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +91,8 @@ class ModelEntry(BaseModel):
     """The model's output cap: what an estimate assumes when a request sets no max tokens."""
     prices: PriceSet
     tiers: tuple[Tier, ...] = ()
+    service_tiers: dict[ServiceTierName, ServiceTier] = {}
+    """Prices of the processing tiers that cost more or less than the standard one."""
     source: str
     """Where the prices come from (the provider's pricing page)."""
     checked: dt.date
@@ -103,6 +119,7 @@ class ModelOverride(BaseModel):
     max_output_tokens: int | None = Field(default=None, gt=0)
     prices: PriceSet | None = None
     tiers: tuple[Tier, ...] | None = None
+    service_tiers: dict[ServiceTierName, ServiceTier] | None = None
     source: str | None = None
     checked: dt.date | None = None
     notes: str | None = None

@@ -71,7 +71,7 @@ def settlement(
     """The settle call's options for a finished call, whichever integration made it: the exact
     cost when the answer carried usage of a priced model, else the estimate (never zero)."""
     model = reading.model or model
-    priced = default_catalog().resolve(model) if model else None
+    priced = default_catalog().resolve(model, reading.service_tier) if model else None
     usage: Usage | None = reading.usage
     cost = (
         picodollars_to_microdollars(total_picodollars(usage, priced))

@@ -122,6 +122,9 @@ class AnthropicMessages:
     def continues_stored_context(self, body: JSONObject) -> bool:
         return False
 
+    def requested_service_tier(self, body: JSONObject) -> str | None:
+        return None  # the catalog prices no Anthropic processing tier apart
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None
         for control in _cache_controls(body):

@@ -17,11 +17,14 @@ class Reading:
 
     ``usage`` is None when the response carried no usage at all (a stream cut short, an OpenAI
     chat stream without ``stream_options.include_usage``): the caller must then fall back to an
-    estimate, never to zero. ``model`` is the model as the provider reported it.
+    estimate, never to zero. ``model`` is the model as the provider reported it;
+    ``service_tier`` the processing tier it was served in, when that tier is priced apart
+    (``PricedModel.serving``).
     """
 
     usage: Usage | None
     model: str | None
+    service_tier: str | None = None
 
 
 class StreamAccumulator(Protocol):
@@ -65,6 +68,11 @@ class WireFormat(Protocol):
         """Whether the request continues a conversation the provider keeps (OpenAI's
         ``previous_response_id``, ``conversation``): its earlier turns are billed as input but
         are not in the body."""
+        ...
+
+    def requested_service_tier(self, body: JSONObject) -> str | None:
+        """The processing tier a request asks for, when it is priced apart from the standard
+        one (OpenAI's ``service_tier``: "priority" or "flex")."""
         ...
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 from nullspend.usage import Usage
 from nullspend.wire._json import count, items, parse_object, request_int, section, text
 from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
+from nullspend.wire.openai_chat import service_tier
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.responses response"
@@ -45,7 +46,7 @@ def _reading_from(response: JSONObject) -> Reading:
     usage = section(response, "usage", _WHERE)
     model = text(response, "model")
     if not usage:
-        return Reading(None, model)
+        return Reading(None, model, service_tier(response))
     where = f"{_WHERE}.usage"
     details_in = section(usage, "input_tokens_details", where)
     details_out = section(usage, "output_tokens_details", where)
@@ -65,6 +66,7 @@ def _reading_from(response: JSONObject) -> Reading:
             web_search_requests=_web_searches(response),
         ),
         model,
+        service_tier(response),
     )
 
 
@@ -86,6 +88,7 @@ class _ResponsesStream(SSEAccumulator):
             reading = _reading_from(response)
             self._usage = reading.usage
             self._model = reading.model or self._model
+            self._service_tier = reading.service_tier
         else:
             self._model = text(response, "model") or self._model
 
@@ -111,6 +114,9 @@ class OpenAIResponses:
 
     def continues_stored_context(self, body: JSONObject) -> bool:
         return bool(body.get("previous_response_id") or body.get("conversation"))
+
+    def requested_service_tier(self, body: JSONObject) -> str | None:
+        return service_tier(body)
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.

@@ -102,13 +102,14 @@ class SSEAccumulator(ABC):
 
     ``_on_event`` may raise ValueError for an event it cannot read: the event is skipped, so a
     malformed event never breaks the proxy relaying the stream. Handlers therefore assign
-    ``_usage`` and ``_model`` only once an event has been read in full.
+    ``_usage``, ``_model`` and ``_service_tier`` only once an event has been read in full.
     """
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self._usage: Usage | None = None
         self._model: str | None = None
+        self._service_tier: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         for event in self._decoder.feed(chunk):
@@ -117,7 +118,7 @@ class SSEAccumulator(ABC):
     def finish(self) -> Reading:
         for event in self._decoder.finish():
             self._handle(event)
-        return Reading(self._usage, self._model)
+        return Reading(self._usage, self._model, self._service_tier)
 
     def _handle(self, event: SSEEvent) -> None:
         try:

@@ -368,7 +368,7 @@ def _settlement(
     """The actual cost when the response carried usage of a priced model; else the estimate,
     tagged with why."""
     model = reading.model or call.estimate.requested_model
-    priced = default_catalog().resolve(model) if model else None
+    priced = default_catalog().resolve(model, reading.service_tier) if model else None
     usage: Usage | None = reading.usage
     tags = dict.fromkeys(extra_tags, "true")
     if usage is None:
