@@ -992,3 +992,33 @@ def test_web_searches_on_the_responses_api_are_charged(
         return model.bind_tools([{"type": "web_search_preview"}])
 
     assert searched_both_ways(searching) == [(expected, 2)] * 2
+
+
+@pytest.mark.parametrize("use_responses_api", [False, True])
+def test_a_call_served_in_the_priority_tier_is_priced_and_estimated_at_its_rates(
+    fake: tuple[str, Any], use_responses_api: bool
+) -> None:
+    """ChatOpenAI's ``service_tier="priority"``: OpenAI bills about twice the standard rates,
+    and langchain-openai reports such usage under the tier's name ("priority_cache_read")."""
+    from nullspend.pricing import cost as priced
+
+    usage = Usage(input_tokens=1200 - 1024, cache_read_tokens=1024, output_tokens=90)
+    expected = priced(usage, "gpt-4o-mini", service_tier="priority").total_microdollars
+    assert expected > COST
+    recorded = []
+    for streamed in (False, True):
+        engine = LocalNullSpend()
+        model = chat_openai(
+            fake,
+            service_tier="priority",
+            stream_usage=True,
+            use_responses_api=use_responses_api,
+            callbacks=[NullSpendCallbackHandler(client=engine)],
+        )
+        list(model.stream("Hello")) if streamed else model.invoke("Hello")
+        (event,) = engine.cost_events().data
+        recorded.append((event.cost_microdollars, event.cached_input_tokens))
+    assert recorded == [(expected, 1024)] * 2
+    standard = reserved_for(chat_openai(fake, use_responses_api=use_responses_api), fake)
+    priority = chat_openai(fake, service_tier="priority", use_responses_api=use_responses_api)
+    assert reserved_for(priority, fake) > standard

@@ -463,3 +463,36 @@ def test_a_subclass_or_a_wrapper_of_the_responses_llm_is_read_as_one(
     gpt = default_catalog().resolve("gpt-4o-mini")
     assert gpt is not None
     assert 0 < wrapped.cost_microdollars < 200 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
+
+
+def test_a_call_served_in_the_priority_tier_is_priced_and_estimated_at_its_rates(
+    fake: tuple[str, Any],
+) -> None:
+    """``additional_kwargs={"service_tier": "priority"}``: OpenAI bills about twice the
+    standard rates, named in its answer; the estimate prices the tier asked for."""
+    from nullspend.pricing import cost
+    from nullspend.usage import Usage
+
+    usage = Usage(input_tokens=1200 - 1024, cache_read_tokens=1024, output_tokens=90)
+    expected = cost(usage, "gpt-4o-mini", service_tier="priority").total_microdollars
+    assert expected > COST
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = []
+    engine_reserve = ns.reserve_id
+
+    def spy(estimate: int | None = None, **options: Any) -> str:
+        reserved.append(estimate)
+        return engine_reserve(estimate, **options)
+
+    ns.reserve_id = spy  # type: ignore[method-assign]
+    priority = {"service_tier": "priority"}
+    chat = openai_llm(fake)
+    chat.additional_kwargs = priority
+    llms = [chat, responses_llm(fake, additional_kwargs=priority)]
+    for llm in llms:
+        llm.chat(HELLO)
+        assert list(llm.stream_chat(HELLO))
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [expected] * 4
+    responses_llm(fake).chat(HELLO)
+    assert reserved[2] > reserved[-1]  # the same Responses call, standard

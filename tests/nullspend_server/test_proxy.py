@@ -123,6 +123,21 @@ def test_a_compaction_is_priced_and_recorded(proxy: RunningServer) -> None:
     assert (event["model"], event["cost_microdollars"]) == ("gpt-4o-mini", GPT_4O_MINI_COST)
 
 
+def test_a_priority_call_is_priced_at_the_priority_rates(proxy: RunningServer) -> None:
+    """OpenAI bills a call its priority tier served at about twice the standard rates: the
+    answer's service_tier prices it, streamed (the tier rides on the usage chunk) or not."""
+    # gpt-4o-mini, priority: $0.25 input, $0.125 cached, $1 output per million tokens
+    priority_cost = (1200 - 1024) * 25 // 100 + 1024 * 125 // 1000 + 90
+    client = openai_client(proxy)
+    asked = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    raw = client.chat.completions.with_raw_response.create(**asked, service_tier="priority")
+    assert raw.parse().service_tier == "priority"
+    assert raw.headers["X-NullSpend-Cost-Microdollars"] == str(priority_cost)
+    list(client.chat.completions.create(**asked, service_tier="priority", stream=True))
+    client.responses.create(model="gpt-4o-mini", input="Hi", service_tier="priority")
+    assert [event["cost_microdollars"] for event in events(proxy)] == [priority_cost] * 3
+
+
 def test_stream_without_include_usage_is_priced_and_looks_untouched(
     proxy: RunningServer, fake: tuple[str, Any]
 ) -> None:

@@ -248,3 +248,41 @@ def test_a_compaction_is_metered_and_the_free_responses_calls_are_not(
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (0, 0)
     assert ns.cost_events().data == []
+
+
+@pytest.mark.parametrize("tier", ["priority", "flex"])
+def test_a_call_served_in_a_service_tier_is_priced_and_estimated_at_its_rates(
+    fake: tuple[str, Any], tier: str
+) -> None:
+    """OpenAI's priority processing costs about twice the standard rate and flex about half;
+    the answer names the tier that served it, on both APIs, streamed or not."""
+    from nullspend.pricing import cost
+    from nullspend.usage import Usage
+
+    model = "gpt-5-mini"
+    usage = Usage(input_tokens=1200 - 1024, cache_read_tokens=1024, output_tokens=90)
+    expected = cost(usage, model, service_tier=tier).total_microdollars
+    assert expected != cost(usage, model).total_microdollars
+    ns = LocalNullSpend()
+    reserved: list[int] = []
+    reserve_id = ns.reserve_id
+
+    def spy(estimate: int | None = None, **options: Any) -> str:
+        assert estimate is not None
+        reserved.append(estimate)
+        return reserve_id(estimate, **options)
+
+    ns.reserve_id = spy  # type: ignore[method-assign]
+    client = ns.openai(**client_kwargs(fake))
+    chat = {"model": model, "messages": MESSAGES, "max_completion_tokens": 500}
+    responses = {"model": model, "input": "Hello", "max_output_tokens": 500}
+    client.chat.completions.create(**chat, service_tier=tier)
+    list(client.chat.completions.create(**chat, service_tier=tier, stream=True))
+    client.responses.create(**responses, service_tier=tier)
+    list(client.responses.create(**responses, service_tier=tier, stream=True))
+    assert [event.cost_microdollars for event in ns.cost_events().data] == [expected] * 4
+    # The estimate prices the tier the request asks for ("auto" may be served either way).
+    client.chat.completions.create(**chat, service_tier="auto")
+    served, standard = reserved[0], reserved[-1]
+    assert served != standard
+    assert (served > standard) is (tier == "priority")
