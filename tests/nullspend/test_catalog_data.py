@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from nullspend.pricing import shipped_catalog
 from nullspend.pricing.schema import CatalogFile, ModelEntry, PriceSet
 
 CATALOG_TEXT = files("nullspend.pricing").joinpath("catalog.json").read_text(encoding="utf-8")
@@ -198,6 +199,18 @@ def test_priority_costs_more_and_flex_less_than_standard() -> None:
             assert {t.above_prompt_tokens for t in served.tiers} <= thresholds, (model.id, name)
             priced += 1
     assert priced >= 50
+
+
+def test_at_every_prompt_length_priority_costs_no_less_and_flex_no_more() -> None:
+    """As compiled, below and above each long-context threshold."""
+    for model in shipped_catalog():
+        lengths = [1, *(threshold + 1 for threshold, _ in model.tiers)]
+        for name, served in model.service_tiers.items():
+            for length in lengths:
+                standard, tier = model.prices_for(length)[0], served.prices_for(length)[0]
+                low, high = (tier, standard) if name == "flex" else (standard, tier)
+                assert low.input <= high.input, (model.id, name, length)
+                assert low.output <= high.output, (model.id, name, length)
 
 
 def test_tiers_have_distinct_thresholds() -> None:

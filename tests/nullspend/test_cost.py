@@ -233,6 +233,7 @@ def test_usage_refuses_a_negative_count_in_any_field(field: str) -> None:
         # priority: $2.50, $0.25, $20; the tier leaves web search at the standard price
         ("priority", 250_000 + 50_000 + 200_000 + 20_000),
         ("flex", 62_500 + 12_500 + 50_000 + 20_000),  # flex: $0.625, $0.0625, $5
+        ("fast", 250_000 + 50_000 + 200_000 + 20_000),  # answered and billed as priority
     ],
 )
 def test_a_service_tier_prices_the_call_at_its_own_rates(

@@ -69,6 +69,20 @@ def test_override_can_price_a_service_tier(tmp_path: Path) -> None:
     assert cost(USAGE, "gpt-5", catalog, service_tier="flex").total_microdollars == 9_000_000
 
 
+def test_a_service_tier_priced_at_one_length_pays_at_least_the_long_context_price(
+    tmp_path: Path,
+) -> None:
+    """A tier with no long-context prices of its own, on a model that has them: above the
+    threshold each price is the higher of the tier's and the standard long-context one
+    (gpt-5.5 above 272k tokens: $10 input, $45 output), never one nobody published."""
+    tiers = {"priority": {"prices": {"input": "6", "output": "40"}}}
+    catalog = load_catalog(write(tmp_path, [{"id": "gpt-5.5", "service_tiers": tiers}]))
+    for prompt, microdollars in ((100_000, 1_000_000), (300_000, 3_450_000)):
+        usage = Usage(input_tokens=prompt, output_tokens=10_000)
+        priced = cost(usage, "gpt-5.5", catalog, service_tier="priority")
+        assert priced.total_microdollars == microdollars
+
+
 def test_private_model_is_added(tmp_path: Path) -> None:
     path = write(
         tmp_path,

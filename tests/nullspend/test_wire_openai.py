@@ -90,7 +90,7 @@ def test_chat_null_details_read_as_zero() -> None:
 def test_chat_body_without_usage_reads_as_none() -> None:
     body = fixture_json("openai_chat.json")
     del body["usage"]
-    assert OPENAI_CHAT.read_response(body) == Reading(None, "o4-mini-2025-04-16")
+    assert OPENAI_CHAT.read_response(body) == Reading(None, "o4-mini-2025-04-16", "default")
 
 
 @pytest.mark.parametrize(
@@ -122,6 +122,7 @@ def test_chat_usage_that_is_not_an_object_raises() -> None:
 CHAT_STREAM_READING = Reading(
     Usage(input_tokens=1200 - 1024, cache_read_tokens=1024, output_tokens=9),
     "gpt-4o-mini-2024-07-18",
+    "default",
 )
 
 
@@ -228,7 +229,7 @@ def test_responses_cache_write_tokens_are_honoured() -> None:
 def test_responses_body_without_usage_reads_as_none() -> None:
     body = fixture_json("openai_responses.json")
     body["usage"] = None
-    assert OPENAI_RESPONSES.read_response(body) == Reading(None, "gpt-5-2025-08-07")
+    assert OPENAI_RESPONSES.read_response(body) == Reading(None, "gpt-5-2025-08-07", "default")
 
 
 def test_responses_wrongly_typed_usage_raises_a_clear_error() -> None:
@@ -243,6 +244,7 @@ def test_responses_wrongly_typed_usage_raises_a_clear_error() -> None:
 RESPONSES_STREAM_READING = Reading(
     Usage(input_tokens=1840 - 1536, cache_read_tokens=1536, output_tokens=12),
     "gpt-5-2025-08-07",
+    "default",
 )
 
 
@@ -279,7 +281,7 @@ def test_responses_stream_terminal_event_without_usage_reads_as_none() -> None:
     failed["type"] = "response.failed"
     failed["response"]["usage"] = None
     data = sse(*events[:-1], ("response.failed", failed))
-    assert read_stream(OPENAI_RESPONSES, data) == Reading(None, "gpt-5-2025-08-07")
+    assert read_stream(OPENAI_RESPONSES, data) == Reading(None, "gpt-5-2025-08-07", "default")
 
 
 def test_responses_stream_cut_before_the_terminal_event_reads_as_none() -> None:
@@ -303,43 +305,33 @@ def test_responses_requests() -> None:
     assert OPENAI_RESPONSES.requested_cache_ttl(body) is None
 
 
-# --- Service tiers: priced apart when OpenAI served the call in priority or flex ------------
-
-SERVICE_TIERS = [
-    ("default", None),
-    ("auto", None),
-    ("scale", None),
-    ("priority", "priority"),
-    ("flex", "flex"),
-]
+# --- Service tiers: the one an answer names and the one a request asks for -----------------
 
 
-@pytest.mark.parametrize(("answered", "priced_as"), SERVICE_TIERS)
-def test_the_service_tier_an_answer_was_served_in_is_read(
-    answered: str, priced_as: str | None
-) -> None:
-    chat = {**fixture_json("openai_chat.json"), "service_tier": answered}
-    assert OPENAI_CHAT.read_response(chat).service_tier == priced_as
-    response = {**fixture_json("openai_responses.json"), "service_tier": answered}
-    assert OPENAI_RESPONSES.read_response(response).service_tier == priced_as
-    tier = f'"service_tier":"{answered}"'.encode()
+@pytest.mark.parametrize("tier", ["default", "priority", "flex", "scale"])
+def test_the_service_tier_an_answer_was_served_in_is_read(tier: str) -> None:
+    """Read as the answer names it; ``PricedModel.serving`` prices it."""
+    chat = {**fixture_json("openai_chat.json"), "service_tier": tier}
+    assert OPENAI_CHAT.read_response(chat).service_tier == tier
+    response = {**fixture_json("openai_responses.json"), "service_tier": tier}
+    assert OPENAI_RESPONSES.read_response(response).service_tier == tier
+    named = f'"service_tier":"{tier}"'.encode()
     streams = (
         (OPENAI_CHAT, "openai_chat_stream.sse"),
         (OPENAI_RESPONSES, "openai_responses_stream.sse"),
     )
     for wire, name in streams:
-        data = fixture(name).replace(b'"service_tier":"default"', tier)
+        data = fixture(name).replace(b'"service_tier":"default"', named)
         reading = read_stream(wire, data, cuts=list(range(7, len(data), 97)))
-        assert (reading.service_tier, reading.usage is not None) == (priced_as, True)
+        assert (reading.service_tier, reading.usage is not None) == (tier, True)
 
 
 @pytest.mark.parametrize(
-    ("asked", "priced_as"), [*SERVICE_TIERS, ("fast", "priority"), (None, None), (3, None)]
+    ("asked", "read"), [("fast", "fast"), ("flex", "flex"), (None, None), (3, None)]
 )
-def test_the_service_tier_a_request_asks_for_is_read(asked: object, priced_as: str | None) -> None:
-    """OpenAI answers "fast" as "priority", and prices it so."""
+def test_the_service_tier_a_request_asks_for_is_read(asked: object, read: str | None) -> None:
     for wire in (OPENAI_CHAT, OPENAI_RESPONSES):
-        assert wire.requested_service_tier({"model": "gpt-5", "service_tier": asked}) == priced_as
+        assert wire.requested_service_tier({"model": "gpt-5", "service_tier": asked}) == read
 
 
 # --- The fixtures are what the SDK parses -----------------------------------------------------

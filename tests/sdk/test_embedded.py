@@ -34,7 +34,12 @@ from nullspend.errors import (
     TagBudgetExceededError,
     ValidationError,
 )
-from nullspend.pricing import default_catalog, estimate_request, price_usage
+from nullspend.pricing import (
+    default_catalog,
+    estimate_request,
+    estimate_request_body,
+    price_usage,
+)
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT
 from nullspend_langchain import NullSpendCallbackHandler
@@ -583,6 +588,38 @@ def reserving_from_the_request(ns: NullSpend | LocalNullSpend) -> tuple[int, boo
     ns.release(unknown.reservation_id)
     (event,) = ns.cost_events().data
     return priced.estimate_microdollars, priced.unpriced, event.cost_microdollars, unknown.unpriced
+
+
+def priced_in_the_priority_tier(ns: NullSpend | LocalNullSpend) -> tuple[int, int, int]:
+    """A call OpenAI served in its priority tier, reserved from its request, settled from its
+    usage and the tier its answer named; and the same call reported."""
+    request = {"model": "gpt-5", "max_completion_tokens": 100, "service_tier": "priority"}
+    held = ns.reserve(request={**request, "messages": [{"role": "user", "content": "Hi"}]})
+    usage = Usage(input_tokens=100_000, output_tokens=10_000)
+    ns.settle(held.reservation_id, usage=usage, service_tier="priority")
+    ns.report(
+        NewCostEvent(
+            provider="openai",
+            model="gpt-5",
+            input_tokens=100_000,
+            output_tokens=10_000,
+            service_tier="priority",
+        )
+    )
+    settled, reported = (event.cost_microdollars for event in ns.cost_events().data[::-1])
+    return held.estimate_microdollars, settled, reported
+
+
+def test_usage_is_priced_in_the_service_tier_that_served_it(server: RunningServer) -> None:
+    """gpt-5 in priority: $2.50 input and $20 output per million tokens, twice the standard
+    rates; the estimate too."""
+    with NullSpend(server.admin_key, server.base_url) as served:
+        expected = priced_in_the_priority_tier(served)
+    assert priced_in_the_priority_tier(LocalNullSpend()) == expected
+    request = {"model": "gpt-5", "max_completion_tokens": 100, "messages": []}
+    standard = estimate_request_body(request).microdollars
+    assert expected[0] > standard + 100 * 10 - 10  # at least the output's priority surcharge
+    assert expected[1:] == (250_000 + 200_000, 250_000 + 200_000)
 
 
 def test_a_reservation_from_the_request_and_a_settle_from_usage(server: RunningServer) -> None:

@@ -466,7 +466,8 @@ class LocalNullSpend(TrackedClients):
                 raise self._not_held(reservation_id)
             if cost is None:
                 assert usage is not None
-                cost = _catalog_cost(usage, options.get("model") or held.model)
+                model = options.get("model") or held.model
+                cost = _catalog_cost(usage, model, options.get("service_tier"))
             return self._settle_held(reservation_id, held, cost, options, held.tags)
 
     def _settle_held(
@@ -608,7 +609,7 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError(str(error)) from None
         cost = report.cost_microdollars
         if cost is None:
-            cost = _catalog_cost(usage, report.model)
+            cost = _catalog_cost(usage, report.model, report.service_tier)
         elif cost < 0:
             raise ValidationError("cost_microdollars cannot be negative")
         return _Event(
@@ -838,10 +839,10 @@ def _estimate_of(options: ReserveOptions) -> pricing.Estimate:
     return estimate
 
 
-def _catalog_cost(usage: Usage, model: str | None) -> int:
+def _catalog_cost(usage: Usage, model: str | None, service_tier: str | None) -> int:
     """What ``usage`` of ``model`` costs at the catalog's prices, as the server prices it."""
     try:
-        return pricing.cost(usage, model or "").total_microdollars
+        return pricing.cost(usage, model or "", service_tier=service_tier).total_microdollars
     except UnpricedModelError:
         raise ValidationError(
             f"model {model!r} is not in the pricing catalog: give cost_microdollars"

@@ -241,6 +241,9 @@ class SettleOptions(TypedDict, total=False):
     cost_microdollars: int
     usage: Usage
     """Priced with the server's catalog when no cost is given."""
+    service_tier: str
+    """The processing tier the answer says served the call (OpenAI's ``service_tier``): the
+    usage is priced at its rates."""
     model: str
     provider: str
     duration_ms: int
@@ -253,6 +256,7 @@ def settle(reservation_id: str, **options: Unpack[SettleOptions]) -> Call[Settle
     body = {
         "costMicrodollars": options.get("cost_microdollars"),
         "usage": _usage(usage) if usage is not None else None,
+        "serviceTier": options.get("service_tier"),
         "model": options.get("model"),
         "provider": options.get("provider"),
         "durationMs": options.get("duration_ms"),

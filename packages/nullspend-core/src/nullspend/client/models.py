@@ -131,6 +131,8 @@ class NewCostEvent(ApiModel):
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
     web_search_requests: int = 0
+    service_tier: str | None = None
+    """The processing tier that served the call: the usage is priced at its rates."""
     cost_microdollars: int | None = None
     duration_ms: int | None = None
     session_id: str | None = None

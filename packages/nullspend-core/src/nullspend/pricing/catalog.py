@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from decimal import Decimal
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cache
@@ -103,23 +104,32 @@ class PricedModel:
             # A price a service tier leaves out is the standard one.
             return PriceSet.model_validate({**standard, **prices.model_dump(exclude_none=True)})
 
-        served: dict[str, PricedModel] = {
-            name: replace(
+        served: dict[str, PricedModel] = {}
+        for name, tier in entry.service_tiers.items():
+            prices = over_standard(tier.prices)
+            # Long prompts in a tier priced at one length only: the higher of its price and the
+            # standard long-context one (a cap must not rest on a price nobody published).
+            long_context = tier.tiers or tuple(
+                Tier(above_prompt_tokens=t.above_prompt_tokens, prices=_higher(prices, t.prices))
+                for t in entry.tiers
+            )
+            served[name] = replace(
                 model,
-                prices=Prices.compile(over_standard(tier.prices)),
+                prices=Prices.compile(prices),
                 tiers=_compiled_tiers(
                     Tier(above_prompt_tokens=t.above_prompt_tokens, prices=over_standard(t.prices))
-                    for t in tier.tiers
+                    for t in long_context
                 ),
             )
-            for name, tier in entry.service_tiers.items()
-        }
         return replace(model, service_tiers=served)
 
     def serving(self, service_tier: str | None) -> PricedModel:
-        """The model as priced in ``service_tier`` (a name ``nullspend.wire`` reads from an
-        answer, or None): the standard prices for a tier the catalog does not price apart."""
-        return self.service_tiers.get(service_tier, self) if service_tier else self
+        """The model as priced in ``service_tier`` (as a request or an answer names it, or
+        None): standard prices for a tier the catalog does not price apart ("default",
+        "auto", "scale")."""
+        if not service_tier:
+            return self
+        return self.service_tiers.get(_TIER_ALIASES.get(service_tier, service_tier), self)
 
     def prices_for(self, prompt_tokens: int) -> tuple[Prices, int | None]:
         """The prices a request with this many prompt tokens pays, and the tier threshold used."""
@@ -129,10 +139,25 @@ class PricedModel:
         return self.prices, None
 
 
+def _higher(prices: PriceSet, other: PriceSet) -> PriceSet:
+    """Each price the higher of the two sets' (a price one set leaves out: the other's)."""
+    mine, theirs = prices.model_dump(exclude_none=True), other.model_dump(exclude_none=True)
+    return PriceSet.model_validate(
+        {
+            field: str(max(Decimal(mine.get(field, price)), Decimal(price)))
+            for field, price in {**mine, **theirs}.items()
+        }
+    )
+
+
 def _compiled_tiers(tiers: Iterable[Tier]) -> tuple[tuple[int, Prices], ...]:
     """Long-context tiers as ``PricedModel.tiers`` keeps them: highest threshold first."""
     ordered = sorted(tiers, key=lambda tier: tier.above_prompt_tokens, reverse=True)
     return tuple((t.above_prompt_tokens, Prices.compile(t.prices)) for t in ordered)
+
+
+# OpenAI answers a request for "fast" processing as served in "priority", and bills it so.
+_TIER_ALIASES = {"fast": "priority"}
 
 
 # Names that carry a routing prefix before the provider's own model id.

@@ -18,8 +18,8 @@ class Reading:
     ``usage`` is None when the response carried no usage at all (a stream cut short, an OpenAI
     chat stream without ``stream_options.include_usage``): the caller must then fall back to an
     estimate, never to zero. ``model`` is the model as the provider reported it;
-    ``service_tier`` the processing tier it was served in, when that tier is priced apart
-    (``PricedModel.serving``).
+    ``service_tier`` the processing tier it says it was served in (OpenAI's "default",
+    "priority", "flex"...), which ``PricedModel.serving`` prices.
     """
 
     usage: Usage | None
@@ -71,8 +71,8 @@ class WireFormat(Protocol):
         ...
 
     def requested_service_tier(self, body: JSONObject) -> str | None:
-        """The processing tier a request asks for, when it is priced apart from the standard
-        one (OpenAI's ``service_tier``: "priority" or "flex")."""
+        """The processing tier a request asks for (OpenAI's ``service_tier``), which
+        ``PricedModel.serving`` prices; None where the format has none."""
         ...
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:

@@ -8,17 +8,6 @@ from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.chat usage"
-# The processing tiers priced apart from the standard one, as a request or an answer names
-# them: an answer says "priority" for a request that asked for "fast". "auto", "default" and
-# "scale" are priced as standard.
-_PRICED_TIERS = {"priority": "priority", "fast": "priority", "flex": "flex"}
-
-
-def service_tier(body: JSONObject) -> str | None:
-    """The processing tier an OpenAI request asks for, or an answer was served in (Chat
-    Completions and Responses alike), when it is priced apart: "priority" or "flex"."""
-    value = body.get("service_tier")
-    return _PRICED_TIERS.get(value) if isinstance(value, str) else None
 
 
 def _usage_from(usage: JSONObject) -> Usage:
@@ -75,7 +64,7 @@ class _ChatStream(SSEAccumulator):
         counts = section(chunk, "usage", "openai.chat chunk") if wants_usage else None
         if counts:
             self._usage = _usage_from(counts)
-            self._service_tier = service_tier(chunk)  # every chunk has it: read with the usage
+            self._service_tier = text(chunk, "service_tier")  # in every chunk: read with usage
         self._model = text(chunk, "model") or self._model
 
 
@@ -86,7 +75,7 @@ class OpenAIChat:
     def read_response(self, body: JSONObject) -> Reading:
         usage = section(body, "usage", "openai.chat response")
         return Reading(
-            _usage_from(usage) if usage else None, text(body, "model"), service_tier(body)
+            _usage_from(usage) if usage else None, text(body, "model"), text(body, "service_tier")
         )
 
     def stream(self) -> StreamAccumulator:
@@ -107,7 +96,7 @@ class OpenAIChat:
         return False
 
     def requested_service_tier(self, body: JSONObject) -> str | None:
-        return service_tier(body)
+        return text(body, "service_tier")
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.

@@ -8,7 +8,6 @@ from typing import Any
 from nullspend.usage import Usage
 from nullspend.wire._json import count, items, parse_object, request_int, section, text
 from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
-from nullspend.wire.openai_chat import service_tier
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.responses response"
@@ -46,7 +45,7 @@ def _reading_from(response: JSONObject) -> Reading:
     usage = section(response, "usage", _WHERE)
     model = text(response, "model")
     if not usage:
-        return Reading(None, model, service_tier(response))
+        return Reading(None, model, text(response, "service_tier"))
     where = f"{_WHERE}.usage"
     details_in = section(usage, "input_tokens_details", where)
     details_out = section(usage, "output_tokens_details", where)
@@ -66,7 +65,7 @@ def _reading_from(response: JSONObject) -> Reading:
             web_search_requests=_web_searches(response),
         ),
         model,
-        service_tier(response),
+        text(response, "service_tier"),
     )
 
 
@@ -116,7 +115,7 @@ class OpenAIResponses:
         return bool(body.get("previous_response_id") or body.get("conversation"))
 
     def requested_service_tier(self, body: JSONObject) -> str | None:
-        return service_tier(body)
+        return text(body, "service_tier")
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.

@@ -65,6 +65,9 @@ class CostEventIn(RequestModel):
     audio_input_tokens: TokenCount = 0
     audio_output_tokens: TokenCount = 0
     web_search_requests: TokenCount = 0
+    service_tier: str | None = Field(default=None, max_length=32)
+    """The processing tier that served the call (OpenAI's ``service_tier``): priced at its
+    rates. Not kept: the cost is."""
     cost_microdollars: Microdollars | None = None
     duration_ms: TokenCount | None = None
     session_id: SessionId | None = None
@@ -87,7 +90,8 @@ class CostEventIn(RequestModel):
         if self.cost_microdollars is not None:
             return self.cost_microdollars
         try:
-            return pricing.cost(self.usage(), self.model).total_microdollars
+            priced = pricing.cost(self.usage(), self.model, service_tier=self.service_tier)
+            return priced.total_microdollars
         except UnpricedModelError:
             raise ValueError(
                 f"model {self.model!r} is not in the pricing catalog: send costMicrodollars"
@@ -155,7 +159,7 @@ def _event(
         org_id=principal.org_id,
         api_key_id=principal.key_id,
         source="api",
-        **body.model_dump(exclude={"cost_microdollars", "tags"}),
+        **body.model_dump(exclude={"cost_microdollars", "service_tier", "tags"}),
         cost_microdollars=cost,
         tags={**principal.default_tags, **body.tags},
         idempotency_key=idempotency_key,

@@ -74,6 +74,7 @@ class Reserved(ApiModel):
 class SettleBody(RequestModel):
     cost_microdollars: Microdollars | None = None
     usage: UsageIn | None = None
+    service_tier: str | None = Field(default=None, max_length=32)
     model: str | None = Field(default=None, max_length=256)
     provider: str | None = Field(default=None, max_length=64)
     duration_ms: Microdollars | None = None
@@ -167,7 +168,7 @@ async def _usage_cost(
         model = (await session.exec(query)).first()
         await end_read(session)  # the settle's write transaction comes next
     try:
-        return pricing.cost(usage, model or "").total_microdollars
+        return pricing.cost(usage, model or "", service_tier=body.service_tier).total_microdollars
     except UnpricedModelError:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
