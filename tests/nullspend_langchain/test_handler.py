@@ -25,6 +25,7 @@ from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import default_catalog
 from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
+from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
 from tests.nullspend_server.dbtools import rows
@@ -473,15 +474,7 @@ def test_a_run_tag_never_replaces_the_handlers_tag(fake: tuple[str, Any]) -> Non
 def reserved_for(model: Any, fake: tuple[str, Any], prompt: Any = "Hello") -> int:
     """The estimate the handler reserves for one ``invoke`` of ``model``."""
     engine = LocalNullSpend()
-    reserved: list[int] = []
-    reserve_id = engine.reserve_id
-
-    def spy(estimate: int | None = None, **options: Any) -> str:
-        assert estimate is not None
-        reserved.append(estimate)
-        return reserve_id(estimate, **options)
-
-    engine.reserve_id = spy  # type: ignore[method-assign]
+    reserved = reserved_estimates(engine)
     model.invoke(prompt, config={"callbacks": [NullSpendCallbackHandler(client=engine)]})
     (estimate,) = reserved
     return estimate

@@ -28,6 +28,7 @@ from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import default_catalog
 from nullspend_llamaindex import instrument
+from tests.estimates import reserved_estimates
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE
@@ -278,14 +279,7 @@ def test_the_responses_api_is_priced_from_its_own_usage(fake: tuple[str, Any]) -
     assert {(e.input_tokens, e.cached_input_tokens, e.output_tokens) for e in events} == {
         (176, 1024, 90)
     }
-    reserved = []
-    engine_reserve = ns.reserve_id
-
-    def spy(estimate: int | None = None, **options: Any) -> str:
-        reserved.append(estimate)
-        return engine_reserve(estimate, **options)
-
-    ns.reserve_id = spy  # type: ignore[method-assign]
+    reserved = reserved_estimates(ns)
     llm.chat(HELLO)
     gpt = default_catalog().resolve("gpt-4o-mini")
     assert gpt is not None
@@ -298,14 +292,7 @@ def test_tool_schemas_are_in_the_estimate(fake: tuple[str, Any]) -> None:
     concurrent calls spend past a hard cap."""
     ns = LocalNullSpend()
     instrument(client=ns)
-    reserved: list[int | None] = []
-    engine_reserve = ns.reserve_id
-
-    def spy(estimate: int | None = None, **options: Any) -> str:
-        reserved.append(estimate)
-        return engine_reserve(estimate, **options)
-
-    ns.reserve_id = spy  # type: ignore[method-assign]
+    reserved = reserved_estimates(ns)
 
     def lookup(query: str, region: str, limit: int) -> str:
         """Look a customer record up by free text, within one sales region, at most limit rows."""
@@ -478,14 +465,7 @@ def test_a_call_served_in_the_priority_tier_is_priced_and_estimated_at_its_rates
     assert expected > COST
     ns = LocalNullSpend()
     instrument(client=ns)
-    reserved = []
-    engine_reserve = ns.reserve_id
-
-    def spy(estimate: int | None = None, **options: Any) -> str:
-        reserved.append(estimate)
-        return engine_reserve(estimate, **options)
-
-    ns.reserve_id = spy  # type: ignore[method-assign]
+    reserved = reserved_estimates(ns)
     priority = {"service_tier": "priority"}
     chat = openai_llm(fake)
     chat.additional_kwargs = priority

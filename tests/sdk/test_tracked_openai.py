@@ -16,6 +16,7 @@ import pytest
 from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError
+from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
 
@@ -264,15 +265,7 @@ def test_a_call_served_in_a_service_tier_is_priced_and_estimated_at_its_rates(
     expected = cost(usage, model, service_tier=tier).total_microdollars
     assert expected != cost(usage, model).total_microdollars
     ns = LocalNullSpend()
-    reserved: list[int] = []
-    reserve_id = ns.reserve_id
-
-    def spy(estimate: int | None = None, **options: Any) -> str:
-        assert estimate is not None
-        reserved.append(estimate)
-        return reserve_id(estimate, **options)
-
-    ns.reserve_id = spy  # type: ignore[method-assign]
+    reserved = reserved_estimates(ns)
     client = ns.openai(**client_kwargs(fake))
     chat = {"model": model, "messages": MESSAGES, "max_completion_tokens": 500}
     responses = {"model": model, "input": "Hello", "max_output_tokens": 500}
