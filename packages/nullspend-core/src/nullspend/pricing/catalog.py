@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from decimal import Decimal
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
