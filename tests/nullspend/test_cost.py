@@ -257,3 +257,14 @@ def test_a_service_tier_has_its_own_long_context_prices() -> None:
     flex_long = cost(long, "gpt-5.4", service_tier="flex")
     assert (flex_long.total_microdollars, flex_long.tier_threshold) == (750_000, 272_000)
     assert cost(short, "gpt-5.4", service_tier="flex").total_microdollars == 250_000
+
+
+def test_a_model_priced_in_a_tier_knows_the_others_and_every_model_hashes() -> None:
+    catalog = shipped_catalog()
+    standard = catalog.resolve("gpt-5")
+    priority = catalog.resolve("gpt-5", "PRIORITY")  # as named, in any case
+    assert standard is not None
+    assert priority is not None
+    assert priority.serving("flex") is standard.serving("flex") is catalog.resolve("gpt-5", "flex")
+    assert priority.prices.input == 2 * standard.prices.input
+    assert len({*catalog, *(model.entry for model in catalog)}) == 2 * len(catalog)

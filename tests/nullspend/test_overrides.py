@@ -81,6 +81,20 @@ def test_a_service_tier_priced_at_one_length_pays_at_least_the_long_context_pric
         usage = Usage(input_tokens=prompt, output_tokens=10_000)
         priced = cost(usage, "gpt-5.5", catalog, service_tier="priority")
         assert priced.total_microdollars == microdollars
+    # A price the standard long-context tier leaves out is its fallback (cache reads at its
+    # $10 input), not the tier's short-prompt one ($0.20).
+    private = {
+        "id": "acme-long",
+        "provider": "openai",
+        "prices": {"input": "1", "output": "2", "cache_read": "0.1"},
+        "tiers": [{"above_prompt_tokens": 1000, "prices": {"input": "10", "output": "20"}}],
+        "service_tiers": {
+            "priority": {"prices": {"input": "2", "output": "4", "cache_read": "0.2"}}
+        },
+    }
+    catalog = load_catalog(write(tmp_path, [private]))
+    cached = Usage(cache_read_tokens=2_000)
+    assert cost(cached, "acme-long", catalog, service_tier="priority").total_microdollars == 20_000
 
 
 def test_private_model_is_added(tmp_path: Path) -> None:

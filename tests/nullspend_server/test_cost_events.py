@@ -321,3 +321,23 @@ def test_organizations_are_isolated(server: RunningServer, admin: httpx.Client) 
             == []
         )
     assert [e["costMicrodollars"] for e in admin.get("/api/cost-events").json()["data"]] == [3_500]
+
+
+def test_a_body_hashes_as_it_did_before_the_fields_added_since() -> None:
+    """An event recorded before an upgrade and retried after it (a rolling deploy retries)
+    must match the hash its Idempotency-Key was stored with: these are what the server hashed
+    before ``serviceTier`` existed (at a21a843). Given, the field counts."""
+    from nullspend_server.api.cost_events import Batch, CostEventIn, _hash
+
+    body = {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "inputTokens": 1000,
+        "outputTokens": 20,
+        "tags": {"team": "ml"},
+    }
+    single = CostEventIn.model_validate(body)
+    batch = Batch.model_validate({"events": [body, {**body, "model": "gpt-5"}]})
+    assert _hash(single) == "2a44edc43ae731fb389feb10708917a21b438850021e164c6e2f5a9a2dbc71d1"
+    assert _hash(batch) == "ba451ae5b14bd1135a0e4dc2ab895c696b41d6e3183354ba20dee7dd4c19ebe0"
+    assert _hash(CostEventIn.model_validate({**body, "serviceTier": "priority"})) != _hash(single)

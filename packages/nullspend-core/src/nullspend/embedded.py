@@ -839,8 +839,10 @@ def _estimate_of(options: ReserveOptions) -> pricing.Estimate:
     return estimate
 
 
-def _catalog_cost(usage: Usage, model: str | None, service_tier: str | None) -> int:
+def _catalog_cost(usage: Usage, model: str | None, service_tier: object) -> int:
     """What ``usage`` of ``model`` costs at the catalog's prices, as the server prices it."""
+    if service_tier is not None and not isinstance(service_tier, str):
+        raise ValidationError("service_tier must be a string, as the answer names the tier")
     try:
         return pricing.cost(usage, model or "", service_tier=service_tier).total_microdollars
     except UnpricedModelError:

@@ -296,9 +296,11 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             if not call.streamed:
                 self.client.release_later(call.reservation_id)
             elif call.usage_seen:
-                seen = call.usage_seen
-                usage = usage_from_metadata(seen, cache_ttl=call.cache_ttl)
-                self._settle(call, Reading(usage, None, service_tier_of(seen)))
+                tier = service_tier_of(call.usage_seen)
+                usage = usage_from_metadata(
+                    call.usage_seen, cache_ttl=call.cache_ttl, service_tier=tier
+                )
+                self._settle(call, Reading(usage, None, tier))
             else:
                 self._settle(call, _NO_READING)
 
@@ -616,10 +618,11 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                         return _CACHE_HIT
                     # Only an answer in content blocks can hold a server tool's searches.
                     searches = _web_searches(message) if type(message.content) is list else 0
+                    tier = service_tier_of(metadata)
                     usage = usage_from_metadata(
-                        metadata, cache_ttl=cache_ttl, web_searches=searches
+                        metadata, cache_ttl=cache_ttl, web_searches=searches, service_tier=tier
                     )
-                    return Reading(usage, model, service_tier_of(metadata))
+                    return Reading(usage, model, tier)
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:

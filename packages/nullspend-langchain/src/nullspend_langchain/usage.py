@@ -27,11 +27,16 @@ def service_tier_of(metadata: Mapping[str, Any]) -> str | None:
 
 
 def usage_from_metadata(
-    metadata: Mapping[str, Any], *, cache_ttl: str | None = None, web_searches: int = 0
+    metadata: Mapping[str, Any],
+    *,
+    cache_ttl: str | None = None,
+    web_searches: int = 0,
+    service_tier: str | None = None,
 ) -> Usage:
     """``cache_ttl`` ("5m" or "1h", what the call asked for) prices cache writes reported
     without their split by lifetime: langchain-anthropic builds a stream's usage from its last
-    event, which has no split. ``web_searches`` are the server-side searches the answer ran."""
+    event, which has no split. ``web_searches`` are the server-side searches the answer ran.
+    ``service_tier`` is ``service_tier_of(metadata)``: the parts are named after it."""
     total_in = int(metadata.get("input_tokens") or 0)
     total_out = int(metadata.get("output_tokens") or 0)
     details_in: Mapping[str, Any] | None = metadata.get("input_token_details")
@@ -45,8 +50,7 @@ def usage_from_metadata(
         )
     details_in = details_in or {}
     details_out = details_out or {}
-    tier = service_tier_of(metadata)
-    prefix = f"{tier}_" if tier else ""
+    prefix = f"{service_tier}_" if service_tier else ""
     cache_read = int(details_in.get(f"{prefix}cache_read") or 0)
     write_1h = int(details_in.get("ephemeral_1h_input_tokens") or 0)
     cache_creation = int(details_in.get(f"{prefix}cache_creation") or 0)

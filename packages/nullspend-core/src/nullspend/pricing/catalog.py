@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
-from decimal import Decimal
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import astuple, dataclass, field, replace
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -78,7 +77,8 @@ class PricedModel:
     checked: dt.date
     entry: ModelEntry
     """The catalog entry as written, decimal prices included."""
-    service_tiers: Mapping[str, PricedModel]
+    # Left out of equality and hashing: a priced copy holds the others (the entry has them all).
+    service_tiers: Mapping[str, PricedModel] = field(hash=False, compare=False)
     """The model as priced in each processing tier that the catalog prices apart."""
 
     @classmethod
@@ -100,36 +100,34 @@ class PricedModel:
             return model
         standard = entry.prices.model_dump(exclude_none=True)
 
-        def over_standard(prices: PriceSet) -> PriceSet:
+        def over_standard(prices: PriceSet) -> Prices:
             # A price a service tier leaves out is the standard one.
-            return PriceSet.model_validate({**standard, **prices.model_dump(exclude_none=True)})
+            merged = {**standard, **prices.model_dump(exclude_none=True)}
+            return Prices.compile(PriceSet.model_validate(merged))
 
         served: dict[str, PricedModel] = {}
         for name, tier in entry.service_tiers.items():
             prices = over_standard(tier.prices)
-            # Long prompts in a tier priced at one length only: the higher of its price and the
-            # standard long-context one (a cap must not rest on a price nobody published).
-            long_context = tier.tiers or tuple(
-                Tier(above_prompt_tokens=t.above_prompt_tokens, prices=_higher(prices, t.prices))
-                for t in entry.tiers
+            long_context = _compiled_tiers(tier.tiers, over_standard) or tuple(
+                # Long prompts in a tier priced at one length only: the higher of its price and
+                # the standard long-context one (a cap must not rest on a price nobody gave).
+                (threshold, _higher(prices, standard_long))
+                for threshold, standard_long in model.tiers
             )
-            served[name] = replace(
-                model,
-                prices=Prices.compile(prices),
-                tiers=_compiled_tiers(
-                    Tier(above_prompt_tokens=t.above_prompt_tokens, prices=over_standard(t.prices))
-                    for t in long_context
-                ),
-            )
+            served[name] = replace(model, prices=prices, tiers=long_context)
+        # Each priced copy knows the others too: resolve(..., "priority").serving("flex").
+        for served_name, copy in served.items():
+            served[served_name] = replace(copy, service_tiers=served)
         return replace(model, service_tiers=served)
 
     def serving(self, service_tier: str | None) -> PricedModel:
-        """The model as priced in ``service_tier`` (as a request or an answer names it, or
-        None): standard prices for a tier the catalog does not price apart ("default",
-        "auto", "scale")."""
+        """The model as priced in ``service_tier`` (as a request or an answer names it, in any
+        case, or None): standard prices for a tier the catalog does not price apart
+        ("default", "auto", "scale")."""
         if not service_tier:
             return self
-        return self.service_tiers.get(_TIER_ALIASES.get(service_tier, service_tier), self)
+        name = service_tier.lower()
+        return self.service_tiers.get(_TIER_ALIASES.get(name, name), self)
 
     def prices_for(self, prompt_tokens: int) -> tuple[Prices, int | None]:
         """The prices a request with this many prompt tokens pays, and the tier threshold used."""
@@ -139,21 +137,18 @@ class PricedModel:
         return self.prices, None
 
 
-def _higher(prices: PriceSet, other: PriceSet) -> PriceSet:
-    """Each price the higher of the two sets' (a price one set leaves out: the other's)."""
-    mine, theirs = prices.model_dump(exclude_none=True), other.model_dump(exclude_none=True)
-    return PriceSet.model_validate(
-        {
-            field: str(max(Decimal(mine.get(field, price)), Decimal(price)))
-            for field, price in {**mine, **theirs}.items()
-        }
-    )
+def _higher(prices: Prices, other: Prices) -> Prices:
+    """Each price the higher of the two sets' (both compiled: a price left out is already its
+    fallback)."""
+    return Prices(*(max(pair) for pair in zip(astuple(prices), astuple(other), strict=True)))
 
 
-def _compiled_tiers(tiers: Iterable[Tier]) -> tuple[tuple[int, Prices], ...]:
+def _compiled_tiers(
+    tiers: Iterable[Tier], compile: Callable[[PriceSet], Prices] = Prices.compile
+) -> tuple[tuple[int, Prices], ...]:
     """Long-context tiers as ``PricedModel.tiers`` keeps them: highest threshold first."""
     ordered = sorted(tiers, key=lambda tier: tier.above_prompt_tokens, reverse=True)
-    return tuple((t.above_prompt_tokens, Prices.compile(t.prices)) for t in ordered)
+    return tuple((t.above_prompt_tokens, compile(t.prices)) for t in ordered)
 
 
 # OpenAI answers a request for "fast" processing as served in "priority", and bills it so.

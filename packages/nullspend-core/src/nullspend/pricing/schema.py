@@ -99,6 +99,11 @@ class ModelEntry(BaseModel):
     """When the prices were last checked against the source."""
     notes: str | None = None
 
+    def __hash__(self) -> int:
+        # Pydantic's own hash hashes every field, and service_tiers is a dict: equal entries
+        # share their id and prices.
+        return hash((self.id, self.prices, self.tiers))
+
 
 class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

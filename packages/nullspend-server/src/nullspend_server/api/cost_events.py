@@ -281,10 +281,18 @@ async def ingest_batch(
     return BatchIngested(inserted=len(events), ids=[e.id for e in events])
 
 
-def _hash(body: RequestModel) -> str:
-    return hashlib.sha256(
-        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
-    ).hexdigest()
+# Event fields added since events were first hashed: left out of the hash while unset, so an
+# event recorded before an upgrade and retried after it still matches the body it repeats.
+_ADDED_SINCE = ("service_tier",)
+
+
+def _hash(body: CostEventIn | Batch) -> str:
+    dumped = body.model_dump(mode="json")
+    for event in dumped["events"] if isinstance(body, Batch) else [dumped]:
+        for name in _ADDED_SINCE:
+            if event[name] is None:
+                del event[name]
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
 async def _replay_batch(
