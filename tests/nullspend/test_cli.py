@@ -99,6 +99,8 @@ def test_models_table_and_json() -> None:
     table = runner.invoke(app, ["models"])
     assert table.exit_code == 0
     assert "claude-sonnet-4-20250514" in table.stdout
+    (gpt_5,) = [row for row in table.stdout.splitlines() if "│ gpt-5 " in row]
+    assert "priority: 2.5/20, flex: 0.625/5" in gpt_5  # input/output in each service tier
     listed = json.loads(runner.invoke(app, ["models", "--json", "--provider", "google"]).stdout)
     assert {entry["provider"] for entry in listed} == {"google"}
     assert any(entry["id"] == "gemini-2.5-pro" and entry["tiers"] for entry in listed)

@@ -38,12 +38,17 @@ def models(
         "context",
         "max output",
         "long context",
+        "service tiers",
     ):
         table.add_column(column, justify="left" if column in ("model", "provider") else "right")
     for e in entries:
         p = e.prices
         tiers = ", ".join(
             f">{t.above_prompt_tokens:,}: {t.prices.input}/{t.prices.output}" for t in e.tiers
+        )
+        served = ", ".join(
+            f"{name}: {tier.prices.input}/{tier.prices.output}"
+            for name, tier in e.service_tiers.items()
         )
         table.add_row(
             e.id,
@@ -56,8 +61,9 @@ def models(
             _count(e.context_window),
             _count(e.max_output_tokens),
             tiers or "-",
+            served or "-",
         )
-    Console(width=200).print(table)
+    Console(width=240).print(table)
 
 
 def _count(value: int | None) -> str:
