@@ -373,9 +373,9 @@ def test_session_from_metadata_and_latency(ns: NullSpend, fake: tuple[str, Any])
 def test_usage_metadata_is_normalised() -> None:
     """LangChain's totals (cache and audio inside input, reasoning and audio inside output)
     split into the parts NullSpend prices apart."""
-    from nullspend_langchain.usage import usage_from_metadata
+    from nullspend_langchain.usage import reading_from_metadata
 
-    usage = usage_from_metadata(
+    usage = reading_from_metadata(
         {
             "input_tokens": 10_000,
             "output_tokens": 900,
@@ -388,8 +388,8 @@ def test_usage_metadata_is_normalised() -> None:
             },
             "output_token_details": {"reasoning": 400, "audio": 50},
         }
-    )
-    assert usage.as_dict() == {
+    ).usage
+    assert usage.as_dict() == {  # type: ignore[union-attr]
         "input_tokens": 2_400,
         "cache_read_tokens": 6_000,
         "cache_write_5m_tokens": 1_000,
@@ -417,9 +417,9 @@ def test_usage_metadata_without_parts_is_all_plain_input_and_output(
     details: dict[str, Any],
 ) -> None:
     """The common case (OpenAI reports its details as zeros): the totals as they are."""
-    from nullspend_langchain.usage import usage_from_metadata
+    from nullspend_langchain.usage import reading_from_metadata
 
-    usage = usage_from_metadata({"input_tokens": 9, "output_tokens": 3, **details})
+    usage = reading_from_metadata({"input_tokens": 9, "output_tokens": 3, **details}).usage
     assert usage == Usage(input_tokens=9, output_tokens=3)
 
 

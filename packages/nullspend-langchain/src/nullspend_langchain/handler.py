@@ -32,7 +32,7 @@ from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, format_of
 from nullspend.wire.openai_responses import web_search_calls
-from nullspend_langchain.usage import service_tier_of, usage_from_metadata
+from nullspend_langchain.usage import reading_from_metadata
 
 CUSTOMER_KEY = "nullspend_customer"
 SESSION_KEY = "nullspend_session"
@@ -296,11 +296,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             if not call.streamed:
                 self.client.release_later(call.reservation_id)
             elif call.usage_seen:
-                tier = service_tier_of(call.usage_seen)
-                usage = usage_from_metadata(
-                    call.usage_seen, cache_ttl=call.cache_ttl, service_tier=tier
-                )
-                self._settle(call, Reading(usage, None, tier))
+                self._settle(call, reading_from_metadata(call.usage_seen, cache_ttl=call.cache_ttl))
             else:
                 self._settle(call, _NO_READING)
 
@@ -618,11 +614,9 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                         return _CACHE_HIT
                     # Only an answer in content blocks can hold a server tool's searches.
                     searches = _web_searches(message) if type(message.content) is list else 0
-                    tier = service_tier_of(metadata)
-                    usage = usage_from_metadata(
-                        metadata, cache_ttl=cache_ttl, web_searches=searches, service_tier=tier
+                    return reading_from_metadata(
+                        metadata, model, cache_ttl=cache_ttl, web_searches=searches
                     )
-                    return Reading(usage, model, tier)
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:

@@ -1,4 +1,4 @@
-"""LangChain's ``usage_metadata`` as NullSpend's ``Usage``.
+"""LangChain's ``usage_metadata`` as NullSpend's ``Reading``: its ``Usage`` and service tier.
 
 LangChain counts input in total (cache reads and writes and audio included) and output in total
 (reasoning included), with the parts in ``input_token_details`` and ``output_token_details``;
@@ -10,13 +10,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from nullspend.usage import Usage
+from nullspend.wire import Reading
 
 # The processing tiers langchain-openai reports apart (OpenAI's service_tier in the answer):
 # the tier's tokens under its name, their parts under its prefix ("priority_cache_read").
 _SERVICE_TIERS = ("priority", "flex")
 
 
-def service_tier_of(metadata: Mapping[str, Any]) -> str | None:
+def reading_from_metadata(
+    metadata: Mapping[str, Any],
+    model: str | None = None,
+    *,
+    cache_ttl: str | None = None,
+    web_searches: int = 0,
+) -> Reading:
+    """``cache_ttl`` ("5m" or "1h", what the call asked for) prices cache writes reported
+    without their split by lifetime: langchain-anthropic builds a stream's usage from its last
+    event, which has no split. ``web_searches`` are the server-side searches the answer ran."""
+    tier = _service_tier_of(metadata)
+    return Reading(_usage_of(metadata, cache_ttl, web_searches, tier), model, tier)
+
+
+def _service_tier_of(metadata: Mapping[str, Any]) -> str | None:
     """The processing tier the usage was served in, when it is priced apart, else None."""
     details: Mapping[str, Any] | None = metadata.get("input_token_details")
     if details:
@@ -26,17 +41,13 @@ def service_tier_of(metadata: Mapping[str, Any]) -> str | None:
     return None
 
 
-def usage_from_metadata(
+def _usage_of(
     metadata: Mapping[str, Any],
-    *,
-    cache_ttl: str | None = None,
-    web_searches: int = 0,
-    service_tier: str | None = None,
+    cache_ttl: str | None,
+    web_searches: int,
+    service_tier: str | None,
 ) -> Usage:
-    """``cache_ttl`` ("5m" or "1h", what the call asked for) prices cache writes reported
-    without their split by lifetime: langchain-anthropic builds a stream's usage from its last
-    event, which has no split. ``web_searches`` are the server-side searches the answer ran.
-    ``service_tier`` is ``service_tier_of(metadata)``: the parts are named after it."""
+    """The usage, its parts named after ``service_tier`` when it has one."""
     total_in = int(metadata.get("input_tokens") or 0)
     total_out = int(metadata.get("output_tokens") or 0)
     details_in: Mapping[str, Any] | None = metadata.get("input_token_details")

@@ -207,7 +207,7 @@ class Catalog:
             if len(self._resolved) >= _RESOLVE_CACHE_SIZE:
                 self._resolved.clear()  # names come from requests: keep the memo bounded
             self._resolved[name] = model
-        return model.serving(service_tier) if service_tier and model is not None else model
+        return model.serving(service_tier) if model is not None else None
 
     def _lookup(self, name: str) -> PricedModel | None:
         model = self._names.get(name)
