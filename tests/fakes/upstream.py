@@ -18,6 +18,8 @@ Per request, through headers the proxy forwards untouched:
   Completions and Messages, streamed or not) unless the conversation ends with a tool's result,
   which is answered with text: an agent's tool round trip.
 - ``x-fake-answer``: the text of a Responses answer (a structured output's JSON, say).
+``POST /v1/embeddings`` answers one vector per input (base64 when asked, as the SDK does), and
+any path not served answers the provider's 404.
 An OpenAI answer's ``service_tier`` is the one its request asked for ("priority" for "fast"),
 else "default", as OpenAI answers a project without a default tier.
 Every request received is recorded in ``app.state.requests``.
@@ -25,7 +27,9 @@ Every request received is recorded in ``app.state.requests``.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -451,11 +455,34 @@ def messages(s: Scenario) -> Response:
 
 # --- the app -------------------------------------------------------------------------------
 
+
+def embeddings(s: Scenario) -> Response:
+    inputs = s.body.get("input")
+    count = len(inputs) if isinstance(inputs, list) and not isinstance(inputs[0], int) else 1
+    vector = [0.25, -0.5, 1.0]
+    encoded: Any = (
+        base64.b64encode(array.array("f", vector).tobytes()).decode()
+        if s.body.get("encoding_format") == "base64"
+        else vector
+    )
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": encoded} for i in range(count)
+            ],
+            "model": s.model,
+            "usage": {"prompt_tokens": s.usage["input"], "total_tokens": s.usage["input"]},
+        }
+    )
+
+
 HANDLERS = {
     "/v1/chat/completions": chat,
     "/v1/responses": responses,
     "/v1/responses/compact": compact,
     "/v1/messages": messages,
+    "/v1/embeddings": embeddings,
 }
 
 
@@ -505,6 +532,8 @@ async def _handle(request: Request) -> Response:
         )
     if request.url.path == "/v1/messages/count_tokens":
         return JSONResponse({"input_tokens": 42})
+    if request.url.path not in HANDLERS:
+        return _error(request.url.path, 404)
     scenario = Scenario(request, body)
     if (status := scenario.fault_value("status")) is not None:
         return _error(request.url.path, int(status))
@@ -517,7 +546,10 @@ def create_app() -> Starlette:
     paths = [*HANDLERS, "/v1/messages/count_tokens"]
     app = Starlette(
         routes=[Route(p, _handle, methods=["POST"]) for p in paths]
-        + [Route("/v1/models", _handle, methods=["GET"])]
+        + [
+            Route("/v1/models", _handle, methods=["GET"]),
+            Route("/{path:path}", _handle, methods=["GET", "POST", "DELETE"]),
+        ]
     )
     app.state.requests = []
     return app

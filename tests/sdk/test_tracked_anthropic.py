@@ -14,7 +14,7 @@ import pytest
 
 from nullspend.client import AsyncNullSpend, NullSpend
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget
-from nullspend.errors import DeniedError, TagBudgetExceededError
+from nullspend.errors import DeniedError, TagBudgetExceededError, UnmeteredRouteError
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import released_budget, settled_events
 
@@ -101,3 +101,27 @@ def test_an_async_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[s
     assert estimate > 0
     assert released_budget(ns.engine).spend_microdollars == estimate
     assert [e.cost_microdollars for e in ns.engine.cost_events().data] == [estimate]
+
+
+def test_a_message_batch_is_refused_and_its_cancel_is_not(fake: tuple[str, Any]) -> None:
+    """A message batch cannot be priced when it is created: sent uncounted, it ran any number
+    of calls past a hard cap. It is refused before anything is sent; cancelling one is free."""
+    ns = AsyncLocalNullSpend([LocalBudget.total(5_000_000)])
+
+    async def batch_then_cancel() -> None:
+        client = ns.anthropic(**client_kwargs(fake))
+        request = {
+            "custom_id": "1",
+            "params": {"model": MODEL, "max_tokens": 9, "messages": MESSAGES},
+        }
+        with pytest.raises(UnmeteredRouteError) as refused:
+            await client.messages.batches.create(requests=[request])  # type: ignore[list-item]
+        assert isinstance(refused.value, anthropic.AnthropicError)
+        assert refused.value.details == {"path": "/v1/messages/batches"}
+        assert fake[1].state.requests == []
+        with pytest.raises(anthropic.NotFoundError):  # it reached the fake: no such batch
+            await client.messages.batches.cancel("msgbatch_1")
+
+    asyncio.run(batch_then_cancel())
+    assert [r["path"] for r in fake[1].state.requests] == ["/v1/messages/batches/msgbatch_1/cancel"]
+    assert ns.engine.cost_events().data == []

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend
-from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.errors import BudgetUnavailableError, DeniedError
+from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
+from nullspend.errors import BudgetUnavailableError, DeniedError, UnmeteredRouteError
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
@@ -201,6 +201,59 @@ def test_only_the_providers_priced_routes_are_metered(fake: tuple[str, Any]) -> 
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (0, 0)
     assert ns.cost_events().data == []
+
+
+def test_a_request_that_may_spend_unpriced_is_refused_before_it_is_sent(
+    fake: tuple[str, Any],
+) -> None:
+    """Embeddings, a batch, an image cannot be priced: they were sent uncounted, so a batch of
+    any size went through a hard cap. They are refused before anything is sent, as the proxy
+    refuses them; what costs nothing (cancelling a batch) still reaches the provider."""
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    reserved = reserved_estimates(ns)
+    client = ns.openai(**client_kwargs(fake))
+    unpriced_calls = [
+        lambda: client.embeddings.create(model="text-embedding-3-small", input="Hello"),
+        lambda: client.batches.create(
+            input_file_id="file_1", endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+        lambda: client.images.generate(model="gpt-image-1", prompt="a lighthouse"),
+    ]
+    for unpriced_call in unpriced_calls:
+        with pytest.raises(UnmeteredRouteError) as refused:
+            unpriced_call()
+        assert isinstance(refused.value, openai.OpenAIError)
+        assert isinstance(refused.value, DeniedError)
+        assert refused.value.code == "not_found"
+        assert "allow_unmetered=True" in refused.value.message
+    assert refused.value.details == {"path": "/v1/images/generations"}
+    assert fake[1].state.requests == []
+    with pytest.raises(openai.NotFoundError):  # it reached the fake, which has no such batch
+        client.batches.cancel("batch_1")
+    assert [r["path"] for r in fake[1].state.requests] == ["/v1/batches/batch_1/cancel"]
+    assert reserved == []
+    assert ns.cost_events().data == []
+
+
+def test_a_client_built_to_allow_unmetered_requests_sends_them_uncounted(
+    fake: tuple[str, Any],
+) -> None:
+    ns = AsyncLocalNullSpend([LocalBudget.total(1)])
+
+    async def embed_then_chat() -> Any:
+        client = ns.openai(allow_unmetered=True, **client_kwargs(fake))
+        embedded = await client.embeddings.create(
+            model="text-embedding-3-small", input=["Hello", "again"]
+        )
+        with pytest.raises(DeniedError):  # the priced routes are metered as ever
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        return embedded
+
+    embedded = asyncio.run(embed_then_chat())
+    assert [e.embedding for e in embedded.data] == [[0.25, -0.5, 1.0]] * 2
+    assert [r["path"] for r in fake[1].state.requests] == ["/v1/embeddings"]
+    assert ns.engine.budget_status()[0].spend_microdollars == 0
+    assert ns.engine.cost_events().data == []
 
 
 def test_a_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[str, Any]) -> None:

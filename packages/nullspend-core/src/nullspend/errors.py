@@ -9,6 +9,7 @@ NullSpendError
     ├── DeniedError                  enforcement said no before any provider was called
     │   ├── BudgetExceededError, CustomerBudgetExceededError, TagBudgetExceededError
     │   ├── VelocityExceededError, SessionLimitExceededError, UnpricedModelDeniedError
+    │   └── UnmeteredRouteError      a tracked client's request NullSpend cannot price
     └── BudgetUnavailableError, UpstreamUnavailableError, InternalServerError
 """
 
@@ -174,6 +175,14 @@ class UnpricedModelDeniedError(DeniedError):
     """The model is not in the pricing catalog and unpriced calls are denied."""
 
     code = ErrorCode.UNPRICED_MODEL
+
+
+class UnmeteredRouteError(DeniedError):
+    """A tracked provider client's request that may cost money NullSpend cannot price (a
+    batch, embeddings, images, audio), refused before it was sent: a budget could not hold
+    it. Its code is the proxy's answer to the same request, ``not_found``."""
+
+    code = ErrorCode.NOT_FOUND
 
 
 class BudgetUnavailableError(ApiError):

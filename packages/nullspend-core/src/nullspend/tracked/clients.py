@@ -38,33 +38,37 @@ class _Scoping:
 class TrackedClients(_Scoping):
     """For the synchronous clients."""
 
-    def openai(self, **kwargs: Any) -> openai.OpenAI:
+    def openai(self, *, allow_unmetered: bool = False, **kwargs: Any) -> openai.OpenAI:
         """A real ``openai.OpenAI`` whose calls are reserved, priced and settled here; ``kwargs``
         go to its constructor. A denial raises the typed ``DeniedError`` (also an
-        ``openai.OpenAIError``) before anything is sent."""
+        ``openai.OpenAIError``) before anything is sent. A request that may spend but cannot
+        be priced (a batch, embeddings, images, audio) is refused so
+        (``UnmeteredRouteError``), unless ``allow_unmetered``: then it is sent uncounted."""
         from nullspend.tracked.providers import openai_client
 
-        return openai_client(self, **kwargs)  # type: ignore[arg-type]
+        return openai_client(self, allow_unmetered, **kwargs)  # type: ignore[arg-type]
 
-    def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
+    def anthropic(self, *, allow_unmetered: bool = False, **kwargs: Any) -> anthropic.Anthropic:
         """A real ``anthropic.Anthropic``, tracked as ``openai()`` is (a denial is also an
-        ``anthropic.AnthropicError``)."""
+        ``anthropic.AnthropicError``; a message batch may spend unpriced)."""
         from nullspend.tracked.providers import anthropic_client
 
-        return anthropic_client(self, **kwargs)  # type: ignore[arg-type]
+        return anthropic_client(self, allow_unmetered, **kwargs)  # type: ignore[arg-type]
 
 
 class AsyncTrackedClients(_Scoping):
     """For the asyncio clients."""
 
-    def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
+    def openai(self, *, allow_unmetered: bool = False, **kwargs: Any) -> openai.AsyncOpenAI:
         """A real ``openai.AsyncOpenAI``, tracked (see ``TrackedClients.openai``)."""
         from nullspend.tracked.providers import async_openai_client
 
-        return async_openai_client(self, **kwargs)  # type: ignore[arg-type]
+        return async_openai_client(self, allow_unmetered, **kwargs)  # type: ignore[arg-type]
 
-    def anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+    def anthropic(
+        self, *, allow_unmetered: bool = False, **kwargs: Any
+    ) -> anthropic.AsyncAnthropic:
         """A real ``anthropic.AsyncAnthropic``, tracked (see ``TrackedClients.openai``)."""
         from nullspend.tracked.providers import async_anthropic_client
 
-        return async_anthropic_client(self, **kwargs)  # type: ignore[arg-type]
+        return async_anthropic_client(self, allow_unmetered, **kwargs)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ for its usage), and what the answer cost. The transports only move bytes."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,34 @@ OPENAI_ROUTES: Routes = (
     ("/responses/compact", OPENAI_RESPONSES),
 )
 ANTHROPIC_ROUTES: Routes = (("/messages", ANTHROPIC_MESSAGES),)
+
+_FREE_POSTS = (
+    r"messages/count_tokens",
+    r"responses/input_tokens",
+    r"moderations",
+    r"cancel|pause|resume",  # a batch, a response, a fine-tuning job
+    # Storing: billed by the gigabyte-day if at all, never by the request.
+    r"files",
+    r"uploads(?:/[^/]+/(?:parts|complete))?",
+    r"conversations(?:/[^/]+(?:/items)?)?",
+    r"vector_stores(?:/[^/]+(?:/files|/file_batches)?)?",
+    r"assistants(?:/[^/]+)?",
+    r"threads(?:/thread_[^/]+(?:/messages(?:/[^/]+)?)?)?",  # not .../runs: a run spends
+)
+FREE_POSTS = re.compile(rf"/(?:{'|'.join(_FREE_POSTS)})$")
+"""The POSTs, by how their path ends, that cost nothing of either provider. Any other POST
+outside the priced routes may spend where NullSpend cannot price it: a batch, embeddings,
+images, audio, a fine-tuning job, an assistant's run."""
+
+
+def _wire_of(routes: Routes, path: str) -> WireFormat | None:
+    return next((wire for suffix, wire in routes if path.endswith(suffix)), None)
+
+
+def spends_unpriced(routes: Routes, method: str, path: str) -> bool:
+    """Whether a request may cost money NullSpend cannot price: a POST neither to one of
+    ``routes`` nor to one that costs nothing. Reads and deletes cost nothing."""
+    return method == "POST" and _wire_of(routes, path) is None and not FREE_POSTS.search(path)
 
 
 @dataclass(frozen=True)
@@ -106,9 +135,9 @@ class Metered:
 
     @classmethod
     def for_request(cls, routes: Routes, method: str, path: str, body: bytes) -> Metered | None:
-        """The metering of a request to one of ``routes``, or None for one that costs nothing
-        (a model listing, a token count) or is not JSON."""
-        wire = next((w for suffix, w in routes if path.endswith(suffix)), None)
+        """The metering of a POST to one of ``routes``, or None for any other request (see
+        ``spends_unpriced``) and for one that is not a JSON object (the provider refuses it)."""
+        wire = _wire_of(routes, path)
         if method != "POST" or wire is None:
             return None
         try:

@@ -62,37 +62,61 @@ def _anthropic_http() -> ModuleType:
     return http if isinstance(http, ModuleType) else httpx
 
 
-def openai_client(ns: NullSpend, **kwargs: Any) -> openai.OpenAI:
+def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai.OpenAI:
     import openai
 
-    transport = TrackedTransport(ns, httpx.HTTPTransport(), OPENAI_ROUTES, _as_openai_error)
+    transport = TrackedTransport(
+        ns,
+        httpx.HTTPTransport(),
+        OPENAI_ROUTES,
+        _as_openai_error,
+        allow_unmetered=allow_unmetered,
+    )
     return openai.OpenAI(http_client=httpx.Client(transport=transport), **kwargs)
 
 
-def async_openai_client(ns: AsyncNullSpend, **kwargs: Any) -> openai.AsyncOpenAI:
+def async_openai_client(
+    ns: AsyncNullSpend, allow_unmetered: bool, **kwargs: Any
+) -> openai.AsyncOpenAI:
     import openai
 
     transport = AsyncTrackedTransport(
-        ns, httpx.AsyncHTTPTransport(), OPENAI_ROUTES, _as_openai_error
+        ns,
+        httpx.AsyncHTTPTransport(),
+        OPENAI_ROUTES,
+        _as_openai_error,
+        allow_unmetered=allow_unmetered,
     )
     return openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=transport), **kwargs)
 
 
-def anthropic_client(ns: NullSpend, **kwargs: Any) -> anthropic.Anthropic:
+def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> anthropic.Anthropic:
     import anthropic
 
     http = _anthropic_http()
     transport = TrackedTransport(
-        ns, http.HTTPTransport(), ANTHROPIC_ROUTES, _as_anthropic_error, http
+        ns,
+        http.HTTPTransport(),
+        ANTHROPIC_ROUTES,
+        _as_anthropic_error,
+        http,
+        allow_unmetered=allow_unmetered,
     )
     return anthropic.Anthropic(http_client=http.Client(transport=transport), **kwargs)
 
 
-def async_anthropic_client(ns: AsyncNullSpend, **kwargs: Any) -> anthropic.AsyncAnthropic:
+def async_anthropic_client(
+    ns: AsyncNullSpend, allow_unmetered: bool, **kwargs: Any
+) -> anthropic.AsyncAnthropic:
     import anthropic
 
     http = _anthropic_http()
     transport = AsyncTrackedTransport(
-        ns, http.AsyncHTTPTransport(), ANTHROPIC_ROUTES, _as_anthropic_error, http
+        ns,
+        http.AsyncHTTPTransport(),
+        ANTHROPIC_ROUTES,
+        _as_anthropic_error,
+        http,
+        allow_unmetered=allow_unmetered,
     )
     return anthropic.AsyncAnthropic(http_client=http.AsyncClient(transport=transport), **kwargs)

@@ -16,8 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
-from nullspend.tracked.metering import Metered, Routes, Scope
+from nullspend.errors import (
+    ApiError,
+    BudgetUnavailableError,
+    ConnectionFailedError,
+    NullSpendError,
+    UnmeteredRouteError,
+)
+from nullspend.tracked.metering import Metered, Routes, Scope, spends_unpriced
 from nullspend.wire import Reading
 from nullspend.wire.base import StreamAccumulator
 
@@ -56,11 +62,35 @@ def _is_stream(response: httpx.Response) -> bool:
     return content_type.startswith("text/event-stream")
 
 
-class _Settling:
-    """Both transports settle (or release) off the caller's path: the client's
-    ``settle_later`` queues it, so the answer never waits on NullSpend."""
+class _Metering:
+    """What both transports share: which requests they meter, refuse or pass on as they are;
+    and the settle (or release), off the caller's path: the client's ``settle_later`` queues
+    it, so the answer never waits on NullSpend."""
 
     ns: NullSpend | AsyncNullSpend
+    routes: Routes
+    raise_as: RaiseAs
+    allow_unmetered: bool
+
+    def _metered(self, request: httpx.Request, body: bytes) -> Metered | None:
+        """The metering of ``request``; None to pass it on unmetered, because it costs nothing
+        or because the client was built to allow it. Refused: one that may spend unpriced."""
+        method, path = request.method, request.url.path
+        metered = Metered.for_request(self.routes, method, path, body)
+        if (
+            metered is None
+            and not self.allow_unmetered
+            and spends_unpriced(self.routes, method, path)
+        ):
+            raise self.raise_as(
+                UnmeteredRouteError(
+                    f"{method} {path} may cost money NullSpend cannot price, so it was not "
+                    "sent: a budget could not hold it. Build the client with "
+                    "allow_unmetered=True to send such requests uncounted.",
+                    details={"path": path},
+                )
+            )
+        return metered
 
     def _settle(self, metered: Metered, reading: Reading) -> None:
         self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
@@ -69,7 +99,7 @@ class _Settling:
         self.ns.release_later(metered.reservation_id)
 
 
-class TrackedTransport(_Settling, httpx.BaseTransport):
+class TrackedTransport(_Metering, httpx.BaseTransport):
     ns: NullSpend
 
     def __init__(
@@ -79,15 +109,18 @@ class TrackedTransport(_Settling, httpx.BaseTransport):
         routes: Routes,
         raise_as: RaiseAs,
         http: ModuleType = httpx,
+        *,
+        allow_unmetered: bool = False,
     ) -> None:
         self.ns = ns
         self.routes = routes
         self.inner = inner
         self.raise_as = raise_as
+        self.allow_unmetered = allow_unmetered
         self.stream_type = _stream_type(_MeteredStream, http.SyncByteStream)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        metered = Metered.for_request(self.routes, request.method, request.url.path, request.read())
+        metered = self._metered(request, request.read())
         if metered is None:
             return self.inner.handle_request(request)
         try:
@@ -118,7 +151,7 @@ class TrackedTransport(_Settling, httpx.BaseTransport):
         self.inner.close()
 
 
-class AsyncTrackedTransport(_Settling, httpx.AsyncBaseTransport):
+class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
     ns: AsyncNullSpend
 
     def __init__(
@@ -128,17 +161,18 @@ class AsyncTrackedTransport(_Settling, httpx.AsyncBaseTransport):
         routes: Routes,
         raise_as: RaiseAs,
         http: ModuleType = httpx,
+        *,
+        allow_unmetered: bool = False,
     ) -> None:
         self.ns = ns
         self.routes = routes
         self.inner = inner
         self.raise_as = raise_as
+        self.allow_unmetered = allow_unmetered
         self.stream_type = _stream_type(_AsyncMeteredStream, http.AsyncByteStream)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        metered = Metered.for_request(
-            self.routes, request.method, request.url.path, await request.aread()
-        )
+        metered = self._metered(request, await request.aread())
         if metered is None:
             return await self.inner.handle_async_request(request)
         try:
