@@ -214,6 +214,40 @@ def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
         assert event.reservation_id is not None
 
 
+@pytest.mark.parametrize("configured_by", ["arguments", "environment"])
+def test_server_mode_configured_by_arguments_or_the_environment(
+    server: RunningServer,
+    fake: tuple[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    configured_by: str,
+) -> None:
+    if configured_by == "environment":
+        monkeypatch.setenv("NULLSPEND_API_KEY", server.admin_key)
+        monkeypatch.setenv("NULLSPEND_BASE_URL", server.base_url)
+        active = instrument(customer="acme")
+    else:
+        active = instrument(server.admin_key, server.base_url, customer="acme")
+    assert isinstance(active.client, NullSpend)
+    llm = openai_llm(fake)
+    assert llm.complete("Hello").text
+    assert asyncio.run(llm.acomplete("Hello")).text
+    with active.client as ns:
+        events = ns.cost_events(customer="acme").data
+    assert [e.cost_microdollars for e in events] == [COST, COST]
+
+
+def test_embedded_mode_with_the_budgets_declared_in_code(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NULLSPEND_API_KEY", raising=False)
+    monkeypatch.delenv("NULLSPEND_BASE_URL", raising=False)
+    active = instrument(budgets=(LocalBudget.total(1),))
+    assert isinstance(active.client, LocalNullSpend)
+    with pytest.raises(DeniedError):
+        openai_llm(fake).complete("Hello")
+    assert fake[1].state.requests == []
+
+
 class ThreadWatchingNullSpend(NullSpend):
     """A server client that notes the thread of each reserve, settle and release."""
 
