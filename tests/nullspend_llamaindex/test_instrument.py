@@ -429,7 +429,8 @@ def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
 ) -> None:
     """``OpenAIResponses.structured_predict`` calls its client's ``responses.parse`` directly,
     not through ``chat``: it is gated too, so a cap refuses it before the request, and a call
-    made is counted (at its estimate: no answer reaches LlamaIndex's events)."""
+    made is charged its usage (no answer reaches LlamaIndex's events: it was charged its
+    estimate: half the bill here)."""
     from llama_index.core.prompts import PromptTemplate
 
     prompt = PromptTemplate("Rate this review: {review}")
@@ -445,8 +446,8 @@ def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
     counting = LocalNullSpend()
     instrument(client=counting)
     assert llm.structured_predict(Verdict, prompt, review="Good value.").score == 4
-    (event,) = counting.cost_events().data
-    assert event.cost_microdollars > 0
+    assert asyncio.run(llm.astructured_predict(Verdict, prompt, review="Good value.")).score == 4
+    assert [e.cost_microdollars for e in counting.cost_events().data] == [COST, COST]
 
 
 def test_a_structured_answer_that_fails_to_parse_is_charged(fake: tuple[str, Any]) -> None:

@@ -381,6 +381,8 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
+    if name.endswith("structured_predict") and wire is OPENAI_RESPONSES:
+        _hear_parse(llm)
     return _Call(
         _active.client,
         reservation_id,
@@ -389,6 +391,44 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         wire,
         time.perf_counter(),
     )
+
+
+def _hear_parse(llm: Any) -> None:
+    """``OpenAIResponses`` answers ``structured_predict`` with its client's
+    ``responses.parse``, whose answer reaches no LlamaIndex event: the ``parse`` of its clients
+    is wrapped (once each) to hand that answer to the gated call it runs in, as end events do.
+    Outside a gated call the wrapper only passes the answer on."""
+    for client in (getattr(llm, "_client", None), getattr(llm, "_aclient", None)):
+        resource = getattr(client, "responses", None)
+        parse = getattr(resource, "parse", None)
+        if resource is None or parse is None or getattr(parse, _GATED, False):
+            continue
+        if inspect.iscoroutinefunction(parse):
+
+            async def heard_async(*args: Any, _parse: Any = parse, **kwargs: Any) -> Any:
+                answer = await _parse(*args, **kwargs)
+                _hand_over(answer)
+                return answer
+
+            heard: Callable[..., Any] = heard_async
+        else:
+
+            def heard_sync(*args: Any, _parse: Any = parse, **kwargs: Any) -> Any:
+                answer = _parse(*args, **kwargs)
+                _hand_over(answer)
+                return answer
+
+            heard = heard_sync
+        setattr(heard, _GATED, True)
+        resource.parse = heard
+
+
+def _hand_over(raw: Any) -> None:
+    """The provider's answer, to the gated call it came in (its first: a later one is another
+    provider call's, reserved on its own)."""
+    call = _current.get()
+    if call is not None and raw is not None and call.raw is None:
+        call.raw = raw
 
 
 def _provider_llm(llm: Any) -> Any:
@@ -473,9 +513,4 @@ class _Settler(BaseEventHandler):
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         if not isinstance(event, LLMChatEndEvent | LLMCompletionEndEvent):
             return
-        call = _current.get()
-        if call is None or event.response is None:
-            return
-        raw = getattr(event.response, "raw", None)
-        if raw is not None and call.raw is None:
-            call.raw = raw
+        _hand_over(getattr(event.response, "raw", None))
