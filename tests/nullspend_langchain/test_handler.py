@@ -845,6 +845,31 @@ def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[s
     assert engine.cost_events().data == []
 
 
+def test_a_call_timed_out_in_a_long_lived_task_is_released_by_its_next_call(
+    fake: tuple[str, Any],
+) -> None:
+    """A service's loop, one task for its whole life, times out a call and goes on: the call
+    held its estimate until the task ended, so under a cap of one and a half estimates the
+    next call was denied. The next call's start releases it, before reserving."""
+    estimate = reserved_for(chat_openai(fake), fake)
+    engine = LocalNullSpend([LocalBudget.total(estimate * 3 // 2)])
+    handler = NullSpendCallbackHandler(client=engine)
+    hanging = chat_openai(fake, fault="hang", callbacks=[handler])
+    answering = chat_openai(fake, callbacks=[handler])
+
+    async def serve_for_life() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await hanging.ainvoke("Hello")
+        assert engine.budget_status()[0].reserved_microdollars == estimate
+        await answering.ainvoke("Hello")
+        (status,) = engine.budget_status()
+        assert (status.spend_microdollars, status.reserved_microdollars) == (COST, 0)
+
+    asyncio.run(serve_for_life())
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
+
+
 def test_a_sync_batch_failing_part_way_holds_nothing(fake: tuple[str, Any]) -> None:
     """Sync ``generate`` calls its prompts one by one and stops at the first that fails,
     ending none of the others: the one before was answered and billed (its usage is thrown

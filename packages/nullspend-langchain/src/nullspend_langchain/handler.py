@@ -222,6 +222,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         batch = (parent_run_id, id(params)) if batch_size > 1 else None
         if batch is not None:
             self._raise_if_denied(batch, params)
+        task = self._task_to_watch(batch) if self.run_inline else None
         try:
             # The typed DeniedError: LangChain re-raises it (raise_error), the call stops.
             reservation_id = self.client.reserve_id(
@@ -245,7 +246,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             time.perf_counter(),
             batch,
             parent_run_id,
-            self._task_to_watch() if self.run_inline else None,
+            task,
         )
         if batch is None:
             self._open[run_id] = call  # one dict store: atomic, no lock needed
@@ -260,16 +261,32 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 raise sibling_refused
             self._open[run_id] = call
 
-    def _task_to_watch(self) -> asyncio.Task[Any] | None:
+    def _task_to_watch(self, batch: _Batch | None) -> asyncio.Task[Any] | None:
         """The task this call starts in, watched so that a call still open when it ends is
         ended: a cancelled ``ainvoke`` (a timeout, a stopped agent) leaves ``asyncio.gather``
-        in LangChain's ``agenerate`` with neither end nor error heard."""
+        in LangChain's ``agenerate`` with neither end nor error heard.
+
+        A task that caught the cancellation (``asyncio.timeout``) goes on, perhaps for the
+        life of the service: the calls it left are ended when it starts its next one, before
+        that one reserves. A task waits on one call at a time, so any of its calls still open
+        then, other than this one's batch siblings and a stream it may finish later, were
+        left."""
         loop = asyncio._get_running_loop()  # None in sync code: no exception to raise and catch
         if loop is None or (task := asyncio.current_task(loop)) is None:
             return None
         if task not in self._watched:
             self._watched.add(task)
             task.add_done_callback(self._on_task_done)
+        elif self._open:
+            self._abandon(
+                self._take(
+                    lambda call: (
+                        call.task is task
+                        and not call.streamed
+                        and (batch is None or call.batch != batch)
+                    )
+                )
+            )
         return task
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
