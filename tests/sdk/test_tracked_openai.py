@@ -16,6 +16,7 @@ import pytest
 from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError, UnmeteredRouteError
+from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES, spends_unpriced
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer
@@ -332,3 +333,28 @@ def test_a_call_served_in_a_service_tier_is_priced_and_estimated_at_its_rates(
     served, standard = reserved[0], reserved[-1]
     assert served != standard
     assert (served > standard) is (tier == "priority")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "refused"),
+    [
+        ("POST", "/v1/embeddings", True),
+        ("POST", "/v1/batches", True),
+        ("POST", "/v1/messages/batches", True),  # Anthropic's
+        ("POST", "/v1/threads/runs", True),  # creates a thread and runs it
+        ("POST", "/v1/threads/thread_1/runs", True),
+        ("POST", "/v1/completions", True),
+        ("POST", "/gateway/organization/acme/v1/embeddings", True),  # the word, in a prefix
+        ("POST", "/v1/batches/batch_1/cancel", False),
+        ("POST", "/v1/threads/thread_1/messages", False),
+        ("POST", "/v1/chat/completions/chatcmpl_1", False),  # a stored completion's metadata
+        ("POST", "/v1/vector_stores/vs_1/files/file_1", False),
+        ("POST", "/v1/organization/projects", False),
+        ("POST", "/v1/messages/count_tokens", False),  # Anthropic's
+        ("GET", "/v1/batches", False),
+        ("DELETE", "/v1/files/file_1", False),
+    ],
+)
+def test_which_requests_may_spend_unpriced(method: str, path: str, refused: bool) -> None:
+    routes = ANTHROPIC_ROUTES if path.startswith("/v1/messages") else OPENAI_ROUTES
+    assert spends_unpriced(routes, method, path) is refused

@@ -34,19 +34,22 @@ _FREE_POSTS = (
     r"messages/count_tokens",
     r"responses/input_tokens",
     r"moderations",
-    r"cancel|pause|resume",  # a batch, a response, a fine-tuning job
+    r"cancel|pause|resume|archive",  # a batch, a response, a fine-tuning job, an agent
+    r"chat/completions/[^/]+",  # a stored completion's metadata updated
     # Storing: billed by the gigabyte-day if at all, never by the request.
     r"files",
     r"uploads(?:/[^/]+/(?:parts|complete))?",
     r"conversations(?:/[^/]+(?:/items)?)?",
-    r"vector_stores(?:/[^/]+(?:/files|/file_batches)?)?",
+    r"vector_stores(?:/[^/]+(?:/(?:files|file_batches)(?:/[^/]+)?)?)?",
+    r"skills(?:/[^/]+(?:/versions)?)?",
     r"assistants(?:/[^/]+)?",
     r"threads(?:/thread_[^/]+(?:/messages(?:/[^/]+)?)?)?",  # not .../runs: a run spends
 )
-FREE_POSTS = re.compile(rf"/(?:{'|'.join(_FREE_POSTS)})$")
-"""The POSTs, by how their path ends, that cost nothing of either provider. Any other POST
-outside the priced routes may spend where NullSpend cannot price it: a batch, embeddings,
-images, audio, a fine-tuning job, an assistant's run."""
+FREE_POSTS = re.compile(rf"/(?:{'|'.join(_FREE_POSTS)})$|^/v1/organizations?/")
+"""The POSTs that cost nothing of either provider, by how their path ends, and the
+administration API (by how its path starts: a gateway's prefix could hold the word). Any
+other POST outside the priced routes may spend where NullSpend cannot price it: a batch,
+embeddings, images, audio, a fine-tuning job, an assistant's run."""
 
 
 def _wire_of(routes: Routes, path: str) -> WireFormat | None:
