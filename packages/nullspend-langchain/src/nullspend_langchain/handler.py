@@ -7,18 +7,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from uuid import UUID
 
 import httpx
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.language_models import BaseChatModel
+from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel, BaseLLM
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, LLMResult
@@ -71,6 +73,10 @@ class _Open:
     task: asyncio.Task[Any] | None
     """The asyncio task the call started in, when the handler runs on the event loop."""
     streamed: bool = False
+    read_by_caller: bool = False
+    """A stream the caller reads (``astream``), which may go on after its task moved on (handed
+    to another task, or read while the task makes other calls); not one LangChain reads itself
+    inside ``ainvoke`` (``streaming=True``, LangGraph's messages mode). Set with a task only."""
     usage_seen: UsageMetadata | None = None
     """The usage a stream's chunks reported so far, summed as LangChain sums them."""
 
@@ -274,6 +280,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         loop = asyncio._get_running_loop()  # None in sync code: no exception to raise and catch
         if loop is None or (task := asyncio.current_task(loop)) is None:
             return None
+        if getattr(task.get_coro(), "cr_code", None) is _START_ONLY_TASK:
+            return None
         if task not in self._watched:
             self._watched.add(task)
             task.add_done_callback(self._on_task_done)
@@ -282,7 +290,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 self._take(
                     lambda call: (
                         call.task is task
-                        and not call.streamed
+                        and not call.read_by_caller
                         and (batch is None or call.batch != batch)
                     )
                 )
@@ -291,12 +299,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         """A call still open when its task ends was cancelled with it, or in it (a timeout the
-        task caught: ``asyncio.timeout``). Only a stream that had started can go on in another
+        task caught: ``asyncio.timeout``). Only a stream the caller reads can go on in another
         task, handed on by one that ended well: those are left to their own end."""
         self._watched.discard(task)
         cancelled = task.cancelled()
         self._abandon(
-            self._take(lambda call: call.task is task and (cancelled or not call.streamed))
+            self._take(lambda call: call.task is task and (cancelled or not call.read_by_caller))
         )
 
     def _take(self, which: Callable[[_Open], bool]) -> list[_Open]:
@@ -441,6 +449,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     ) -> None:
         # The only sign a call streams: invocation_params say stream=False either way.
         if (call := self._open.get(run_id)) is not None:
+            if not call.streamed and call.task is not None:
+                call.read_by_caller = _read_by_caller()
             call.streamed = True
             # Kept for a stream ended without its end heard (_abandon): its usage may have come.
             chunk = kwargs.get("chunk")
@@ -535,6 +545,34 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
 # LangChain's sync BaseChatModel.generate: it calls its prompts one by one and stops at the
 # first that fails, ending none of the others. (agenerate ends every prompt itself.)
 _SYNC_GENERATE = BaseChatModel.generate.__code__
+
+
+# BaseLLM.agenerate starts each prompt in a task of its own (asyncio.gather), which ends as soon
+# as the start has: it says nothing of the call.
+_START_ONLY_TASK = AsyncCallbackManager.on_llm_start.__code__
+# Where a stream's chunks come from: a caller's stream, or LangChain reading one itself inside a
+# call that answers at once (in the task asyncio.gather runs it in).
+_CALLERS_STREAMS = frozenset(
+    f.__code__
+    for f in (BaseChatModel.astream, BaseChatModel.stream, BaseLLM.astream, BaseLLM.stream)
+)
+_LANGCHAINS_OWN_READS = frozenset(
+    f.__code__ for f in (BaseChatModel._agenerate_with_cache, BaseChatModel._generate_with_cache)
+)
+
+
+def _read_by_caller() -> bool:
+    """Whether the stream whose first chunk is being heard is the caller's: the nearer of the
+    two up the stack. Neither found (a model that streams its own way): taken for the caller's,
+    left to its own end as before."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code in _CALLERS_STREAMS:
+            return True
+        if frame.f_code in _LANGCHAINS_OWN_READS:
+            return False
+        frame = frame.f_back
+    return True
 
 
 def _stopped_its_batch(error: BaseException) -> bool:
