@@ -445,9 +445,12 @@ def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
     assert fake[1].state.requests == []
     counting = LocalNullSpend()
     instrument(client=counting)
+    # as_structured_llm's chat first, on a client no structured_predict has used yet
+    structured = responses_llm(fake, headers={"x-fake-answer": answer}).as_structured_llm(Verdict)
+    assert json.loads(structured.chat(HELLO).message.content or "")["score"] == 4
     assert llm.structured_predict(Verdict, prompt, review="Good value.").score == 4
     assert asyncio.run(llm.astructured_predict(Verdict, prompt, review="Good value.")).score == 4
-    assert [e.cost_microdollars for e in counting.cost_events().data] == [COST, COST]
+    assert [e.cost_microdollars for e in counting.cost_events().data] == [COST] * 3
 
 
 def test_a_structured_answer_that_fails_to_parse_is_charged(fake: tuple[str, Any]) -> None:

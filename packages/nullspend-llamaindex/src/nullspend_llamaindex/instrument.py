@@ -381,7 +381,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
-    if name.endswith("structured_predict") and wire is OPENAI_RESPONSES:
+    if wire is OPENAI_RESPONSES:  # structured_predict, or as_structured_llm's chat, parse
         _hear_parse(llm)
     return _Call(
         _active.client,
@@ -394,8 +394,9 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 
 def _hear_parse(llm: Any) -> None:
-    """``OpenAIResponses`` answers ``structured_predict`` with its client's
-    ``responses.parse``, whose answer reaches no LlamaIndex event: the ``parse`` of its clients
+    """``OpenAIResponses`` answers ``structured_predict`` (its own, or ``as_structured_llm``'s)
+    with its client's ``responses.parse``, whose answer reaches no LlamaIndex event: the
+    ``parse`` of its clients
     is wrapped (once each) to hand that answer to the gated call it runs in, as end events do.
     Outside a gated call the wrapper only passes the answer on."""
     for client in (getattr(llm, "_client", None), getattr(llm, "_aclient", None)):
