@@ -13,6 +13,8 @@ from typing import Any
 import openai
 import pytest
 from langchain_anthropic import ChatAnthropic
+from langchain_core.language_models import BaseLLM
+from langchain_core.outputs import Generation, LLMResult
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from starlette.requests import Request
@@ -321,29 +323,38 @@ def test_a_plain_llm_is_metered_too() -> None:
         FakeListLLM(responses=["fine"], callbacks=[denied]).invoke("How are you?")
 
 
+class BatchUsageLLM(BaseLLM):
+    """A plain LLM that reports one token_usage for a whole batch, as OpenAI's completions
+    LLM does: 100 input and 10 output tokens a prompt, of gpt-4o-mini; in async code after a
+    pause, as a provider's answer takes."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "batch-usage"
+
+    def _generate(self, prompts: list[str], *args: Any, **kwargs: Any) -> LLMResult:
+        usage = {"prompt_tokens": 100 * len(prompts), "completion_tokens": 10 * len(prompts)}
+        return LLMResult(
+            generations=[[Generation(text="fine")] for _ in prompts],
+            llm_output={"token_usage": usage, "model_name": "gpt-4o-mini"},
+        )
+
+    async def _agenerate(self, prompts: list[str], *args: Any, **kwargs: Any) -> LLMResult:
+        await asyncio.sleep(0.05)
+        return self._generate(prompts)
+
+
+ONE_PROMPT = 100 * 15 // 100 + 10 * 60 // 100  # gpt-4o-mini: $0.15 input, $0.60 output per M
+
+
 def test_a_plain_llm_batch_is_charged_its_usage_once() -> None:
     """A plain LLM answers a batch with one token_usage for all of it; LangChain hands it to
     the first prompt's run and an empty one to the others. Recorded: the batch's exact cost,
     once, not that plus an estimate for every other prompt."""
-    from langchain_core.language_models import BaseLLM
-    from langchain_core.outputs import Generation, LLMResult
-
-    class BatchUsageLLM(BaseLLM):
-        @property
-        def _llm_type(self) -> str:
-            return "batch-usage"
-
-        def _generate(self, prompts: list[str], *args: Any, **kwargs: Any) -> LLMResult:
-            usage = {"prompt_tokens": 100 * len(prompts), "completion_tokens": 10 * len(prompts)}
-            return LLMResult(
-                generations=[[Generation(text="fine")] for _ in prompts],
-                llm_output={"token_usage": usage, "model_name": "gpt-4o-mini"},
-            )
-
     engine = LocalNullSpend()
     BatchUsageLLM(callbacks=[NullSpendCallbackHandler(client=engine)]).generate(["a", "b", "c"])
     events = engine.cost_events().data
-    assert sorted(e.cost_microdollars for e in events) == [0, 0, 300 * 15 // 100 + 30 * 60 // 100]
+    assert sorted(e.cost_microdollars for e in events) == [0, 0, 3 * ONE_PROMPT]
     assert sum(e.input_tokens for e in events) == 300
 
 
@@ -351,85 +362,16 @@ def test_an_async_plain_llm_call_is_charged_its_usage() -> None:
     """``BaseLLM.agenerate`` starts each prompt in a task of its own that ends at once: taken
     for the call's task, its end released the call while the request was in flight, so async
     plain LLMs were recorded at nothing and held to no cap."""
-    from langchain_core.language_models import BaseLLM
-    from langchain_core.outputs import Generation, LLMResult
-
-    class SlowLLM(BaseLLM):
-        @property
-        def _llm_type(self) -> str:
-            return "slow"
-
-        def _generate(self, prompts: list[str], *args: Any, **kwargs: Any) -> LLMResult:
-            usage = {"prompt_tokens": 100 * len(prompts), "completion_tokens": 10 * len(prompts)}
-            return LLMResult(
-                generations=[[Generation(text="fine")] for _ in prompts],
-                llm_output={"token_usage": usage, "model_name": "gpt-4o-mini"},
-            )
-
-        async def _agenerate(self, prompts: list[str], *args: Any, **kwargs: Any) -> LLMResult:
-            await asyncio.sleep(0.05)  # the provider's answer on its way: the start task ended
-            return self._generate(prompts)
-
     engine = LocalNullSpend()
-    llm = SlowLLM(callbacks=[NullSpendCallbackHandler(client=engine)])
+    llm = BatchUsageLLM(callbacks=[NullSpendCallbackHandler(client=engine)])
 
     async def calls() -> None:
         await llm.ainvoke("a")
-        await llm.abatch(["b", "c"])
+        await llm.abatch(["b", "c"])  # both prompts at once: the first charged for both
 
     asyncio.run(calls())
-    one_call = 100 * 15 // 100 + 10 * 60 // 100  # gpt-4o-mini: $0.15 input, $0.60 output per M
-    # abatch sends both prompts at once: the first is charged the batch's usage (see above)
     costs = sorted(e.cost_microdollars for e in engine.cost_events().data)
-    assert costs == [0, one_call, 2 * one_call]
-
-
-def test_a_stream_langchain_reads_inside_ainvoke_is_ended_when_its_task_goes_on(
-    fake: tuple[str, Any],
-) -> None:
-    """``ChatOpenAI(streaming=True)`` (or any model under LangGraph's messages mode) reads the
-    provider's stream itself inside ``ainvoke``. Cut off by a timeout its long-lived task
-    caught, the call was taken for a stream the caller could still read, and held its
-    estimate for the reservation's hour. The task's next call charges it (its tokens were
-    being spent: at the estimate, no usage had come) before reserving."""
-    engine = LocalNullSpend([LocalBudget.total(10**9)])
-    handler = NullSpendCallbackHandler(client=engine)
-    slow_stream = chat_openai(fake, fault="slow:150", streaming=True, callbacks=[handler])
-    answering = chat_openai(fake, callbacks=[handler])
-
-    async def serve_for_life() -> int:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.4):
-                await slow_stream.ainvoke("Hello")
-        held = engine.budget_status()[0].reserved_microdollars
-        await answering.ainvoke("Hello")
-        (status,) = engine.budget_status()
-        assert (status.spend_microdollars, status.reserved_microdollars) == (held + COST, 0)
-        return held
-
-    held = asyncio.run(serve_for_life())
-    assert sorted(e.cost_microdollars for e in engine.cost_events().data) == sorted([held, COST])
-
-
-def test_a_callers_stream_goes_on_while_its_task_makes_other_calls(fake: tuple[str, Any]) -> None:
-    """The caller reads a stream and, between its chunks, makes another call in the same task:
-    the stream is not taken for a call left behind, and both are charged their usage."""
-    engine = LocalNullSpend()
-    handler = NullSpendCallbackHandler(client=engine)
-    streaming = chat_openai(fake, stream_usage=True, callbacks=[handler])
-    answering = chat_openai(fake, callbacks=[handler])
-
-    async def read_and_call() -> int:
-        chunks = 0
-        async for _ in streaming.astream("Hello"):
-            chunks += 1
-            await answering.ainvoke("Hello")
-        return chunks
-
-    chunks = asyncio.run(read_and_call())
-    assert chunks > 1
-    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST] * (chunks + 1)
-    assert engine.budget_status() == []
+    assert costs == [0, ONE_PROMPT, 2 * ONE_PROMPT]
 
 
 def test_a_stream_stopped_early_is_charged_not_released(fake: tuple[str, Any]) -> None:

@@ -257,6 +257,26 @@ def test_a_client_built_to_allow_unmetered_requests_sends_them_uncounted(
     assert ns.engine.cost_events().data == []
 
 
+def test_the_sdks_websocket_modes_are_refused(fake: tuple[str, Any]) -> None:
+    """``responses.connect()`` and ``realtime.connect()`` open a WebSocket of their own, past
+    the metered transport: under a cap of $5 a realtime session would have spent uncapped."""
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    clients = [
+        ns.openai(**client_kwargs(fake)),
+        AsyncLocalNullSpend().openai(**client_kwargs(fake)),
+    ]
+    for client in clients:
+        sockets = [client.responses, client.realtime, client.beta.realtime, client.beta.responses]
+        for resource in sockets:
+            with pytest.raises(UnmeteredRouteError) as refused:
+                resource.connect(model="gpt-realtime")
+            assert isinstance(refused.value, openai.OpenAIError)
+    assert fake[1].state.requests == []
+    allowed = ns.openai(allow_unmetered=True, **client_kwargs(fake))
+    manager = allowed.realtime.connect(model="gpt-realtime")  # connects once entered
+    assert type(manager).__name__ == "RealtimeConnectionManager"
+
+
 def test_a_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[str, Any]) -> None:
     """A stream the caller neither reads nor closes (as returned, or through with_raw_response)
     no longer holds its reservation for an hour, blocking the budget: once collected it is
@@ -344,12 +364,13 @@ def test_a_call_served_in_a_service_tier_is_priced_and_estimated_at_its_rates(
         ("POST", "/v1/threads/runs", True),  # creates a thread and runs it
         ("POST", "/v1/threads/thread_1/runs", True),
         ("POST", "/v1/completions", True),
-        ("POST", "/gateway/organization/acme/v1/embeddings", True),  # the word, in a prefix
+        ("POST", "/v1/organizations/acme/openai/v1/embeddings", True),  # a gateway's prefix
+        ("POST", "/v1/fine_tuning/jobs/ftjob_1/resume", True),  # training goes on
+        ("POST", "/v1/chat/completions/batch", True),  # not a stored completion's id
         ("POST", "/v1/batches/batch_1/cancel", False),
         ("POST", "/v1/threads/thread_1/messages", False),
-        ("POST", "/v1/chat/completions/chatcmpl_1", False),  # a stored completion's metadata
+        ("POST", "/v1/chat/completions/chatcmpl-1", False),  # a stored completion's metadata
         ("POST", "/v1/vector_stores/vs_1/files/file_1", False),
-        ("POST", "/v1/organization/projects", False),
         ("POST", "/v1/messages/count_tokens", False),  # Anthropic's
         ("GET", "/v1/batches", False),
         ("DELETE", "/v1/files/file_1", False),

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nullspend.errors import UnmeteredRouteError
 from nullspend.money import picodollars_to_microdollars
 from nullspend.pricing import default_catalog, estimate_request, total_picodollars
 from nullspend.usage import Usage
@@ -34,8 +35,8 @@ _FREE_POSTS = (
     r"messages/count_tokens",
     r"responses/input_tokens",
     r"moderations",
-    r"cancel|pause|resume|archive",  # a batch, a response, a fine-tuning job, an agent
-    r"chat/completions/[^/]+",  # a stored completion's metadata updated
+    r"cancel|pause|archive",  # a batch, a response, a fine-tuning job (resuming one spends)
+    r"chat/completions/chatcmpl-[^/]+",  # a stored completion's metadata updated
     # Storing: billed by the gigabyte-day if at all, never by the request.
     r"files",
     r"uploads(?:/[^/]+/(?:parts|complete))?",
@@ -45,11 +46,21 @@ _FREE_POSTS = (
     r"assistants(?:/[^/]+)?",
     r"threads(?:/thread_[^/]+(?:/messages(?:/[^/]+)?)?)?",  # not .../runs: a run spends
 )
-FREE_POSTS = re.compile(rf"/(?:{'|'.join(_FREE_POSTS)})$|^/v1/organizations?/")
-"""The POSTs that cost nothing of either provider, by how their path ends, and the
-administration API (by how its path starts: a gateway's prefix could hold the word). Any
-other POST outside the priced routes may spend where NullSpend cannot price it: a batch,
-embeddings, images, audio, a fine-tuning job, an assistant's run."""
+FREE_POSTS = re.compile(rf"/(?:{'|'.join(_FREE_POSTS)})$")
+"""The POSTs, by how their path ends, that cost nothing of either provider. Any other POST
+outside the priced routes may spend where NullSpend cannot price it: a batch, embeddings,
+images, audio, a fine-tuning job, an assistant's run. (The administration API is refused too:
+a gateway's base path could look like it.)"""
+
+
+def unmetered_route_error(request: str, path: str) -> UnmeteredRouteError:
+    """The refusal of ``request`` (``POST /v1/batches``, say), which may spend unpriced."""
+    return UnmeteredRouteError(
+        f"{request} may cost money NullSpend cannot price, so it was not sent: a budget could "
+        "not hold it. Build the client with allow_unmetered=True to send such requests "
+        "uncounted.",
+        details={"path": path},
+    )
 
 
 def _wire_of(routes: Routes, path: str) -> WireFormat | None:

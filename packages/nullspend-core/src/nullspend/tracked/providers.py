@@ -6,14 +6,15 @@ the refusal is raised as a subclass of both."""
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from nullspend.errors import ApiError
-from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES
-from nullspend.tracked.transport import AsyncTrackedTransport, TrackedTransport
+from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES, unmetered_route_error
+from nullspend.tracked.transport import AsyncTrackedTransport, RaiseAs, TrackedTransport
 
 if TYPE_CHECKING:
     import anthropic
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from nullspend.client.aio import AsyncNullSpend
     from nullspend.client.sync import NullSpend
 
+
+C = TypeVar("C")
 
 _flavours: dict[tuple[type[ApiError], type[Exception]], type[ApiError]] = {}
 
@@ -62,6 +65,28 @@ def _anthropic_http() -> ModuleType:
     return http if isinstance(http, ModuleType) else httpx
 
 
+# The openai SDK's WebSocket modes open a connection of their own (the websockets package), past
+# the metered transport: a realtime session or a Responses socket would spend uncapped.
+_OPENAI_SOCKETS = (("responses",), ("realtime",), ("beta", "realtime"), ("beta", "responses"))
+
+
+def _sockets_refused(client: C, allow_unmetered: bool) -> C:
+    if allow_unmetered:
+        return client
+    for names in _OPENAI_SOCKETS:
+        resource: Any = client
+        for name in names:
+            resource = getattr(resource, name, None)
+        if resource is not None and hasattr(resource, "connect"):
+            path = "/v1/" + names[-1]
+            resource.connect = functools.partial(_refuse_socket, path, _as_openai_error)
+    return client
+
+
+def _refuse_socket(path: str, raise_as: RaiseAs, *args: Any, **kwargs: Any) -> Any:
+    raise raise_as(unmetered_route_error(f"a WebSocket to {path}", path))
+
+
 def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai.OpenAI:
     import openai
 
@@ -72,7 +97,8 @@ def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai
         _as_openai_error,
         allow_unmetered=allow_unmetered,
     )
-    return openai.OpenAI(http_client=httpx.Client(transport=transport), **kwargs)
+    client = openai.OpenAI(http_client=httpx.Client(transport=transport), **kwargs)
+    return _sockets_refused(client, allow_unmetered)
 
 
 def async_openai_client(
@@ -87,7 +113,8 @@ def async_openai_client(
         _as_openai_error,
         allow_unmetered=allow_unmetered,
     )
-    return openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=transport), **kwargs)
+    client = openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=transport), **kwargs)
+    return _sockets_refused(client, allow_unmetered)
 
 
 def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> anthropic.Anthropic:

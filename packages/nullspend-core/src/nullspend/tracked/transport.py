@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from nullspend.errors import (
-    ApiError,
-    BudgetUnavailableError,
-    ConnectionFailedError,
-    NullSpendError,
-    UnmeteredRouteError,
+from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
+from nullspend.tracked.metering import (
+    Metered,
+    Routes,
+    Scope,
+    spends_unpriced,
+    unmetered_route_error,
 )
-from nullspend.tracked.metering import Metered, Routes, Scope, spends_unpriced
 from nullspend.wire import Reading
 from nullspend.wire.base import StreamAccumulator
 
@@ -82,14 +82,7 @@ class _Metering:
             and not self.allow_unmetered
             and spends_unpriced(self.routes, method, path)
         ):
-            raise self.raise_as(
-                UnmeteredRouteError(
-                    f"{method} {path} may cost money NullSpend cannot price, so it was not "
-                    "sent: a budget could not hold it. Build the client with "
-                    "allow_unmetered=True to send such requests uncounted.",
-                    details={"path": path},
-                )
-            )
+            raise self.raise_as(unmetered_route_error(f"{method} {path}", path))
         return metered
 
     def _settle(self, metered: Metered, reading: Reading) -> None:
