@@ -348,6 +348,40 @@ def test_a_settle_the_file_refuses_changes_nothing(
     assert (status.spend_microdollars, status.reserved_microdollars) == (700, 0)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cost_microdollars": 2.5},  # a cost computed as tokens * price
+        {"cost_microdollars": -5_000_000},  # a refund would reopen the cap
+        {"cost_microdollars": "700"},
+        {"cost_microdollars": True},
+        {"cost_microdollars": 2**63},
+        {"cost_microdollars": 700, "duration_ms": 1.5},
+        {"cost_microdollars": 700, "model": 4},
+        {"usage": {"input_tokens": 10}},
+    ],
+)
+def test_a_settle_the_server_would_refuse_is_refused_and_changes_nothing(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """The server answers such a settle 400 and records nothing. Embedded, a decimal cost was
+    written to the file and then broke every read of it, this engine's and the next one's; a
+    negative one lowered the spend."""
+    path = tmp_path / "spend.db"
+    ns = LocalNullSpend([LocalBudget.total(5_000)], path=path)
+    reservation = ns.reserve(1_000)
+    with pytest.raises(ValidationError):
+        ns.settle(reservation.reservation_id, **options)
+    with pytest.raises(ValidationError):
+        ns.reserve(2.5)  # nor an estimate
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (0, 1_000)
+    ns.settle(reservation.reservation_id, cost_microdollars=700)
+    ns.close()
+    again = LocalNullSpend([LocalBudget.total(5_000)], path=path)
+    assert [e.cost_microdollars for e in again.cost_events().data] == [700]
+
+
 def test_a_reservation_nobody_settles_is_charged_its_estimate_when_it_expires(
     tmp_path: Path,
 ) -> None:

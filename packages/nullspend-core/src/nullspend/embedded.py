@@ -406,8 +406,10 @@ class LocalNullSpend(TrackedClients):
         self._tenancy.check()
         if estimate_microdollars is None:
             estimate_microdollars = _estimate_of(options).microdollars
-        elif estimate_microdollars < 0:
-            raise ValidationError("estimate_microdollars cannot be negative")
+        elif (
+            type(estimate_microdollars) is not int or not 0 <= estimate_microdollars <= _BIGINT_MAX
+        ):
+            raise ValidationError(_not_whole("estimate_microdollars"))
         tags = dict(given) if (given := options.get("tags")) else {}
         if tags and (errors := tag_errors(tags)):
             raise ValidationError("; ".join(errors))
@@ -461,6 +463,8 @@ class LocalNullSpend(TrackedClients):
         usage = options.get("usage")
         if cost is None and usage is None:
             raise ValidationError("give cost_microdollars, or usage (priced with the catalog)")
+        if error := _settle_error(options):
+            raise ValidationError(error)
         with self._lock:
             if (held := self._held.get(reservation_id)) is None:
                 raise self._not_held(reservation_id)
@@ -610,8 +614,8 @@ class LocalNullSpend(TrackedClients):
         cost = report.cost_microdollars
         if cost is None:
             cost = _catalog_cost(usage, report.model, report.service_tier)
-        elif cost < 0:
-            raise ValidationError("cost_microdollars cannot be negative")
+        elif not 0 <= cost <= _BIGINT_MAX:
+            raise ValidationError(_not_whole("cost_microdollars"))
         return _Event(
             self._ids.next("ce"),
             time.time_ns() // 1000,
@@ -849,6 +853,30 @@ def _catalog_cost(usage: Usage, model: str | None, service_tier: object) -> int:
         raise ValidationError(
             f"model {model!r} is not in the pricing catalog: give cost_microdollars"
         ) from None
+
+
+def _settle_error(options: SettleOptions) -> str | None:
+    """What the server refuses in a settle's options, checked by hand (every call settles):
+    kept, such a value would count wrong, or be written where no engine could read it back."""
+    for name in ("cost_microdollars", "duration_ms"):
+        value = options.get(name)
+        if value is not None and (type(value) is not int or not 0 <= value <= _BIGINT_MAX):
+            return _not_whole(name)
+    usage = options.get("usage")
+    if usage is not None and not isinstance(usage, Usage):
+        return "usage must be a nullspend.usage.Usage"
+    for name in ("model", "provider", "service_tier", "event_type", "trace_id"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"{name} must be a string"
+    return None
+
+
+_BIGINT_MAX = 2**63 - 1  # what the server and the file store
+
+
+def _not_whole(name: str) -> str:
+    return f"{name} must be a whole number, not negative, at most {_BIGINT_MAX}"
 
 
 def _time(micros: int) -> dt.datetime:
