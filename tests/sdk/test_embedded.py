@@ -199,6 +199,35 @@ def test_a_file_is_free_once_the_process_holding_it_dies(tmp_path: Path) -> None
     assert status.spend_microdollars == 1_000
 
 
+def test_what_is_still_reserved_when_the_file_is_let_go_is_charged_its_estimate(
+    tmp_path: Path,
+) -> None:
+    """A script that ends with a call in flight (a stream half read) left nothing on file: the
+    reservation lived in memory only, and the provider had billed the call. At close, and at
+    exit, what is still held is charged its estimate, as an expired reservation is."""
+    path = tmp_path / "spend.db"
+    ns = LocalNullSpend([LocalBudget.total(10_000)], path=path)
+    in_flight = ns.reserve(1_000, customer="acme").reservation_id
+    ns.settle(ns.reserve(2_000).reservation_id, cost_microdollars=300)
+    ns.close()
+    with pytest.raises(ConflictError):  # the call's end, heard too late: the file is let go
+        ns.settle(in_flight, cost_microdollars=900)
+    script = (
+        "import sys\n"
+        "from nullspend.embedded import LocalBudget, LocalNullSpend\n"
+        "ns = LocalNullSpend([LocalBudget.total(10_000)], path=sys.argv[1])\n"
+        "ns.reserve(2_500)\n"  # and the script ends
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    again = LocalNullSpend([LocalBudget.total(10_000)], path=path)
+    assert again.budget_status()[0].spend_microdollars == 300 + 1_000 + 2_500
+    charged = [e for e in again.cost_events().data if e.tags.get("_ns_expired") == "true"]
+    assert sorted((e.cost_microdollars, e.customer) for e in charged) == [
+        (1_000, "acme"),
+        (2_500, None),
+    ]
+
+
 def test_the_same_process_opens_the_file_again(tmp_path: Path) -> None:
     """In one process the newest engine on a file has it: a notebook cell run again builds
     the new engine while its name still holds the old one, which then refuses calls (two

@@ -8,7 +8,9 @@ What it enforces: a total budget, per-customer and per-tag budgets, and a per-se
 each ``strict_block``, ``soft_block`` or ``warn``. Calendar periods and velocity limits need the
 server. A reservation nobody settles or releases within its lifetime (an hour unless set) is
 settled at its estimate, tagged ``_ns_estimated`` and ``_ns_expired``, as the server does: a call
-whose end was never heard is charged and recorded, not forgotten.
+whose end was never heard is charged and recorded, not forgotten. With a file, so are those still
+held when the engine closes or the process exits (a script that ends with a stream half read):
+no later engine could hear their end. (A process killed outright loses them.)
 
 Embedded mode keeps one process's spend: a file in use by a live engine cannot be opened by
 another process (the lock is held until ``close()``, the engine's collection or the process's
@@ -19,6 +21,7 @@ server.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import itertools
 import json
@@ -31,7 +34,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
@@ -240,6 +243,8 @@ class _Tenancy:
         a fork."""
         self._path = path
         self._pid = os.getpid()
+        self.before_close: Callable[[], None] | None = None
+        """What the engine does before it lets the file go: charge what it still holds."""
         fd = None
         if path is not None:
             # In this process the newest engine on a file takes it over (a notebook cell run
@@ -264,9 +269,12 @@ class _Tenancy:
         return fd
 
     def close(self) -> None:
-        if self._path is not None:  # with no file, nothing is shared and nothing closes
-            self.refusal = f"this LocalNullSpend is closed: {self._path} may be another's now"
-            self.release()
+        if self._path is None:  # with no file, nothing is shared and nothing closes
+            return
+        if self.refusal is None and self.before_close is not None:
+            self.before_close()
+        self.refusal = f"this LocalNullSpend is closed: {self._path} may be another's now"
+        self.release()
 
     def check(self) -> None:
         """Raise the refusal, if any: first thing in every call that counts or reads spend."""
@@ -296,6 +304,15 @@ _holders: weakref.WeakValueDictionary[Path, _Tenancy] = weakref.WeakValueDiction
 def _after_fork() -> None:
     for tenancy in list(_tenancies):
         tenancy.forked()
+
+
+def _close_at_exit() -> None:
+    for tenancy in list(_tenancies):
+        tenancy.close()
+
+
+atexit.register(_close_at_exit)
+processes.at_child_exit(_close_at_exit)  # a multiprocessing child ends with os._exit
 
 
 processes.after_fork_in_child(_after_fork)
@@ -364,10 +381,12 @@ class LocalNullSpend(TrackedClients):
             except BaseException:  # free the file at once, for a retry in this process
                 self._tenancy.release()
                 raise
+            self._tenancy.before_close = self._charge_held
 
     def close(self) -> None:
-        """Free the file given as ``path`` for the next engine (this one then refuses calls);
-        with no file, there is nothing to close."""
+        """Free the file given as ``path`` for the next engine (this one then refuses calls),
+        once what it still holds is charged its estimate (its calls' end could no longer be
+        heard); at exit it is done for you. With no file, there is nothing to close."""
         self._tenancy.close()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -520,12 +539,32 @@ class LocalNullSpend(TrackedClients):
             if held.expires > now:
                 self._sweep_at = held.expires
                 return
-            expired = {**held.tags, TAG_ESTIMATED: "true", TAG_EXPIRED: "true"}
-            try:
-                self._settle_held(reservation_id, held, held.estimate, {}, expired)
-            except sqlite3.Error as error:  # the file is busy: it stands, the next sweep retries
-                log.warning("expiring reservation %s failed (%s)", reservation_id, error)
-                return
+            if not self._charge_estimate(reservation_id, held):
+                return  # the file is busy: it stands, the next sweep retries
+
+    def _charge_held(self) -> None:
+        """Every reservation still held charged its estimate, as when it expires."""
+        # Bounded: at exit a thread that holds the lock may never give it back.
+        if not self._lock.acquire(timeout=10):
+            log.warning("reservations still held were not charged: the engine is busy")
+            return
+        try:
+            for reservation_id, held in list(self._held.items()):
+                if not self._charge_estimate(reservation_id, held):
+                    return
+        finally:
+            self._lock.release()
+
+    def _charge_estimate(self, reservation_id: str, held: _Held) -> bool:
+        """Under the lock: a reservation nobody settled, settled at its estimate; False when
+        the file refused it (it stands)."""
+        expired = {**held.tags, TAG_ESTIMATED: "true", TAG_EXPIRED: "true"}
+        try:
+            self._settle_held(reservation_id, held, held.estimate, {}, expired)
+        except sqlite3.Error as error:
+            log.warning("charging reservation %s its estimate failed (%s)", reservation_id, error)
+            return False
+        return True
 
     def release(self, reservation_id: str) -> Settled:
         self._give_back(reservation_id)
