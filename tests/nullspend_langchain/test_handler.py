@@ -102,6 +102,24 @@ def test_streams_with_and_without_usage(ns: NullSpend, fake: tuple[str, Any]) ->
     assert estimated.cost_microdollars > COST  # the estimate, which bounds it from above
 
 
+def test_an_anthropic_stream_that_reported_no_usage_is_charged_its_estimate(
+    fake: tuple[str, Any],
+) -> None:
+    """A server answering as Anthropic's API without usage in its events: LangChain reports
+    all-zero usage, which was recorded as a call that cost nothing, so a cap never stopped
+    such calls (20 went through a $0.01 cap). Charged its estimate, as an OpenAI stream
+    without usage is, with the same warning."""
+    engine = LocalNullSpend([LocalBudget.total(10**9)])
+    reserved = reserved_estimates(engine)
+    model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+    model.default_headers = {**(model.default_headers or {}), "x-fake-fault": "no-usage"}
+    with pytest.warns(UserWarning, match="without usage"):
+        chunks = list(model.stream("Hi"))
+    assert not any(c.usage_metadata and c.usage_metadata["input_tokens"] for c in chunks)
+    (event,) = engine.cost_events().data
+    assert event.cost_microdollars == reserved[0] > 0
+
+
 def test_denied_before_the_provider_is_called(
     ns: NullSpend, server: RunningServer, fake: tuple[str, Any]
 ) -> None:
