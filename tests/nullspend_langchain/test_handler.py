@@ -825,6 +825,26 @@ def test_a_one_hour_cache_write_is_priced_and_estimated_as_one(fake: tuple[str, 
     assert cached - plain >= text_tokens * above_input // PICODOLLARS_PER_MICRODOLLAR > 0
 
 
+def test_caching_asked_for_in_model_kwargs_is_priced_and_estimated(fake: tuple[str, Any]) -> None:
+    """``model_kwargs={"cache_control": ...}`` goes out as the request's own field, but
+    ChatAnthropic's invocation params keep it apart: a stream's one-hour writes were priced at
+    the five-minute rate (8,790 µ$ for a 12,165 µ$ call) and the estimate left the write out."""
+    usage = {**ANTHROPIC_USAGE, "cache_write_1h": ANTHROPIC_USAGE["cache_write"]}
+    cost = 20 * 3 + 6000 * 0.3 + 1500 * 6 + 87 * 15  # a one-hour write: $6 per M
+    one_hour = {"model_kwargs": {"cache_control": {"type": "ephemeral", "ttl": "1h"}}}
+    engine = LocalNullSpend()
+    model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)], **one_hour)
+    model.default_headers = {"x-fake-usage": json.dumps(usage)}
+    list(model.stream("Hello"))
+    assert fake[1].state.requests[-1]["json"]["cache_control"]["ttl"] == "1h"
+    (event,) = engine.cost_events().data
+    assert (event.cost_microdollars, event.cache_write_1h_tokens) == (cost, 1500)
+    long_prompt = "a long manual " * 1000
+    cached = reserved_for(chat_anthropic(fake, **one_hour), fake, long_prompt)
+    plain = reserved_for(chat_anthropic(fake), fake, long_prompt)
+    assert cached > plain
+
+
 def test_web_searches_are_charged(fake: tuple[str, Any]) -> None:
     """Anthropic's server-side web search is billed per search on top of the tokens. The
     answer's usage counts them; a stream's usage as langchain-anthropic reports it does not, so

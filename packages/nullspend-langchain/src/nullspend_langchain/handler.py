@@ -181,9 +181,14 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     ) -> None:
         params = invocation_params or {}
         metadata = metadata or {}
+        request = params  # the request's own fields, as the model will send them
+        if (extra := params.get("model_kwargs")) and isinstance(extra, Mapping):
+            # A model's model_kwargs go out as top-level fields (ChatAnthropic's cache_control,
+            # say); its invocation params keep them apart.
+            request = {**extra, **params}
         model = _model_of(params, metadata)
         # LangChain's invocation params name the cap as OpenAI's API does (Anthropic's too).
-        cap = OPENAI_CHAT.requested_output_cap(params)
+        cap = OPENAI_CHAT.requested_output_cap(request)
         # What the estimate counts: the prompt's text, or its JSON when it has content blocks,
         # and the tool calls and tools' schemas, which the provider bills as input too.
         blocks = False
@@ -194,23 +199,23 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             blocks = True
         if tool_calls:
             raw += _encode_json(tool_calls).encode()
-        tools = params.get("tools")
+        tools = request.get("tools")
         if tools:
             raw += _encode_json(tools).encode()
         # Only content blocks, tools and the call's own parameters can ask for prompt caching.
         cache_ttl = (
-            _cache_ttl(text, params) if blocks or tools or "cache_control" in params else None
+            _cache_ttl(text, request) if blocks or tools or "cache_control" in request else None
         )
         estimate = estimate_call(
             model,
             estimate_input_tokens(raw),
             cap,
-            choices=OPENAI_CHAT.requested_choices(params),
+            choices=OPENAI_CHAT.requested_choices(request),
             # A Responses turn that continues a stored conversation (previous_response_id, as
             # ChatOpenAI's docs pass it) is billed for turns its messages leave out.
-            stored_context=OPENAI_RESPONSES.continues_stored_context(params),
+            stored_context=OPENAI_RESPONSES.continues_stored_context(request),
             cache_ttl=cache_ttl,  # a prompt written to the cache is billed above input
-            service_tier=OPENAI_CHAT.requested_service_tier(params),  # ChatOpenAI's service_tier
+            service_tier=OPENAI_CHAT.requested_service_tier(request),  # ChatOpenAI's too
         )
         provider = metadata.get("ls_provider")
         if not isinstance(provider, str):
