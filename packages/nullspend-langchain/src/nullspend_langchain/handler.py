@@ -476,23 +476,18 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         if (
             usage is not None
             and not usage.input_tokens  # first: the rest is rarely read
+            and usage.output_tokens
             and usage.prompt_tokens == 0
         ):
             # No call reads nothing. LangChain reports no input when a stream's last event
             # leaves it out (Anthropic-compatible servers answering as the API did before
-            # mid-2025), and nothing at all when no event carried usage: the input is counted
-            # at the estimate rather than at zero, or the whole call when it reported nothing.
-            if usage.output_tokens:
-                warnings.warn(
-                    "a LangChain call reported no input tokens; its input is recorded at the "
-                    "estimate",
-                    stacklevel=2,
-                )
-                usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
-                reading = dataclasses.replace(reading, usage=usage)
-            else:
-                usage = None
-                reading = dataclasses.replace(reading, usage=None)
+            # mid-2025): the input is counted at the estimate rather than at zero.
+            warnings.warn(
+                "a LangChain call reported no input tokens; its input is recorded at the estimate",
+                stacklevel=2,
+            )
+            usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
+            reading = dataclasses.replace(reading, usage=usage)
         if usage is None and call.streamed:
             warnings.warn(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
@@ -677,6 +672,10 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                 if metadata:
                     if metadata.get("total_cost") == 0:  # LangChain's mark of a cache hit
                         return _CACHE_HIT
+                    if not (metadata.get("input_tokens") or metadata.get("output_tokens")):
+                        # No event carried usage (an Anthropic-compatible server's stream):
+                        # LangChain's zeros are not a call that cost nothing.
+                        return _NO_READING
                     # Only an answer in content blocks can hold a server tool's searches.
                     searches = _web_searches(message) if type(message.content) is list else 0
                     return reading_from_metadata(
