@@ -467,6 +467,27 @@ def test_a_structured_answer_that_fails_to_parse_is_charged(fake: tuple[str, Any
     assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
 
 
+def test_a_wrappers_stream_is_asked_for_its_usage(fake: tuple[str, Any]) -> None:
+    """``as_structured_llm(...).stream_chat`` passes its keyword arguments to the OpenAI LLM it
+    wraps, but the wrapper was not taken for an OpenAI LLM: its stream was never asked for its
+    usage and was charged its estimate, 63 times the bill here."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    llm = openai_llm(fake)
+    answer = json.dumps({"name": "Verdict", "arguments": {"text": "fine", "score": 4}})
+    llm.default_headers = {**(llm.default_headers or {}), "x-fake-tool-call": answer}
+    structured = llm.as_structured_llm(Verdict)
+
+    async def astream() -> list[Any]:
+        return [chunk async for chunk in await structured.astream_chat(HELLO)]
+
+    assert list(structured.stream_chat(HELLO))
+    assert asyncio.run(astream())
+    sent = [r["json"].get("stream_options") for r in fake[1].state.requests]
+    assert sent == [{"include_usage": True}] * 2
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST, COST]
+
+
 def test_a_subclass_or_a_wrapper_of_the_responses_llm_is_read_as_one(
     fake: tuple[str, Any],
 ) -> None:

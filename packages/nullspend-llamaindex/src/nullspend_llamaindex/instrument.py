@@ -282,6 +282,7 @@ def _asking_for_usage(llm: Any, name: str, call: _Call, kwargs: dict[str, Any]) 
     """The call's keyword arguments, with an OpenAI stream asked for its usage (its last chunk)
     unless the caller set ``stream_options`` already: without it the provider reports none, and
     the call could only be charged its estimate, often many times its cost."""
+    llm = _provider_llm(llm)  # a wrapper (as_structured_llm) passes its kwargs on to it
     if "stream" not in name or not _is_openai(llm):
         return kwargs
     if "stream_options" in kwargs or "stream_options" in (llm.additional_kwargs or {}):
