@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import cost, default_catalog, estimate_call, estimate_request
 from nullspend.pricing.estimate import DEFAULT_OUTPUT_CAP, UNPRICED_ESTIMATE_MICRODOLLARS
 from nullspend.usage import Usage
@@ -200,3 +201,36 @@ def test_a_turn_continuing_a_stored_conversation_is_estimated_at_the_whole_conte
         estimate = estimate_request(OPENAI_RESPONSES, body, json.dumps(body).encode())
         assert estimate.input_tokens == model.context_window > alone.input_tokens
         assert estimate.output_tokens == alone.output_tokens
+
+
+@pytest.mark.parametrize(
+    ("wire", "model", "tool", "searches"),
+    [
+        (
+            ANTHROPIC_MESSAGES,
+            "claude-sonnet-4-5",
+            {"type": "web_search_20250305", "max_uses": 3},
+            3,
+        ),
+        (ANTHROPIC_MESSAGES, "claude-sonnet-4-5", {"type": "web_search_20250305"}, 5),
+        (OPENAI_RESPONSES, "gpt-4o-mini", {"type": "web_search"}, 5),
+        (OPENAI_RESPONSES, "gpt-4o-mini", {"type": "web_search_preview"}, 5),
+        (ANTHROPIC_MESSAGES, "claude-sonnet-4-5", {"type": "custom", "name": "lookup"}, 0),
+    ],
+)
+def test_the_searches_a_request_may_make_are_in_its_estimate(
+    wire: WireFormat, model: str, tool: dict[str, Any], searches: int
+) -> None:
+    """A web search is billed per search on top of the tokens ($0.01 each), far above most
+    calls' tokens: left out, 20 concurrent searching calls spent 16 times a hard cap. Each
+    search a tool may make (its max_uses, else five) is reserved."""
+    priced = default_catalog().resolve(model)
+    assert priced is not None
+    assert priced.prices.web_search > 0
+    plain = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    if wire is OPENAI_RESPONSES:
+        plain = {"model": model, "max_output_tokens": 100, "input": "hi"}
+    searching = {**plain, "tools": [{**tool, "name": tool.get("name", "web_search")}]}
+    added = estimate(wire, searching).microdollars - estimate(wire, plain).microdollars
+    fee = searches * priced.prices.web_search // PICODOLLARS_PER_MICRODOLLAR
+    assert fee <= added <= fee + 200  # and the tool's own few tokens

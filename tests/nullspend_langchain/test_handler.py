@@ -871,6 +871,9 @@ def test_web_searches_are_charged(fake: tuple[str, Any]) -> None:
         return model.bind_tools([search])
 
     assert searched_both_ways(searching) == [(expected, 3)] * 2
+    # Reserved: the five searches the tool allows, at $0.01 each, on top of the tokens.
+    searching_estimate = reserved_for(chat_anthropic(fake).bind_tools([search]), fake)
+    assert searching_estimate - reserved_for(chat_anthropic(fake), fake) >= 5 * 10_000
 
 
 def searched_both_ways(searching: Any) -> list[tuple[int, int]]:

@@ -531,3 +531,18 @@ def test_a_call_served_in_the_priority_tier_is_priced_and_estimated_at_its_rates
     assert [e.cost_microdollars for e in ns.cost_events().data] == [expected] * 4
     responses_llm(fake).chat(HELLO)
     assert reserved[2] > reserved[-1]  # the same Responses call, standard
+
+
+def test_the_searches_a_built_in_web_search_may_make_are_reserved(fake: tuple[str, Any]) -> None:
+    """OpenAIResponses' built-in web search is billed per search on top of the tokens: the
+    estimate reserves the five a search tool without a limit is assumed to make."""
+    ns = LocalNullSpend()
+    reserved = reserved_estimates(ns)
+    instrument(client=ns)
+    responses_llm(fake).chat(HELLO)
+    responses_llm(fake, built_in_tools=[{"type": "web_search_preview"}]).chat(HELLO)
+    plain, searching = reserved
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+    fee = gpt.prices.web_search // PICODOLLARS_PER_MICRODOLLAR
+    assert searching - plain >= 5 * fee > 0

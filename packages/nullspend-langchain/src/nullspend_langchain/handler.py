@@ -216,6 +216,8 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             stored_context=OPENAI_RESPONSES.continues_stored_context(request),
             cache_ttl=cache_ttl,  # a prompt written to the cache is billed above input
             service_tier=OPENAI_CHAT.requested_service_tier(request),  # ChatOpenAI's too
+            # Bound tools in either provider's shape; a search is billed on top of tokens.
+            web_searches=_web_searches_allowed(request) if tools else 0,
         )
         provider = metadata.get("ls_provider")
         if not isinstance(provider, str):
@@ -635,6 +637,12 @@ def _web_searches(message: BaseMessage) -> int:
         elif kind == "server_tool_call":
             openai_calls.append({"type": "web_search_call", "action": block.get("args")})
     return anthropic_searches + web_search_calls(openai_calls)
+
+
+def _web_searches_allowed(request: Mapping[str, Any]) -> int:
+    return ANTHROPIC_MESSAGES.requested_web_searches(
+        request
+    ) or OPENAI_RESPONSES.requested_web_searches(request)
 
 
 def _cache_ttl(text: list[Any], params: Mapping[str, Any]) -> str | None:

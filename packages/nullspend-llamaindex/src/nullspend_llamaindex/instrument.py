@@ -379,6 +379,8 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         cap if isinstance(cap, int) else None,
         stored_context=stored,
         service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
+        # OpenAIResponses' built-in tools (a web search: billed per search) are its own field.
+        web_searches=wire.requested_web_searches({"tools": _tool_specs(llm, sent)}),
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
@@ -431,6 +433,14 @@ def _hand_over(raw: Any) -> None:
     call = _current.get()
     if call is not None and raw is not None and call.raw is None:
         call.raw = raw
+
+
+def _tool_specs(llm: Any, sent: Mapping[str, Any]) -> list[Any]:
+    """The tools a call sends as the provider's own specs: OpenAIResponses' built-in tools,
+    and those given as dicts (LlamaIndex's tool objects are not the provider's)."""
+    specs = list(getattr(llm, "built_in_tools", None) or [])
+    given = sent.get("tools")
+    return specs + given if isinstance(given, list) else specs
 
 
 def _provider_llm(llm: Any) -> Any:

@@ -8,6 +8,8 @@ service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles an
 text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more); the
 prompt is priced at the cache-write rate when the request asks for a cache write; output is the
 request's max tokens, else the model's output cap, times the completions it asks for (``n``);
+each web search the request's search tools may make (their ``max_uses``, else an assumed five)
+is priced at the model's per-search fee;
 a request that continues a conversation the provider stores (``previous_response_id``) is
 assumed to read the model's whole context window, the most its unseen turns can bill.
 """
@@ -69,6 +71,7 @@ def estimate_request(
         stored_context=wire.continues_stored_context(body),
         cache_ttl=wire.requested_cache_ttl(body),
         service_tier=wire.requested_service_tier(body),
+        web_searches=wire.requested_web_searches(body),
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
     )
@@ -83,6 +86,7 @@ def estimate_call(
     stored_context: bool = False,
     cache_ttl: str | None = None,
     service_tier: str | None = None,
+    web_searches: int = 0,
     catalog: Catalog | None = None,
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
@@ -90,7 +94,8 @@ def estimate_call(
     LangChain callback) reserves. ``choices`` completions may each run to the output cap;
     a call that continues a ``stored_context`` may read up to the model's whole context window;
     ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write; ``service_tier`` (what
-    the request asks for) prices the call in that processing tier."""
+    the request asks for) prices the call in that processing tier; ``web_searches`` (the most
+    its search tools may make) adds each search's fee."""
     priced = (catalog or default_catalog()).resolve(model, service_tier) if model else None
     if stored_context and priced is not None and priced.context_window:
         input_tokens = max(input_tokens, priced.context_window)
@@ -109,6 +114,8 @@ def estimate_call(
         else prices.cache_write_5m
     )
     total = input_tokens * prompt_price + output_tokens * prices.output
+    if web_searches:
+        total += web_searches * prices.web_search
     microdollars = -(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short

@@ -7,7 +7,7 @@ from typing import Any
 
 from nullspend.usage import Usage
 from nullspend.wire._json import count, parse_object, request_int, section, text
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
+from nullspend.wire.base import JSONObject, Reading, StreamAccumulator, web_searches_allowed
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "anthropic.messages usage"
@@ -77,6 +77,11 @@ class _MessagesStream(SSEAccumulator):
             self._model = text(message, "model") or self._model
 
 
+def _is_web_search(tool_type: object) -> bool:
+    """The server-side web search tool, in any version (``web_search_20250305``)."""
+    return isinstance(tool_type, str) and tool_type.startswith("web_search_")
+
+
 def _cache_controls(body: JSONObject) -> Iterator[Any]:
     """Every ``cache_control`` a request sets: top level, tools, system and content blocks."""
     yield body.get("cache_control")
@@ -124,6 +129,9 @@ class AnthropicMessages:
 
     def requested_service_tier(self, body: JSONObject) -> str | None:
         return None  # the catalog prices no Anthropic processing tier apart
+
+    def requested_web_searches(self, body: JSONObject) -> int:
+        return web_searches_allowed(body, _is_web_search)
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nullspend.usage import Usage
 
 JSONObject = Mapping[str, Any]
+
+ASSUMED_WEB_SEARCHES = 5
+"""The searches a web search tool that sets no limit is assumed to make in one call: an
+estimate must bound ordinary calls from above, and a search costs more than most calls'
+tokens."""
+
+
+def web_searches_allowed(body: JSONObject, is_search: Callable[[object], bool]) -> int:
+    """The searches the request's search tools (those ``is_search(type)`` picks) may make:
+    each tool's ``max_uses`` where it sets one, else ``ASSUMED_WEB_SEARCHES``."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    allowed = 0
+    for tool in tools:
+        if isinstance(tool, Mapping) and is_search(tool.get("type")):
+            limit = tool.get("max_uses")
+            allowed += limit if type(limit) is int and limit > 0 else ASSUMED_WEB_SEARCHES
+    return allowed
 
 
 @dataclass(slots=True)  # not frozen: frozen init costs ~0.3 us, and this is built per call
@@ -73,6 +92,12 @@ class WireFormat(Protocol):
     def requested_service_tier(self, body: JSONObject) -> str | None:
         """The processing tier a request asks for (OpenAI's ``service_tier``), which
         ``PricedModel.serving`` prices; None where the format has none."""
+        ...
+
+    def requested_web_searches(self, body: JSONObject) -> int:
+        """The most server-side web searches a request's tools may bill, each at the model's
+        ``web_search`` price (0 without such a tool): the tool's own limit where it sets one,
+        else ``ASSUMED_WEB_SEARCHES``."""
         ...
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:

@@ -97,6 +97,9 @@ class Gemini:
     def requested_service_tier(self, body: JSONObject) -> str | None:
         return None  # the catalog prices no Gemini processing tier apart
 
+    def requested_web_searches(self, body: JSONObject) -> int:
+        return 0  # the catalog prices no grounding apart
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # Implicit caching has no write charge; explicit caches are created (and billed for
         # storage) through the cachedContents API, not by a generateContent request.

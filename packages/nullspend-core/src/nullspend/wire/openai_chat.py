@@ -98,6 +98,9 @@ class OpenAIChat:
     def requested_service_tier(self, body: JSONObject) -> str | None:
         return text(body, "service_tier")
 
+    def requested_web_searches(self, body: JSONObject) -> int:
+        return 0  # the catalog prices no Chat Completions search apart
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.
         return None

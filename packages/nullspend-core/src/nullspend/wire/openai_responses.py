@@ -7,7 +7,7 @@ from typing import Any
 
 from nullspend.usage import Usage
 from nullspend.wire._json import count, items, parse_object, request_int, section, text
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
+from nullspend.wire.base import JSONObject, Reading, StreamAccumulator, web_searches_allowed
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.responses response"
@@ -26,6 +26,12 @@ def _web_searches(response: JSONObject) -> int:
             section(tool_usage, "web_search", where), "num_requests", f"{where}.web_search"
         )
     return web_search_calls(items(response, "output", _WHERE))
+
+
+def _is_web_search(tool_type: object) -> bool:
+    """The hosted web search tool, in any version (``web_search``, ``web_search_preview``);
+    it sets no limit on its searches."""
+    return isinstance(tool_type, str) and tool_type.startswith("web_search")
 
 
 def web_search_calls(output: Iterable[Any]) -> int:
@@ -116,6 +122,9 @@ class OpenAIResponses:
 
     def requested_service_tier(self, body: JSONObject) -> str | None:
         return text(body, "service_tier")
+
+    def requested_web_searches(self, body: JSONObject) -> int:
+        return web_searches_allowed(body, _is_web_search)
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.
