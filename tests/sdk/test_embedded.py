@@ -611,6 +611,13 @@ def test_report_batch_limits_and_idempotency(tmp_path: Path) -> None:
     again = LocalNullSpend([LocalBudget.total(10**9)], path=path)
     assert again.budget_status()[0].spend_microdollars == (MAX_BATCH + 1) * 150
     assert set(first.ids) <= {e.id for e in again.cost_events(limit=MAX_BATCH + 1).data}
+    # A retry after the restart (what the keys are for) is answered, not counted again: the
+    # keys lived in memory only, and it was counted twice.
+    assert again.report_batch([event] * MAX_BATCH, idempotency_key="k") == first
+    assert again.report(event, idempotency_key="k").cost_microdollars == 150
+    with pytest.raises(ConflictError):
+        again.report_batch([event], idempotency_key="k")
+    assert again.budget_status()[0].spend_microdollars == (MAX_BATCH + 1) * 150
 
 
 def test_the_background_reporter_records_in_process() -> None:

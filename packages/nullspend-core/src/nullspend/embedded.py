@@ -209,6 +209,12 @@ class _Event:
         )
 
 
+_ReportKey = tuple[bool, str]
+"""A report's Idempotency-Key: a batch's and a single event's are apart, as on the server."""
+_Reported = tuple[str, list["_Event"]]
+"""What a key recorded: its events' fingerprint, and the events."""
+
+
 @dataclass
 class _Store:
     """Spend and events in a SQLite file, so they outlive the process."""
@@ -220,16 +226,39 @@ class _Store:
         self._connection = sqlite3.connect(self.path, check_same_thread=False)
         self._connection.executescript(
             "CREATE TABLE IF NOT EXISTS cost_events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);"
+            # What each report's Idempotency-Key recorded: a retry after a restart is answered
+            # with it, not counted again.
+            "CREATE TABLE IF NOT EXISTS reported_keys (seq INTEGER PRIMARY KEY, batch INTEGER"
+            " NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, event_ids TEXT NOT NULL);"
         )
 
     def events(self) -> list[_Event]:
         rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
         return [_Event.of(CostEvent.model_validate_json(body)) for (body,) in rows]
 
-    def add(self, *events: _Event) -> None:
-        """Write ``events`` in one transaction: all or none."""
+    def reported(self, events: Mapping[str, _Event]) -> dict[_ReportKey, _Reported]:
+        """The latest keys on file (as many as an engine keeps), with what each recorded."""
+        rows = self._connection.execute(
+            "SELECT batch, key, fingerprint, event_ids FROM reported_keys ORDER BY seq DESC"
+            " LIMIT ?",
+            (EVENTS_KEPT,),
+        ).fetchall()
+        return {
+            (bool(batch), key): (fingerprint, [events[i] for i in json.loads(ids)])
+            for batch, key, fingerprint, ids in reversed(rows)
+        }
+
+    def add(self, *events: _Event, key: _ReportKey | None = None, fingerprint: str = "") -> None:
+        """Write ``events`` (and the report key that recorded them) in one transaction: all or
+        none."""
         bodies = [(event.read().model_dump_json(),) for event in events]
         with self._connection:
+            if key is not None:
+                self._connection.execute(
+                    "INSERT INTO reported_keys (batch, key, fingerprint, event_ids)"
+                    " VALUES (?, ?, ?, ?)",
+                    (key[0], key[1], fingerprint, json.dumps([event.id for event in events])),
+                )
             self._connection.executemany("INSERT INTO cost_events (body) VALUES (?)", bodies)
 
 
@@ -368,7 +397,7 @@ class LocalNullSpend(TrackedClients):
         # calls; spend counts every event.
         self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
         # What each recent report's Idempotency-Key recorded, with its events' fingerprint.
-        self._reported: dict[tuple[bool, str], tuple[str, list[_Event]]] = {}
+        self._reported: dict[_ReportKey, _Reported] = {}
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._tenancy = _Tenancy(Path(path) if path is not None else None)
@@ -376,8 +405,10 @@ class LocalNullSpend(TrackedClients):
         if path is not None:
             try:
                 self._store = _Store(Path(path))
-                for event in self._store.events():  # spend so far, from the events on file
+                on_file = self._store.events()
+                for event in on_file:  # spend so far, from the events on file
                     self._count(event, self._matching(event.customer, event.tags))
+                self._reported = self._store.reported({event.id: event for event in on_file})
             except BaseException:  # free the file at once, for a retry in this process
                 self._tenancy.release()
                 raise
@@ -614,12 +645,10 @@ class LocalNullSpend(TrackedClients):
         if not 1 <= len(reports) <= MAX_BATCH:
             raise ValidationError(f"report 1 to {MAX_BATCH} events at once")
         events = [self._reported_event(report) for report in reports]
-        key = fingerprint = None
+        key: _ReportKey | None = None
+        fingerprint = ""
         if idempotency_key is not None:
-            key = (
-                batch,
-                idempotency_key,
-            )  # a report's keys and a batch's are apart, as on the server
+            key = (batch, idempotency_key)
             fingerprint = json.dumps([r.wire() for r in reports], sort_keys=True)
         with self._lock:
             if key is not None and key in self._reported:
@@ -628,10 +657,10 @@ class LocalNullSpend(TrackedClients):
                     raise ConflictError("this idempotency key was used with other events")
                 return recorded
             if self._store is not None:
-                self._store.add(*events)
+                self._store.add(*events, key=key, fingerprint=fingerprint)
             for event in events:
                 self._count(event, self._matching(event.customer, event.tags))
-            if key is not None and fingerprint is not None:
+            if key is not None:
                 if len(self._reported) >= EVENTS_KEPT:  # bounded: the oldest key goes
                     del self._reported[next(iter(self._reported))]
                 self._reported[key] = (fingerprint, events)
