@@ -297,18 +297,24 @@ def responses(s: Scenario) -> Response:
         started = {**search, "status": "in_progress"}
         events.append(("response.output_item.added", {"output_index": index, "item": started}))
         events.append(("response.output_item.done", {"output_index": index, "item": search}))
+    # The answer's message, as the SDK's stream helpers build it up: the item, its text part,
+    # the text's deltas, then each done.
+    at = {"item_id": "msg_fake", "output_index": s.usage["web_searches"], "content_index": 0}
+    message = _response(s, "completed", True)["output"][-1]
+    part = message["content"][0]
     events += [
         (
-            "response.output_text.delta",
+            "response.output_item.added",
             {
-                "item_id": "msg_fake",
-                "output_index": s.usage["web_searches"],
-                "content_index": 0,
-                "delta": w,
-                "logprobs": [],
+                "output_index": at["output_index"],
+                "item": {**message, "status": "in_progress", "content": []},
             },
-        )
-        for w in WORDS
+        ),
+        ("response.content_part.added", {**at, "part": {**part, "text": ""}}),
+        *(("response.output_text.delta", {**at, "delta": w, "logprobs": []}) for w in WORDS),
+        ("response.output_text.done", {**at, "text": part["text"], "logprobs": []}),
+        ("response.content_part.done", {**at, "part": part}),
+        ("response.output_item.done", {"output_index": at["output_index"], "item": message}),
     ]
     events.append(
         ("response.completed", {"response": _response(s, "completed", s.fault != "no-usage")})

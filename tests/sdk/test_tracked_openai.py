@@ -257,6 +257,17 @@ def test_a_client_built_to_allow_unmetered_requests_sends_them_uncounted(
     assert ns.engine.cost_events().data == []
 
 
+def test_the_responses_stream_helper_is_priced(fake: tuple[str, Any]) -> None:
+    """``responses.stream()`` builds the answer up from the stream's item and part events;
+    the caller gets the whole answer, and the call its usage's cost."""
+    ns = LocalNullSpend()
+    client = ns.openai(**client_kwargs(fake))
+    with client.responses.stream(model="gpt-4o-mini", input="Hello") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Hello there! 世界 🚀"
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
+
+
 def test_the_sdks_websocket_modes_are_refused(fake: tuple[str, Any]) -> None:
     """``responses.connect()`` and ``realtime.connect()`` open a WebSocket of their own, past
     the metered transport: under a cap of $5 a realtime session would have spent uncapped."""
