@@ -226,6 +226,16 @@ def test_what_is_still_reserved_when_the_file_is_let_go_is_charged_its_estimate(
         (1_000, "acme"),
         (2_500, None),
     ]
+    # A notebook cell run again: the newer engine takes the file, and what the older one held
+    # is charged first, so the newer one counts it.
+    again.customer("acme").reserve(400)  # through a twin: they share what they hold
+    newer = LocalNullSpend([LocalBudget.total(10_000)], path=path)
+    assert newer.budget_status()[0].spend_microdollars == 3_800 + 400
+    # Dropped, not closed: nothing keeps the engine (and its lock on the file) for the
+    # collector, so another process opens the file at once.
+    del again, newer
+    elsewhere = open_elsewhere(path)
+    assert elsewhere.communicate(timeout=60)[0] == f"{3_800 + 400 + 1_000}\n"
 
 
 def test_the_same_process_opens_the_file_again(tmp_path: Path) -> None:
@@ -403,6 +413,8 @@ def test_a_settle_the_server_would_refuse_is_refused_and_changes_nothing(
         ns.settle(reservation.reservation_id, **options)
     with pytest.raises(ValidationError):
         ns.reserve(2.5)  # nor an estimate
+    with pytest.raises(ValidationError):
+        ns.reserve(100, model=123)  # nor what a reservation keeps for its settle  # type: ignore[typeddict-item]
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (0, 1_000)
     ns.settle(reservation.reservation_id, cost_microdollars=700)

@@ -34,7 +34,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
@@ -272,8 +272,9 @@ class _Tenancy:
         a fork."""
         self._path = path
         self._pid = os.getpid()
-        self.before_close: Callable[[], None] | None = None
-        """What the engine does before it lets the file go: charge what it still holds."""
+        self.engines: weakref.WeakSet[LocalNullSpend] = weakref.WeakSet()
+        """The engine on the file and its scoped twins, which share its state: held weakly
+        (no cycle keeps a dropped engine, and its lock on the file, alive)."""
         fd = None
         if path is not None:
             # In this process the newest engine on a file takes it over (a notebook cell run
@@ -291,7 +292,7 @@ class _Tenancy:
     def superseded(self) -> int | None:
         """Hand this engine's lock to a newer engine on the same file in this process (its
         descriptor, or None if it holds none any more); this one refuses calls from now on."""
-        self.refusal = f"a newer LocalNullSpend in this process has {self._path} now"
+        self._let_go(f"a newer LocalNullSpend in this process has {self._path} now")
         if self._release is None or (taken := self._release.detach()) is None:
             return None
         fd: int = taken[2][0]
@@ -300,10 +301,18 @@ class _Tenancy:
     def close(self) -> None:
         if self._path is None:  # with no file, nothing is shared and nothing closes
             return
-        if self.refusal is None and self.before_close is not None:
-            self.before_close()
-        self.refusal = f"this LocalNullSpend is closed: {self._path} may be another's now"
+        self._let_go(f"this LocalNullSpend is closed: {self._path} may be another's now")
         self.release()
+
+    def _let_go(self, refusal: str) -> None:
+        """Refuse calls from now on, then charge what the engine still holds its estimate:
+        no engine will hear those calls end (a newer one reads them from the file)."""
+        if self.refusal is not None:
+            return
+        self.refusal = refusal
+        for engine in list(self.engines):  # twins share what they hold: any one charges it
+            engine._charge_held()
+            break
 
     def check(self) -> None:
         """Raise the refusal, if any: first thing in every call that counts or reads spend."""
@@ -412,7 +421,7 @@ class LocalNullSpend(TrackedClients):
             except BaseException:  # free the file at once, for a retry in this process
                 self._tenancy.release()
                 raise
-            self._tenancy.before_close = self._charge_held
+            self._tenancy.engines.add(self)
 
     def close(self) -> None:
         """Free the file given as ``path`` for the next engine (this one then refuses calls),
@@ -427,6 +436,13 @@ class LocalNullSpend(TrackedClients):
 
     def __enter__(self) -> LocalNullSpend:
         return self
+
+    def __copy__(self) -> LocalNullSpend:
+        """A twin (``scoped``, ``customer``) sharing this engine's state and file."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        self._tenancy.engines.add(twin)
+        return twin
 
     def __exit__(self, *_: object) -> None:
         self.close()
@@ -460,6 +476,8 @@ class LocalNullSpend(TrackedClients):
             type(estimate_microdollars) is not int or not 0 <= estimate_microdollars <= _BIGINT_MAX
         ):
             raise ValidationError(_not_whole("estimate_microdollars"))
+        if error := _not_text(options, _RESERVE_TEXTS):  # kept, then written at settle
+            raise ValidationError(error)
         tags = dict(given) if (given := options.get("tags")) else {}
         if tags and (errors := tag_errors(tags)):
             raise ValidationError("; ".join(errors))
@@ -469,6 +487,7 @@ class LocalNullSpend(TrackedClients):
         accounts = self._matching(customer, tags) if tags else self._totals
         chosen_id = options.get("reservation_id")
         with self._lock:
+            self._tenancy.check()  # again: the engine may have let go while this waited
             if chosen_id is not None:
                 if chosen_id in self._held:  # sent again: what it made
                     return chosen_id
@@ -933,7 +952,14 @@ def _settle_error(options: SettleOptions) -> str | None:
     usage = options.get("usage")
     if usage is not None and not isinstance(usage, Usage):
         return "usage must be a nullspend.usage.Usage"
-    for name in ("model", "provider", "service_tier", "event_type", "trace_id"):
+    return _not_text(options, ("model", "provider", "service_tier", "event_type", "trace_id"))
+
+
+_RESERVE_TEXTS = ("model", "provider", "customer", "session_id", "trace_id", "reservation_id")
+
+
+def _not_text(options: Mapping[str, object], names: tuple[str, ...]) -> str | None:
+    for name in names:
         value = options.get(name)
         if value is not None and not isinstance(value, str):
             return f"{name} must be a string"
