@@ -4,13 +4,16 @@ lost when a process dies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import threading
 import time
 
 import httpx
 
+from tests.fakes.upstream import run_fake_upstream
 from tests.nullspend_server.conftest import _bootstrap, spawn_server, start_server
 from tests.nullspend_server.dbtools import rows
 
@@ -79,32 +82,78 @@ def test_two_processes_on_postgres_never_overspend(postgres_url: str) -> None:
 
 
 def test_a_killed_process_reservations_are_recovered(database_url: str) -> None:
+    """A process killed mid-call leaves its proxied calls' reservations behind: the survivor
+    settles them at their estimate. A reservation made through the API is its client's (the
+    SDK's) to settle, through any process: it stays, and its settle is its real cost. (It was
+    charged its estimate too, so every restart billed the SDK's calls in flight at theirs.)"""
     key = asyncio.run(_bootstrap(database_url))
-    process, base = spawn_server(database_url)
     headers = {"X-NullSpend-Key": key}
-    budget_id = httpx.post(
-        f"{base}/api/budgets",
-        headers=headers,
-        json={"entityType": "user", "limitMicrodollars": LIMIT},
-    ).json()["data"]["id"]
-    for _ in range(3):
-        httpx.post(
+    with run_fake_upstream() as (upstream, _):
+        process, base = spawn_server(database_url, openai_upstream=upstream)
+        budget_id = httpx.post(
+            f"{base}/api/budgets",
+            headers=headers,
+            json={"entityType": "user", "limitMicrodollars": LIMIT},
+        ).json()["data"]["id"]
+        sdk_call = httpx.post(
             f"{base}/api/reservations", headers=headers, json={"estimateMicrodollars": ESTIMATE}
-        ).raise_for_status()
-    os.kill(process.pid, signal.SIGKILL)  # no shutdown: its reservations are left behind
-    process.wait()
+        ).json()["data"]["reservationId"]
+        hanging = {**headers, "Authorization": "Bearer sk-test", "x-fake-fault": "hang"}
+        body = {
+            "model": "gpt-4o-mini",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Hi"}],
+        }
+        calls = [
+            threading.Thread(
+                target=lambda: _proxied_until_dropped(f"{base}/v1/chat/completions", hanging, body)
+            )
+            for _ in range(3)
+        ]
+        for call in calls:
+            call.start()
+        proxied = _until_reserved(database_url, calls=3)
+        os.kill(process.pid, signal.SIGKILL)  # no shutdown: its reservations are left behind
+        process.wait()
+        for call in calls:
+            call.join(30)
     survivor = start_server(database_url, key, heartbeat_seconds=0.2)
     try:
         with survivor.client() as client:
             deadline = time.monotonic() + 20
-            while client.get(f"/api/budgets/{budget_id}").json()["data"]["reservedMicrodollars"]:
-                assert time.monotonic() < deadline, "the dead process's reservations remain"
+            while (
+                client.get(f"/api/budgets/{budget_id}").json()["data"]["reservedMicrodollars"]
+                > ESTIMATE
+            ):
+                assert time.monotonic() < deadline, "the dead process's proxied calls remain"
                 time.sleep(0.2)
+            time.sleep(1)  # a few more recovery passes: the SDK's reservation must outlive them
+            client.post(
+                f"/api/reservations/{sdk_call}/settle", json={"costMicrodollars": 450}
+            ).raise_for_status()
             state = client.get(f"/api/budgets/{budget_id}").json()["data"]
     finally:
         survivor.stop()
-    assert state["spendMicrodollars"] == 3 * ESTIMATE
+    assert (state["spendMicrodollars"], state["reservedMicrodollars"]) == (proxied + 450, 0)
     recovered = rows(
         database_url, "SELECT count(*) AS n FROM cost_event_tags WHERE key = :k", k="_ns_recovered"
     )
     assert recovered[0]["n"] == 3
+
+
+def _proxied_until_dropped(url: str, headers: dict[str, str], body: dict[str, object]) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # the process dies under it
+        httpx.post(url, headers=headers, json=body, timeout=60)
+
+
+def _until_reserved(database_url: str, calls: int) -> int:
+    """Wait until ``calls`` proxied calls hold their reservations; answers what they hold."""
+    deadline = time.monotonic() + 20
+    query = (
+        "SELECT count(*) AS n, sum(estimate_microdollars) AS held FROM reservations"
+        " WHERE status = 'active' AND source = 'proxy'"
+    )
+    while (proxied := rows(database_url, query)[0])["n"] < calls:
+        assert time.monotonic() < deadline, "the proxied calls were not reserved"
+        time.sleep(0.1)
+    return int(proxied["held"])

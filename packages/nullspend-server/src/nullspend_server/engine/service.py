@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, or_, select
+from sqlmodel import and_, col, or_, select
 
 from nullspend.attribution import TAG_EXPIRED, TAG_RECOVERED
 from nullspend.policy.denials import Denial
@@ -154,8 +154,10 @@ class Engine:
             await session.commit()
 
     async def recover(self) -> int:
-        """Settle at their estimate the active reservations that expired or whose process
-        stopped heart-beating. Returns how many were settled."""
+        """Settle at their estimate the active reservations that expired, and the proxy's
+        whose process stopped heart-beating (the call went with it). A reservation made
+        through the API is its client's to settle, through any process: only its expiry
+        abandons it. Returns how many were settled."""
         now = utcnow()
         stale = now - dt.timedelta(seconds=self.settings.heartbeat_seconds * MISSED_HEARTBEATS)
         async with self.db.sessions() as session:
@@ -165,7 +167,11 @@ class Engine:
                 .where(col(Reservation.status) == "active")
                 .where(
                     or_(
-                        col(Reservation.expires_at) < now, col(Reservation.instance_id).not_in(live)
+                        col(Reservation.expires_at) < now,
+                        and_(
+                            col(Reservation.source) == "proxy",
+                            col(Reservation.instance_id).not_in(live),
+                        ),
                     )
                 )
                 .limit(RECOVERY_BATCH)
