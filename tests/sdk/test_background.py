@@ -63,6 +63,25 @@ def test_a_full_queue_runs_the_work_on_the_caller_thread() -> None:
     assert threads[1] != threading.get_ident()
 
 
+def test_an_event_loops_work_is_never_run_on_its_thread(caplog: pytest.LogCaptureFixture) -> None:
+    """``AsyncNullSpend`` settles from the event loop: with the server slow, a full queue ran
+    each further settle there, and stalled the loop 2.8 s a call. Its queue grows instead,
+    with a warning each time it passes another bound's worth."""
+    gate = threading.Event()
+    threads: list[int] = []
+    runner = Background(max_queue=3, caller_may_wait=False)
+    runner.submit(lambda: gate.wait(10), "held")
+    for _ in range(7):
+        runner.submit(lambda: threads.append(threading.get_ident()), "queued")
+    assert threads == []  # none ran here
+    assert any("wait to be sent" in r.message for r in caplog.records)
+    gate.set()
+    assert runner.flush(timeout=10)
+    assert len(threads) == 7
+    assert threading.get_ident() not in threads
+    assert AsyncNullSpend("ns_test", "http://127.0.0.1:9")._settler._caller_may_wait is False
+
+
 def test_the_thread_ends_when_idle_and_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(background, "IDLE_SECONDS", 0.02)
     done: list[int] = []

@@ -48,7 +48,7 @@ class AsyncNullSpend(AsyncTrackedClients):
         # Sends settle_later's work with a sync client of its own: a thread, not a task, so
         # that what is queued when the event loop ends (asyncio.run cancels its tasks) is still
         # sent, at exit if need be. Made here, so scoped copies (ns.customer(...)) share it.
-        self._settler = NullSpend(
+        self._settler = _LoopsSettler(
             self.connection.api_key,
             self.connection.base_url,
             timeout=self._http.get().timeout,
@@ -172,3 +172,10 @@ class AsyncNullSpend(AsyncTrackedClients):
         """Recorded events, newest first, filtered; pass the page's ``cursor`` for the next."""
         await self.flush()
         return await self._send(calls.cost_events(limit, cursor, **filters))
+
+
+class _LoopsSettler(NullSpend):
+    """What sends an ``AsyncNullSpend``'s settles: its callers are on the event loop, which
+    must never wait, so its queue grows past 10,000 (with a warning) rather than send there."""
+
+    _caller_may_wait = False

@@ -1,8 +1,9 @@
 """``Background``: a client's settles and releases sent from one daemon thread, in order, so a
 provider's answer is the caller's as soon as it arrives and NullSpend's bookkeeping follows.
 Until a settle lands its reservation holds the estimate, so budgets stay enforced meanwhile.
-Nothing is dropped: when the queue is full the work runs on the caller's thread; ``close()``
-(and interpreter exit) sends what is left."""
+Nothing is dropped: when the queue is full the work runs on the caller's thread, unless that
+thread must never wait (an event loop's): then the queue grows, with a warning; ``close()`` (and
+interpreter exit) sends what is left."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ _WAKE: tuple[None, str] = (None, "")
 
 
 class Background:
-    def __init__(self, max_queue: int = 10_000) -> None:
-        self._queue: queue.Queue[tuple[Callable[[], object] | None, str]] = queue.Queue(max_queue)
+    def __init__(self, max_queue: int = 10_000, *, caller_may_wait: bool = True) -> None:
+        self._max_queue = max_queue
+        self._queue: queue.Queue[tuple[Callable[[], object] | None, str]] = queue.Queue(
+            max_queue if caller_may_wait else 0  # 0: unbounded
+        )
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         _live.add(self)
@@ -43,6 +47,11 @@ class Background:
         except queue.Full:  # never dropped: a lost settle would be charged at its estimate
             attempt(work, description)
             return
+        if not self._queue.maxsize and self._queue.qsize() % self._max_queue == 0:
+            log.warning(
+                "%d settles and releases wait to be sent: is the NullSpend server slow or down?",
+                self._queue.qsize(),
+            )
         self._started()
 
     def flush(self, timeout: float | None = None) -> bool:

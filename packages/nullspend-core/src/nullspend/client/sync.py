@@ -6,7 +6,7 @@ import contextlib
 import functools
 import time
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, ClassVar, TypeVar, Unpack
 
 import httpx
 
@@ -40,6 +40,9 @@ class NullSpend(TrackedClients):
     connection failures, 502-504, ``budget_unavailable`` and ``rate_limited``.
     """
 
+    # With 10,000 settles waiting, the next is sent on the caller's thread (backpressure).
+    _caller_may_wait: ClassVar[bool] = True
+
     def __init__(
         self,
         api_key: str | None = None,
@@ -53,7 +56,7 @@ class NullSpend(TrackedClients):
         self.max_retries = max_retries
         self.scope = Scope()
         self._http = processes.PerProcess(lambda: httpx.Client(timeout=timeout), http_client)
-        self._background = Background()
+        self._background = Background(caller_may_wait=self._caller_may_wait)
 
     def close(self) -> None:
         """Send what ``settle_later`` and ``release_later`` left queued, and what a
