@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from nullspend.errors import ApiError
-from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES, unmetered_route_error
+from nullspend.tracked.metering import (
+    ANTHROPIC_ROUTES,
+    OPENAI_ROUTES,
+    Routes,
+    unmetered_route_error,
+)
 from nullspend.tracked.transport import AsyncTrackedTransport, RaiseAs, TrackedTransport
 
 if TYPE_CHECKING:
@@ -87,17 +92,31 @@ def _refuse_socket(path: str, raise_as: RaiseAs, *args: Any, **kwargs: Any) -> A
     raise raise_as(unmetered_route_error(f"a WebSocket to {path}", path))
 
 
+def _metered_http(
+    ns: NullSpend, http: ModuleType, routes: Routes, raise_as: RaiseAs, allow_unmetered: bool
+) -> Any:
+    """An HTTP client of ``http``'s (httpx, or httpx2) whose transport meters ``routes``."""
+    inner = http.HTTPTransport()
+    transport = TrackedTransport(ns, inner, routes, raise_as, http, allow_unmetered=allow_unmetered)
+    return http.Client(transport=transport)
+
+
+def _async_metered_http(
+    ns: AsyncNullSpend, http: ModuleType, routes: Routes, raise_as: RaiseAs, allow_unmetered: bool
+) -> Any:
+    """``_metered_http``, for the async SDK clients."""
+    inner = http.AsyncHTTPTransport()
+    transport = AsyncTrackedTransport(
+        ns, inner, routes, raise_as, http, allow_unmetered=allow_unmetered
+    )
+    return http.AsyncClient(transport=transport)
+
+
 def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai.OpenAI:
     import openai
 
-    transport = TrackedTransport(
-        ns,
-        httpx.HTTPTransport(),
-        OPENAI_ROUTES,
-        _as_openai_error,
-        allow_unmetered=allow_unmetered,
-    )
-    client = openai.OpenAI(http_client=httpx.Client(transport=transport), **kwargs)
+    http_client = _metered_http(ns, httpx, OPENAI_ROUTES, _as_openai_error, allow_unmetered)
+    client = openai.OpenAI(http_client=http_client, **kwargs)
     return _sockets_refused(client, allow_unmetered)
 
 
@@ -106,14 +125,8 @@ def async_openai_client(
 ) -> openai.AsyncOpenAI:
     import openai
 
-    transport = AsyncTrackedTransport(
-        ns,
-        httpx.AsyncHTTPTransport(),
-        OPENAI_ROUTES,
-        _as_openai_error,
-        allow_unmetered=allow_unmetered,
-    )
-    client = openai.AsyncOpenAI(http_client=httpx.AsyncClient(transport=transport), **kwargs)
+    http_client = _async_metered_http(ns, httpx, OPENAI_ROUTES, _as_openai_error, allow_unmetered)
+    client = openai.AsyncOpenAI(http_client=http_client, **kwargs)
     return _sockets_refused(client, allow_unmetered)
 
 
@@ -121,15 +134,8 @@ def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> ant
     import anthropic
 
     http = _anthropic_http()
-    transport = TrackedTransport(
-        ns,
-        http.HTTPTransport(),
-        ANTHROPIC_ROUTES,
-        _as_anthropic_error,
-        http,
-        allow_unmetered=allow_unmetered,
-    )
-    return anthropic.Anthropic(http_client=http.Client(transport=transport), **kwargs)
+    http_client = _metered_http(ns, http, ANTHROPIC_ROUTES, _as_anthropic_error, allow_unmetered)
+    return anthropic.Anthropic(http_client=http_client, **kwargs)
 
 
 def async_anthropic_client(
@@ -138,12 +144,7 @@ def async_anthropic_client(
     import anthropic
 
     http = _anthropic_http()
-    transport = AsyncTrackedTransport(
-        ns,
-        http.AsyncHTTPTransport(),
-        ANTHROPIC_ROUTES,
-        _as_anthropic_error,
-        http,
-        allow_unmetered=allow_unmetered,
+    http_client = _async_metered_http(
+        ns, http, ANTHROPIC_ROUTES, _as_anthropic_error, allow_unmetered
     )
-    return anthropic.AsyncAnthropic(http_client=http.AsyncClient(transport=transport), **kwargs)
+    return anthropic.AsyncAnthropic(http_client=http_client, **kwargs)
