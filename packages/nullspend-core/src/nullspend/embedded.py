@@ -310,9 +310,9 @@ class _Tenancy:
         if self.refusal is not None:
             return
         self.refusal = refusal
-        for engine in list(self.engines):  # twins share what they hold: any one charges it
+        # Twins share what they hold: any one of them charges it.
+        if (engine := next(iter(list(self.engines)), None)) is not None:
             engine._charge_held()
-            break
 
     def check(self) -> None:
         """Raise the refusal, if any: first thing in every call that counts or reads spend."""
@@ -469,13 +469,10 @@ class LocalNullSpend(TrackedClients):
     ) -> str:
         """``reserve``, answering only the reservation's id: what the integrations call for
         every call, without the typed answer they do not read."""
-        self._tenancy.check()
         if estimate_microdollars is None:
             estimate_microdollars = _estimate_of(options).microdollars
-        elif (
-            type(estimate_microdollars) is not int or not 0 <= estimate_microdollars <= _BIGINT_MAX
-        ):
-            raise ValidationError(_not_whole("estimate_microdollars"))
+        elif error := _whole_error("estimate_microdollars", estimate_microdollars):
+            raise ValidationError(error)
         if error := _not_text(options, _RESERVE_TEXTS):  # kept, then written at settle
             raise ValidationError(error)
         tags = dict(given) if (given := options.get("tags")) else {}
@@ -487,7 +484,7 @@ class LocalNullSpend(TrackedClients):
         accounts = self._matching(customer, tags) if tags else self._totals
         chosen_id = options.get("reservation_id")
         with self._lock:
-            self._tenancy.check()  # again: the engine may have let go while this waited
+            self._tenancy.check()  # under the lock: the engine may let go while this waits
             if chosen_id is not None:
                 if chosen_id in self._held:  # sent again: what it made
                     return chosen_id
@@ -701,8 +698,8 @@ class LocalNullSpend(TrackedClients):
         cost = report.cost_microdollars
         if cost is None:
             cost = _catalog_cost(usage, report.model, report.service_tier)
-        elif not 0 <= cost <= _BIGINT_MAX:
-            raise ValidationError(_not_whole("cost_microdollars"))
+        elif refused := _whole_error("cost_microdollars", cost):
+            raise ValidationError(refused)
         return _Event(
             self._ids.next("ce"),
             time.time_ns() // 1000,
@@ -946,9 +943,8 @@ def _settle_error(options: SettleOptions) -> str | None:
     """What the server refuses in a settle's options, checked by hand (every call settles):
     kept, such a value would count wrong, or be written where no engine could read it back."""
     for name in ("cost_microdollars", "duration_ms"):
-        value = options.get(name)
-        if value is not None and (type(value) is not int or not 0 <= value <= _BIGINT_MAX):
-            return _not_whole(name)
+        if (value := options.get(name)) is not None and (error := _whole_error(name, value)):
+            return error
     usage = options.get("usage")
     if usage is not None and not isinstance(usage, Usage):
         return "usage must be a nullspend.usage.Usage"
@@ -969,7 +965,10 @@ def _not_text(options: Mapping[str, object], names: tuple[str, ...]) -> str | No
 _BIGINT_MAX = 2**63 - 1  # what the server and the file store
 
 
-def _not_whole(name: str) -> str:
+def _whole_error(name: str, value: object) -> str | None:
+    """Why ``value`` is no count the server and the file store, if it is not."""
+    if type(value) is int and 0 <= value <= _BIGINT_MAX:
+        return None
     return f"{name} must be a whole number, not negative, at most {_BIGINT_MAX}"
 
 

@@ -84,12 +84,12 @@ def _sockets_refused(client: C, allow_unmetered: bool) -> C:
             resource = getattr(resource, name, None)
         if resource is not None and hasattr(resource, "connect"):
             path = "/v1/" + names[-1]
-            resource.connect = functools.partial(_refuse_socket, path, _as_openai_error)
+            resource.connect = functools.partial(_refuse_socket, path)
     return client
 
 
-def _refuse_socket(path: str, raise_as: RaiseAs, *args: Any, **kwargs: Any) -> Any:
-    raise raise_as(unmetered_route_error(f"a WebSocket to {path}", path))
+def _refuse_socket(path: str, *args: Any, **kwargs: Any) -> Any:
+    raise _as_openai_error(unmetered_route_error(f"a WebSocket to {path}", path))
 
 
 def _metered_http(
