@@ -232,5 +232,52 @@ def test_the_searches_a_request_may_make_are_in_its_estimate(
         plain = {"model": model, "max_output_tokens": 100, "input": "hi"}
     searching = {**plain, "tools": [{**tool, "name": tool.get("name", "web_search")}]}
     added = estimate(wire, searching).microdollars - estimate(wire, plain).microdollars
-    fee = searches * priced.prices.web_search // PICODOLLARS_PER_MICRODOLLAR
+    fee = searches * priced.prices.web_search
+    # Anthropic's system prompt for tools is billed with any tool, a search's or not.
+    fee += wire.hidden_input_tokens(searching) * priced.prices.input
+    fee //= PICODOLLARS_PER_MICRODOLLAR
     assert fee <= added <= fee + 200  # and the tool's own few tokens
+
+
+@pytest.mark.parametrize(
+    ("tools", "hidden"),
+    [
+        ([], 0),
+        ([{"name": "lookup", "input_schema": {"type": "object"}}], 530),
+        ([{"type": "bash_20250124", "name": "bash"}], 530 + 245),
+        (
+            [
+                {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+                {"type": "computer_20250124", "name": "computer"},
+                {"type": "web_search_20250305", "name": "web_search"},
+            ],
+            530 + 700 + 735 + 499,
+        ),
+    ],
+)
+def test_the_prompt_anthropic_adds_for_tools_is_in_the_estimate(
+    tools: list[dict[str, Any]], hidden: int
+) -> None:
+    """Anthropic bills a system prompt of its own (346 tokens on current models, up to 530) on
+    every request that sends tools, and its own tools' definitions (bash 245, the text editor
+    700) in place of their short specs: input that is in no byte of the body. Left out, a call
+    with tools and a small output cap cost more than it reserved."""
+    body: dict[str, Any] = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    if tools:
+        body["tools"] = tools
+    result = estimate(ANTHROPIC_MESSAGES, body)
+    assert result.input_tokens == -(-len(encode(body)) // 3) + hidden
+    # What such a call with the bash tool is billed on a current model: the body's few tokens,
+    # the system prompt and the tool's definition; the estimate bounds it.
+    if tools and tools[0].get("name") == "bash":
+        billed = cost(Usage(input_tokens=10 + 346 + 245, output_tokens=5), "claude-sonnet-4-5")
+        assert result.microdollars * PICODOLLARS_PER_MICRODOLLAR >= billed.total_picodollars
+
+
+@pytest.mark.parametrize("wire", [OPENAI_CHAT, OPENAI_RESPONSES, GEMINI])
+def test_other_formats_add_no_hidden_input(wire: WireFormat) -> None:
+    assert wire.hidden_input_tokens({"tools": [{"type": "function", "name": "f"}]}) == 0

@@ -24,7 +24,7 @@ from nullspend.client import NullSpend
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import ConnectionFailedError, CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
-from nullspend.pricing import default_catalog
+from nullspend.pricing import cost, default_catalog
 from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.estimates import reserved_estimates
@@ -687,6 +687,42 @@ def stop_an_agent_stream_early(fake: tuple[str, Any], client: NullSpend | LocalN
         await _until(lambda: reserved() == 0)
 
     asyncio.run(stop_after_first_chunk())
+
+
+def test_each_messages_framing_is_in_the_estimate(fake: tuple[str, Any]) -> None:
+    """A callback sees the messages' text, but the provider bills each message's role and
+    framing too (OpenAI: 3 tokens a message, 1 for the role, 3 to prime the reply). Left out, a
+    one-word prompt was reserved below its cost, and 80 concurrent calls on a server spent
+    3,038 µ$ against a 3,000 µ$ cap."""
+
+    def billed(input_tokens: int) -> int:
+        usage = Usage(input_tokens=input_tokens, output_tokens=5)
+        return -(-cost(usage, "gpt-4o-mini").total_picodollars // PICODOLLARS_PER_MICRODOLLAR)
+
+    one_word = reserved_for(chat_openai(fake, max_tokens=5), fake, "Hello")
+    assert one_word >= billed(3 + 1 + 1 + 3)
+    history = [("human" if n % 2 == 0 else "ai", "ok") for n in range(20)]
+    assert reserved_for(chat_openai(fake, max_tokens=5), fake, history) >= billed(20 * 5 + 3)
+
+
+def test_the_prompt_anthropic_adds_for_tools_is_in_the_estimate(fake: tuple[str, Any]) -> None:
+    """Anthropic bills a system prompt of its own (346 tokens on current models) on every call
+    that sends tools, and its bash tool's definition (245 tokens) in place of the short spec
+    the call sends: none of it is in the messages or the schemas."""
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look a record up."""
+        return query
+
+    claude = default_catalog().resolve("claude-sonnet-4-5")
+    assert claude is not None
+    plain = reserved_for(chat_anthropic(fake, max_tokens=5), fake)
+    with_tool = reserved_for(chat_anthropic(fake, max_tokens=5).bind_tools([lookup]), fake)
+    assert with_tool - plain >= 346 * claude.prices.input // PICODOLLARS_PER_MICRODOLLAR
+    bash = {"type": "bash_20250124", "name": "bash"}
+    with_bash = reserved_for(chat_anthropic(fake, max_tokens=5).bind_tools([bash]), fake)
+    assert with_bash - plain >= (346 + 245) * claude.prices.input // PICODOLLARS_PER_MICRODOLLAR
 
 
 def test_a_langgraph_stream_stopped_early_holds_nothing(fake: tuple[str, Any]) -> None:

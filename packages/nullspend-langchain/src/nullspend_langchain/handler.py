@@ -29,7 +29,11 @@ from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.pricing.estimate import estimate_call, estimate_input_tokens
+from nullspend.pricing.estimate import (
+    MESSAGE_FRAMING_TOKENS,
+    estimate_call,
+    estimate_input_tokens,
+)
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, format_of
@@ -206,9 +210,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         cache_ttl = (
             _cache_ttl(text, request) if blocks or tools or "cache_control" in request else None
         )
+        provider = metadata.get("ls_provider")
+        if not isinstance(provider, str):
+            provider = None
+        # Each message's role and framing is billed too, and Anthropic adds a system prompt
+        # (and its own tools' definitions) to a call that sends tools: none of it is text here.
+        input_tokens = estimate_input_tokens(raw) + MESSAGE_FRAMING_TOKENS * len(text)
+        if tools and provider == "anthropic":
+            input_tokens += ANTHROPIC_MESSAGES.hidden_input_tokens(request)
         estimate = estimate_call(
             model,
-            estimate_input_tokens(raw),
+            input_tokens,
             cap,
             choices=OPENAI_CHAT.requested_choices(request),
             # A Responses turn that continues a stored conversation (previous_response_id, as
@@ -219,9 +231,6 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # Bound tools in either provider's shape; a search is billed on top of tokens.
             web_searches=_web_searches_allowed(request) if tools else 0,
         )
-        provider = metadata.get("ls_provider")
-        if not isinstance(provider, str):
-            provider = None
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope
         if run_tags or CUSTOMER_KEY in metadata or SESSION_KEY in metadata:

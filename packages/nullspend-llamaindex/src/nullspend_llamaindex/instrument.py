@@ -373,14 +373,16 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     stored = wire is OPENAI_RESPONSES and wire.continues_stored_context(
         {"previous_response_id": getattr(llm, "_previous_response_id", None), **sent}
     )
+    tools = {"tools": _tool_specs(llm, sent)}
     estimate = estimate_call(
         model,
-        estimate_input_tokens(text.encode()),
+        # Anthropic bills a system prompt of its own for a call that sends tools.
+        estimate_input_tokens(text.encode()) + wire.hidden_input_tokens(tools),
         cap if isinstance(cap, int) else None,
         stored_context=stored,
         service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
         # OpenAIResponses' built-in tools (a web search: billed per search) are its own field.
-        web_searches=wire.requested_web_searches({"tools": _tool_specs(llm, sent)}),
+        web_searches=wire.requested_web_searches(tools),
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)

@@ -5,13 +5,14 @@ replaces it afterwards. It must bound ordinary requests from above, or concurren
 together spend past a hard cap, so every guess leans high: input is one token per 3 bytes of the
 body (English prose runs about 4 bytes a token, but code and JSON run near 3; the hosted
 service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles and keys as prompt
-text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more); the
-prompt is priced at the cache-write rate when the request asks for a cache write; output is the
-request's max tokens, else the model's output cap, times the completions it asks for (``n``);
-each web search the request's search tools may make (their ``max_uses``, else an assumed five)
-is priced at the model's per-search fee;
-a request that continues a conversation the provider stores (``previous_response_id``) is
-assumed to read the model's whole context window, the most its unseen turns can bill.
+text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more);
+input the provider adds that the body does not carry (Anthropic's tool-use system prompt) is
+added; the prompt is priced at the cache-write rate when the request asks for a cache write;
+output is the request's max tokens, else the model's output cap, times the completions it asks
+for (``n``); each web search the request's search tools may make (their ``max_uses``, else an
+assumed five) is priced at the model's per-search fee; a request that continues a conversation
+the provider stores (``previous_response_id``) is assumed to read the model's whole context
+window, the most its unseen turns can bill.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from nullspend.wire.base import WireFormat
 
 # Assumed when neither the request nor the catalog gives an output cap.
 DEFAULT_OUTPUT_CAP = 32_768
+# What a message adds around its text in a request body (``{"role":"assistant","content":""},``,
+# 34 bytes, counted as a body's bytes are): an estimate made from the messages' text alone
+# (a LangChain callback's) adds it for each, where providers bill 3-5 tokens a message.
+MESSAGE_FRAMING_TOKENS = 12
 # What an unpriced model's call is assumed to cost: $1, as the hosted service assumes.
 UNPRICED_ESTIMATE_MICRODOLLARS = 1_000_000
 
@@ -65,7 +70,7 @@ def estimate_request(
     """Estimate a request in ``wire``'s format; ``model`` names it where the body does not."""
     return estimate_call(
         model or wire.requested_model(body),
-        estimate_input_tokens(raw_body),
+        estimate_input_tokens(raw_body) + wire.hidden_input_tokens(body),
         wire.requested_output_cap(body),
         choices=wire.requested_choices(body),
         stored_context=wire.continues_stored_context(body),

@@ -12,6 +12,15 @@ from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "anthropic.messages usage"
 
+TOOL_USE_SYSTEM_PROMPT_TOKENS = 530
+"""The system prompt Anthropic adds to every request that sends tools, billed as input: 530
+tokens is the most it documents (Claude 3 Opus, ``tool_choice`` auto); current models take 346."""
+
+BUILT_IN_TOOL_TOKENS = {"bash_": 245, "text_editor_": 700, "computer_": 735 + 499}
+"""What each Anthropic-defined tool (by its type's prefix, as ``bash_20250124``) bills for the
+definition its short spec in the body stands for; computer use adds a system prompt of its own
+(at most 499 tokens) to its 735."""
+
 
 def _usage_from(usage: JSONObject) -> Usage:
     """Map a ``Usage`` object: unlike OpenAI's, ``input_tokens`` already excludes cache traffic.
@@ -132,6 +141,19 @@ class AnthropicMessages:
 
     def requested_web_searches(self, body: JSONObject) -> int:
         return web_searches_allowed(body, _is_web_search)
+
+    def hidden_input_tokens(self, body: JSONObject) -> int:
+        tools = body.get("tools")
+        if not isinstance(tools, list) or not tools:
+            return 0
+        hidden = TOOL_USE_SYSTEM_PROMPT_TOKENS
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, Mapping) else None
+            if isinstance(kind, str):
+                hidden += next(
+                    (n for prefix, n in BUILT_IN_TOOL_TOKENS.items() if kind.startswith(prefix)), 0
+                )
+        return hidden
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None

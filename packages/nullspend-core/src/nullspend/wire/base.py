@@ -100,6 +100,12 @@ class WireFormat(Protocol):
         else ``ASSUMED_WEB_SEARCHES``."""
         ...
 
+    def hidden_input_tokens(self, body: JSONObject) -> int:
+        """Input tokens the provider bills for a request that its body does not carry (the
+        system prompt Anthropic adds for tools, its own tools' definitions): what an estimate
+        made from the body adds to it. 0 where the format adds none."""
+        ...
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         """``"5m"`` or ``"1h"`` when the request asks the provider to write a prompt cache.
 

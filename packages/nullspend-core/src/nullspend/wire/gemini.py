@@ -100,6 +100,9 @@ class Gemini:
     def requested_web_searches(self, body: JSONObject) -> int:
         return 0  # the catalog prices no grounding apart
 
+    def hidden_input_tokens(self, body: JSONObject) -> int:
+        return 0  # Google documents no hidden prompt
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # Implicit caching has no write charge; explicit caches are created (and billed for
         # storage) through the cachedContents API, not by a generateContent request.

@@ -101,6 +101,9 @@ class OpenAIChat:
     def requested_web_searches(self, body: JSONObject) -> int:
         return 0  # the catalog prices no Chat Completions search apart
 
+    def hidden_input_tokens(self, body: JSONObject) -> int:
+        return 0  # OpenAI documents no hidden prompt; a message's framing is in the body
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.
         return None

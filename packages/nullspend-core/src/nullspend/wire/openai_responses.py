@@ -126,6 +126,9 @@ class OpenAIResponses:
     def requested_web_searches(self, body: JSONObject) -> int:
         return web_searches_allowed(body, _is_web_search)
 
+    def hidden_input_tokens(self, body: JSONObject) -> int:
+        return 0  # OpenAI documents no hidden prompt; a message's framing is in the body
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.
         return None
