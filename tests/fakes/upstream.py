@@ -17,7 +17,8 @@ Per request, through headers the proxy forwards untouched:
 - ``x-fake-tool-call``: JSON ``{"name", "arguments"}``: answer with that tool call (Chat
   Completions and Messages, streamed or not) unless the conversation ends with a tool's result,
   which is answered with text: an agent's tool round trip.
-- ``x-fake-answer``: the text of a Responses answer (a structured output's JSON, say).
+- ``x-fake-answer``: the text of a Responses or a (non-streamed) Messages answer (a
+  structured output's JSON, say).
 ``POST /v1/embeddings`` answers one vector per input (base64 when asked, as the SDK does), and
 any path not served answers the provider's 404.
 An OpenAI answer's ``service_tier`` is the one its request asked for ("priority" for "fast"),
@@ -403,7 +404,7 @@ def messages(s: Scenario) -> Response:
                 "input": tool["arguments"],
             }
             if tool
-            else {"type": "text", "text": "".join(WORDS)}
+            else {"type": "text", "text": s.answer}
         )
         return JSONResponse(
             {

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI, OpenAIResponses
 from pydantic import BaseModel, ValidationError
@@ -147,18 +148,86 @@ def test_llm_classes_defined_after_instrument_are_gated(fake: tuple[str, Any]) -
 
 
 ANTHROPIC_SCRIPT = """
-import json, sys
-from llama_index.core.base.llms.types import ChatMessage
+import asyncio, gc, json, sys
+sys.path.insert(0, sys.argv[3])  # the repository: tests.estimates
+from pydantic import BaseModel
+from llama_index.core.base.llms.types import CachePoint, CacheControl, ChatMessage, DocumentBlock
+from llama_index.core.base.llms.types import TextBlock
+from llama_index.core.prompts import PromptTemplate
 from llama_index.llms.anthropic import Anthropic
-from nullspend.embedded import LocalNullSpend
+from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.errors import DeniedError
 from nullspend_llamaindex import instrument
+from tests.estimates import reserved_estimates
 
-ns = LocalNullSpend()
-instrument(client=ns)
-llm = Anthropic(model="claude-sonnet-4-5-20250929", base_url=sys.argv[1], api_key="sk-ant-test",
-                max_retries=0, max_tokens=200, default_headers={"x-fake-usage": sys.argv[2]})
-llm.chat([ChatMessage(role="user", content="Hello")])
-print(json.dumps([e.model_dump(mode="json") for e in ns.cost_events().data]))
+base, usage = sys.argv[1], json.loads(sys.argv[2])
+def hello():  # new each time: cache_idx marks the messages it is given
+    return [ChatMessage(role="user", content="Hello")]
+
+
+class HouseClaude(Anthropic):  # a user's own subclass
+    pass
+
+
+class Car(BaseModel):
+    make: str
+    model: str
+
+
+def claude(cls=Anthropic, fake_usage=None, **headers):
+    headers = {"x-fake-usage": json.dumps(fake_usage or usage), **headers}
+    return cls(model="claude-sonnet-4-5-20250929", base_url=base, api_key="sk-ant-test",
+               max_retries=0, max_tokens=200, default_headers=headers)
+
+
+def run(what, budgets=()):
+    # Each scenario on an engine of its own: what it recorded, reserved, and was refused.
+    ns = LocalNullSpend(list(budgets))
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    try:
+        what()
+        denied = False
+    except DeniedError:
+        denied = True
+    gc.collect()
+    events = [e.model_dump(mode="json") for e in ns.cost_events().data]
+    return {"events": events, "reserved": reserved, "denied": denied}
+
+
+async def astream(llm):
+    return [r async for r in await llm.astream_chat(hello())]
+
+
+car = PromptTemplate("Which car is this: {text}")
+toyota = {"x-fake-answer": '{"make": "Toyota", "model": "Corolla"}'}
+out = {
+    "chat": run(lambda: claude().chat(hello())),
+    "stream_1h": run(lambda: list(claude(**{"x-fake-usage": json.dumps(
+        {**usage, "cache_write_1h": usage["cache_write"]})}).stream_chat(hello()))),
+    "astream_output_only_delta": run(
+        lambda: asyncio.run(astream(claude(**{"x-fake-fault": "output-only-delta"})))),
+    "dropped_unread": run(lambda: claude().stream_chat(hello())),
+    "subclass": run(lambda: claude(HouseClaude).chat(hello())),
+    "structured": run(lambda: claude(**toyota).structured_predict(Car, car, text="red")),
+    "structured_llm": run(lambda: claude(**toyota).as_structured_llm(Car).chat(hello())),
+    "stream_structured_denied": run(
+        lambda: list(claude().stream_structured_predict(Car, car, text="red")),
+        [LocalBudget.total(1)]),
+}
+llm = claude()
+llm.tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+out["constructor_tools"] = run(lambda: llm.chat(hello()))
+llm = claude()
+llm.cache_idx = -1
+out["cache_idx"] = run(lambda: llm.chat(hello()))
+out["plain"] = run(lambda: claude().chat(hello()))
+with open(sys.argv[4], "wb") as pdf:
+    pdf.write(b"%PDF-1.4 " + b"x" * 300_000)
+blocks = [TextBlock(text="Summarise"), DocumentBlock(path=sys.argv[4])]
+by_path = [ChatMessage(role="user", blocks=blocks)]
+out["document_by_path"] = run(lambda: claude().chat(by_path))
+print(json.dumps(out))
 """
 
 
@@ -191,18 +260,70 @@ def anthropic_below_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path) -> None:
+def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path, tmp_path: Path) -> None:
+    """llama-index-llms-anthropic on every path that reaches the provider, each priced as the
+    provider bills it and held to the cap. Its streams' input side is only in the events no
+    LlamaIndex step carries, its structured output comes from ``beta.messages.parse`` (no end
+    event), and its streams' requests go out before their first step: all heard from its
+    client."""
     done = subprocess.run(
-        [str(anthropic_below_1), "-c", ANTHROPIC_SCRIPT, fake[0], json.dumps(ANTHROPIC_USAGE)],
+        [
+            str(anthropic_below_1),
+            "-c",
+            ANTHROPIC_SCRIPT,
+            fake[0],
+            json.dumps(ANTHROPIC_USAGE),
+            str(ROOT),
+            str(tmp_path / "report.pdf"),
+        ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    (event,) = json.loads(done.stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "PydanticSerializationUnexpectedValue" not in done.stderr  # nothing on the user's
+    out = json.loads(done.stdout)
+    catalog = default_catalog()
+    claude = catalog.resolve("claude-sonnet-4-5")
+    assert claude is not None
+    prices = claude.prices
+
+    def cost_of(out_key: str) -> list[int]:
+        return [e["cost_microdollars"] for e in out[out_key]["events"]]
+
+    (event,) = out["chat"]["events"]
     assert (event["provider"], event["cost_microdollars"]) == ("anthropic", ANTHROPIC_COST)
     assert (event["cached_input_tokens"], event["cache_write_5m_tokens"]) == (6000, 1500)
-    assert len(fake[1].state.requests) == 1
+    assert cost_of("subclass") == [ANTHROPIC_COST]  # was $0, read as an OpenAI answer
+    # A stream's 1-hour cache writes are split in message_start only (was priced as 5 min).
+    written_1h = (
+        1500 * (prices.cache_write_1h - prices.cache_write_5m) // PICODOLLARS_PER_MICRODOLLAR
+    )
+    assert cost_of("stream_1h") == [ANTHROPIC_COST + written_1h]
+    # The older API's last delta counts output only: its cache counts are in message_start.
+    assert cost_of("astream_output_only_delta") == [ANTHROPIC_COST]
+    # A stream dropped unread was sent all the same (was released: $0).
+    assert cost_of("dropped_unread") == out["dropped_unread"]["reserved"]
+    # Structured output, answered by beta.messages.parse (was charged its estimate, 0 tokens).
+    (structured,) = out["structured"]["events"]
+    assert structured["cost_microdollars"] == ANTHROPIC_COST
+    assert out["structured"]["reserved"][0] >= 8192 * prices.output // PICODOLLARS_PER_MICRODOLLAR
+    (wrapped,) = out["structured_llm"]["events"]
+    assert (wrapped["model"], wrapped["cost_microdollars"]) == (
+        "claude-sonnet-4-5-20250929",  # was the parsed answer's own "model" field: "Corolla"
+        ANTHROPIC_COST,
+    )
+    assert out["stream_structured_denied"]["denied"]  # was not gated at all
+    # Tools given to the constructor are sent with every call: their searches are reserved.
+    (with_search,), (plain,) = out["constructor_tools"]["reserved"], out["plain"]["reserved"]
+    assert with_search - plain >= 3 * prices.web_search // PICODOLLARS_PER_MICRODOLLAR
+    # cache_idx writes the prompt to the cache: estimated at the write rate.
+    (cached,) = out["cache_idx"]["reserved"]
+    assert cached > plain
+    # A document named by path goes out inline, base64: 300 KB is some 130,000 tokens.
+    (by_path,) = out["document_by_path"]["reserved"]
+    assert by_path - plain >= 130_000 * prices.input // PICODOLLARS_PER_MICRODOLLAR
+    assert len(fake[1].state.requests) == 11  # the denied one never went out
 
 
 def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
@@ -481,11 +602,19 @@ def test_a_wrappers_stream_is_asked_for_its_usage(fake: tuple[str, Any]) -> None
     async def astream() -> list[Any]:
         return [chunk async for chunk in await structured.astream_chat(HELLO)]
 
+    async def astream_predicted() -> list[Any]:
+        stream = await llm.astream_structured_predict(Verdict, PromptTemplate("{x}"), x="Hi")
+        return [part async for part in stream]
+
     assert list(structured.stream_chat(HELLO))
     assert asyncio.run(astream())
+    # stream_structured_predict streams through stream_chat too (OpenAI's is not gated whole,
+    # as Anthropic's own is: gated whole, its stream was never asked for its usage).
+    assert list(llm.stream_structured_predict(Verdict, PromptTemplate("{x}"), x="Hi"))
+    assert asyncio.run(astream_predicted())
     sent = [r["json"].get("stream_options") for r in fake[1].state.requests]
-    assert sent == [{"include_usage": True}] * 2
-    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST, COST]
+    assert sent == [{"include_usage": True}] * 4
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST] * 4
 
 
 def test_a_subclass_or_a_wrapper_of_the_responses_llm_is_read_as_one(

@@ -18,11 +18,12 @@ import contextvars
 import functools
 import inspect
 import json
+import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,10 +39,20 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import estimate_call
 from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, settlement
-from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
+from nullspend.wire import (
+    ANTHROPIC_MESSAGES,
+    OPENAI_CHAT,
+    OPENAI_RESPONSES,
+    Reading,
+    StreamAccumulator,
+    WireFormat,
+)
 
 S = TypeVar("S", Iterator[Any], AsyncIterator[Any])
 
+# Gated only on Anthropic's classes, which answer them with their client's parse: the others
+# stream them through stream_chat, gated on its own (an OpenAI stream asked for its usage).
+_PROVIDERS_OWN = ("stream_structured_predict", "astream_structured_predict")
 _METHODS = (
     "chat",
     "stream_chat",
@@ -51,9 +62,10 @@ _METHODS = (
     "stream_complete",
     "acomplete",
     "astream_complete",
-    # OpenAIResponses answers these with its client's responses.parse, not through chat.
+    # OpenAIResponses and Anthropic answer these with their client's parse, not through chat.
     "structured_predict",
     "astructured_predict",
+    *_PROVIDERS_OWN,
 )
 _GATED = "__nullspend_gated__"
 
@@ -72,7 +84,14 @@ class _Call:
     """The provider's answer, from the call's end event (None: settled at the estimate)."""
     done: bool = False
     stepped: bool = False
-    """A stream's first step was taken: LlamaIndex sends a stream's request only then."""
+    """A stream's first step was taken: llama-index-llms-openai sends a stream's request only
+    then."""
+    sent: bool = False
+    """The provider accepted the request (heard from its client: Anthropic's, which LlamaIndex
+    calls before a stream's first step): dropped or broken from now on, it was billed."""
+    heard: StreamAccumulator | None = None
+    """A stream's events as the provider's client gave them (Anthropic's): the input side is
+    only in ``message_start``, which no LlamaIndex step carries."""
     hides_usage_chunk: bool = False
     """An OpenAI stream the gate asked for its usage: the chunk that carries it is not passed
     on, so the caller sees the stream it asked for."""
@@ -81,8 +100,9 @@ class _Call:
         if self.done:
             return
         self.done = True
+        reading = self.heard.finish() if self.heard is not None else _reading(self.wire, self.raw)
         options = settlement(
-            _reading(self.wire, self.raw) or Reading(None, None),
+            reading or Reading(None, None),
             estimate_microdollars=self.estimate_microdollars,
             model=self.model,
             provider=self.wire.provider,
@@ -101,11 +121,36 @@ class _Call:
         parse) was billed: settled from that answer. Before it: released."""
         self.settle() if self.raw is not None else self.release()
 
-    def release_if_never_stepped(self) -> None:
-        """A stream dropped before its first step sent nothing. (One dropped later is closed,
-        and settled, by its own generator.)"""
+    def end_if_never_stepped(self) -> None:
+        """A stream dropped before its first step: released if its request was never sent,
+        else charged its estimate. (One dropped later is ended by its own generator.)"""
         if not self.stepped:
-            self.release()
+            self.settle() if self.sent else self.release()
+
+    def end_broken(self, received: bool) -> None:
+        """A stream stopped or failed: released if nothing came yet and its request may not
+        have gone out, else settled from what was heard, or at the estimate."""
+        self.settle() if received or self.sent else self.release()
+
+    def hear(self, event: Any) -> None:
+        """One event of the provider's stream: the two that carry usage are read."""
+        kind = getattr(event, "type", None)
+        if self.heard is None or kind not in ("message_start", "message_delta"):
+            return
+        try:
+            self.heard.feed(f"event: {kind}\ndata: {event.model_dump_json()}\n\n".encode())
+        except (ValueError, TypeError, AttributeError):  # unreadable: charged its estimate
+            self.heard = _Unread()
+
+
+class _Unread:
+    """A stream whose usage events could not be read: charged its estimate."""
+
+    def feed(self, chunk: bytes) -> None:
+        pass
+
+    def finish(self) -> Reading:
+        return Reading(None, None)
 
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -178,6 +223,8 @@ def _gate_class(cls: type) -> None:
         method = cls.__dict__.get(name)
         if method is None or getattr(method, _GATED, False) or not callable(method):
             continue
+        if name in _PROVIDERS_OWN and not _speaks_anthropic(cls):
+            continue
         setattr(cls, name, _gated(method, name))
 
 
@@ -229,7 +276,7 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 def _watched(stream: S, call: _Call) -> S:
     """``stream``, its reservation released if it is dropped unstarted (its body never runs)."""
-    weakref.finalize(stream, call.release_if_never_stepped)
+    weakref.finalize(stream, call.end_if_never_stepped)
     return stream
 
 
@@ -252,7 +299,7 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException:
-        call.settle() if received else call.release()
+        call.end_broken(received)
         raise
     call.settle()
 
@@ -273,7 +320,7 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException:
-        call.settle() if received else call.release()
+        call.end_broken(received)
         raise
     call.settle()
 
@@ -357,14 +404,20 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     llm = _provider_llm(llm)
     model = _model_of(llm)
     wire = _wire_of(llm)
-    # What the estimate counts: the prompt, and the tools' schemas (billed as input too).
-    if name.endswith("structured_predict"):
-        text = _structured_prompt(args, kwargs)
-    else:
-        text = str(args[0] if args else kwargs.get("messages", kwargs.get("prompt", "")))
-    if tools := kwargs.get("tools"):
-        text += json.dumps(tools, default=str)
+    # What the estimate counts: the prompt (and the files its blocks name by path, which go
+    # out inline), and the tools' schemas (billed as input too).
+    structured = name.endswith("structured_predict")
+    prompt = (
+        None if structured else args[0] if args else kwargs.get("messages", kwargs.get("prompt"))
+    )
+    text = _structured_prompt(args, kwargs) if structured else str(prompt or "")
+    if given := kwargs.get("tools"):
+        text += json.dumps(given, default=str)
     cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
+    if structured and wire is ANTHROPIC_MESSAGES:
+        # Anthropic's own structured output asks for 8,192 tokens unless llm_kwargs say.
+        llm_kwargs = (args[2] if len(args) > 2 else kwargs.get("llm_kwargs")) or {}
+        cap = max(cap if isinstance(cap, int) else 0, llm_kwargs.get("max_tokens", 8192))
     # The request's other parameters: the LLM's additional_kwargs, then the call's own.
     sent = {**(getattr(llm, "additional_kwargs", None) or {}), **kwargs}
     # OpenAIResponses that tracks its previous responses (or is given previous_response_id or
@@ -373,21 +426,23 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     stored = wire is OPENAI_RESPONSES and wire.continues_stored_context(
         {"previous_response_id": getattr(llm, "_previous_response_id", None), **sent}
     )
-    tools = {"tools": _tool_specs(llm, sent)}
+    request = {**sent, "tools": _tool_specs(llm, sent)}
     estimate = estimate_call(
         model,
         # Anthropic bills a system prompt of its own for a call that sends tools.
-        estimate_input_tokens(text.encode()) + wire.hidden_input_tokens(tools),
+        estimate_input_tokens(text.encode())
+        + -(-_files_size(prompt) // 3)
+        + wire.hidden_input_tokens(request),
         cap if isinstance(cap, int) else None,
         stored_context=stored,
+        cache_ttl=_cache_ttl(llm, prompt, request) if wire is ANTHROPIC_MESSAGES else None,
         service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
         # OpenAIResponses' built-in tools (a web search: billed per search) are its own field.
-        web_searches=wire.requested_web_searches(tools),
+        web_searches=wire.requested_web_searches(request),
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
-    if wire is OPENAI_RESPONSES:  # structured_predict, or as_structured_llm's chat, parse
-        _hear_parse(llm)
+    _hear_clients(llm, wire)
     return _Call(
         _active.client,
         reservation_id,
@@ -398,35 +453,83 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     )
 
 
-def _hear_parse(llm: Any) -> None:
-    """``OpenAIResponses`` answers ``structured_predict`` (its own, or ``as_structured_llm``'s)
-    with its client's ``responses.parse``, whose answer reaches no LlamaIndex event: the
-    ``parse`` of its clients
-    is wrapped (once each) to hand that answer to the gated call it runs in, as end events do.
-    Outside a gated call the wrapper only passes the answer on."""
+def _hear_clients(llm: Any, wire: WireFormat) -> None:
+    """Wrap (once each) the provider client calls whose answers reach no LlamaIndex event, to
+    hand them to the gated call they run in, as end events do:
+    - ``structured_predict`` (its own, or ``as_structured_llm``'s) is answered by the client's
+      ``parse``: ``responses.parse`` (OpenAIResponses), ``beta.messages.parse`` (Anthropic);
+    - an Anthropic stream's input side is only in its ``message_start`` event, which no step
+      LlamaIndex makes carries; and its request is sent before the stream's first step.
+    Outside a gated call the wrappers only pass the answer on."""
     for client in (getattr(llm, "_client", None), getattr(llm, "_aclient", None)):
-        resource = getattr(client, "responses", None)
-        parse = getattr(resource, "parse", None)
-        if resource is None or parse is None or getattr(parse, _GATED, False):
-            continue
-        if inspect.iscoroutinefunction(parse):
+        if wire is OPENAI_RESPONSES:
+            _wrap(getattr(client, "responses", None), "parse", _answered)
+        elif wire is ANTHROPIC_MESSAGES:
+            _wrap(getattr(getattr(client, "beta", None), "messages", None), "parse", _answered)
+            _wrap(getattr(client, "messages", None), "create", _created)
 
-            async def heard_async(*args: Any, _parse: Any = parse, **kwargs: Any) -> Any:
-                answer = await _parse(*args, **kwargs)
-                _hand_over(answer)
-                return answer
 
-            heard: Callable[..., Any] = heard_async
-        else:
+def _wrap(resource: Any, name: str, then: Callable[[Any, Mapping[str, Any]], Any]) -> None:
+    """``resource.name``, answering ``then(answer, its keyword arguments)``; an async client's
+    method answers an awaitable (not always from an ``async def``: a wrapper's)."""
+    method = getattr(resource, name, None)
+    if method is None or getattr(method, _GATED, False):
+        return
 
-            def heard_sync(*args: Any, _parse: Any = parse, **kwargs: Any) -> Any:
-                answer = _parse(*args, **kwargs)
-                _hand_over(answer)
-                return answer
+    def heard(*args: Any, **kwargs: Any) -> Any:
+        answer = method(*args, **kwargs)
+        if inspect.isawaitable(answer):
+            return _then_awaited(answer, kwargs, then)
+        return then(answer, kwargs)
 
-            heard = heard_sync
-        setattr(heard, _GATED, True)
-        resource.parse = heard
+    setattr(heard, _GATED, True)
+    setattr(resource, name, heard)
+
+
+async def _then_awaited(
+    answer: Awaitable[Any], kwargs: Mapping[str, Any], then: Callable[[Any, Mapping[str, Any]], Any]
+) -> Any:
+    return then(await answer, kwargs)
+
+
+def _answered(answer: Any, kwargs: Mapping[str, Any]) -> Any:
+    _hand_over(answer)
+    return answer
+
+
+def _created(answer: Any, kwargs: Mapping[str, Any]) -> Any:
+    """An Anthropic request the provider accepted: a stream is passed on through ``_Heard``."""
+    call = _current.get()
+    if call is None:
+        return answer
+    call.sent = True
+    if not kwargs.get("stream"):
+        _hand_over(answer)
+        return answer
+    call.heard = ANTHROPIC_MESSAGES.stream()
+    return _Heard(answer, call)
+
+
+class _Heard:
+    """A provider stream (sync or async), its events passed on as they come and heard by the
+    call they belong to."""
+
+    def __init__(self, events: Any, call: _Call) -> None:
+        self._events = events
+        self._call = call
+
+    def __iter__(self) -> Iterator[Any]:
+        for event in self._events:
+            self._call.hear(event)
+            yield event
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for event in self._events:
+            self._call.hear(event)
+            yield event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._events, name)
 
 
 def _hand_over(raw: Any) -> None:
@@ -439,10 +542,50 @@ def _hand_over(raw: Any) -> None:
 
 def _tool_specs(llm: Any, sent: Mapping[str, Any]) -> list[Any]:
     """The tools a call sends as the provider's own specs: OpenAIResponses' built-in tools,
-    and those given as dicts (LlamaIndex's tool objects are not the provider's)."""
-    specs = list(getattr(llm, "built_in_tools", None) or [])
+    Anthropic's given to its constructor, and those given to the call as dicts (LlamaIndex's
+    tool objects are not the provider's)."""
+    specs: list[Any] = []
+    for own in (getattr(llm, "built_in_tools", None), getattr(llm, "tools", None)):
+        if isinstance(own, list):
+            specs += own
     given = sent.get("tools")
     return specs + given if isinstance(given, list) else specs
+
+
+def _files_size(prompt: Any) -> int:
+    """The bytes the files a prompt's blocks name by path (an image, a document) go out as,
+    base64-encoded, read from disk only when the call is sent: its text shows only the path."""
+    size = 0
+    for message in prompt if isinstance(prompt, list) else ():
+        for block in getattr(message, "blocks", ()):
+            path = getattr(block, "path", None)
+            if path is None or any(getattr(block, f, None) for f in _INLINE_FIELDS):
+                continue
+            try:
+                size += -(-os.path.getsize(path) // 3) * 4
+            except (OSError, TypeError, ValueError):
+                continue  # LlamaIndex will fail to read it too: the call is not sent
+    return size
+
+
+_INLINE_FIELDS = ("image", "data", "audio", "video")
+
+
+def _cache_ttl(llm: Any, prompt: Any, request: Mapping[str, Any]) -> str | None:
+    """The prompt-cache lifetime an Anthropic call asks for, read as its API reads
+    ``cache_control``: the LLM's ``cache_idx`` marks messages, as do a message's own
+    ``cache_control`` and a ``CachePoint`` block; the call's parameters and tools too."""
+    controls: list[Any] = (
+        [{"type": "ephemeral"}] if getattr(llm, "cache_idx", None) is not None else []
+    )
+    for message in prompt if isinstance(prompt, list) else ():
+        extra = getattr(message, "additional_kwargs", None)
+        controls.append(extra.get("cache_control") if isinstance(extra, Mapping) else None)
+        controls += [
+            _plain(getattr(b, "cache_control", None)) for b in getattr(message, "blocks", ())
+        ]
+    blocks = [{"cache_control": control} for control in controls]
+    return ANTHROPIC_MESSAGES.requested_cache_ttl({**request, "messages": [{"content": blocks}]})
 
 
 def _provider_llm(llm: Any) -> Any:
@@ -471,12 +614,17 @@ _STRUCTURED_PARAMETERS = frozenset({"output_cls", "prompt", "llm_kwargs"})
 
 def _wire_of(llm: Any) -> WireFormat:
     """The API an LLM class speaks, so its answer's usage is read in that API's fields."""
-    if "anthropic" in type(llm).__module__:
+    if _speaks_anthropic(type(llm)):
         return ANTHROPIC_MESSAGES
     responses = sys.modules.get("llama_index.llms.openai.responses")
     if responses is not None and isinstance(llm, responses.OpenAIResponses):
         return OPENAI_RESPONSES
     return OPENAI_CHAT
+
+
+def _speaks_anthropic(cls: type) -> bool:
+    """An LLM class of llama-index-llms-anthropic's, or a subclass of one."""
+    return any("anthropic" in base.__module__ for base in cls.__mro__)
 
 
 def _model_of(llm: Any) -> str | None:
@@ -509,7 +657,12 @@ def _plain(value: Any) -> Any:
     """SDK objects (pydantic models) down to JSON-like dicts and lists."""
     dump = getattr(value, "model_dump", None)
     if callable(dump):
-        return dump()
+        try:
+            # A parsed answer (beta.messages.parse) holds the caller's own output model, which
+            # pydantic warns of on the caller's stderr when dumped: only usage is read here.
+            return dump(warnings=False)
+        except TypeError:  # a model_dump of another signature
+            return dump()
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
