@@ -4,6 +4,7 @@ against the implementation, and a schemathesis run that must find no server erro
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from typing import Any
@@ -146,3 +147,96 @@ def test_schemathesis_finds_no_server_error(server: RunningServer, request: Any)
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "passed" in done.stdout
+
+
+EVENT = {"provider": "openai", "model": "gpt-4o-mini", "costMicrodollars": 1}
+JSON_CONTENT = {"content-type": "application/json"}
+SURROGATE = "\ud800"  # a lone surrogate: JSON's \ud800 escape, which no UTF-8 encodes
+
+# (method, path, body) a database cannot store, or that overflows a column or a budget's sums.
+UNSTORABLE = [
+    ("POST", "/api/cost-events", {**EVENT, "model": "gpt\x00"}),
+    ("POST", "/api/cost-events", {**EVENT, "traceId": "t\x00"}),
+    ("POST", "/api/cost-events", {**EVENT, "sessionId": "s\x00"}),
+    ("POST", "/api/cost-events", {**EVENT, "eventType": SURROGATE}),
+    ("POST", "/api/cost-events", {**EVENT, "tags": {"team": SURROGATE}}),
+    ("POST", "/api/cost-events", {**EVENT, "durationMs": 2**31}),
+    ("POST", "/api/cost-events", {"provider": "openai", "model": "gpt-4o", "outputTokens": 2**62}),
+    ("POST", "/api/cost-events/batch", {"events": [EVENT, {**EVENT, "actionId": "a\x00"}]}),
+    ("POST", "/api/reservations", {"estimateMicrodollars": 1, "sessionId": SURROGATE}),
+    ("POST", "/api/reservations", {"estimateMicrodollars": 1, "model": "m\x00"}),
+    ("POST", "/api/reservations", {"request": {"model": "m" * 300, "messages": []}}),
+    ("POST", "/api/reservations", {"request": {"model": "gpt\x00", "messages": []}}),
+    ("POST", "/api/reservations", {"estimateMicrodollars": 1, "reservationId": "rsv_" + "a" * 37}),
+    ("POST", "/api/reservations", {"estimateMicrodollars": 2**63 - 5}),
+    ("POST", "/api/keys", {"name": "k\x00"}),
+    ("POST", "/api/keys", {"name": "k" * 201}),
+    ("GET", "/api/cost-events?model=a%00", None),
+    ("POST", "/v1/chat/completions", {"model": "gpt-4o-mini\x00", "messages": []}),
+    ("POST", "/v1/chat/completions", {"model": "m" * 300, "messages": []}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), UNSTORABLE)
+def test_what_no_database_can_store_is_refused_alike(
+    server: RunningServer, method: str, path: str, body: Any
+) -> None:
+    """PostgreSQL refuses a NUL in text, a string longer than its column and an integer past
+    its column; SQLite keeps them all. Each answered 500 on PostgreSQL (and the proxy 503,
+    which clients retry); both now answer 400 validation_error and store nothing."""
+    with server.client() as client:
+        before = client.get("/api/cost-events").json()["data"]
+        # Sent as JSON escapes (ASCII): a lone surrogate has no UTF-8 to send it as.
+        sent = None if body is None else json.dumps(body)
+        answer = client.request(method, path, content=sent, headers=JSON_CONTENT)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "validation_error"
+        assert client.get("/api/cost-events").json()["data"] == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/reservations/rsv_%00/settle"),
+        ("GET", "/api/cost-events/attribution/a%00?groupBy=model"),
+        ("DELETE", "/api/keys/a%00"),
+        ("GET", "/api/budgets/%00"),
+    ],
+)
+def test_an_id_no_database_can_store_names_nothing(
+    server: RunningServer, method: str, path: str
+) -> None:
+    """An id with a NUL was a 500 on PostgreSQL on most routes: it names nothing (404)."""
+    with server.client() as client:
+        body = {"costMicrodollars": 1} if method == "POST" else None
+        answer = client.request(method, path, json=body)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["code"] == "not_found"
+
+
+def test_a_settle_priced_past_one_call_changes_nothing(server: RunningServer) -> None:
+    """Usage that prices above what one call may cost was a 500 on PostgreSQL, its reservation
+    left active; now a 400, and the reservation can still be settled."""
+    with server.client() as client:
+        made = client.post("/api/reservations", json={"estimateMicrodollars": 10})
+        reservation = made.json()["data"]["reservationId"]
+        settle = f"/api/reservations/{reservation}/settle"
+        huge = client.post(settle, json={"model": "gpt-4o", "usage": {"outputTokens": 2**62}})
+        assert huge.status_code == 400, huge.text
+        assert client.post(settle, json={"costMicrodollars": 7}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/cost-events?from=9999-12-31T23:59:59-14:00",  # past the year 9999 in UTC
+        "/api/cost-events/summary?to=0001-01-01T00:00:00Z",  # a period back from the year 1
+        "/api/cost-events/attribution.csv?groupBy=model&to=0001-01-01T00:00:00Z",
+    ],
+)
+def test_dates_past_what_a_datetime_holds_are_refused(server: RunningServer, query: str) -> None:
+    """Each was a 500 (an OverflowError), and export.csv broke off mid-body."""
+    with server.client() as client:
+        answer = client.get(query)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "validation_error"

@@ -426,3 +426,35 @@ def test_revoked_key_is_refused_by_the_proxy_within_the_cache_time(proxy: Runnin
     refused = httpx.post(url, json=body, headers=headers)
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "authentication_required"
+
+
+def test_a_stream_that_outlasts_the_reservation_ttl_is_charged_its_usage(
+    database_url: str, fake: tuple[str, Any]
+) -> None:
+    """The upstream timeout is per chunk, so a stream can outlast its reservation's TTL: the
+    expiry sweep charged it its estimate (606 µ$ for a 7 µ$ call, with a bug hunt's TTL of 2 s)
+    and refused its real settle. The process now keeps its calls' reservations alive."""
+    base, _ = fake
+    server = start_server(
+        database_url,
+        openai_upstream=base,
+        reservation_ttl_seconds=1,
+        heartbeat_seconds=0.2,
+        upstream_timeout_seconds=3,
+    )
+    try:
+        client = openai_client(server, **{"x-fake-fault": "slow:300"})  # 8 events, about 2.4 s
+        started = time.monotonic()
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        assert len(list(stream)) > 1
+        assert time.monotonic() - started > 2  # past the TTL, twice over
+        [event] = events(server)
+        assert event["cost_microdollars"] == GPT_4O_MINI_COST
+        assert not tags_of(server, event)
+    finally:
+        server.stop()

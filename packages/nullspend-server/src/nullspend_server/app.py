@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from nullspend.errors import ErrorCode
 from nullspend_server.api import analytics, budgets, cost_events, keys, reservations
 from nullspend_server.auth import KeyCache
 from nullspend_server.db.database import Database
 from nullspend_server.engine import Engine
-from nullspend_server.errors import install_error_handlers
+from nullspend_server.errors import error_response, install_error_handlers
 from nullspend_server.proxy import routes as proxy_routes
 from nullspend_server.proxy.upstream import upstream_session
 from nullspend_server.rate_limit import RateLimiter
@@ -33,6 +34,16 @@ class NullSpendApp(FastAPI):
         if scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
             scope["app"] = self
             await proxy_routes.proxy_app(scope, receive, send)
+            return
+        if scope["type"] == "http" and ("\x00" in path or b"%00" in scope["query_string"]):
+            # Ids and filters in the URL are compared with stored text, which PostgreSQL
+            # refuses to hold a NUL: an id with one names nothing, a filter with one is invalid.
+            refused = (
+                error_response(ErrorCode.NOT_FOUND, "nothing is at this path")
+                if "\x00" in path
+                else error_response(ErrorCode.VALIDATION_ERROR, "a query may not hold NUL")
+            )
+            await refused(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 

@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nullspend.errors import ErrorCode
@@ -74,10 +75,12 @@ def _validation_details(error: RequestValidationError) -> dict[str, Any]:
 
 
 # What a database that cannot be reached raises, through SQLAlchemy or the engine's direct
-# SQLite path: answered 503 ``budget_unavailable`` (fail closed).
+# SQLite path (or a pool with no connection free in time): answered 503 ``budget_unavailable``
+# (fail closed).
 STORAGE_UNAVAILABLE = (
     OperationalError,
     InterfaceError,
+    PoolTimeoutError,
     sqlite3.OperationalError,
     sqlite3.InterfaceError,
 )
@@ -105,6 +108,13 @@ def error_response_for(error: Exception) -> JSONResponse:
         if error.status_code == 405:
             return error_response(code, "method not allowed on this path", None)
         return error_response(code, str(error.detail), None)
+    if isinstance(error, DataError):
+        # A value the database refuses that no check before it caught: the request's, as a rule
+        # (the statement is rolled back: nothing is half written).
+        log.warning("a value the database refused: %s", error.orig)
+        return error_response(
+            ErrorCode.VALIDATION_ERROR, "a value in the request cannot be stored", None
+        )
     if isinstance(error, STORAGE_UNAVAILABLE):
         # The database cannot be reached: fail closed, with an answer a client can retry on.
         log.error("storage unavailable: %s", error)

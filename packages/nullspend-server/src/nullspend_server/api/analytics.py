@@ -17,6 +17,7 @@ from nullspend_server.api.cost_events import Filters, _csv_line
 from nullspend_server.api.event_queries import EventFilters, invalid, utc_day
 from nullspend_server.api.schema import ApiModel
 from nullspend_server.auth import Session, Viewer
+from nullspend_server.db.database import end_read
 from nullspend_server.db.tables import CostEvent, CostEventTag
 
 router = APIRouter(tags=["analytics"])
@@ -163,11 +164,14 @@ async def attribution_csv(
 ) -> StreamingResponse:
     filters = query.filters(principal.org_id, "30d")
     group_by, key = _grouping(group_by)
-    result = await session.stream(_grouped(filters, group_by, key).order_by(desc("total")))
+    # Read whole (one row a group), and the connection given back before the first byte: a
+    # cursor streamed to a client that reads slowly held it, and 25 such emptied the pool.
+    rows = (await session.execute(_grouped(filters, group_by, key).order_by(desc("total")))).all()
+    await end_read(session)
 
     async def lines() -> AsyncIterator[str]:
         yield _csv_line([group_by, "total_cost_microdollars", "request_count"])
-        async for row in result:
+        for row in rows:
             yield _csv_line([row.key, row.total, row.requests])
 
     return StreamingResponse(

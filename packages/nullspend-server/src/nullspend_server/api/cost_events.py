@@ -29,10 +29,12 @@ from nullspend_server.api.event_queries import (
     encode_cursor,
 )
 from nullspend_server.api.schema import (
+    MAX_CALL_MICRODOLLARS,
     ApiModel,
+    CallMicrodollars,
     CustomerId,
     Data,
-    Microdollars,
+    DurationMs,
     RequestModel,
     SessionId,
     Tags,
@@ -68,8 +70,8 @@ class CostEventIn(RequestModel):
     service_tier: str | None = Field(default=None, max_length=32)
     """The processing tier that served the call (OpenAI's ``service_tier``): priced at its
     rates. Not kept: the cost is."""
-    cost_microdollars: Microdollars | None = None
-    duration_ms: TokenCount | None = None
+    cost_microdollars: CallMicrodollars | None = None
+    duration_ms: DurationMs | None = None
     session_id: SessionId | None = None
     trace_id: str | None = Field(default=None, max_length=64)
     customer: CustomerId | None = None
@@ -91,11 +93,13 @@ class CostEventIn(RequestModel):
             return self.cost_microdollars
         try:
             priced = pricing.cost(self.usage(), self.model, service_tier=self.service_tier)
-            return priced.total_microdollars
         except UnpricedModelError:
             raise ValueError(
                 f"model {self.model!r} is not in the pricing catalog: send costMicrodollars"
             ) from None
+        if priced.total_microdollars > MAX_CALL_MICRODOLLARS:
+            raise ValueError(f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$")
+        return priced.total_microdollars
 
 
 class Batch(RequestModel):

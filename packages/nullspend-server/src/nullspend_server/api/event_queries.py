@@ -50,7 +50,10 @@ class EventFilters:
         period = period or (None if self.start else default_period)
         if period is not None:
             self.end = self.end or utcnow()
-            self.start = self.end - dt.timedelta(days=PERIODS[period])
+            try:
+                self.start = self.end - dt.timedelta(days=PERIODS[period])
+            except OverflowError:  # a period back from the year 1
+                raise invalid("to is too early for the period before it") from None
         if self.start and self.end and self.start > self.end:
             raise invalid("from must not be after to")
 
@@ -100,7 +103,13 @@ def utc_day(dialect: str) -> ColumnElement[Any]:
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+    """In UTC, as stored; a date that UTC cannot hold (9999-12-31 at UTC-14) is refused."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    except OverflowError:
+        raise invalid("from and to must be dates between the years 1 and 9999 in UTC") from None
 
 
 class EventQuery:

@@ -22,7 +22,7 @@ Role = Literal["admin", "member", "viewer"]
 
 
 class KeyCreate(RequestModel):
-    name: str
+    name: str = Field(min_length=1, max_length=200)
     role: Role = "member"
     default_tags: Tags = Field(default_factory=dict)
 

@@ -10,14 +10,17 @@ from pydantic import Field, model_validator
 from sqlmodel import col, select
 
 from nullspend import pricing
+from nullspend.attribution import model_error
 from nullspend.errors import ErrorCode, UnpricedModelError
 from nullspend.usage import Usage
 from nullspend.wire import FORMATS
 from nullspend_server.api.schema import (
+    MAX_CALL_MICRODOLLARS,
     ApiModel,
+    CallMicrodollars,
     CustomerId,
     Data,
-    Microdollars,
+    DurationMs,
     RequestModel,
     SessionId,
     Tags,
@@ -43,7 +46,7 @@ FormatName = Literal[
 
 
 class ReservationCreate(RequestModel):
-    estimate_microdollars: Microdollars | None = None
+    estimate_microdollars: CallMicrodollars | None = None
     """A known estimate; otherwise give ``model`` and the provider ``request`` to estimate."""
     model: str | None = Field(default=None, max_length=256)
     provider: str | None = Field(default=None, max_length=64)
@@ -54,13 +57,16 @@ class ReservationCreate(RequestModel):
     session_id: SessionId | None = None
     trace_id: str | None = Field(default=None, max_length=64)
     tags: Tags = Field(default_factory=dict)
-    reservation_id: str | None = Field(default=None, pattern=r"^rsv_[A-Za-z0-9_-]{16,64}$")
+    reservation_id: str | None = Field(default=None, pattern=r"^rsv_[A-Za-z0-9_-]{16,36}$")
     """The caller's id for it: sent again, the request answers the reservation it made."""
 
     @model_validator(mode="after")
     def _something_to_estimate(self) -> ReservationCreate:
         if self.estimate_microdollars is None and self.request is None:
             raise ValueError("give estimateMicrodollars, or model and the provider request")
+        named = (self.request or {}).get("model")
+        if self.model is None and named is not None and (error := model_error(named)):
+            raise ValueError(f"request.{error}")  # kept as the reservation's model
         return self
 
 
@@ -72,12 +78,12 @@ class Reserved(ApiModel):
 
 
 class SettleBody(RequestModel):
-    cost_microdollars: Microdollars | None = None
+    cost_microdollars: CallMicrodollars | None = None
     usage: UsageIn | None = None
     service_tier: str | None = Field(default=None, max_length=32)
     model: str | None = Field(default=None, max_length=256)
     provider: str | None = Field(default=None, max_length=64)
-    duration_ms: Microdollars | None = None
+    duration_ms: DurationMs | None = None
     event_type: str | None = Field(default=None, max_length=64)
     trace_id: str | None = Field(default=None, max_length=64)
 
@@ -108,7 +114,7 @@ def _estimate(body: ReservationCreate) -> tuple[int, bool]:
     )
     if estimate.requested_model is None:
         raise ApiError(ErrorCode.VALIDATION_ERROR, "the request names no model; give model")
-    return estimate.microdollars, estimate.unpriced
+    return min(estimate.microdollars, MAX_CALL_MICRODOLLARS), estimate.unpriced
 
 
 def _engine(request: Request) -> Engine:
@@ -168,13 +174,19 @@ async def _usage_cost(
         model = (await session.exec(query)).first()
         await end_read(session)  # the settle's write transaction comes next
     try:
-        return pricing.cost(usage, model or "", service_tier=body.service_tier).total_microdollars
+        cost = pricing.cost(usage, model or "", service_tier=body.service_tier).total_microdollars
     except UnpricedModelError:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
             f"model {model!r} is not in the pricing catalog: send costMicrodollars",
             {"model": model},
         ) from None
+    if cost > MAX_CALL_MICRODOLLARS:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, _PRICED_ABOVE_A_CALL, {"cost": cost})
+    return cost
+
+
+_PRICED_ABOVE_A_CALL = f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$"
 
 
 @router.post("/api/reservations/{reservation_id}/settle")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from nullspend.attribution import (
@@ -17,6 +17,7 @@ from nullspend.attribution import (
     customer_error,
     session_error,
     tag_errors,
+    unstorable,
 )
 
 
@@ -27,9 +28,17 @@ class ApiModel(BaseModel):
 
 
 class RequestModel(ApiModel):
-    """A request body: a misspelt field is an error, not silently ignored."""
+    """A request body: a misspelt field is an error, not silently ignored; no text field may
+    hold what a database cannot store (PostgreSQL refuses a NUL; SQLite would keep it)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if isinstance(value, str) and unstorable(value):
+            raise ValueError("text may not hold NUL or a lone surrogate")
+        return value
 
 
 def _valid_tags(tags: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +63,11 @@ def _valid_session(session_id: str) -> str:
 BIGINT_MAX = 2**63 - 1
 Microdollars = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
 TokenCount = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
+# What one call may cost or reserve: $1,000,000,000. Bounded far below BIGINT so that the sums
+# a budget keeps (spend, reserved) cannot overflow it, however many calls add up in them.
+MAX_CALL_MICRODOLLARS = 10**15
+CallMicrodollars = Annotated[int, Field(strict=True, ge=0, le=MAX_CALL_MICRODOLLARS)]
+DurationMs = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]  # an INTEGER column
 # The rules live in nullspend.attribution; the JSON schema states them for API clients.
 Tags = Annotated[
     dict[str, str],

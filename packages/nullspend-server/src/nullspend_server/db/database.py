@@ -71,6 +71,10 @@ class Database:
         # loop. ``run_checkpoints`` does both in a worker thread.
         self.engine = create_engine_async(url, autocheckpoint=False)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # PostgreSQL: the heart-beat's own connection. Requests holding all of the pool's (a
+        # burst, slow readers) must not make this process look dead to the others, which would
+        # settle its calls in flight at their estimate.
+        self._duty_engine = None if self.is_sqlite else create_engine_async(url, pool_size=1)
         # SQLite has one writer at a time. Queueing this process's writers here is far cheaper
         # than letting each connection spin in SQLite's busy handler (sleeps of up to 100 ms).
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
@@ -81,6 +85,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._duty_engine is not None:
+            await self._duty_engine.dispose()
         if self._sqlite_connection is not None:
             self._sqlite_connection.close()
             self._sqlite_connection = None
@@ -154,6 +160,17 @@ class Database:
                 raw.rollback()
                 raise
             raw.commit()
+
+    @asynccontextmanager
+    async def duty_session(self) -> AsyncIterator[AsyncSession]:
+        """A writing session for the process's heart-beat: on PostgreSQL on a connection no
+        request can take (on SQLite, ``write_session``: one writer at a time anyway)."""
+        if self._duty_engine is None:
+            async with self.write_session() as session:
+                yield session
+            return
+        async with AsyncSession(self._duty_engine, expire_on_commit=False) as session:
+            yield session
 
     @asynccontextmanager
     async def write_session(self) -> AsyncIterator[AsyncSession]:

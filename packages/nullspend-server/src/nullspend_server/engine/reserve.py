@@ -37,8 +37,11 @@ _RESERVE_BUDGET = (
         or_(
             BUDGETS.c.policy != "strict_block",
             _estimate == 0,
-            BUDGETS.c.spend_microdollars + BUDGETS.c.reserved_microdollars + _estimate
-            <= BUDGETS.c.limit_microdollars,
+            # Compared as what is left, which cannot overflow a BIGINT as the sum could.
+            _estimate
+            <= BUDGETS.c.limit_microdollars
+            - BUDGETS.c.spend_microdollars
+            - BUDGETS.c.reserved_microdollars,
         )
     )
     .values(

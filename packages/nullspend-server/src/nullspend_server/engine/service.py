@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import weakref
 from dataclasses import dataclass
 
 from sqlalchemy import delete, update
@@ -20,6 +21,7 @@ from nullspend_server.db.database import Database
 from nullspend_server.db.tables import Reservation, ServerInstance, utcnow
 from nullspend_server.engine.reserve import Admission, DeniedError, ReservationRequest, reserve
 from nullspend_server.engine.settle import Settlement, release, settle, settle_abandoned
+from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
 from nullspend_server.settings import ServerSettings
 
@@ -48,6 +50,14 @@ class Engine:
         self._duties: list[asyncio.Task[None]] = []
         self._pending: list[_Pending] = []
         self._settler: asyncio.Task[None] | None = None
+        # This process's calls in flight, by reservation: kept from expiring while they live.
+        self._held: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+
+    def hold(self, reservation_id: str, call: object) -> None:
+        """Keep ``reservation_id`` from expiring for as long as ``call`` lives: a proxied stream
+        may outlast the reservation TTL (the upstream timeout is per chunk), and expired it
+        was charged its estimate and its real settle refused."""
+        self._held[reservation_id] = call
 
     async def reserve(self, principal: Principal, request: ReservationRequest) -> Admission:
         """Reserve the request's estimate, or raise DeniedError (after committing what the
@@ -115,6 +125,8 @@ class Engine:
     async def _settle_alone(self, one: _Pending) -> None:
         try:
             await self._settle_batch([one])
+        except ApiError as refused:  # settled, released or expired already: nothing to undo
+            log.warning("settling reservation %s was refused: %s", one.id, refused.message)
         except Exception:
             log.exception("settling reservation %s failed; it will expire", one.id)
 
@@ -135,7 +147,8 @@ class Engine:
             await session.commit()
         await self.recover()
         self._duties = [
-            asyncio.create_task(self._run_duties()),
+            asyncio.create_task(self._beat()),
+            asyncio.create_task(self._recover_duty()),
             asyncio.create_task(self.db.run_checkpoints(CHECKPOINT_SECONDS)),
         ]
 
@@ -186,17 +199,40 @@ class Engine:
             log.warning("settled %d abandoned reservations at their estimate", settled)
         return settled
 
-    async def _run_duties(self) -> None:
+    async def _beat(self) -> None:
+        """Heart-beat, and push back the expiry of the reservations this process's calls still
+        hold. Apart from recovery, which may wait on a busy database: a late heart-beat makes
+        the other processes settle this one's calls in flight at their estimate."""
+        interval = self.settings.heartbeat_seconds
         while True:
-            await asyncio.sleep(self.settings.heartbeat_seconds)
+            await asyncio.sleep(interval)
+            now = utcnow()
+            held = list(self._held)
             try:
-                async with self.db.write_session() as session:
+                async with self.db.duty_session() as session:
                     await session.execute(
                         update(ServerInstance)
                         .where(col(ServerInstance.id) == self.instance_id)
-                        .values(heartbeat_at=utcnow())
+                        .values(heartbeat_at=now)
                     )
+                    soon = now + dt.timedelta(seconds=interval * MISSED_HEARTBEATS)
+                    later = now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
+                    for start in range(0, len(held), RECOVERY_BATCH):
+                        await session.execute(
+                            update(Reservation)
+                            .where(col(Reservation.id).in_(held[start : start + RECOVERY_BATCH]))
+                            .where(col(Reservation.status) == "active")
+                            .where(col(Reservation.expires_at) < soon)
+                            .values(expires_at=later)
+                        )
                     await session.commit()
+            except Exception:  # a database hiccup must not end the duty for good
+                log.exception("the heart-beat failed; retrying at the next one")
+
+    async def _recover_duty(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
                 await self.recover()
-            except Exception:  # a database hiccup must not end the duties for good
-                log.exception("engine duties failed; retrying at the next heartbeat")
+            except Exception:  # a database hiccup must not end the duty for good
+                log.exception("recovering reservations failed; retrying at the next heartbeat")

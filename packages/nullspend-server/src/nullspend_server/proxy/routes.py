@@ -20,7 +20,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from yarl import URL
 
-from nullspend.attribution import TAG_CANCELLED, TAG_ESTIMATED, TAG_NO_USAGE, TAG_UNPRICED
+from nullspend.attribution import (
+    TAG_CANCELLED,
+    TAG_ESTIMATED,
+    TAG_NO_USAGE,
+    TAG_UNPRICED,
+    model_error,
+)
 from nullspend.errors import ErrorCode
 from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
@@ -208,6 +214,9 @@ async def _priced(
     attribution = read_attribution(request.headers)
     base = _upstream_base(provider, attribution.upstream, settings)
     estimate = estimate_request(wire, body, raw)
+    named = estimate.requested_model
+    if named is not None and (unnamable := model_error(named)):
+        raise ApiError(ErrorCode.VALIDATION_ERROR, unnamable)
     if estimate.unpriced and settings.deny_unpriced:
         raise ApiError(
             ErrorCode.UNPRICED_MODEL,
@@ -246,6 +255,7 @@ async def _priced(
         ) from None
     reservation_id = admission.reservation_id
     call = Call(principal, wire, provider, attribution, estimate, reservation_id, started)
+    engine.hold(reservation_id, call)
     headers = upstream_headers(request.headers)
     if "traceparent" not in headers:
         headers["traceparent"] = f"00-{attribution.trace_id}-{attribution.trace_id[:16]}-01"
