@@ -118,8 +118,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # The parent of every chain and tool run still going: a call's trace is its root run.
         self._parents: dict[UUID, UUID] = {}
         self._lock = threading.Lock()  # async runs call a sync handler from executor threads
-        # Tasks whose end is watched for calls LangChain will never end (see _on_task_done).
-        self._watched: set[asyncio.Task[Any]] = set()
+        # Tasks whose end is watched for calls LangChain will never end (see _on_task_done),
+        # each with the runs started in it: what its end, or its next call, looks through.
+        self._watched: dict[asyncio.Task[Any], list[UUID]] = {}
         # Runs cancelled lately, and when: a start still reserving in an executor thread
         # (server mode) may land after its run's cancellation was heard.
         self._cancelled: dict[UUID, float] = {}
@@ -276,12 +277,14 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             cancelled = self._cancelled and parent_run_id in self._cancelled
             if cancelled and self._open.pop(run_id, None) is not None:
                 self._abandon([call])
-            return
-        with self._lock:  # a sibling's denial and this store are one step
-            if (sibling_refused := self._denial_of(batch, params)) is not None:
-                self.client.release_later(reservation_id)
-                raise sibling_refused
-            self._open[run_id] = call
+        else:
+            with self._lock:  # a sibling's denial and this store are one step
+                if (sibling_refused := self._denial_of(batch, params)) is not None:
+                    self.client.release_later(reservation_id)
+                    raise sibling_refused
+                self._open[run_id] = call
+        if task is not None:
+            self._watched[task].append(run_id)
 
     def _task_to_watch(self, batch: _Batch | None) -> asyncio.Task[Any] | None:
         """The task this call starts in, watched so that a call still open when it ends is
@@ -298,36 +301,41 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             return None
         if getattr(task.get_coro(), "cr_code", None) is _START_ONLY_TASK:
             return None
-        if task not in self._watched:
-            self._watched.add(task)
+        runs = self._watched.get(task)
+        if runs is None:
+            self._watched[task] = []
             task.add_done_callback(self._on_task_done)
-        elif self._open:
+        elif runs:
             self._abandon(
                 self._take(
-                    lambda call: (
-                        call.task is task
-                        and not call.read_by_caller
-                        and (batch is None or call.batch != batch)
-                    )
+                    lambda call: not call.read_by_caller and (batch is None or call.batch != batch),
+                    runs,
                 )
             )
+            runs[:] = [run for run in runs if run in self._open]  # the task's calls still going
         return task
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         """A call still open when its task ends was cancelled with it, or in it (a timeout the
         task caught: ``asyncio.timeout``). Only a stream the caller reads can go on in another
         task, handed on by one that ended well: those are left to their own end."""
-        self._watched.discard(task)
+        runs = self._watched.pop(task, [])
         cancelled = task.cancelled()
-        self._abandon(
-            self._take(lambda call: call.task is task and (cancelled or not call.read_by_caller))
-        )
+        self._abandon(self._take(lambda call: cancelled or not call.read_by_caller, runs))
 
-    def _take(self, which: Callable[[_Open], bool]) -> list[_Open]:
-        """Take out the open calls ``which`` picks: each once, even when another thread takes
-        some meanwhile (a pop is atomic)."""
-        picked = [run for run, call in list(self._open.items()) if which(call)]
-        return [call for run in picked if (call := self._open.pop(run, None)) is not None]
+    def _take(
+        self, which: Callable[[_Open], bool], among: Iterable[UUID] | None = None
+    ) -> list[_Open]:
+        """Take out the open calls ``which`` picks (of the runs ``among``, else all): each once,
+        even when another thread takes some meanwhile (a pop is atomic)."""
+        open_calls = self._open
+        candidates = (
+            list(open_calls.items())
+            if among is None
+            else [(run, call) for run in among if (call := open_calls.get(run)) is not None]
+        )
+        picked = [run for run, call in candidates if which(call)]
+        return [call for run in picked if (call := open_calls.pop(run, None)) is not None]
 
     def _abandon(self, calls: Iterable[_Open]) -> None:
         """End calls LangChain will never end, as an error would: a stream that had started
