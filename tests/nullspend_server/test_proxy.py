@@ -305,6 +305,38 @@ def test_stream_cut_short_is_recorded_at_the_estimate(proxy: RunningServer) -> N
     assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(proxy, event).keys()
 
 
+def test_an_anthropic_stream_whose_delta_counts_no_output_is_recorded_at_the_estimate(
+    proxy: RunningServer,
+) -> None:
+    """message_start's output count is a placeholder (1); only a message_delta counts the
+    output. A stream whose delta carried no usage (a gateway that strips it) was recorded from
+    message_start's counts: its input, and 1 output token."""
+    headers = {"X-NullSpend-Key": proxy.admin_key, "x-fake-fault": "no-usage"}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+    }
+    # Raw bytes: the anthropic SDK's own stream reader fails on a delta without usage.
+    answer = httpx.post(f"{proxy.base_url}/v1/messages", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200
+    assert b"message_stop" in answer.content
+    [event] = events(proxy)
+    assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(proxy, event).keys()
+    assert event["cost_microdollars"] == event_estimate(proxy, event)
+
+
+def event_estimate(proxy: RunningServer, event: dict[str, Any]) -> int:
+    (reservation,) = rows(
+        proxy.database_url,
+        "SELECT estimate_microdollars FROM reservations WHERE id = :id",
+        id=event["reservation_id"],
+    )
+    estimate: int = reservation["estimate_microdollars"]
+    return estimate
+
+
 def test_client_disconnect_settles_at_the_estimate(proxy: RunningServer) -> None:
     headers = {"X-NullSpend-Key": proxy.admin_key, "x-fake-fault": "slow:300"}
     body = {

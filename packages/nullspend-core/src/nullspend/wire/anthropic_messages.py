@@ -63,8 +63,9 @@ class _MessagesStream(SSEAccumulator):
 
     A delta's counts are cumulative, so a field it carries REPLACES the earlier value (adding
     would double-count input and cache tokens that message_start already reported). Usage is
-    reported only once a delta arrived: before that, output_tokens is a placeholder and a
-    reading from it would understate a stream cut short, which must be estimated instead.
+    reported only once a delta counted the output: before that, output_tokens is a placeholder
+    and a reading from it would understate a stream cut short (or one a gateway stripped of its
+    delta's usage), which must be estimated instead.
     """
 
     def __init__(self) -> None:
@@ -76,7 +77,8 @@ class _MessagesStream(SSEAccumulator):
         if event.event == "message_delta":
             delta = section(parse_object(event.data), "usage", "anthropic.messages message_delta")
             totals = self._totals | {k: v for k, v in delta.items() if v is not None}
-            self._usage = _usage_from(totals)
+            if delta.get("output_tokens") is not None:
+                self._usage = _usage_from(totals)
             self._totals = totals
         elif event.event == "message_start":
             message = section(parse_object(event.data), "message", "anthropic.messages event")
