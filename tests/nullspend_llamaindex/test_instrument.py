@@ -152,7 +152,8 @@ import asyncio, gc, json, sys
 sys.path.insert(0, sys.argv[3])  # the repository: tests.estimates
 from pydantic import BaseModel
 from llama_index.core.base.llms.types import CachePoint, CacheControl, ChatMessage, DocumentBlock
-from llama_index.core.base.llms.types import TextBlock
+from llama_index.core.base.llms.types import ChatResponse, TextBlock
+import anthropic
 from llama_index.core.prompts import PromptTemplate
 from llama_index.llms.anthropic import Anthropic
 from nullspend.embedded import LocalBudget, LocalNullSpend
@@ -167,6 +168,17 @@ def hello():  # new each time: cache_idx marks the messages it is given
 
 class HouseClaude(Anthropic):  # a user's own subclass
     pass
+
+
+class StreamingClaude(Anthropic):  # a user's chat reading a stream as the SDK allows
+    def chat(self, messages, **kwargs):
+        request = {"role": "user", "content": "Hi"}
+        with self._client.messages.create(
+            model=self.model, max_tokens=50, messages=[request], stream=True
+        ) as events:
+            assert isinstance(events, anthropic.Stream) and next(events).type == "message_start"
+            text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+        return ChatResponse(message=ChatMessage(role="assistant", content=text))
 
 
 class Car(BaseModel):
@@ -211,6 +223,9 @@ out = {
     "subclass": run(lambda: claude(HouseClaude).chat(hello())),
     "structured": run(lambda: claude(**toyota).structured_predict(Car, car, text="red")),
     "structured_llm": run(lambda: claude(**toyota).as_structured_llm(Car).chat(hello())),
+    "stream_structured_dropped": run(
+        lambda: claude(**toyota).stream_structured_predict(Car, car, text="red")),
+    "subclass_stream": run(lambda: claude(StreamingClaude).chat(hello())),
     "stream_structured_denied": run(
         lambda: list(claude().stream_structured_predict(Car, car, text="red")),
         [LocalBudget.total(1)]),
@@ -307,13 +322,18 @@ def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path, tmp_path: Pat
     # Structured output, answered by beta.messages.parse (was charged its estimate, 0 tokens).
     (structured,) = out["structured"]["events"]
     assert structured["cost_microdollars"] == ANTHROPIC_COST
-    assert out["structured"]["reserved"][0] >= 8192 * prices.output // PICODOLLARS_PER_MICRODOLLAR
+    asked = 8192 * prices.output // PICODOLLARS_PER_MICRODOLLAR  # the output parse asks for
+    assert out["structured"]["reserved"][0] >= asked
+    assert out["structured_llm"]["reserved"][0] >= asked  # was the LLM's max_tokens: 200
     (wrapped,) = out["structured_llm"]["events"]
     assert (wrapped["model"], wrapped["cost_microdollars"]) == (
         "claude-sonnet-4-5-20250929",  # was the parsed answer's own "model" field: "Corolla"
         ANTHROPIC_COST,
     )
     assert out["stream_structured_denied"]["denied"]  # was not gated at all
+    assert cost_of("stream_structured_dropped") == [ANTHROPIC_COST]  # parsed, then dropped
+    # Its stream heard through the SDK's own object: still a context manager and an iterator.
+    assert cost_of("subclass_stream") == [ANTHROPIC_COST]
     # Tools given to the constructor are sent with every call: their searches are reserved.
     (with_search,), (plain,) = out["constructor_tools"]["reserved"], out["plain"]["reserved"]
     assert with_search - plain >= 3 * prices.web_search // PICODOLLARS_PER_MICRODOLLAR
@@ -323,7 +343,7 @@ def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path, tmp_path: Pat
     # A document named by path goes out inline, base64: 300 KB is some 130,000 tokens.
     (by_path,) = out["document_by_path"]["reserved"]
     assert by_path - plain >= 130_000 * prices.input // PICODOLLARS_PER_MICRODOLLAR
-    assert len(fake[1].state.requests) == 11  # the denied one never went out
+    assert len(fake[1].state.requests) == 13  # the denied one never went out
 
 
 def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:

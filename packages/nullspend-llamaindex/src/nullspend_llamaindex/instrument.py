@@ -121,16 +121,22 @@ class _Call:
         parse) was billed: settled from that answer. Before it: released."""
         self.settle() if self.raw is not None else self.release()
 
+    @property
+    def answered(self) -> bool:
+        """The provider accepted the request or answered it: it bills the call."""
+        return self.sent or self.raw is not None
+
     def end_if_never_stepped(self) -> None:
         """A stream dropped before its first step: released if its request was never sent,
-        else charged its estimate. (One dropped later is ended by its own generator.)"""
+        else charged what it answered, or its estimate. (One dropped later is ended by its own
+        generator.)"""
         if not self.stepped:
-            self.settle() if self.sent else self.release()
+            self.settle() if self.answered else self.release()
 
     def end_broken(self, received: bool) -> None:
         """A stream stopped or failed: released if nothing came yet and its request may not
         have gone out, else settled from what was heard, or at the estimate."""
-        self.settle() if received or self.sent else self.release()
+        self.settle() if received or self.answered else self.release()
 
     def hear(self, event: Any) -> None:
         """One event of the provider's stream: the two that carry usage are read."""
@@ -401,7 +407,9 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     provider call inside one (a structured program trying again) is reserved on its own."""
     if _active is None or ((around := _current.get()) is not None and around.raw is None):
         return None
-    llm = _provider_llm(llm)
+    provider_llm = _provider_llm(llm)
+    wrapper = provider_llm is not llm  # as_structured_llm: its calls are structured_predict's
+    llm = provider_llm
     model = _model_of(llm)
     wire = _wire_of(llm)
     # What the estimate counts: the prompt (and the files its blocks name by path, which go
@@ -414,9 +422,14 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     if given := kwargs.get("tools"):
         text += json.dumps(given, default=str)
     cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
-    if structured and wire is ANTHROPIC_MESSAGES:
-        # Anthropic's own structured output asks for 8,192 tokens unless llm_kwargs say.
-        llm_kwargs = (args[2] if len(args) > 2 else kwargs.get("llm_kwargs")) or {}
+    if (structured or wrapper) and wire is ANTHROPIC_MESSAGES:
+        # Anthropic's own structured output asks for 8,192 tokens unless llm_kwargs say (a
+        # wrapper's call passes its keyword arguments on as those).
+        llm_kwargs = (
+            kwargs
+            if not structured
+            else (args[2] if len(args) > 2 else kwargs.get("llm_kwargs")) or {}
+        )
         cap = max(cap if isinstance(cap, int) else 0, llm_kwargs.get("max_tokens", 8192))
     # The request's other parameters: the LLM's additional_kwargs, then the call's own.
     sent = {**(getattr(llm, "additional_kwargs", None) or {}), **kwargs}
@@ -441,8 +454,8 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         web_searches=wire.requested_web_searches(request),
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
+    _hear_clients(llm, wire)  # before reserving: nothing may come between it and the call
     reservation_id = _active.client.reserve_id(estimate.microdollars, **options)
-    _hear_clients(llm, wire)
     return _Call(
         _active.client,
         reservation_id,
@@ -498,7 +511,9 @@ def _answered(answer: Any, kwargs: Mapping[str, Any]) -> Any:
 
 
 def _created(answer: Any, kwargs: Mapping[str, Any]) -> Any:
-    """An Anthropic request the provider accepted: a stream is passed on through ``_Heard``."""
+    """An Anthropic request the provider accepted. A stream stays the SDK's own object (a
+    context manager, an iterator, an ``anthropic.Stream``): only the iterator under it is
+    replaced by one that lets the call hear each event."""
     call = _current.get()
     if call is None:
         return answer
@@ -506,30 +521,26 @@ def _created(answer: Any, kwargs: Mapping[str, Any]) -> Any:
     if not kwargs.get("stream"):
         _hand_over(answer)
         return answer
+    events = getattr(answer, "_iterator", None)
+    if events is None:  # an SDK of another shape: read as LlamaIndex reports it
+        return answer
     call.heard = ANTHROPIC_MESSAGES.stream()
-    return _Heard(answer, call)
+    answer._iterator = (
+        _heard_async(events, call) if hasattr(events, "__anext__") else _heard(events, call)
+    )
+    return answer
 
 
-class _Heard:
-    """A provider stream (sync or async), its events passed on as they come and heard by the
-    call they belong to."""
+def _heard(events: Iterator[Any], call: _Call) -> Iterator[Any]:
+    for event in events:
+        call.hear(event)
+        yield event
 
-    def __init__(self, events: Any, call: _Call) -> None:
-        self._events = events
-        self._call = call
 
-    def __iter__(self) -> Iterator[Any]:
-        for event in self._events:
-            self._call.hear(event)
-            yield event
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        async for event in self._events:
-            self._call.hear(event)
-            yield event
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._events, name)
+async def _heard_async(events: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
+    async for event in events:
+        call.hear(event)
+        yield event
 
 
 def _hand_over(raw: Any) -> None:

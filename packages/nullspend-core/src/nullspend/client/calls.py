@@ -194,7 +194,7 @@ class ReserveOptions(TypedDict, total=False):
     trace_id: str
     tags: Mapping[str, str]
     reservation_id: str
-    """The caller's id for it (``rsv_`` and 16-64 letters, digits, ``_`` or ``-``; the clients
+    """The caller's id for it (``rsv_`` and 16-36 letters, digits, ``_`` or ``-``; the clients
     make one): a reserve sent again with it answers the reservation it made, so a reserve
     whose answer was lost is retried, or released, rather than held unused."""
 

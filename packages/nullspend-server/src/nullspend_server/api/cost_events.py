@@ -30,11 +30,13 @@ from nullspend_server.api.event_queries import (
 )
 from nullspend_server.api.schema import (
     MAX_CALL_MICRODOLLARS,
+    PRICED_ABOVE_A_CALL,
     ApiModel,
     CallMicrodollars,
     CustomerId,
     Data,
     DurationMs,
+    ModelName,
     RequestModel,
     SessionId,
     Tags,
@@ -57,7 +59,7 @@ class CostEventIn(RequestModel):
     outputTokens. Without costMicrodollars the server prices the usage with its catalog."""
 
     provider: str = Field(min_length=1, max_length=64)
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName
     input_tokens: TokenCount = 0
     output_tokens: TokenCount = 0
     cached_input_tokens: TokenCount = 0
@@ -98,7 +100,7 @@ class CostEventIn(RequestModel):
                 f"model {self.model!r} is not in the pricing catalog: send costMicrodollars"
             ) from None
         if priced.total_microdollars > MAX_CALL_MICRODOLLARS:
-            raise ValueError(f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$")
+            raise ValueError(PRICED_ABOVE_A_CALL)
         return priced.total_microdollars
 
 

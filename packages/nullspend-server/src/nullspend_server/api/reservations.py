@@ -16,11 +16,13 @@ from nullspend.usage import Usage
 from nullspend.wire import FORMATS
 from nullspend_server.api.schema import (
     MAX_CALL_MICRODOLLARS,
+    PRICED_ABOVE_A_CALL,
     ApiModel,
     CallMicrodollars,
     CustomerId,
     Data,
     DurationMs,
+    ModelName,
     RequestModel,
     SessionId,
     Tags,
@@ -48,7 +50,7 @@ FormatName = Literal[
 class ReservationCreate(RequestModel):
     estimate_microdollars: CallMicrodollars | None = None
     """A known estimate; otherwise give ``model`` and the provider ``request`` to estimate."""
-    model: str | None = Field(default=None, max_length=256)
+    model: ModelName | None = None
     provider: str | None = Field(default=None, max_length=64)
     format: FormatName | None = None
     """The request's wire format; inferred from its shape when omitted."""
@@ -81,7 +83,7 @@ class SettleBody(RequestModel):
     cost_microdollars: CallMicrodollars | None = None
     usage: UsageIn | None = None
     service_tier: str | None = Field(default=None, max_length=32)
-    model: str | None = Field(default=None, max_length=256)
+    model: ModelName | None = None
     provider: str | None = Field(default=None, max_length=64)
     duration_ms: DurationMs | None = None
     event_type: str | None = Field(default=None, max_length=64)
@@ -182,11 +184,8 @@ async def _usage_cost(
             {"model": model},
         ) from None
     if cost > MAX_CALL_MICRODOLLARS:
-        raise ApiError(ErrorCode.VALIDATION_ERROR, _PRICED_ABOVE_A_CALL, {"cost": cost})
+        raise ApiError(ErrorCode.VALIDATION_ERROR, PRICED_ABOVE_A_CALL, {"cost": cost})
     return cost
-
-
-_PRICED_ABOVE_A_CALL = f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$"
 
 
 @router.post("/api/reservations/{reservation_id}/settle")

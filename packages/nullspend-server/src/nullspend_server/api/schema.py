@@ -9,6 +9,7 @@ from pydantic.alias_generators import to_camel
 
 from nullspend.attribution import (
     CUSTOMER_PATTERN,
+    MAX_MODEL,
     MAX_SESSION,
     MAX_TAG_VALUE,
     MAX_TAGS,
@@ -64,8 +65,9 @@ BIGINT_MAX = 2**63 - 1
 Microdollars = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
 TokenCount = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
 # What one call may cost or reserve: $1,000,000,000. Bounded far below BIGINT so that the sums
-# a budget keeps (spend, reserved) cannot overflow it, however many calls add up in them.
+# a budget keeps (spend, reserved) stay far from overflowing it: 9,223 calls at this most.
 MAX_CALL_MICRODOLLARS = 10**15
+PRICED_ABOVE_A_CALL = f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$"
 CallMicrodollars = Annotated[int, Field(strict=True, ge=0, le=MAX_CALL_MICRODOLLARS)]
 DurationMs = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]  # an INTEGER column
 # The rules live in nullspend.attribution; the JSON schema states them for API clients.
@@ -85,6 +87,7 @@ CustomerId = Annotated[
     AfterValidator(_valid_customer),
     Field(json_schema_extra={"pattern": f"^{CUSTOMER_PATTERN}$"}),
 ]
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]
 SessionId = Annotated[
     str,
     AfterValidator(_valid_session),

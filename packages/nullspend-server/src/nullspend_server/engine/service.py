@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import weakref
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +44,13 @@ class _Pending:
     """None: release (the call cost nothing)."""
 
 
+class HeldCall(Protocol):
+    """A call in flight whose reservation its process keeps from expiring."""
+
+    blocked_since: float | None
+    """When a send to its client began that has not returned (``time.monotonic()``)."""
+
+
 class Engine:
     def __init__(self, db: Database, settings: ServerSettings) -> None:
         self.db = db
@@ -51,12 +60,13 @@ class Engine:
         self._pending: list[_Pending] = []
         self._settler: asyncio.Task[None] | None = None
         # This process's calls in flight, by reservation: kept from expiring while they live.
-        self._held: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self._held: weakref.WeakValueDictionary[str, HeldCall] = weakref.WeakValueDictionary()
 
-    def hold(self, reservation_id: str, call: object) -> None:
-        """Keep ``reservation_id`` from expiring for as long as ``call`` lives: a proxied stream
-        may outlast the reservation TTL (the upstream timeout is per chunk), and expired it
-        was charged its estimate and its real settle refused."""
+    def hold(self, reservation_id: str, call: HeldCall) -> None:
+        """Keep ``reservation_id`` from expiring while ``call`` lives and its client reads: a
+        proxied stream may outlast the reservation TTL (the upstream timeout is per chunk), and
+        expired it was charged its estimate and its real settle refused. A client that has not
+        taken a chunk for the TTL (reading nothing, its connection open) is not waited for."""
         self._held[reservation_id] = call
 
     async def reserve(self, principal: Principal, request: ReservationRequest) -> Admission:
@@ -207,7 +217,12 @@ class Engine:
         while True:
             await asyncio.sleep(interval)
             now = utcnow()
-            held = list(self._held)
+            stalled = time.monotonic() - self.settings.reservation_ttl_seconds
+            held = [
+                reservation_id
+                for reservation_id, call in list(self._held.items())
+                if call.blocked_since is None or call.blocked_since > stalled
+            ]
             try:
                 async with self.db.duty_session() as session:
                     await session.execute(

@@ -65,6 +65,9 @@ class Call:
     estimate: Estimate
     reservation_id: str
     started: float
+    blocked_since: float | None = None
+    """When a send to the client began that has not returned (``time.monotonic()``): a client
+    that stopped reading, whose call's reservation is then no longer kept from expiring."""
 
 
 @dataclass(slots=True)
@@ -330,7 +333,9 @@ class StreamRelay:
             async for chunk in upstream.content.iter_any():
                 out = chunk_filter.feed(chunk) if chunk_filter else chunk
                 if out:
+                    call.blocked_since = time.monotonic()
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+                    call.blocked_since = None
                 accumulator.feed(chunk)  # after passing it on: usage is not the client's wait
             if chunk_filter and (rest := chunk_filter.finish()):
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
