@@ -594,6 +594,35 @@ def test_structured_predict_on_the_responses_api_is_held_to_the_cap(
     assert [e.cost_microdollars for e in counting.cost_events().data] == [COST] * 3
 
 
+def test_structured_output_on_the_responses_api_is_estimated_as_it_is_asked_for(
+    fake: tuple[str, Any],
+) -> None:
+    """``OpenAIResponses.structured_predict`` sends its parse no output cap (the LLM's
+    ``max_output_tokens`` is for its chat): estimated at the LLM's 100 tokens, 10 concurrent
+    calls spent 2.7 times a cap. And an answer the openai SDK fails to parse (a field missing)
+    raised inside its parse, the call released: 20 such calls went past a strict cap."""
+    from llama_index.core.prompts import PromptTemplate
+
+    prompt = PromptTemplate("Rate this review: {review}")
+    gpt = default_catalog().resolve("gpt-4o-mini")
+    assert gpt is not None
+    assert gpt.max_output_tokens
+    ns = LocalNullSpend([LocalBudget.total(10**6)])
+    reserved = reserved_estimates(ns)
+    instrument(client=ns)
+    asked_for = responses_llm(fake, headers={"x-fake-answer": json.dumps({"text": "fine"})})
+    with pytest.raises(ValidationError):
+        asked_for.structured_predict(Verdict, prompt, review="Good value.")
+    assert fake[1].state.requests[-1]["json"].get("max_output_tokens") is None
+    (estimate,) = reserved
+    assert estimate >= gpt.max_output_tokens * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [estimate]  # billed
+    capped = responses_llm(fake, headers={"x-fake-answer": json.dumps({"text": "fine"})})
+    with pytest.raises(ValidationError):
+        capped.structured_predict(Verdict, prompt, llm_kwargs={"max_output_tokens": 50})
+    assert reserved[1] < estimate  # the cap the parse was sent
+
+
 def test_a_structured_answer_that_fails_to_parse_is_charged(fake: tuple[str, Any]) -> None:
     """The provider answered and billed; the structured LLM then failed to read the answer
     (a tool call missing a field). The call is charged its usage, not released: released, such

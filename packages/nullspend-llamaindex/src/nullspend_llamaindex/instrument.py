@@ -116,15 +116,15 @@ class _Call:
         self.done = True
         self.client.release_later(self.reservation_id)
 
-    def end_on_error(self) -> None:
-        """An error after the provider's answer came (a structured answer that failed to
-        parse) was billed: settled from that answer. Before it: released."""
-        self.settle() if self.raw is not None else self.release()
-
     @property
     def answered(self) -> bool:
         """The provider accepted the request or answered it: it bills the call."""
         return self.sent or self.raw is not None
+
+    def end_on_error(self) -> None:
+        """An error after the provider's answer came (a structured answer that failed to
+        parse) was billed: settled from that answer, or at the estimate. Before it: released."""
+        self.settle() if self.answered else self.release()
 
     def end_if_never_stepped(self) -> None:
         """A stream dropped before its first step: released if its request was never sent,
@@ -422,17 +422,17 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     if given := kwargs.get("tools"):
         text += json.dumps(given, default=str)
     cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
-    if (structured or wrapper) and wire is ANTHROPIC_MESSAGES:
-        # Anthropic's own structured output asks for 8,192 tokens unless llm_kwargs say (a
-        # wrapper's call passes its keyword arguments on as those).
-        llm_kwargs = (
-            kwargs
-            if not structured
-            else (args[2] if len(args) > 2 else kwargs.get("llm_kwargs")) or {}
-        )
-        cap = max(cap if isinstance(cap, int) else 0, llm_kwargs.get("max_tokens", 8192))
     # The request's other parameters: the LLM's additional_kwargs, then the call's own.
     sent = {**(getattr(llm, "additional_kwargs", None) or {}), **kwargs}
+    if structured or wrapper:
+        # Structured output is asked for with the client's parse, sent llm_kwargs (a wrapper's
+        # call passes its keyword arguments on as those), not the LLM's own output cap.
+        llm_kwargs = (args[2] if len(args) > 2 else kwargs.get("llm_kwargs")) if structured else {}
+        sent.update(llm_kwargs if isinstance(llm_kwargs, Mapping) else {})
+        if wire is ANTHROPIC_MESSAGES:  # asks for 8,192 tokens unless they say
+            cap = max(cap if isinstance(cap, int) else 0, sent.get("max_tokens", 8192))
+        elif wire is OPENAI_RESPONSES:  # asks for no cap unless they say: the model's own
+            cap = sent.get("max_output_tokens")
     # OpenAIResponses that tracks its previous responses (or is given previous_response_id or
     # conversation) continues a stored conversation: billed for the earlier turns it does not
     # send.
@@ -490,7 +490,11 @@ def _wrap(resource: Any, name: str, then: Callable[[Any, Mapping[str, Any]], Any
         return
 
     def heard(*args: Any, **kwargs: Any) -> Any:
-        answer = method(*args, **kwargs)
+        try:
+            answer = method(*args, **kwargs)
+        except Exception as error:
+            _note_failure(error)
+            raise
         if inspect.isawaitable(answer):
             return _then_awaited(answer, kwargs, then)
         return then(answer, kwargs)
@@ -502,7 +506,24 @@ def _wrap(resource: Any, name: str, then: Callable[[Any, Mapping[str, Any]], Any
 async def _then_awaited(
     answer: Awaitable[Any], kwargs: Mapping[str, Any], then: Callable[[Any, Mapping[str, Any]], Any]
 ) -> Any:
-    return then(await answer, kwargs)
+    try:
+        answered = await answer
+    except Exception as error:
+        _note_failure(error)
+        raise
+    return then(answered, kwargs)
+
+
+def _note_failure(error: Exception) -> None:
+    """A client call that failed other than as the provider's SDK fails a request (its
+    ``APIError``: an error status, no connection, a timeout) had its answer: a structured
+    answer that does not parse, or cut short at its cap. The provider billed it."""
+    call = _current.get()
+    api_errors = tuple(
+        module.APIError for name in ("openai", "anthropic") if (module := sys.modules.get(name))
+    )
+    if call is not None and not isinstance(error, api_errors):
+        call.sent = True
 
 
 def _answered(answer: Any, kwargs: Mapping[str, Any]) -> Any:
@@ -635,7 +656,7 @@ def _wire_of(llm: Any) -> WireFormat:
 
 def _speaks_anthropic(cls: type) -> bool:
     """An LLM class of llama-index-llms-anthropic's, or a subclass of one."""
-    return any("anthropic" in base.__module__ for base in cls.__mro__)
+    return any(base.__module__.startswith("llama_index.llms.anthropic") for base in cls.__mro__)
 
 
 def _model_of(llm: Any) -> str | None:
