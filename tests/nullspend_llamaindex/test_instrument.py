@@ -621,6 +621,13 @@ def test_structured_output_on_the_responses_api_is_estimated_as_it_is_asked_for(
     with pytest.raises(ValidationError):
         capped.structured_predict(Verdict, prompt, llm_kwargs={"max_output_tokens": 50})
     assert reserved[1] < estimate  # the cap the parse was sent
+    # Arguments the SDK refuses before sending: nothing billed, nothing charged.
+    sent_before = len(fake[1].state.requests)
+    with pytest.raises(TypeError):
+        capped.structured_predict(Verdict, prompt, llm_kwargs={"no_such_parameter": 1})
+    assert len(fake[1].state.requests) == sent_before
+    assert len(ns.cost_events().data) == 2
+    assert ns.budget_status()[0].reserved_microdollars == 0
 
 
 def test_a_structured_answer_that_fails_to_parse_is_charged(fake: tuple[str, Any]) -> None:

@@ -515,14 +515,18 @@ async def _then_awaited(
 
 
 def _note_failure(error: Exception) -> None:
-    """A client call that failed other than as the provider's SDK fails a request (its
-    ``APIError``: an error status, no connection, a timeout) had its answer: a structured
-    answer that does not parse, or cut short at its cap. The provider billed it."""
+    """A client call that failed reading its answer had it, and the provider billed it: a
+    structured answer that does not parse (pydantic's or JSON's ``ValueError``), or one the
+    SDK refuses for its finish (its own errors other than ``APIError``, which are a request's:
+    an error status, no connection, a timeout). A ``TypeError`` (arguments it refused before
+    sending) was not."""
     call = _current.get()
-    api_errors = tuple(
-        module.APIError for name in ("openai", "anthropic") if (module := sys.modules.get(name))
-    )
-    if call is not None and not isinstance(error, api_errors):
+    if call is None:
+        return
+    sdks = [module for name in ("openai", "anthropic") if (module := sys.modules.get(name))]
+    sdk_errors = tuple(getattr(m, "OpenAIError", None) or m.AnthropicError for m in sdks)
+    api_errors = tuple(m.APIError for m in sdks)
+    if isinstance(error, (ValueError, *sdk_errors)) and not isinstance(error, api_errors):
         call.sent = True
 
 
