@@ -240,3 +240,23 @@ def test_dates_past_what_a_datetime_holds_are_refused(server: RunningServer, que
         answer = client.get(query)
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/cost-events/summary?cursor=abc",
+        "/api/cost-events/summary?limit=5",
+        "/api/cost-events/attribution?groupBy=model&cursor=abc",
+        "/api/cost-events/export.csv?groupBy=model",
+        "/api/cost-events?groupBy=model",
+        "/api/cost-events?modle=gpt-4o",
+    ],
+)
+def test_a_parameter_the_route_does_not_take_is_refused(server: RunningServer, query: str) -> None:
+    """Every event route shared one list of known parameters: a summary took a cursor and a
+    limit it never used. Each route now refuses what it does not declare."""
+    with server.client() as client:
+        answer = client.get(query)
+        assert answer.status_code == 400, answer.text
+        assert "unknown query parameter" in answer.json()["error"]["message"]

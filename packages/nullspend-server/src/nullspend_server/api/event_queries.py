@@ -112,28 +112,26 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
         raise invalid("from and to must be dates between the years 1 and 9999 in UTC") from None
 
 
+def _declared(route: Any) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included (a list's ``cursor``,
+    an attribution's ``groupBy``): any other is refused. Kept on the route once found."""
+    known: frozenset[str] | None = getattr(route, "_nullspend_query_parameters", None)
+    if known is None:
+        names: set[str] = set()
+        pending = [route.dependant]
+        while pending:
+            dependant = pending.pop()
+            names.update(param.alias for param in dependant.query_params)
+            pending += dependant.dependencies
+        known = frozenset(names)
+        route._nullspend_query_parameters = known
+    return known
+
+
 class EventQuery:
     """The event filters, declared so that OpenAPI documents and FastAPI validates them. Tag
-    filters (``tag.<key>=<value>``, any number) are read from the query string; any other
-    undeclared parameter is an error, since a misspelt filter must not widen the result."""
-
-    declared = frozenset(
-        {
-            "provider",
-            "model",
-            "source",
-            "apiKeyId",
-            "sessionId",
-            "traceId",
-            "customer",
-            "from",
-            "to",
-            "period",
-            "limit",
-            "cursor",
-            "groupBy",
-        }
-    )
+    filters (``tag.<key>=<value>``, any number) are read from the query string; any parameter
+    the route does not declare is an error, since a misspelt filter must not widen the result."""
 
     def __init__(
         self,
@@ -167,7 +165,7 @@ class EventQuery:
                 if errors := tag_errors({name[4:]: value}):
                     raise invalid("; ".join(errors), parameter=name)
                 self.tags[name[4:]] = value
-            elif name not in self.declared:
+            elif name not in _declared(request.scope["route"]):
                 raise invalid(f"unknown query parameter {name!r}", parameter=name)
 
     def filters(self, org_id: str, default_period: str | None = None) -> EventFilters:
