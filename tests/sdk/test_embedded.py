@@ -395,7 +395,9 @@ def test_a_settle_the_file_refuses_changes_nothing(
         {"cost_microdollars": "700"},
         {"cost_microdollars": True},
         {"cost_microdollars": 2**63},
+        {"cost_microdollars": 10**15 + 1},  # past one call's most, as the server refuses it
         {"cost_microdollars": 700, "duration_ms": 1.5},
+        {"cost_microdollars": 700, "duration_ms": 2**31},
         {"cost_microdollars": 700, "model": 4},
         {"usage": {"input_tokens": 10}},
     ],
@@ -413,6 +415,8 @@ def test_a_settle_the_server_would_refuse_is_refused_and_changes_nothing(
         ns.settle(reservation.reservation_id, **options)
     with pytest.raises(ValidationError):
         ns.reserve(2.5)  # nor an estimate
+    with pytest.raises(ValidationError):
+        ns.reserve(10**15 + 1)
     with pytest.raises(ValidationError):
         ns.reserve(100, model=123)  # nor what a reservation keeps for its settle  # type: ignore[typeddict-item]
     (status,) = ns.budget_status()

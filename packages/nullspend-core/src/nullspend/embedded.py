@@ -63,6 +63,7 @@ from nullspend.errors import (
     ValidationError,
     api_error,
 )
+from nullspend.limits import MAX_CALL_MICRODOLLARS, MAX_DURATION_MS, PRICED_ABOVE_A_CALL
 from nullspend.policy import denials
 from nullspend.policy.budgets import Policy, admits, remaining
 from nullspend.policy.denials import Denial
@@ -471,7 +472,9 @@ class LocalNullSpend(TrackedClients):
         every call, without the typed answer they do not read."""
         if estimate_microdollars is None:
             estimate_microdollars = _estimate_of(options).microdollars
-        elif error := _whole_error("estimate_microdollars", estimate_microdollars):
+        elif error := _whole_error(
+            "estimate_microdollars", estimate_microdollars, MAX_CALL_MICRODOLLARS
+        ):
             raise ValidationError(error)
         if error := _not_text(options, _RESERVE_TEXTS):  # kept, then written at settle
             raise ValidationError(error)
@@ -698,7 +701,7 @@ class LocalNullSpend(TrackedClients):
         cost = report.cost_microdollars
         if cost is None:
             cost = _catalog_cost(usage, report.model, report.service_tier)
-        elif refused := _whole_error("cost_microdollars", cost):
+        elif refused := _whole_error("cost_microdollars", cost, MAX_CALL_MICRODOLLARS):
             raise ValidationError(refused)
         return _Event(
             self._ids.next("ce"),
@@ -932,18 +935,24 @@ def _catalog_cost(usage: Usage, model: str | None, service_tier: object) -> int:
     if service_tier is not None and not isinstance(service_tier, str):
         raise ValidationError("service_tier must be a string, as the answer names the tier")
     try:
-        return pricing.cost(usage, model or "", service_tier=service_tier).total_microdollars
+        cost = pricing.cost(usage, model or "", service_tier=service_tier).total_microdollars
     except UnpricedModelError:
         raise ValidationError(
             f"model {model!r} is not in the pricing catalog: give cost_microdollars"
         ) from None
+    if cost > MAX_CALL_MICRODOLLARS:
+        raise ValidationError(PRICED_ABOVE_A_CALL)
+    return cost
+
+
+_SETTLE_BOUNDS = (("cost_microdollars", MAX_CALL_MICRODOLLARS), ("duration_ms", MAX_DURATION_MS))
 
 
 def _settle_error(options: SettleOptions) -> str | None:
     """What the server refuses in a settle's options, checked by hand (every call settles):
     kept, such a value would count wrong, or be written where no engine could read it back."""
-    for name in ("cost_microdollars", "duration_ms"):
-        if (value := options.get(name)) is not None and (error := _whole_error(name, value)):
+    for name, most in _SETTLE_BOUNDS:
+        if (value := options.get(name)) is not None and (error := _whole_error(name, value, most)):
             return error
     usage = options.get("usage")
     if usage is not None and not isinstance(usage, Usage):
@@ -965,11 +974,11 @@ def _not_text(options: Mapping[str, object], names: tuple[str, ...]) -> str | No
 _BIGINT_MAX = 2**63 - 1  # what the server and the file store
 
 
-def _whole_error(name: str, value: object) -> str | None:
+def _whole_error(name: str, value: object, most: int = _BIGINT_MAX) -> str | None:
     """Why ``value`` is no count the server and the file store, if it is not."""
-    if type(value) is int and 0 <= value <= _BIGINT_MAX:
+    if type(value) is int and 0 <= value <= most:
         return None
-    return f"{name} must be a whole number, not negative, at most {_BIGINT_MAX}"
+    return f"{name} must be a whole number, not negative, at most {most}"
 
 
 def _time(micros: int) -> dt.datetime:

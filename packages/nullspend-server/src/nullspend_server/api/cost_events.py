@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from nullspend import pricing
 from nullspend.client.models import MAX_BATCH
 from nullspend.errors import ErrorCode, UnpricedModelError
+from nullspend.limits import MAX_CALL_MICRODOLLARS, PRICED_ABOVE_A_CALL
 from nullspend.usage import Usage
 from nullspend_server.api.event_queries import (
     EventFilters,
@@ -29,8 +30,6 @@ from nullspend_server.api.event_queries import (
     encode_cursor,
 )
 from nullspend_server.api.schema import (
-    MAX_CALL_MICRODOLLARS,
-    PRICED_ABOVE_A_CALL,
     ApiModel,
     CallMicrodollars,
     CustomerId,

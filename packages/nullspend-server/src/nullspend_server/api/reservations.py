@@ -12,11 +12,10 @@ from sqlmodel import col, select
 from nullspend import pricing
 from nullspend.attribution import model_error
 from nullspend.errors import ErrorCode, UnpricedModelError
+from nullspend.limits import MAX_CALL_MICRODOLLARS, PRICED_ABOVE_A_CALL
 from nullspend.usage import Usage
 from nullspend.wire import FORMATS
 from nullspend_server.api.schema import (
-    MAX_CALL_MICRODOLLARS,
-    PRICED_ABOVE_A_CALL,
     ApiModel,
     CallMicrodollars,
     CustomerId,

@@ -20,6 +20,7 @@ from nullspend.attribution import (
     tag_errors,
     unstorable,
 )
+from nullspend.limits import MAX_CALL_MICRODOLLARS, MAX_DURATION_MS
 
 
 class ApiModel(BaseModel):
@@ -64,12 +65,8 @@ def _valid_session(session_id: str) -> str:
 BIGINT_MAX = 2**63 - 1
 Microdollars = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
 TokenCount = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
-# What one call may cost or reserve: $1,000,000,000. Bounded far below BIGINT so that the sums
-# a budget keeps (spend, reserved) stay far from overflowing it: 9,223 calls at this most.
-MAX_CALL_MICRODOLLARS = 10**15
-PRICED_ABOVE_A_CALL = f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$"
 CallMicrodollars = Annotated[int, Field(strict=True, ge=0, le=MAX_CALL_MICRODOLLARS)]
-DurationMs = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]  # an INTEGER column
+DurationMs = Annotated[int, Field(strict=True, ge=0, le=MAX_DURATION_MS)]
 # The rules live in nullspend.attribution; the JSON schema states them for API clients.
 Tags = Annotated[
     dict[str, str],
