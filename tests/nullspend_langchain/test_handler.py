@@ -723,6 +723,17 @@ def test_the_prompt_anthropic_adds_for_tools_is_in_the_estimate(fake: tuple[str,
     bash = {"type": "bash_20250124", "name": "bash"}
     with_bash = reserved_for(chat_anthropic(fake, max_tokens=5).bind_tools([bash]), fake)
     assert with_bash - plain >= (346 + 245) * claude.prices.input // PICODOLLARS_PER_MICRODOLLAR
+    # Claude adds it wherever it is served: here through an OpenAI-compatible endpoint.
+    compatible = ChatOpenAI(
+        model="claude-sonnet-4-5",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_tokens=5,  # type: ignore[call-arg]
+    )
+    through_openai = reserved_for(compatible, fake)
+    through_openai_with_tool = reserved_for(compatible.bind_tools([lookup]), fake)
+    added = through_openai_with_tool - through_openai
+    assert added >= 346 * claude.prices.input // PICODOLLARS_PER_MICRODOLLAR
 
 
 def test_a_langgraph_stream_stopped_early_holds_nothing(fake: tuple[str, Any]) -> None:

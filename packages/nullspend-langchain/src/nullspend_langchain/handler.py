@@ -29,6 +29,7 @@ from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.pricing import default_catalog
 from nullspend.pricing.estimate import (
     MESSAGE_FRAMING_TOKENS,
     estimate_call,
@@ -216,8 +217,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             provider = None
         # Each message's role and framing is billed too, and Anthropic adds a system prompt
         # (and its own tools' definitions) to a call that sends tools: none of it is text here.
+        # Claude adds it wherever it is served (Bedrock, Vertex, a gateway): read by the model.
         input_tokens = estimate_input_tokens(raw) + MESSAGE_FRAMING_TOKENS * len(text)
-        if tools and provider == "anthropic":
+        if tools and (provider == "anthropic" or _served_by_anthropic(model)):
             input_tokens += ANTHROPIC_MESSAGES.hidden_input_tokens(request)
         estimate = estimate_call(
             model,
@@ -654,6 +656,12 @@ def _web_searches(message: BaseMessage) -> int:
         elif kind == "server_tool_call":
             openai_calls.append({"type": "web_search_call", "action": block.get("args")})
     return anthropic_searches + web_search_calls(openai_calls)
+
+
+def _served_by_anthropic(model: str | None) -> bool:
+    """A Claude model, by the catalog (which reads Bedrock's and Vertex's ids too)."""
+    priced = default_catalog().resolve(model) if model else None
+    return priced is not None and priced.provider == "anthropic"
 
 
 def _web_searches_allowed(request: Mapping[str, Any]) -> int:
