@@ -17,7 +17,8 @@ import pytest
 
 from nullspend.client import AsyncNullSpend, CostReporter, NewCostEvent, NullSpend, background
 from nullspend.client.background import Background
-from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.conftest import RunningServer, start_server
+from tests.nullspend_server.dbtools import rows
 
 
 def test_in_order_and_flushed() -> None:
@@ -213,3 +214,25 @@ def test_a_forked_child_uses_the_parents_async_client(server: RunningServer) -> 
             assert len((await ans.cost_events(limit=10)).data) == 5
 
     asyncio.run(main())
+
+
+def test_a_settle_that_came_after_its_reservation_expired_says_so(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call that outlived its reservation's TTL was charged its estimate by the expiry, and
+    its settle refused: the warning said the reservation "will expire", as if the cost would
+    still be counted. It now says what happened."""
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=0.2)
+    try:
+        with NullSpend(server.admin_key, server.base_url) as ns:
+            reservation = ns.reserve(100)
+            deadline = time.monotonic() + 15
+            while rows(database_url, "SELECT status FROM reservations")[0]["status"] != "expired":
+                assert time.monotonic() < deadline, "the reservation did not expire"
+                time.sleep(0.1)
+            with caplog.at_level(logging.WARNING, logger="nullspend.client"):
+                ns.settle_later(reservation.reservation_id, cost_microdollars=5)
+                assert ns.flush(timeout=10)
+        assert "came after its reservation expired" in caplog.text
+    finally:
+        server.stop()

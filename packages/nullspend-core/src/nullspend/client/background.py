@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable
 
 from nullspend.client import processes
+from nullspend.errors import ConflictError
 
 log = logging.getLogger("nullspend.client")
 # The thread ends after this long with nothing to do (and starts again when needed), so a client
@@ -121,6 +122,14 @@ def attempt(work: Callable[[], object], description: str) -> None:
 
 
 def log_failure(description: str, error: Exception) -> None:
+    if isinstance(error, ConflictError) and error.details.get("status") == "expired":
+        # Its call outlived the reservation: the expiry charged the estimate in its place.
+        log.warning(
+            "%s came after its reservation expired: the call was charged its estimate, "
+            "not this cost",
+            description,
+        )
+        return
     log.warning("%s failed (%s); the reservation will expire", description, error)
 
 
