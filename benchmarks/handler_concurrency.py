@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatResult
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from integrations import FakePricedChat
@@ -32,23 +29,9 @@ from nullspend_langchain import NullSpendCallbackHandler
 MOST_WAIT = 0.05  # seconds a call waits for its answer, at most
 
 
-class WaitingChat(FakePricedChat):
-    """Answers after a random wait of up to ``MOST_WAIT``: calls overlap, as with a provider."""
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        await asyncio.sleep(random.random() * MOST_WAIT)
-        return self._generate(messages, stop)
-
-
 def cpu_per_call(agents: int, calls: int, handler: bool) -> float:
     """Microseconds of CPU per call for ``agents`` tasks each making ``calls`` calls in turn."""
-    model = WaitingChat()
+    model = FakePricedChat(most_wait=MOST_WAIT)  # calls overlap, as with a provider
     engine = LocalNullSpend([LocalBudget.total(10**15)])
     config: Any = {"callbacks": [NullSpendCallbackHandler(client=engine)]} if handler else {}
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -42,9 +43,11 @@ PAUSE = 0.01  # between spaced calls, untimed
 
 
 class FakePricedChat(BaseChatModel):
-    """Answers at once, with the usage metadata and model name a provider's chat model sets."""
+    """Answers at once (``ainvoke`` after a random wait of up to ``most_wait`` seconds, when
+    set), with the usage metadata and model name a provider's chat model sets."""
 
     model_name: str = "gpt-4o-mini"
+    most_wait: float = 0.0
 
     @property
     def _llm_type(self) -> str:
@@ -75,6 +78,8 @@ class FakePricedChat(BaseChatModel):
         run_manager: Any = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.most_wait:
+            await asyncio.sleep(random.random() * self.most_wait)
         return self._generate(messages, stop)
 
 
