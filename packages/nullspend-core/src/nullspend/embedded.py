@@ -971,10 +971,7 @@ def _not_text(options: Mapping[str, object], names: tuple[str, ...]) -> str | No
     return None
 
 
-_BIGINT_MAX = 2**63 - 1  # what the server and the file store
-
-
-def _whole_error(name: str, value: object, most: int = _BIGINT_MAX) -> str | None:
+def _whole_error(name: str, value: object, most: int) -> str | None:
     """Why ``value`` is no count the server and the file store, if it is not."""
     if type(value) is int and 0 <= value <= most:
         return None
