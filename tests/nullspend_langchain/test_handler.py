@@ -20,7 +20,7 @@ from langchain_openai import ChatOpenAI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nullspend.client import NullSpend
+from nullspend.client import NullSpend, renewal
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import ConnectionFailedError, CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
@@ -29,7 +29,7 @@ from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
-from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.nullspend_server.dbtools import rows
 from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE, settled_events
@@ -100,6 +100,27 @@ def test_streams_with_and_without_usage(ns: NullSpend, fake: tuple[str, Any]) ->
         list(without.stream("Hi"))
     estimated = settled_events(ns, 2)[0]
     assert estimated.cost_microdollars > COST  # the estimate, which bounds it from above
+
+
+def test_a_stream_that_outlasts_its_reservation_is_charged_its_usage(
+    database_url: str, fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream longer than the server's reservation TTL was charged its estimate when its
+    reservation expired, and its settle refused: the handler now renews the reservation while
+    tokens come."""
+    monkeypatch.setattr(renewal, "RENEW_SECONDS", 0.3)
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=0.2)
+    try:
+        with NullSpend(server.admin_key, server.base_url) as client:
+            handler = NullSpendCallbackHandler(client=client)
+            model = chat_openai(fake, fault="slow:300", stream_usage=True, callbacks=[handler])
+            started = time.monotonic()
+            assert "".join(str(c.content) for c in model.stream("Hi"))
+            assert time.monotonic() - started > 2  # twice the TTL
+            (event,) = settled_events(client, 1)
+            assert (event.cost_microdollars, event.tags) == (COST, {})
+    finally:
+        server.stop()
 
 
 def test_an_anthropic_stream_that_reported_no_usage_is_charged_its_estimate(

@@ -23,14 +23,14 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI, OpenAIResponses
 from pydantic import BaseModel, ValidationError
 
-from nullspend.client import NullSpend
+from nullspend.client import NullSpend, renewal
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import default_catalog
 from nullspend_llamaindex import instrument
 from tests.estimates import reserved_estimates
-from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE
 
@@ -353,6 +353,33 @@ def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
         (event,) = ns.cost_events().data
         assert (event.cost_microdollars, event.session_id) == (COST, "s-3")
         assert event.reservation_id is not None
+
+
+def test_a_stream_that_outlasts_its_reservation_is_charged_its_usage(
+    database_url: str, fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream longer than the server's reservation TTL was charged its estimate when its
+    reservation expired, and its settle refused: the gate now renews the reservation while
+    steps come, sync and async."""
+    monkeypatch.setattr(renewal, "RENEW_SECONDS", 0.3)
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=0.2)
+    try:
+        with NullSpend(server.admin_key, server.base_url) as ns:
+            instrument(client=ns)
+            llm = openai_llm(fake)
+            llm.default_headers = {**(llm.default_headers or {}), "x-fake-fault": "slow:300"}
+            started = time.monotonic()
+            assert list(llm.stream_chat(HELLO))
+
+            async def astream() -> None:
+                assert [c async for c in await llm.astream_chat(HELLO)]
+
+            asyncio.run(astream())
+            assert time.monotonic() - started > 4  # each twice the TTL
+            events = ns.cost_events().data
+            assert [(e.cost_microdollars, e.tags) for e in events] == [(COST, {})] * 2
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("configured_by", ["arguments", "environment"])

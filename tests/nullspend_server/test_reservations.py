@@ -308,6 +308,38 @@ def test_expired_reservations_are_settled_at_their_estimate(database_url: str) -
     assert {"_ns_estimated", "_ns_expired"} <= tags
 
 
+def test_an_extended_reservation_outlives_its_ttl_and_takes_its_settle(database_url: str) -> None:
+    """A call still going (a stream longer than the TTL) extends its reservation: it is not
+    charged its estimate at the TTL, and its real settle is taken. A finished reservation is
+    not extended (409, with its status); an unknown one is a 404."""
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=0.2)
+    try:
+        with server.client() as admin:
+            b = org_budget(admin, 100_000)
+            reserved = reserve(admin, 25_000, model="gpt-4o", provider="openai").json()["data"]
+            rid = reserved["reservationId"]
+            first_expiry = dt.datetime.fromisoformat(reserved["expiresAt"])
+            started = time.monotonic()
+            while time.monotonic() - started < 2.5:  # twice the TTL and more
+                extended = admin.post(f"/api/reservations/{rid}/extend")
+                assert extended.status_code == 200, extended.text
+                time.sleep(0.3)
+            expiry = dt.datetime.fromisoformat(extended.json()["data"]["expiresAt"])
+            assert expiry - first_expiry > dt.timedelta(seconds=2)
+            assert read_budget(admin, b["id"])["spendMicrodollars"] == 0  # still reserved
+            settled = admin.post(f"/api/reservations/{rid}/settle", json={"costMicrodollars": 7})
+            assert settled.status_code == 200, settled.text
+            state = read_budget(admin, b["id"])
+            finished = admin.post(f"/api/reservations/{rid}/extend")
+            assert finished.status_code == 409
+            assert finished.json()["error"]["details"]["status"] == "settled"
+            assert admin.post("/api/reservations/rsv_missing/extend").status_code == 404
+    finally:
+        server.stop()
+    assert (state["spendMicrodollars"], state["reservedMicrodollars"]) == (7, 0)
+    assert not rows(database_url, "SELECT key FROM cost_event_tags")  # not _ns_expired
+
+
 def test_a_reserve_sent_again_under_its_id_answers_the_reservation_it_made(
     server: RunningServer, admin: httpx.Client
 ) -> None:

@@ -30,6 +30,7 @@ from nullspend.errors import (
     BudgetExceededError,
     ConflictError,
     CustomerBudgetExceededError,
+    NotFoundError,
     SessionLimitExceededError,
     TagBudgetExceededError,
     ValidationError,
@@ -447,8 +448,9 @@ def test_a_reservation_nobody_settles_is_charged_its_estimate_when_it_expires(
         "_ns_estimated": "true",
         "_ns_expired": "true",
     }
-    with pytest.raises(ConflictError, match="already expired"):
+    with pytest.raises(ConflictError, match="already expired") as refused:
         ns.settle(leaked.reservation_id, cost_microdollars=1_000)
+    assert refused.value.details["status"] == "expired"  # as the server says it
     ns.close()
     # Recorded in the file: the next process counts it.
     (again,) = LocalNullSpend([LocalBudget.total(10_000)], path=path).budget_status()
@@ -508,6 +510,33 @@ def test_a_reservation_expires_on_time_whatever_came_and_went_before_it(
     (status,) = ns.budget_status()
     assert (status.spend_microdollars, status.reserved_microdollars) == (2_100, 0)
     assert ns.cost_events().data[0].reservation_id == later
+
+
+def test_an_extended_reservation_lives_a_full_lifetime_from_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a long stream sends while its chunks come: its reservation is due a full lifetime
+    after the extension, and the ones taken after it still fall due on time before it."""
+    clock = _Clock()
+    monkeypatch.setattr(embedded, "time", clock)
+    ns = LocalNullSpend([LocalBudget.total(10_000)], reservation_ttl=dt.timedelta(seconds=10))
+    streaming = ns.reserve_id(1_000)  # due at 1,010
+    clock.now = 1_005.0
+    short = ns.reserve_id(2_000)  # due at 1,015
+    clock.now = 1_008.0
+    ns.extend(streaming)  # due at 1,018
+    clock.now = 1_016.0
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (2_000, 1_000)
+    assert [e.reservation_id for e in ns.cost_events().data] == [short]
+    ns.settle(streaming, cost_microdollars=300)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (2_300, 0)
+    with pytest.raises(ConflictError) as finished:
+        ns.extend(short)
+    assert finished.value.details["status"] == "expired"
+    with pytest.raises(NotFoundError):
+        ns.extend("rsv_never_made")
 
 
 # --- code written for NullSpend, run embedded ----------------------------------------------

@@ -5,6 +5,7 @@ reach the caller as the provider would have sent them."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import json
 import time
@@ -13,13 +14,13 @@ from typing import Any
 import openai
 import pytest
 
-from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend
+from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend, renewal
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import BudgetUnavailableError, DeniedError, UnmeteredRouteError
 from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES, spends_unpriced
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
-from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.conftest import RunningServer, start_server
 
 USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
 # gpt-4o-mini: $0.15 input, $0.075 cached, $0.60 output per million tokens
@@ -304,6 +305,67 @@ def test_a_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[str, Any
     gc.collect()
     assert released_budget(ns).spend_microdollars == 2 * estimate
     assert [e.cost_microdollars for e in ns.cost_events().data] == [estimate, estimate]
+
+
+def slow_stream_kwargs(fake: tuple[str, Any]) -> dict[str, Any]:
+    """A stream of 8 events 300 ms apart: about 2.4 s, past a 1 s reservation lifetime."""
+    kwargs = client_kwargs(fake)
+    return {**kwargs, "default_headers": {**kwargs["default_headers"], "x-fake-fault": "slow:300"}}
+
+
+def test_a_stream_that_outlasts_its_reservation_is_charged_its_usage(
+    database_url: str, fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider's timeout is per chunk, so a stream can outlast its reservation's TTL: it
+    was charged its estimate when it expired, and its real settle refused. It now renews its
+    reservation while its chunks come."""
+    monkeypatch.setattr(renewal, "RENEW_SECONDS", 0.3)
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=0.2)
+    try:
+        with NullSpend(server.admin_key, server.base_url) as ns:
+            client = ns.openai(**slow_stream_kwargs(fake))
+            started = time.monotonic()
+            chunks = list(
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+            )
+            assert chunks
+            assert time.monotonic() - started > 2  # twice the TTL
+            (event,) = settled_events(ns, 1)
+            assert event.cost_microdollars == COST
+            assert not event.tags  # not _ns_expired
+    finally:
+        server.stop()
+
+
+def test_an_async_stream_that_outlasts_its_reservation_is_charged_its_usage(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same in-process, on an async client (the engine's reservations live an hour unless
+    set; here one second): a call made while the stream goes on sweeps what expired."""
+    monkeypatch.setattr(renewal, "RENEW_SECONDS", 0.3)
+    ns = AsyncLocalNullSpend(
+        [LocalBudget.total(5_000_000)], reservation_ttl=dt.timedelta(seconds=1)
+    )
+
+    async def read() -> None:
+        client = ns.openai(**slow_stream_kwargs(fake))
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        assert [chunk async for chunk in stream]
+
+    async def call_meanwhile() -> None:
+        await asyncio.sleep(1.6)
+        await ns.openai(**client_kwargs(fake)).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+
+    async def both() -> None:
+        await asyncio.gather(read(), call_meanwhile())
+
+    asyncio.run(both())
+    events = ns.engine.cost_events().data
+    assert [(e.cost_microdollars, e.tags) for e in events] == [(COST, {}), (COST, {})]
 
 
 def test_a_compaction_is_metered_and_the_free_responses_calls_are_not(

@@ -49,6 +49,7 @@ from nullspend.client.models import (
     BudgetStatus,
     CostEvent,
     CostEventPage,
+    Extended,
     NewCostEvent,
     RecordedBatch,
     RecordedEvent,
@@ -616,6 +617,24 @@ class LocalNullSpend(TrackedClients):
             return False
         return True
 
+    def extend(self, reservation_id: str) -> Extended:
+        """Give a held reservation a full lifetime again from now: its call is still going (a
+        stream longer than ``reservation_ttl``). The integrations do it while chunks arrive."""
+        self._tenancy.check()
+        with self._lock:
+            held = self._take(reservation_id)
+            held.expires = time.monotonic() + self._ttl_seconds
+            self._held[reservation_id] = held  # put last: the sweep takes them in due order
+        return Extended(
+            reservation_id=reservation_id, expires_at=dt.datetime.now(dt.UTC) + self._ttl
+        )
+
+    def extend_later(self, reservation_id: str) -> None:
+        try:
+            self.extend(reservation_id)
+        except Exception as error:
+            log_failure(f"extending {reservation_id}", error)
+
     def release(self, reservation_id: str) -> Settled:
         self._give_back(reservation_id)
         return Settled(reservation_id=reservation_id, status="released")
@@ -809,7 +828,10 @@ class LocalNullSpend(TrackedClients):
         for event in self._events:
             if event.reservation_id == reservation_id:
                 status = "expired" if TAG_EXPIRED in event.tags else "settled"
-                return ConflictError(f"reservation {reservation_id} is already {status}")
+                return ConflictError(  # with the server's details: what log_failure reads
+                    f"reservation {reservation_id} is already {status}",
+                    details={"reservationId": reservation_id, "status": status},
+                )
         return NotFoundError(f"no reservation {reservation_id!r}")
 
     def _unreserve(self, held: _Held) -> None:
@@ -873,6 +895,12 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
 
     def release_later(self, reservation_id: str) -> None:
         self.engine.release_later(reservation_id)
+
+    async def extend(self, reservation_id: str) -> Extended:
+        return self.engine.extend(reservation_id)
+
+    def extend_later(self, reservation_id: str) -> None:
+        self.engine.extend_later(reservation_id)
 
     async def report(
         self, event: NewCostEvent, *, idempotency_key: str | None = None

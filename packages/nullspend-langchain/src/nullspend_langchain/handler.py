@@ -27,6 +27,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 
 from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
+from nullspend.client.renewal import Renewal
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import default_catalog
@@ -84,6 +85,8 @@ class _Open:
     inside ``ainvoke`` (``streaming=True``, LangGraph's messages mode). Set with a task only."""
     usage_seen: UsageMetadata | None = None
     """The usage a stream's chunks reported so far, summed as LangChain sums them."""
+    renewal: Renewal | None = None
+    """A stream's: its reservation renewed while its tokens come (it may outlast its TTL)."""
 
 
 class NullSpendCallbackHandler(BaseCallbackHandler):
@@ -475,9 +478,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
     ) -> None:
         # The only sign a call streams: invocation_params say stream=False either way.
         if (call := self._open.get(run_id)) is not None:
-            if not call.streamed and call.task is not None:
-                call.read_by_caller = _read_by_caller()
-            call.streamed = True
+            if (renewal := call.renewal) is None:  # its first token
+                if call.task is not None:
+                    call.read_by_caller = _read_by_caller()
+                call.streamed = True
+                renewal = call.renewal = Renewal(self.client, call.reservation_id, call.started)
+            renewal.heard()
             # Kept for a stream ended without its end heard (_abandon): its usage may have come.
             chunk = kwargs.get("chunk")
             if usage := getattr(getattr(chunk, "message", None), "usage_metadata", None):

@@ -34,6 +34,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
 
 from nullspend.client import NullSpend
+from nullspend.client.renewal import Renewal
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import estimate_call
@@ -115,6 +116,9 @@ class _Call:
             return
         self.done = True
         self.client.release_later(self.reservation_id)
+
+    def renewal(self) -> Renewal:
+        return Renewal(self.client, self.reservation_id, self.started)
 
     @property
     def answered(self) -> bool:
@@ -288,9 +292,11 @@ def _watched(stream: S, call: _Call) -> S:
 
 def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
     """The stream as produced, each step run with the call current (its end event fires in
-    the last one), settled when it ends. Stopped or failed: released if nothing came yet, else
-    settled at the estimate (tokens were spent)."""
+    the last one), its reservation renewed while steps come (it may outlast its TTL), settled
+    when it ends. Stopped or failed: released if nothing came yet, else settled at the estimate
+    (tokens were spent)."""
     call.stepped = True
+    renewal = call.renewal()
     received = False
     try:
         while True:
@@ -302,6 +308,7 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
             finally:
                 _current.reset(token)
             received = True
+            renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException:
@@ -312,6 +319,7 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
 
 async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
     call.stepped = True
+    renewal = call.renewal()
     received = False
     try:
         while True:
@@ -323,6 +331,7 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             finally:
                 _current.reset(token)
             received = True
+            renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException:

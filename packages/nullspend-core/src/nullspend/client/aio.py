@@ -13,6 +13,7 @@ from nullspend.client.models import (
     Budget,
     BudgetStatus,
     CostEventPage,
+    Extended,
     Introspection,
     NewCostEvent,
     RecordedBatch,
@@ -69,6 +70,10 @@ class AsyncNullSpend(AsyncTrackedClients):
     def release_later(self, reservation_id: str) -> None:
         """``release`` from the background thread, as ``settle_later``."""
         self._settler.release_later(reservation_id)
+
+    def extend_later(self, reservation_id: str) -> None:
+        """``extend`` from the background thread, as ``settle_later``."""
+        self._settler.extend_later(reservation_id)
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until what ``settle_later`` and ``release_later`` queued has been sent."""
@@ -148,6 +153,10 @@ class AsyncNullSpend(AsyncTrackedClients):
     async def release(self, reservation_id: str) -> Settled:
         """Give the estimate back: the call did not happen."""
         return await self._send(calls.release(reservation_id))
+
+    async def extend(self, reservation_id: str) -> Extended:
+        """Give a reservation a full lifetime again from now (see ``NullSpend.extend``)."""
+        return await self._send(calls.extend(reservation_id))
 
     async def report(
         self, event: NewCostEvent, *, idempotency_key: str | None = None

@@ -125,8 +125,7 @@ def log_failure(description: str, error: Exception) -> None:
     if isinstance(error, ConflictError) and error.details.get("status") == "expired":
         # Its call outlived the reservation: the expiry charged the estimate in its place.
         log.warning(
-            "%s came after its reservation expired: the call was charged its estimate, "
-            "not this cost",
+            "%s came after its reservation expired, which charged the call its estimate",
             description,
         )
         return

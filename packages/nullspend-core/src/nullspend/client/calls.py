@@ -16,6 +16,7 @@ from nullspend.client.models import (
     Budget,
     BudgetStatus,
     CostEventPage,
+    Extended,
     Introspection,
     NewCostEvent,
     RecordedBatch,
@@ -281,6 +282,13 @@ def release(reservation_id: str) -> Call[Settled]:
         _data(Settled),
         idempotent=True,
         landed=_already(reservation_id, "released"),
+    )
+
+
+def extend(reservation_id: str) -> Call[Extended]:
+    # Retried: a second extension only moves the expiry again.
+    return Call(
+        "POST", f"/api/reservations/{reservation_id}/extend", _data(Extended), idempotent=True
     )
 
 

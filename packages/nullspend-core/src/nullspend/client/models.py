@@ -57,6 +57,13 @@ class Reservation(ApiModel):
     unpriced: bool = False
 
 
+class Extended(ApiModel):
+    """A reservation given a full lifetime again: its call is still going."""
+
+    reservation_id: str
+    expires_at: dt.datetime
+
+
 class Settled(ApiModel):
     reservation_id: str
     status: str

@@ -16,6 +16,7 @@ from nullspend.client.models import (
     Budget,
     BudgetStatus,
     CostEventPage,
+    Extended,
     Introspection,
     NewCostEvent,
     RecordedBatch,
@@ -138,6 +139,17 @@ class NullSpend(TrackedClients):
     def release(self, reservation_id: str) -> Settled:
         """Give the estimate back: the call did not happen."""
         return self._send(calls.release(reservation_id))
+
+    def extend(self, reservation_id: str) -> Extended:
+        """Give a reservation a full lifetime again from now: its call is still going. The
+        tracked clients and the integrations do it while a stream's chunks arrive (see
+        ``nullspend.client.renewal``)."""
+        return self._send(calls.extend(reservation_id))
+
+    def extend_later(self, reservation_id: str) -> None:
+        """``extend`` from the background thread, as ``settle_later``."""
+        work = functools.partial(self.extend, reservation_id)
+        self._background.submit(work, f"extending {reservation_id}")
 
     def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
         """``settle`` from a background thread, returning at once: how the integrations settle,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from nullspend.client.renewal import Renewal
 from nullspend.errors import ApiError, BudgetUnavailableError, ConnectionFailedError, NullSpendError
 from nullspend.tracked.metering import (
     Metered,
@@ -91,6 +92,9 @@ class _Metering:
     def _release(self, metered: Metered) -> None:
         self.ns.release_later(metered.reservation_id)
 
+    def _renewal(self, metered: Metered) -> Renewal:
+        return Renewal(self.ns, metered.reservation_id, metered.started)
+
 
 class TrackedTransport(_Metering, httpx.BaseTransport):
     ns: NullSpend
@@ -130,7 +134,9 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
         if response.status_code >= 300:  # the provider refused: nothing was spent
             self._release(metered)
         elif _is_stream(response):
-            response.stream = self.stream_type(response.stream, metered, self._settle)
+            response.stream = self.stream_type(
+                response.stream, metered, self._settle, self._renewal(metered)
+            )
         else:
             try:
                 content = response.read()
@@ -182,7 +188,9 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
         if response.status_code >= 300:
             self._release(metered)
         elif _is_stream(response):
-            response.stream = self.stream_type(response.stream, metered, self._settle)
+            response.stream = self.stream_type(
+                response.stream, metered, self._settle, self._renewal(metered)
+            )
         else:
             try:
                 content = await response.aread()
@@ -204,13 +212,15 @@ def _settle_with_what_was_read(
 
 class _StreamReading:
     """What both metered streams do per chunk: usage read on the side (first: the caller may
-    stop reading at [DONE], which can share this chunk), then the bytes to pass on; and the
-    settle, once: when the stream is closed, or when it is dropped unclosed."""
+    stop reading at [DONE], which can share this chunk), the reservation renewed when due (a
+    stream may outlast its lifetime), then the bytes to pass on; and the settle, once: when the
+    stream is closed, or when it is dropped unclosed."""
 
-    def __init__(self, inner: Any, metered: Metered, settle: Settle):
+    def __init__(self, inner: Any, metered: Metered, settle: Settle, renewal: Renewal):
         self.inner = inner
         self.metered = metered
         self.settle = settle
+        self.renewal = renewal
         self.accumulator = metered.wire.stream()
         self.chunk_filter = metered.stream_filter()
         # The SDKs close a stream only from the generator that reads it: one never read (or
@@ -228,6 +238,7 @@ class _StreamReading:
 
     def pass_on(self, chunk: bytes) -> bytes:
         self.accumulator.feed(chunk)
+        self.renewal.heard()
         return self.chunk_filter.feed(chunk) if self.chunk_filter else chunk
 
     def rest(self) -> bytes:

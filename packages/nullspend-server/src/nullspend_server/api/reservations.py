@@ -78,6 +78,11 @@ class Reserved(ApiModel):
     unpriced: bool = False
 
 
+class Extended(ApiModel):
+    reservation_id: str
+    expires_at: dt.datetime
+
+
 class SettleBody(RequestModel):
     cost_microdollars: CallMicrodollars | None = None
     usage: UsageIn | None = None
@@ -222,6 +227,16 @@ async def settle_reservation(
             cost_microdollars=cost,
         )
     )
+
+
+@router.post("/api/reservations/{reservation_id}/extend")
+async def extend_reservation(
+    reservation_id: str, principal: Member, request: Request
+) -> Data[Extended]:
+    """A call still going (a stream longer than the TTL) keeps its reservation: a full TTL
+    again from now. The SDK's clients send it while a call's chunks arrive."""
+    expires_at = await _engine(request).extend(principal.org_id, reservation_id)
+    return Data(data=Extended(reservation_id=reservation_id, expires_at=expires_at))
 
 
 @router.delete("/api/reservations/{reservation_id}")

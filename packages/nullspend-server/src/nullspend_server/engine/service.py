@@ -22,7 +22,13 @@ from nullspend_server.auth import Principal
 from nullspend_server.db.database import Database
 from nullspend_server.db.tables import Reservation, ServerInstance, utcnow
 from nullspend_server.engine.reserve import Admission, DeniedError, ReservationRequest, reserve
-from nullspend_server.engine.settle import Settlement, release, settle, settle_abandoned
+from nullspend_server.engine.settle import (
+    Settlement,
+    extend,
+    release,
+    settle,
+    settle_abandoned,
+)
 from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
 from nullspend_server.settings import ServerSettings
@@ -73,7 +79,7 @@ class Engine:
         """Reserve the request's estimate, or raise DeniedError (after committing what the
         decision changed: period resets, a tripped velocity cooldown)."""
         now = utcnow()
-        expires_at = now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
+        expires_at = self._expiry(now)
 
         async def attempt() -> Admission | Denial:
             async with self.db.write_transaction() as db:
@@ -101,6 +107,16 @@ class Engine:
         """Settle at the actual cost; returns the id of the cost event written."""
         async with self.db.write_transaction() as db:
             return await settle(db, org_id, reservation_id, settlement, utcnow())
+
+    async def extend(self, org_id: str, reservation_id: str) -> dt.datetime:
+        """Give an active reservation a full TTL again from now; answers its new expiry."""
+        expires_at = self._expiry(utcnow())
+        async with self.db.write_transaction() as db:
+            await extend(db, org_id, reservation_id, expires_at)
+        return expires_at
+
+    def _expiry(self, now: dt.datetime) -> dt.datetime:
+        return now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
 
     async def release(self, org_id: str, reservation_id: str) -> None:
         async with self.db.write_transaction() as db:
@@ -231,7 +247,7 @@ class Engine:
                         .values(heartbeat_at=now)
                     )
                     soon = now + dt.timedelta(seconds=interval * MISSED_HEARTBEATS)
-                    later = now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
+                    later = self._expiry(now)
                     for start in range(0, len(held), RECOVERY_BATCH):
                         await session.execute(
                             update(Reservation)

@@ -1,5 +1,6 @@
 """Settle and release: the actual cost replaces the estimate, in the transaction that also
-writes the cost event, so spend and the event log can never disagree."""
+writes the cost event, so spend and the event log can never disagree. And extend: a call still
+going keeps its reservation from expiring."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ _FINISH = (
         status=bindparam("new_status", type_=String),
         finished_at=bindparam("now", type_=RESERVATIONS.c.finished_at.type),
     )
+)
+
+_EXTEND = (
+    RESERVATIONS.update()
+    .where(_reservation_id)
+    .values(expires_at=bindparam("expires_at", type_=RESERVATIONS.c.expires_at.type))
 )
 
 
@@ -68,6 +75,14 @@ async def release(db: Executor, org_id: str, reservation_id: str, now: dt.dateti
     """Give the estimate back: the call never happened (or cost nothing)."""
     reservation = await _lock_active(db, org_id, reservation_id)
     await _finish(db, reservation, None, "released", now)
+
+
+async def extend(db: Executor, org_id: str, reservation_id: str, expires_at: dt.datetime) -> None:
+    """Push an active reservation's expiry back to ``expires_at``: its call is still going (a
+    stream longer than the TTL). One past its expiry that the sweep has not yet settled is
+    extended too, as a settle would still be taken."""
+    await _lock_active(db, org_id, reservation_id)
+    await db.execute(_EXTEND, {"reservation_id": reservation_id, "expires_at": expires_at})
 
 
 async def settle_abandoned(
