@@ -35,6 +35,7 @@ from nullspend.errors import (
     TagBudgetExceededError,
     ValidationError,
 )
+from nullspend.policy.budgets import admits
 from nullspend.pricing import (
     default_catalog,
     estimate_request,
@@ -309,6 +310,78 @@ def test_a_forked_child_cannot_use_the_parents_engine(tmp_path: Path) -> None:
         done.set()
         child.join(60)
     assert child.exitcode == 0
+
+
+def test_a_child_forked_while_a_call_held_the_engine_is_refused_not_hung(
+    tmp_path: Path,
+) -> None:
+    """A parent's thread in the middle of a call holds the engine's lock at the fork: the
+    child's copy of the lock stayed taken, and the child hung in its first call (20 of 20
+    children in a bug hunt's run) instead of hearing the refusal."""
+    path = tmp_path / "spend.db"
+    engines = [LocalNullSpend(path=path), LocalNullSpend()]
+    fork = multiprocessing.get_context("fork")
+    answers: Queue[list[str]] = fork.Queue()
+    done = fork.Event()
+    for engine in engines:
+        engine._lock.acquire()  # as a thread mid-call would
+    try:
+        child = fork.Process(target=_in_a_forked_child, args=(engines, path, answers, done))
+        child.start()
+    finally:
+        for engine in engines:
+            engine._lock.release()
+    try:
+        *inherited, _ = answers.get(timeout=30)
+        assert all("not to this forked child" in answer for answer in inherited)
+    finally:
+        done.set()
+        child.join(60)
+        if child.exitcode is None:
+            child.kill()
+
+
+def _open_in_another_process(path: Path, answers: Queue[str]) -> None:
+    try:
+        LocalNullSpend(path=path)
+        answers.put("opened")
+    except ConflictError as error:
+        answers.put(str(error))
+
+
+def test_a_file_reached_through_a_symbolic_link_is_still_one_process(tmp_path: Path) -> None:
+    """The lock was named after the path as given: a process opening ``link.db`` (a symbolic
+    link to ``spend.db``) took ``link.db.lock``, and two processes each spent the whole cap
+    on one file."""
+    path = tmp_path / "spend.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    engine = LocalNullSpend(path=path)
+    spawn = multiprocessing.get_context("spawn")
+    answers: Queue[str] = spawn.Queue()
+    other = spawn.Process(target=_open_in_another_process, args=(link, answers))
+    other.start()
+    try:
+        assert "in use by another LocalNullSpend" in answers.get(timeout=60)
+    finally:
+        other.join(60)
+        engine.close()
+
+
+def test_a_budget_declared_wrong_is_refused_not_left_unenforced() -> None:
+    """A policy misspelt (``"strict"``) enforced nothing: the check admitted any policy it did
+    not know, and 50 of 50 calls went through a cap that fit 10."""
+    with pytest.raises(ValueError, match="policy must be one of"):
+        LocalBudget.total(100, policy="strict")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="entity_type"):
+        LocalBudget(100, "team", "x")  # type: ignore[arg-type]
+    for limit in (-1, 1.5, "100", True):
+        with pytest.raises(ValueError, match="limit_microdollars"):
+            LocalBudget.total(limit)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="session_limit_microdollars must be positive"):
+        LocalBudget.total(100, session_limit_microdollars=0)
+    with pytest.raises(ValueError, match="unknown budget policy"):
+        admits("strict", 100, 0, 0, 1)
 
 
 def test_reserve_id_is_reserve_answered_with_the_id() -> None:

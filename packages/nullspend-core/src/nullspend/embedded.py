@@ -66,7 +66,7 @@ from nullspend.errors import (
 )
 from nullspend.limits import MAX_CALL_MICRODOLLARS, MAX_DURATION_MS, PRICED_ABOVE_A_CALL
 from nullspend.policy import denials
-from nullspend.policy.budgets import Policy, admits, remaining
+from nullspend.policy.budgets import POLICIES, Policy, admits, remaining
 from nullspend.policy.denials import Denial
 from nullspend.tracked.clients import AsyncTrackedClients, TrackedClients
 from nullspend.usage import Usage
@@ -80,6 +80,7 @@ EntityType = Literal["user", "customer", "tag"]
 # Which denial a call hears first when several budgets refuse it, as on the server.
 _ORDER = {"user": 0, "customer": 1, "tag": 2}
 RESERVATION_TTL = dt.timedelta(hours=1)
+_MOST = 2**63 - 1  # a budget's limit, as the server's BIGINT columns hold it
 EVENTS_KEPT = 10_000
 """How many of the latest cost events ``cost_events`` can read back (in memory and from a file)."""
 _NO_USAGE = Usage()
@@ -102,6 +103,21 @@ class LocalBudget:
     policy: Policy = "strict_block"
     session_limit_microdollars: int | None = None
     """Every session (``session_id``) may spend at most this much, when set."""
+
+    def __post_init__(self) -> None:
+        # Checked as the server checks a budget: a policy misspelt would otherwise enforce
+        # nothing (any other string admitted every call), a limit of 0 would mean none.
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+        if self.entity_type not in _ORDER:
+            raise ValueError(f"entity_type must be one of {', '.join(_ORDER)}")
+        if error := _whole_error("limit_microdollars", self.limit_microdollars, _MOST):
+            raise ValueError(error)
+        if (session_limit := self.session_limit_microdollars) is not None:
+            if error := _whole_error("session_limit_microdollars", session_limit, _MOST):
+                raise ValueError(error)
+            if session_limit == 0:
+                raise ValueError("session_limit_microdollars must be positive (None: no limit)")
 
     @classmethod
     def total(cls, limit_microdollars: int, **settings: Any) -> LocalBudget:
@@ -334,6 +350,11 @@ class _Tenancy:
             f"{_ONE_PROCESS}; make an engine in the child"
         )
         self.release()
+        # A parent's thread may have held the engine's lock at the fork: the child's copy would
+        # stay taken, and the child hang in its first call instead of hearing the refusal.
+        lock = threading.Lock()
+        for engine in self.engines:
+            engine._lock = lock
 
 
 _tenancies: weakref.WeakSet[_Tenancy] = weakref.WeakSet()
@@ -360,11 +381,13 @@ processes.after_fork_in_child(_after_fork)
 
 def _lock_file(path: Path) -> int | None:
     """An exclusive advisory lock on ``<path>.lock``, its descriptor to hold while the engine
-    lives. Not on the database itself: SQLite holds POSIX locks on it, which closing another
-    descriptor of the same file in this process would drop."""
+    lives; ``path`` resolved, so that two names of one file through a symbolic link take the
+    same lock. Not on the database itself: SQLite holds POSIX locks on it, which closing
+    another descriptor of the same file in this process would drop."""
     if sys.platform == "win32":
         log.warning("no file locks on Windows: open %s from one process at a time", path)
         return None
+    path = path.resolve()
     fd = os.open(path.with_name(f"{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -423,7 +446,7 @@ class LocalNullSpend(TrackedClients):
             except BaseException:  # free the file at once, for a retry in this process
                 self._tenancy.release()
                 raise
-            self._tenancy.engines.add(self)
+        self._tenancy.engines.add(self)
 
     def close(self) -> None:
         """Free the file given as ``path`` for the next engine (this one then refuses calls),

@@ -17,7 +17,9 @@ def admits(policy: str, limit: int, spend: int, reserved: int, estimate: int) ->
         return estimate <= limit - spend - reserved
     if policy == "soft_block":
         return spend + reserved < limit
-    return True
+    if policy == "warn":
+        return True
+    raise ValueError(f"unknown budget policy {policy!r}")  # never admit by default
 
 
 def remaining(limit: int, spend: int, reserved: int) -> int:
