@@ -27,6 +27,7 @@ from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import cost, default_catalog
 from nullspend.usage import Usage
 from nullspend_langchain import NullSpendCallbackHandler
+from nullspend_langchain import handler as handler_module
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
 from tests.nullspend_server.conftest import RunningServer, start_server
@@ -121,6 +122,39 @@ def test_a_stream_that_outlasts_its_reservation_is_charged_its_usage(
             assert (event.cost_microdollars, event.tags) == (COST, {})
     finally:
         server.stop()
+
+
+def test_reasoning_counted_apart_from_the_output_never_breaks_the_call(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server counting reasoning apart from ``completion_tokens`` (900 against 40) made
+    ``on_llm_end`` raise out of the caller's ``invoke`` after the provider had answered, and the
+    call was never settled. It is read as the wire formats read it (reasoning within the
+    output); an answer whose usage cannot be read at all is recorded at its estimate."""
+    engine = LocalNullSpend([LocalBudget.total(10**9)])
+    reserved = reserved_estimates(engine)
+    usage = {"input": 30, "cached": 0, "output": 40, "reasoning": 900, "cache_write": 0}
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        default_headers=fake_headers(usage, ""),
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+    )
+    assert model.invoke("Hi").content
+    (event,) = engine.cost_events().data
+    billed = Usage(input_tokens=30, output_tokens=40, reasoning_tokens=40)
+    assert event.cost_microdollars == cost(billed, "gpt-4o-mini").total_microdollars
+    assert (event.output_tokens, event.reasoning_tokens) == (40, 40)
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("an answer of a shape never seen")
+
+    monkeypatch.setattr(handler_module, "_reading", unreadable)
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert model.invoke("Hi").content
+    assert engine.cost_events().data[0].cost_microdollars == reserved[1]
+    assert engine.budget_status()[0].reserved_microdollars == 0
 
 
 def test_an_anthropic_stream_that_reported_no_usage_is_charged_its_estimate(

@@ -495,7 +495,15 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         call = self._open.pop(run_id, None)  # atomic: a batch's denial pops under the lock
         if call is None:
             return
-        reading = _reading(response, batched=call.batch is not None, cache_ttl=call.cache_ttl)
+        try:
+            reading = _reading(response, batched=call.batch is not None, cache_ttl=call.cache_ttl)
+        except Exception as error:  # the call was answered (and billed): never the caller's error
+            warnings.warn(
+                f"the usage of a LangChain call could not be read ({error}); recorded at its "
+                "estimate",
+                stacklevel=2,
+            )
+            reading = Reading(None, None)
         if reading is _CACHE_HIT:
             self.client.release_later(call.reservation_id)
             return

@@ -72,13 +72,16 @@ def _usage_of(
         write_5m, write_1h = 0, cache_creation
     audio_in = int(details_in.get("audio") or 0)
     audio_out = int(details_out.get("audio") or 0)
+    output = max(total_out - audio_out, 0)
     return Usage(
         input_tokens=max(total_in - cache_read - write_5m - write_1h - audio_in, 0),
         cache_read_tokens=cache_read,
         cache_write_5m_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
-        output_tokens=max(total_out - audio_out, 0),
-        reasoning_tokens=int(details_out.get(f"{prefix}reasoning") or 0),
+        output_tokens=output,
+        # Within the output, as the wire formats read it: some OpenAI-compatible servers count
+        # reasoning apart, and a part larger than its whole is no usage at all.
+        reasoning_tokens=min(int(details_out.get(f"{prefix}reasoning") or 0), output),
         audio_input_tokens=audio_in,
         audio_output_tokens=audio_out,
         web_search_requests=web_searches,
