@@ -973,6 +973,17 @@ def test_web_searches_are_charged(fake: tuple[str, Any]) -> None:
         return model.bind_tools([search])
 
     assert searched_both_ways(searching) == [(expected, 3)] * 2
+
+    def searching_in_v1(engine: LocalNullSpend) -> Any:
+        """LangChain 1.x's content blocks (``output_version="v1"``): the searches are
+        ``server_tool_call`` blocks, streamed or not."""
+        model = chat_anthropic(
+            fake, callbacks=[NullSpendCallbackHandler(client=engine)], output_version="v1"
+        )
+        model.default_headers = {"x-fake-usage": json.dumps(usage)}
+        return model.bind_tools([search])
+
+    assert searched_both_ways(searching_in_v1) == [(expected, 3)] * 2
     # Reserved: the five searches the tool allows, at $0.01 each, on top of the tokens.
     searching_estimate = reserved_for(chat_anthropic(fake).bind_tools([search]), fake)
     assert searching_estimate - reserved_for(chat_anthropic(fake), fake) >= 5 * 10_000
