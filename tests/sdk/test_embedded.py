@@ -368,6 +368,23 @@ def test_a_file_reached_through_a_symbolic_link_is_still_one_process(tmp_path: P
         engine.close()
 
 
+def test_text_the_file_cannot_hold_is_refused_before_the_call(tmp_path: Path) -> None:
+    """A lone surrogate (what ``os.fsdecode`` makes of a filename that is not UTF-8) in a
+    session id was taken at reserve: the call was served, its settle could not be written,
+    nothing was billed, and the expiry's failure surfaced in unrelated calls. Refused at
+    once, as the server refuses it."""
+    ns = LocalNullSpend([LocalBudget.total(10_000)], path=tmp_path / "spend.db")
+    for options in ({"session_id": "run-\udcff.log"}, {"customer": "a\x00b"}, {"model": "m\ud800"}):
+        with pytest.raises(ValidationError, match="no NUL or lone surrogate"):
+            ns.reserve_id(100, **options)  # type: ignore[arg-type]
+    event = NewCostEvent(provider="openai", model="gpt-4o-mini", trace_id="t\ud800")
+    with pytest.raises(ValidationError, match="trace_id"):
+        ns.report(event)
+    ns.settle(ns.reserve_id(100, session_id="run-1"), cost_microdollars=60)
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (60, 0)
+
+
 def test_a_budget_declared_wrong_is_refused_not_left_unenforced() -> None:
     """A policy misspelt (``"strict"``) enforced nothing: the check admitted any policy it did
     not know, and 50 of 50 calls went through a cap that fit 10."""

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
 from nullspend import pricing
-from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors
+from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors, unstorable
 from nullspend.client import processes
 from nullspend.client.background import log_failure
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
@@ -733,6 +733,8 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError("give the call's provider and model")
         if errors := tag_errors(report.tags):
             raise ValidationError("; ".join(errors))
+        if error := _not_text(report.__dict__, _REPORT_TEXTS):
+            raise ValidationError(error)
         tags = dict(report.tags)
         if report.customer:
             tags.setdefault("customer", report.customer)
@@ -1014,11 +1016,25 @@ def _settle_error(options: SettleOptions) -> str | None:
 _RESERVE_TEXTS = ("model", "provider", "customer", "session_id", "trace_id", "reservation_id")
 
 
+_REPORT_TEXTS = (
+    "provider",
+    "model",
+    "service_tier",
+    "session_id",
+    "trace_id",
+    "customer",
+    "event_type",
+    "action_id",
+)
+
+
 def _not_text(options: Mapping[str, object], names: tuple[str, ...]) -> str | None:
+    """Why a value named in ``names`` cannot be kept, if one cannot: taken, it would be served
+    and never billed (the file refuses it at settle) as the server refuses it at once."""
     for name in names:
         value = options.get(name)
-        if value is not None and not isinstance(value, str):
-            return f"{name} must be a string"
+        if value is not None and (not isinstance(value, str) or unstorable(value)):
+            return f"{name} must be a string, with no NUL or lone surrogate"
     return None
 
 
