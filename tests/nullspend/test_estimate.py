@@ -281,3 +281,81 @@ def test_the_prompt_anthropic_adds_for_tools_is_in_the_estimate(
 @pytest.mark.parametrize("wire", [OPENAI_CHAT, OPENAI_RESPONSES, GEMINI])
 def test_other_formats_add_no_hidden_input(wire: WireFormat) -> None:
     assert wire.hidden_input_tokens({"tools": [{"type": "function", "name": "f"}]}) == 0
+
+
+def _asking(model: str, *parts: dict[str, Any], key: str = "messages") -> dict[str, Any]:
+    content = [{"type": "text", "text": "What is this?"}, *parts]
+    return {"model": model, "max_tokens": 100, key: [{"role": "user", "content": content}]}
+
+
+IMAGE_URL = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+TEXT_ONLY_TOKENS = estimate(OPENAI_CHAT, _asking("gpt-4o")).input_tokens
+
+
+@pytest.mark.parametrize(
+    ("wire", "body", "per_image"),
+    [
+        (OPENAI_CHAT, _asking("gpt-4o", IMAGE_URL), 3_779),
+        (OPENAI_CHAT, _asking("gpt-4o-mini", IMAGE_URL), 48_169),  # the catalog's own figure
+        (
+            OPENAI_RESPONSES,
+            _asking(
+                "gpt-4o", {"type": "input_image", "image_url": "https://e.com/a.png"}, key="input"
+            ),
+            3_779,
+        ),
+        (
+            ANTHROPIC_MESSAGES,
+            _asking(
+                "claude-sonnet-4-5",
+                {
+                    "type": "image",
+                    "source": {
+                        "type": "base64",
+                        "media_type": "image/png",
+                        "data": "A" * 3_000_000,
+                    },
+                },
+            ),
+            1_600,
+        ),
+    ],
+)
+def test_an_image_counts_the_most_one_can_bill_not_its_bytes(
+    wire: WireFormat, body: dict[str, Any], per_image: int
+) -> None:
+    """An image given by URL was estimated at the URL's few dozen bytes where OpenAI bills
+    gpt-4o-mini 25,501 tokens for a 1024-px one: 50 concurrent calls spent 9.6 times a cap.
+    One given inline was estimated at its base64 size: a 2 MB photo past the model's window,
+    denied under a $1 cap it fits in easily."""
+    result = estimate(wire, body)
+    assert per_image <= result.input_tokens < per_image + 2 * TEXT_ONLY_TOKENS
+
+
+def test_a_file_the_body_only_names_counts_the_models_window() -> None:
+    named = {"type": "document", "source": {"type": "url", "url": "https://e.com/a.pdf"}}
+    inline = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "hi"},
+    }
+    window = default_catalog().resolve("claude-opus-4-1").context_window
+    assert estimate(ANTHROPIC_MESSAGES, _asking("claude-opus-4-1", named)).input_tokens == window
+    assert estimate(ANTHROPIC_MESSAGES, _asking("claude-opus-4-1", inline)).input_tokens < 100
+    by_id = {"type": "file", "file": {"file_id": "file-abc"}}
+    assert estimate(OPENAI_CHAT, _asking("gpt-4o", by_id)).input_tokens == 128_000
+
+
+def test_the_prompt_never_counts_past_the_window_unless_a_tier_lies_beyond_it() -> None:
+    """The provider refuses a request past the model's window; Claude Sonnet 4.5 prices a tier
+    past its catalog window (its 1M-token mode), which is not cut."""
+    huge = [{"role": "user", "content": "x" * 900_000}]
+    assert estimate(OPENAI_CHAT, {"model": "gpt-4o", "messages": huge}).input_tokens == 128_000
+    sonnet = estimate(ANTHROPIC_MESSAGES, {"model": "claude-sonnet-4-5", "messages": huge})
+    assert sonnet.input_tokens > 200_000
+
+
+def test_gemini_images_stay_counted_by_their_bytes() -> None:
+    """No bound is known for Gemini's images: inline, their bytes count, as before."""
+    part = {"inline_data": {"mime_type": "image/png", "data": "A" * 30_000}}
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}, part]}]}
+    assert estimate(GEMINI, body, model="gemini-2.5-flash").input_tokens > 10_000

@@ -14,6 +14,7 @@ import openai
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import BaseLLM
+from langchain_core.messages import HumanMessage
 from langchain_core.outputs import Generation, LLMResult
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
@@ -155,6 +156,42 @@ def test_reasoning_counted_apart_from_the_output_never_breaks_the_call(
         assert model.invoke("Hi").content
     assert engine.cost_events().data[0].cost_microdollars == reserved[1]
     assert engine.budget_status()[0].reserved_microdollars == 0
+
+
+def test_images_by_url_stay_under_a_hard_cap(fake: tuple[str, Any]) -> None:
+    """An image block given by URL was estimated at its JSON's bytes (71 µ$ for a call billed
+    3,864): an abatch of 20 spent 7.7 times a 10,000 µ$ cap. Each image now reserves the most
+    one can bill; an inline one is no longer priced by its base64 either."""
+    cap = 30_000
+    engine = LocalNullSpend([LocalBudget.total(cap)])
+    billed = {**USAGE, "input": 25_501, "cached": 0}
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        base_url=f"{fake[0]}/v1",
+        api_key="sk-test",  # type: ignore[arg-type]
+        max_retries=0,
+        default_headers=fake_headers(billed, ""),
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+        max_tokens=50,
+    )
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    prompt = [HumanMessage(content=[{"type": "text", "text": "What is this?"}, image])]
+
+    async def twenty() -> list[Any]:
+        return await model.abatch([prompt] * 20, return_exceptions=True)
+
+    answers = asyncio.run(twenty())
+    served = sum(not isinstance(a, Exception) for a in answers)
+    assert all(isinstance(a, DeniedError) for a in answers if isinstance(a, Exception))
+    (status,) = engine.budget_status()
+    assert 0 < served == len(fake[1].state.requests)
+    assert (status.reserved_microdollars, status.spend_microdollars <= cap) == (0, True)
+    inline = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 2_000_000}}
+    big = [HumanMessage(content=[{"type": "text", "text": "And this?"}, inline])]
+    roomy = LocalNullSpend([LocalBudget.total(100_000)])  # fits the image's bound, not its bytes
+    reserved = reserved_estimates(roomy)
+    model.invoke(big, config={"callbacks": [NullSpendCallbackHandler(client=roomy)]})
+    assert reserved[0] < 100_000
 
 
 def test_an_anthropic_stream_that_reported_no_usage_is_charged_its_estimate(

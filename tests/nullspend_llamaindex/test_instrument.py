@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI, OpenAIResponses
@@ -380,6 +380,25 @@ def test_a_stream_that_outlasts_its_reservation_is_charged_its_usage(
             assert [(e.cost_microdollars, e.tags) for e in events] == [(COST, {})] * 2
     finally:
         server.stop()
+
+
+def test_an_image_reserves_the_most_it_can_bill_not_its_blocks_bytes(
+    fake: tuple[str, Any],
+) -> None:
+    """An image given by URL was estimated at the few bytes its block prints as, where OpenAI
+    bills gpt-4o-mini up to 48,169 tokens for one: it now reserves that bound."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    llm = openai_llm(fake)
+    image = ChatMessage(
+        role="user", blocks=[TextBlock(text="What is this?"), ImageBlock(url="https://e.com/a.png")]
+    )
+    llm.chat([image])
+    llm.chat(HELLO)
+    per_image = default_catalog().resolve("gpt-4o-mini").entry.image_input_tokens
+    assert per_image is not None
+    assert reserved[0] - reserved[1] >= per_image * 15 // 100  # $0.15 per million input tokens
 
 
 @pytest.mark.parametrize("configured_by", ["arguments", "environment"])

@@ -368,6 +368,37 @@ def test_an_async_stream_that_outlasts_its_reservation_is_charged_its_usage(
     assert [(e.cost_microdollars, e.tags) for e in events] == [(COST, {}), (COST, {})]
 
 
+def test_concurrent_calls_with_images_by_url_stay_under_a_hard_cap(fake: tuple[str, Any]) -> None:
+    """An image given by URL was estimated at its URL's bytes (193 µ$ for a call billed 3,852:
+    OpenAI bills gpt-4o-mini 25,501 tokens for one 1024-px image at high detail): 50 concurrent
+    calls spent 9.6 times a 20,000 µ$ cap. Each image now reserves the most one can bill."""
+    cap = 20_000
+    ns = AsyncLocalNullSpend([LocalBudget.total(cap)])
+    billed = {**USAGE, "input": 25_501, "cached": 0}
+    kwargs = client_kwargs(fake)
+    client = ns.openai(**{**kwargs, "default_headers": {"x-fake-usage": json.dumps(billed)}})
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    content = [{"type": "text", "text": "What is this?"}, image]
+
+    async def call() -> bool:
+        try:
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": content}], max_tokens=50
+            )
+        except DeniedError:
+            return False
+        return True
+
+    async def all_at_once() -> list[bool]:
+        return await asyncio.gather(*(call() for _ in range(50)))
+
+    served = sum(asyncio.run(all_at_once()))
+    (status,) = ns.engine.budget_status()
+    assert 0 < served == len(fake[1].state.requests) == len(ns.engine.cost_events().data)
+    assert status.spend_microdollars <= cap
+    assert status.reserved_microdollars == 0
+
+
 def test_a_compaction_is_metered_and_the_free_responses_calls_are_not(
     fake: tuple[str, Any],
 ) -> None:

@@ -39,6 +39,7 @@ from nullspend.pricing.estimate import (
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, format_of
+from nullspend.wire.media import media_of
 from nullspend.wire.openai_responses import web_search_calls
 from nullspend_langchain.usage import reading_from_metadata
 
@@ -228,6 +229,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             model,
             input_tokens,
             cap,
+            # Images are billed by their pixels and named files by their content, not by the
+            # bytes their blocks take here.
+            media=media_of(text) if blocks else None,
             choices=OPENAI_CHAT.requested_choices(request),
             # A Responses turn that continues a stored conversation (previous_response_id, as
             # ChatOpenAI's docs pass it) is billed for turns its messages leave out.

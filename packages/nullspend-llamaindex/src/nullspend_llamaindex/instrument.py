@@ -48,6 +48,7 @@ from nullspend.wire import (
     StreamAccumulator,
     WireFormat,
 )
+from nullspend.wire.media import Media
 
 S = TypeVar("S", Iterator[Any], AsyncIterator[Any])
 
@@ -456,6 +457,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         + -(-_files_size(prompt) // 3)
         + wire.hidden_input_tokens(request),
         cap if isinstance(cap, int) else None,
+        media=_media(prompt),
         stored_context=stored,
         cache_ttl=_cache_ttl(llm, prompt, request) if wire is ANTHROPIC_MESSAGES else None,
         service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
@@ -597,14 +599,38 @@ def _tool_specs(llm: Any, sent: Mapping[str, Any]) -> list[Any]:
     return specs + given if isinstance(given, list) else specs
 
 
+def _media(prompt: Any) -> Media | None:
+    """The images in a prompt's blocks and the documents they name by URL (``wire.media``): an
+    image is billed by its pixels, not by the bytes its block prints as in the prompt's text,
+    and a document by its content, which that text does not hold."""
+    media = Media()
+    for message in prompt if isinstance(prompt, list) else ():
+        for block in getattr(message, "blocks", ()):
+            kind = getattr(block, "block_type", None)
+            if kind == "image":
+                media.images += 1
+                media.image_bytes += len(repr(block).encode())
+            elif kind == "document" and not any(getattr(block, f, None) for f in _CARRIED):
+                media.named_files += 1
+    return media if media.images or media.named_files else None
+
+
+_CARRIED = ("data", "path")
+
+
 def _files_size(prompt: Any) -> int:
-    """The bytes the files a prompt's blocks name by path (an image, a document) go out as,
-    base64-encoded, read from disk only when the call is sent: its text shows only the path."""
+    """The bytes the documents (and audio, video) a prompt's blocks name by path go out as,
+    base64-encoded, read from disk only when the call is sent: its text shows only the path.
+    Images are counted apart (``_media``)."""
     size = 0
     for message in prompt if isinstance(prompt, list) else ():
         for block in getattr(message, "blocks", ()):
             path = getattr(block, "path", None)
-            if path is None or any(getattr(block, f, None) for f in _INLINE_FIELDS):
+            if (
+                path is None
+                or getattr(block, "block_type", None) == "image"
+                or any(getattr(block, f, None) for f in _INLINE_FIELDS)
+            ):
                 continue
             try:
                 size += -(-os.path.getsize(path) // 3) * 4

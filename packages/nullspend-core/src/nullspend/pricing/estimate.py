@@ -12,7 +12,11 @@ output is the request's max tokens, else the model's output cap, times the compl
 for (``n``); each web search the request's search tools may make (their ``max_uses``, else an
 assumed five) is priced at the model's per-search fee; a request that continues a conversation
 the provider stores (``previous_response_id``) is assumed to read the model's whole context
-window, the most its unseen turns can bill.
+window, the most its unseen turns can bill. Images and files are not priced by their bytes
+(``wire.media``): each image counts the most one can bill on the model, and a file the body only
+names (a URL, a file id) the model's context window. The prompt's text (files included) never
+counts past the context window, which the provider refuses to exceed; images may, as OpenAI
+bills gpt-4o-mini's image tokens apart from its window.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES
 from nullspend.wire.base import WireFormat
+from nullspend.wire.media import Media, may_carry_media, media_of
 
 # Assumed when neither the request nor the catalog gives an output cap.
 DEFAULT_OUTPUT_CAP = 32_768
@@ -35,6 +40,14 @@ DEFAULT_OUTPUT_CAP = 32_768
 MESSAGE_FRAMING_TOKENS = 12
 # What an unpriced model's call is assumed to cost: $1, as the hosted service assumes.
 UNPRICED_ESTIMATE_MICRODOLLARS = 1_000_000
+# The most input tokens one image can bill, by provider, where the catalog gives no figure of
+# the model's own (``image_input_tokens``): OpenAI's patch-priced models, 1,536 32-px patches
+# times the highest multiplier (gpt-4.1-nano's 2.46), above its tile-priced ones' 8 tiles
+# (85 + 8 x 170); Anthropic's, about 1,600 (a larger image is scaled down first). A provider
+# with no figure here (Gemini) has its images counted by their bytes.
+IMAGE_INPUT_TOKENS = {"openai": 3_779, "anthropic": 1_600}
+# A named file's bound when the catalog gives the model no context window.
+DEFAULT_CONTEXT_WINDOW = 200_000
 
 
 @dataclass(slots=True)  # not frozen: frozen init costs ~0.5 us, and this is built per call
@@ -72,6 +85,7 @@ def estimate_request(
         model or wire.requested_model(body),
         estimate_input_tokens(raw_body) + wire.hidden_input_tokens(body),
         wire.requested_output_cap(body),
+        media=media_of(body) if may_carry_media(raw_body) else None,
         choices=wire.requested_choices(body),
         stored_context=wire.continues_stored_context(body),
         cache_ttl=wire.requested_cache_ttl(body),
@@ -87,6 +101,7 @@ def estimate_call(
     input_tokens: int,
     output_cap: int | None,
     *,
+    media: Media | None = None,
     choices: int = 1,
     stored_context: bool = False,
     cache_ttl: str | None = None,
@@ -96,19 +111,29 @@ def estimate_call(
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
     """Estimate a call already counted: what an integration that sees no request body (a
-    LangChain callback) reserves. ``choices`` completions may each run to the output cap;
-    a call that continues a ``stored_context`` may read up to the model's whole context window;
-    ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write; ``service_tier`` (what
-    the request asks for) prices the call in that processing tier; ``web_searches`` (the most
-    its search tools may make) adds each search's fee."""
+    LangChain callback) reserves. ``input_tokens`` counts the prompt's bytes, the ``media``
+    in it (``wire.media.media_of``) included; ``choices`` completions may each run to the
+    output cap; a call that continues a ``stored_context`` may read up to the model's whole
+    context window; ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write;
+    ``service_tier`` (what the request asks for) prices the call in that processing tier;
+    ``web_searches`` (the most its search tools may make) adds each search's fee."""
     priced = (catalog or default_catalog()).resolve(model, service_tier) if model else None
-    if stored_context and priced is not None and priced.context_window:
-        input_tokens = max(input_tokens, priced.context_window)
     output_tokens = choices * (
         output_cap or (priced.max_output_tokens if priced else None) or DEFAULT_OUTPUT_CAP
     )
     if priced is None:
         return Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
+    image_tokens = 0
+    if media is not None:
+        input_tokens, image_tokens = _with_media(priced, input_tokens, media)
+    if window := priced.context_window:
+        if stored_context:
+            input_tokens = max(input_tokens, window)
+        # Past its window the provider refuses the request: nothing more can bill. Unless a
+        # price tier starts past it (a longer-context mode the catalog's window leaves out).
+        if input_tokens > window and (not priced.tiers or priced.tiers[0][0] < window):
+            input_tokens = window
+    input_tokens += image_tokens
     # Priced as total_picodollars prices it, without building a Usage for two of its counts.
     prices = priced.prices_for(input_tokens)[0] if priced.tiers else priced.prices
     prompt_price = (
@@ -125,6 +150,17 @@ def estimate_call(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short
     return Estimate(microdollars, model, priced, input_tokens, output_tokens)
+
+
+def _with_media(priced: PricedModel, input_tokens: int, media: Media) -> tuple[int, int]:
+    """The prompt's text tokens with its named files at the model's window, its images' bytes
+    left out; and its images' tokens, at the most one can bill on the model (None known: the
+    images stay counted by their bytes)."""
+    input_tokens += media.named_files * (priced.context_window or DEFAULT_CONTEXT_WINDOW)
+    per_image = priced.entry.image_input_tokens or IMAGE_INPUT_TOKENS.get(priced.provider)
+    if per_image is None or not media.images:
+        return input_tokens, 0
+    return max(input_tokens - media.image_bytes // 3, 0), media.images * per_image
 
 
 def estimate_request_body(

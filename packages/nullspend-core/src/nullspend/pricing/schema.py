@@ -89,6 +89,9 @@ class ModelEntry(BaseModel):
     context_window: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
     """The model's output cap: what an estimate assumes when a request sets no max tokens."""
+    image_input_tokens: int | None = Field(default=None, gt=0)
+    """The most input tokens one image can bill, where it differs from its provider's (see
+    ``pricing.estimate.IMAGE_INPUT_TOKENS``): what an estimate counts for each image."""
     prices: PriceSet
     tiers: tuple[Tier, ...] = ()
     service_tiers: dict[ServiceTierName, ServiceTier] = {}
@@ -122,6 +125,7 @@ class ModelOverride(BaseModel):
     aliases: tuple[str, ...] = ()
     context_window: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
+    image_input_tokens: int | None = Field(default=None, gt=0)
     prices: PriceSet | None = None
     tiers: tuple[Tier, ...] | None = None
     service_tiers: dict[ServiceTierName, ServiceTier] | None = None
