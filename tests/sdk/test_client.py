@@ -8,13 +8,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nullspend.client import AsyncNullSpend, NewCostEvent, NullSpend, Reservation
+from nullspend.client import AsyncNullSpend, NewCostEvent, NullSpend, Reservation, calls
 from nullspend.errors import (
     API_ERRORS,
     AuthenticationError,
@@ -205,15 +206,99 @@ def test_configured_from_the_environment(
         NullSpend()
 
 
+def test_whitespace_around_the_key_and_url_is_dropped_and_a_bad_one_refused(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted secret or ``$(cat file)`` ends with a newline: no header carries it, and the
+    request failed as a connection failure, retried, its message quoting the whole key."""
+    monkeypatch.setenv("NULLSPEND_API_KEY", f" {server.admin_key}\n")
+    monkeypatch.setenv("NULLSPEND_BASE_URL", f"{server.base_url}/ \n")
+    with NullSpend() as ns:
+        assert ns.introspect().role == "admin"
+    with pytest.raises(ValueError, match="HTTP header") as bad_key:
+        NullSpend("ns_live_sk_secret\nrest", server.base_url)
+    assert "secret" not in str(bad_key.value)
+    for url in ["http://127.0.0.1:9\x00", "http://127.0.0.1\n:9", "localhost:8080", "http://"]:
+        with pytest.raises(ValueError, match="not an http"):
+            NullSpend(server.admin_key, url)
+
+
+def test_a_connection_failure_never_tells_the_key(server: RunningServer) -> None:
+    """httpx quotes a header it cannot send: the ``ConnectionFailedError`` made of it, which
+    background settles log, tells only its kind."""
+    unsendable = calls.Connection(server.base_url, server.admin_key + "\n")  # not resolved
+    with NullSpend(server.admin_key, server.base_url, max_retries=0) as ns:
+        ns.connection = unsendable
+        with pytest.raises(ConnectionFailedError) as failed:
+            ns.introspect()
+    assert server.admin_key not in str(failed.value)
+
+    async def run() -> None:
+        async with AsyncNullSpend(server.admin_key, server.base_url, max_retries=0) as ans:
+            ans.connection = unsendable
+            with pytest.raises(ConnectionFailedError) as failed:
+                await ans.introspect()
+        assert server.admin_key not in str(failed.value)
+
+    asyncio.run(run())
+
+
+def test_one_async_client_across_event_loops(server: RunningServer) -> None:
+    """Each ``asyncio.run()`` has a loop of its own: the connections the first one opened could
+    not serve the next, whose calls raised "Event loop is closed". Each loop has its own."""
+    ns = AsyncNullSpend(server.admin_key, server.base_url)
+
+    async def reserve_and_settle() -> str:
+        reservation = await ns.reserve(1_000)
+        return (await ns.settle(reservation.reservation_id, cost_microdollars=500)).status
+
+    async def close() -> bool:
+        await ns.close()
+        return ns._http.get().is_closed
+
+    assert [asyncio.run(reserve_and_settle()) for _ in range(3)] == ["settled"] * 3
+    assert asyncio.run(close())
+
+    given = httpx.AsyncClient()
+    asyncio.run(AsyncNullSpend(server.admin_key, server.base_url, http_client=given).close())
+    assert given.is_closed
+
+
+def test_closing_a_scoped_copy_leaves_its_original_open(server: RunningServer) -> None:
+    """A scoped copy shares its original's connections and settle queue: leaving
+    ``with ns.customer(...)`` closed them, and the original's next calls failed. Closing the
+    copy now only sends what is queued."""
+    budget(server, entityType="user", limitMicrodollars=10**9)
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        held = ns.reserve_id(1_000)
+        with ns.customer("acme") as acme:
+            acme.settle_later(acme.reserve_id(1_000), cost_microdollars=400)
+        with NullSpend(server.admin_key, server.base_url) as reader:  # a queue of its own
+            (status,) = reader.budget_status()
+        assert (status.spend_microdollars, status.reserved_microdollars) == (400, 1_000)
+        ns.settle_later(held, cost_microdollars=300)
+        assert ns.budget_status()[0].spend_microdollars == 700
+
+    async def run() -> None:
+        async with AsyncNullSpend(server.admin_key, server.base_url) as ans:
+            async with ans.customer("globex") as globex:
+                globex.settle_later(await globex.reserve_id(1_000), cost_microdollars=200)
+            (status,) = await ans.budget_status()
+            assert (status.spend_microdollars, status.reserved_microdollars) == (900, 0)
+
+    asyncio.run(run())
+
+
 # --- retries, against a server that fails on purpose ----------------------------------------
 
 
 class Flaky:
-    """Answers ``failures`` times 503 budget_unavailable (Retry-After: 0), then succeeds;
-    records each request's path and Idempotency-Key."""
+    """Answers ``failures`` times 503 budget_unavailable (with ``retry_after``, 0 unless
+    changed), then succeeds; records each request's path and Idempotency-Key."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
+        self.retry_after = "0"
         self.seen: list[tuple[str, str | None]] = []
         self.reservation_ids: list[str] = []
 
@@ -223,7 +308,7 @@ class Flaky:
             self.reservation_ids.append((await request.json())["reservationId"])
         if len(self.seen) <= self.failures:
             error = {"code": "budget_unavailable", "message": "storage down", "details": None}
-            return JSONResponse({"error": error}, 503, {"Retry-After": "0"})
+            return JSONResponse({"error": error}, 503, {"Retry-After": self.retry_after})
         if request.url.path == "/api/auth/introspect":
             data = {"keyId": "k", "orgId": "o", "role": "admin", "apiVersion": "1"}
             return JSONResponse({"data": data})
@@ -282,6 +367,21 @@ def test_a_reservation_is_retried_under_its_own_id(flaky: tuple[str, Flaky]) -> 
     assert [path for path, _ in handler.seen] == ["/api/reservations"] * 3
     (chosen,) = set(handler.reservation_ids)
     assert reservation.reservation_id == chosen
+
+
+@pytest.mark.parametrize("retry_after", ["-1", "nan", "inf"])
+def test_a_retry_after_that_is_no_wait_is_ignored(
+    flaky: tuple[str, Flaky], retry_after: str
+) -> None:
+    """A misbehaving proxy's Retry-After of -1 (or nan) made the sleep raise ValueError, and
+    inf waited the longest wait: the backoff applies instead."""
+    base, handler = flaky
+    handler.retry_after = retry_after
+    started = time.monotonic()
+    with NullSpend("ns_live_sk_" + "1" * 32, base) as ns:
+        assert ns.introspect().org_id == "o"
+    assert len(handler.seen) == 3
+    assert time.monotonic() - started < 10
 
 
 def test_retries_give_up_after_max_retries(flaky: tuple[str, Flaky]) -> None:
@@ -352,6 +452,47 @@ def test_rate_limited_and_forbidden_from_a_live_server(database_url: str) -> Non
                 viewer.reserve(10)
             assert forbidden.value.code == "forbidden"
             assert forbidden.value.details == {"requiredRole": "member", "role": "viewer"}
+    finally:
+        limited.stop()
+
+
+def test_a_reserve_refused_after_a_try_that_may_have_landed_is_released(
+    database_url: str,
+) -> None:
+    """The first try makes the reservation and its answer is lost; the retry, under the same
+    id, is refused rate_limited (the key's limit is checked before the id is looked up). That
+    refusal says nothing of the first try: its reservation is released, not held until it
+    expires and is charged its estimate."""
+    limited = start_server(database_url, rate_limit_per_minute=1)
+    lost: set[str] = set()
+
+    async def lose_each_keys_first_reserve(request: Request, real: Response) -> Response:
+        key = request.headers["x-nullspend-key"]
+        if request.url.path == "/api/reservations" and key not in lost:
+            lost.add(key)
+            return JSONResponse({"error": "bad gateway"}, 502)
+        return real
+
+    async def reserve_async(base_url: str) -> None:
+        async with AsyncNullSpend(limited.new_key(), base_url, max_retries=1) as ans:
+            with pytest.raises(RateLimitedError):
+                await ans.reserve(1_000)
+
+    try:
+        budget(limited, entityType="user", limitMicrodollars=10**9)
+        while time.time() % 60 > 56:  # each key's two tries in one minute of the limiter's
+            time.sleep(0.2)
+        with interposed(limited.base_url, lose_each_keys_first_reserve) as base:
+            with (
+                NullSpend(limited.admin_key, base, max_retries=1) as ns,
+                pytest.raises(RateLimitedError),
+            ):
+                ns.reserve(1_000)
+            asyncio.run(reserve_async(base))
+        assert len(lost) == 2
+        with NullSpend(limited.admin_key, limited.base_url) as ns:
+            (status,) = ns.budget_status()
+        assert (status.reserved_microdollars, status.spend_microdollars) == (0, 0)
     finally:
         limited.stop()
 

@@ -385,6 +385,26 @@ def test_text_the_file_cannot_hold_is_refused_before_the_call(tmp_path: Path) ->
     assert (status.spend_microdollars, status.reserved_microdollars) == (60, 0)
 
 
+def test_closing_a_scoped_copy_leaves_its_original_open(tmp_path: Path) -> None:
+    """``with ns.customer("acme") as c:`` closed the file the copy shares with its original:
+    the original then refused every call, and what it held was charged its estimate."""
+    ns = LocalNullSpend([LocalBudget.total(10_000)], path=tmp_path / "spend.db")
+    held = ns.reserve_id(1_000)
+    with ns.customer("acme") as acme:
+        acme.settle(acme.reserve_id(100), cost_microdollars=100)
+    ns.settle(held, cost_microdollars=300)  # still open
+    assert ns.budget_status()[0].spend_microdollars == 400
+
+    async def scoped_async() -> int:
+        engine = AsyncLocalNullSpend([LocalBudget.total(10_000)], path=tmp_path / "async.db")
+        async with engine.customer("acme") as acme:
+            await acme.settle(await acme.reserve_id(100), cost_microdollars=100)
+        return (await engine.budget_status())[0].spend_microdollars
+
+    ns.close()
+    assert asyncio.run(scoped_async()) == 100
+
+
 def test_a_budget_declared_wrong_is_refused_not_left_unenforced() -> None:
     """A policy misspelt (``"strict"``) enforced nothing: the check admitted any policy it did
     not know, and 50 of 50 calls went through a cap that fit 10."""

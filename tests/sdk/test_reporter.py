@@ -4,13 +4,15 @@ server side of it: a batch sent again under the same Idempotency-Key is recorded
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 
 import pytest
 
-from nullspend.client import CostReporter, NewCostEvent, NullSpend
+from nullspend.client import AsyncNullSpend, CostReporter, NewCostEvent, NullSpend, RecordedBatch
+from nullspend.embedded import AsyncLocalNullSpend
 from nullspend.errors import ConflictError, ValidationError
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_client import Flaky, flaky  # noqa: F401 (fixture)
@@ -87,6 +89,47 @@ def test_failures_are_retried_with_one_key(flaky: tuple[str, Flaky]) -> None:  #
     assert [path for path, _ in handler.seen] == ["/api/cost-events/batch"] * 3
     assert len({key for _, key in handler.seen}) == 1
     assert reporter.stats.sent == 1
+
+
+def test_a_negative_retry_after_is_no_wait(flaky: tuple[str, Flaky]) -> None:  # noqa: F811
+    """A misbehaving proxy's Retry-After of -1 made the wait negative: the sleep raised, and
+    the sending thread died with the batch. The backoff applies instead."""
+    base, handler = flaky
+    handler.retry_after = "-1"
+    with NullSpend("ns_live_sk_" + "1" * 32, base, max_retries=0) as ns:
+        reporter = CostReporter(ns, interval=0.05, attempts=3)
+        reporter.report(EVENT)
+        assert reporter.flush(10)
+        reporter.close()
+    assert reporter.stats.sent == 1
+
+
+def test_an_asyncio_client_reports_with_its_synchronous_twin(server: RunningServer) -> None:
+    """No thread awaits an asyncio client's ``report_batch``: its coroutines were dropped,
+    counted as sent, and nothing reached the server."""
+    ans = AsyncNullSpend(server.admin_key, server.base_url)
+    reporter = CostReporter(ans, interval=30)
+    for _ in range(5):
+        reporter.report(EVENT)
+    asyncio.run(ans.close())  # which sends what its reporter holds
+    assert reporter.stats.sent == 5
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        assert len(ns.cost_events().data) == 5
+
+    local = AsyncLocalNullSpend()
+    reporter = CostReporter(local, interval=30)
+    reporter.report(EVENT)
+    reporter.close()
+    assert len(local.engine.cost_events().data) == 1
+
+    class Awaited:
+        async def report_batch(
+            self, events: list[NewCostEvent], *, idempotency_key: str | None = None
+        ) -> RecordedBatch:
+            raise AssertionError("never awaited")
+
+    with pytest.raises(TypeError, match="synchronous client"):
+        CostReporter(Awaited())  # type: ignore[arg-type]
 
 
 def test_hopeless_batches_are_dropped_and_counted() -> None:

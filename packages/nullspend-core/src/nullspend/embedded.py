@@ -451,8 +451,10 @@ class LocalNullSpend(TrackedClients):
     def close(self) -> None:
         """Free the file given as ``path`` for the next engine (this one then refuses calls),
         once what it still holds is charged its estimate (its calls' end could no longer be
-        heard); at exit it is done for you. With no file, there is nothing to close."""
-        self._tenancy.close()
+        heard); at exit it is done for you. With no file, there is nothing to close; nor on a
+        scoped copy (``customer``, ``scoped``), whose file is its original's."""
+        if not self._scoped_copy:
+            self._tenancy.close()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """True: nothing is ever queued (``settle_later`` and ``release_later`` settle at
@@ -891,10 +893,11 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        self.engine.close()
+        await self.close()
 
     async def close(self) -> None:
-        self.engine.close()
+        if not self._scoped_copy:  # a scoped copy shares its original's engine
+            self.engine.close()
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         return self.engine.flush(timeout)

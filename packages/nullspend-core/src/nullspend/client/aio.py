@@ -22,7 +22,6 @@ from nullspend.client.models import (
     Settled,
 )
 from nullspend.client.sync import NullSpend
-from nullspend.errors import ConnectionFailedError
 from nullspend.tracked.clients import AsyncTrackedClients
 from nullspend.tracked.metering import Scope
 
@@ -45,19 +44,33 @@ class AsyncNullSpend(AsyncTrackedClients):
         self.connection = calls.Connection.resolve(api_key, base_url)
         self.max_retries = max_retries
         self.scope = Scope()
-        self._http = processes.PerProcess(lambda: httpx.AsyncClient(timeout=timeout), http_client)
+        self._http = processes.PerLoop(lambda: httpx.AsyncClient(timeout=timeout), http_client)
         # Sends settle_later's work with a sync client of its own: a thread, not a task, so
         # that what is queued when the event loop ends (asyncio.run cancels its tasks) is still
         # sent, at exit if need be. Made here, so scoped copies (ns.customer(...)) share it.
         self._settler = _LoopsSettler(
             self.connection.api_key,
             self.connection.base_url,
-            timeout=self._http.get().timeout,
+            timeout=http_client.timeout if http_client is not None else timeout,
             max_retries=max_retries,
         )
 
+    @property
+    def sync_client(self) -> NullSpend:
+        """The synchronous client, on the same server with the same key, that sends this one's
+        ``settle_later`` work: for code on a thread of its own (a ``CostReporter`` given this
+        client sends with it). It has no scope (a scoped copy's is its original's); closing
+        this client closes it."""
+        return self._settler
+
     async def close(self) -> None:
-        """Send what ``settle_later`` and ``release_later`` left queued, then disconnect."""
+        """Send what ``settle_later`` and ``release_later`` left queued, and what a
+        ``CostReporter`` on this client holds, then close this event loop's connections (a
+        loop that has ended can neither use nor close those it opened: they are dropped). A
+        scoped copy (``customer``, ``scoped``) only sends, as ``NullSpend``'s does."""
+        if self._scoped_copy:
+            await self.flush()
+            return
         await asyncio.to_thread(self._settler.close)
         await self._http.get().aclose()
 
@@ -92,25 +105,23 @@ class AsyncNullSpend(AsyncTrackedClients):
     ) -> None:
         await self.close()
 
-    async def _send(self, call: calls.Call[T]) -> T:
-        attempt = 0
+    async def _send(self, call: calls.Call[T], tries: calls.Tries | None = None) -> T:
+        tries = tries or calls.Tries(self.max_retries)
         while True:
             try:
                 return call.result(await self._attempt(call))
             except Exception as failure:
-                if (earlier := call.earlier_result(attempt, failure)) is not None:
+                if (earlier := call.earlier_result(tries.count, failure)) is not None:
                     return earlier
-                wait = calls.wait_before_retry(attempt, failure) if call.idempotent else None
-                if wait is None or attempt >= self.max_retries:
+                if (wait := tries.wait_after(call, failure)) is None:
                     raise
             await asyncio.sleep(wait)
-            attempt += 1
 
     async def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
             return await self._http.get().request(**call.request(self.connection))
         except httpx.TransportError as error:
-            raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
+            raise calls.connection_failed(self.connection, error) from error
 
     async def introspect(self) -> Introspection:
         """The key's id, organization and role."""
@@ -132,10 +143,11 @@ class AsyncNullSpend(AsyncTrackedClients):
         ``DeniedError`` that says why not. Give the estimate, or the provider ``request`` body
         (and ``model``) for the server to estimate it as the proxy does."""
         reservation_id = options.setdefault("reservation_id", calls.new_reservation_id())
+        tries = calls.Tries(self.max_retries)
         try:
-            return await self._send(calls.reserve(estimate_microdollars, **options))
+            return await self._send(calls.reserve(estimate_microdollars, **options), tries)
         except BaseException as error:  # a cancellation too: its answer is lost
-            if not calls.made_no_reservation(error):  # it may be held: give it back
+            if tries.may_have_landed or not calls.refused(error):  # it may be held: give it back
                 self._settler._release_if_made_later(reservation_id)
             raise
 

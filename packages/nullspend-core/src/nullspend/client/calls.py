@@ -3,6 +3,7 @@ to read the answer, whether a retry is safe. The clients only move bytes and wai
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -61,15 +62,27 @@ class Connection:
     @classmethod
     def resolve(cls, api_key: str | None, base_url: str | None) -> Connection:
         settings = CoreSettings()
-        key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
-        url = base_url or settings.base_url
+        key = api_key or (settings.api_key.get_secret_value() if settings.api_key else "")
+        # A mounted secret or `$(cat file)` leaves a trailing newline, which no header carries.
+        key, url = key.strip(), (base_url or settings.base_url or "").strip()
         if not url:
             raise ValueError(
                 "no NullSpend server: pass base_url or set NULLSPEND_BASE_URL "
                 "(nullspend.connect() runs in-process instead when no server is configured)"
             )
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"the NullSpend server's URL {url!r} is not an http(s) URL")
         if not key:
             raise ValueError("no API key: pass api_key or set NULLSPEND_API_KEY")
+        if not (key.isascii() and key.isprintable()):  # the key itself is never echoed
+            raise ValueError(
+                "the API key (api_key or NULLSPEND_API_KEY) holds characters an HTTP header "
+                "cannot carry"
+            )
         return cls(url.rstrip("/"), key)
 
     def headers(self) -> dict[str, str]:
@@ -146,9 +159,11 @@ def _code_for_status(status: int) -> str:
 
 def _retry_after(response: httpx.Response) -> float | None:
     try:
-        return float(response.headers["retry-after"])
+        seconds = float(response.headers["retry-after"])
     except (KeyError, ValueError):
         return None
+    # A misbehaving proxy's -1 (or nan, inf) is no wait to honour: the backoff applies instead.
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def wait_before_retry(attempt: int, failure: Exception) -> float | None:
@@ -165,6 +180,36 @@ def wait_before_retry(attempt: int, failure: Exception) -> float | None:
         return None
     backoff: float = min(0.5 * 2**attempt, _MAX_WAIT_SECONDS)
     return backoff * random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not a secret)
+
+
+@dataclass
+class Tries:
+    """One call's tries so far, and whether the retry loop tries again: the same for the sync
+    and the async client."""
+
+    max_retries: int
+    count: int = 0
+    """Failed tries so far."""
+    may_have_landed: bool = False
+    """Whether a failed try may have been done by the server all the same, its answer lost:
+    a retry's refusal (the key's rate limit, say) then says nothing of what that try did."""
+
+    def wait_after(self, call: Call[Any], failure: Exception) -> float | None:
+        """Seconds to wait before trying ``call`` again after ``failure``, or None when
+        ``failure`` is final."""
+        self.may_have_landed |= not refused(failure)
+        wait = wait_before_retry(self.count, failure) if call.idempotent else None
+        if wait is None or self.count >= self.max_retries:
+            return None
+        self.count += 1
+        return wait
+
+
+def connection_failed(connection: Connection, error: httpx.TransportError) -> ConnectionFailedError:
+    """The error for a try that had no answer. httpx quotes a request header it could not send,
+    which may be the key: of that error only its kind is told."""
+    told = type(error).__name__ if isinstance(error, httpx.LocalProtocolError) else repr(error)
+    return ConnectionFailedError(f"{connection.base_url}: {told}")
 
 
 # --- the calls -----------------------------------------------------------------------------
@@ -204,10 +249,10 @@ def new_reservation_id() -> str:
     return f"rsv_{uuid.uuid4().hex}"
 
 
-def made_no_reservation(error: BaseException) -> bool:
-    """Whether ``error`` is the server's answer that it made no reservation (a denial, a refused
+def refused(error: BaseException) -> bool:
+    """Whether ``error`` is the server's answer that it did nothing (a denial, a refused
     request). Anything else (no answer, a timeout, a cancellation, a server failure) may have
-    come after the reservation was made."""
+    come after it did what was asked: made a reservation, say."""
     return isinstance(error, ApiError) and error.status is not None and error.status < 500
 
 

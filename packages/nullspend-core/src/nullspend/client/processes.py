@@ -4,8 +4,11 @@ that multiprocessing started ends with ``os._exit``, which skips ``atexit``."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing.util
 import os
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -56,3 +59,32 @@ class PerProcess(Generic[T]):
             self._value = self._make()  # the parent's is left alone
             self._pid = os.getpid()
         return self._value
+
+
+class PerLoop(Generic[T]):
+    """A value made for each running event loop, and again in a forked child: an
+    ``httpx.AsyncClient``, whose pooled connections belong to the loop that opened them (the
+    next ``asyncio.run()`` cannot use the last one's). One given by the caller is kept as is."""
+
+    def __init__(self, make: Callable[[], T], given: T | None = None) -> None:
+        self._make = make
+        self._given = given
+        self._values: PerProcess[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T]] = (
+            PerProcess(weakref.WeakKeyDictionary)
+        )
+        self._making = threading.Lock()
+
+    def get(self) -> T:
+        """The running loop's value (outside one, RuntimeError)."""
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        values = self._values.get()
+        if (value := values.get(loop)) is not None:
+            return value
+        with self._making:  # loops on other threads may make theirs meanwhile
+            for ended in [other for other in values if other.is_closed()]:
+                # Useless now, and what it holds may refer to its loop, keeping the key alive.
+                del values[ended]
+            value = values[loop] = self._make()
+        return value

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import atexit
 import collections
+import inspect
 import logging
 import threading
 import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nullspend.client import processes
 from nullspend.client.calls import wait_before_retry
 from nullspend.client.models import MAX_BATCH, NewCostEvent, RecordedBatch
 from nullspend.errors import ValidationError
+
+if TYPE_CHECKING:
+    from nullspend.client.aio import AsyncNullSpend
+    from nullspend.embedded import AsyncLocalNullSpend
 
 log = logging.getLogger("nullspend.reporter")
 _live: weakref.WeakSet[CostReporter] = weakref.WeakSet()
@@ -50,12 +55,14 @@ class CostReporter:
     goes at once); ``max_queue`` events wait at most; a failed batch is tried ``attempts`` times
     in all, with backoff, when its failure is worth retrying (each send also retries as
     ``NullSpend`` does), before it is dropped and counted.
-    ``close()`` (also run at interpreter exit) sends what is left.
+    ``close()`` (also run at interpreter exit) sends what is left. Given an asyncio client
+    (``AsyncNullSpend``, ``AsyncLocalNullSpend``), it sends with that client's synchronous
+    twin, which ``client`` then is.
     """
 
     def __init__(
         self,
-        client: BatchRecorder,
+        client: BatchRecorder | AsyncNullSpend | AsyncLocalNullSpend,
         *,
         interval: float = 1.0,
         batch_size: int = MAX_BATCH,
@@ -64,7 +71,7 @@ class CostReporter:
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
-        self.client = client
+        self.client = _synchronous(client)
         self.interval = interval
         self.batch_size = batch_size
         self.max_queue = max_queue
@@ -164,6 +171,24 @@ class CostReporter:
             with self._wake:
                 self._sent += len(batch)
             return
+
+
+def _synchronous(client: BatchRecorder | AsyncNullSpend | AsyncLocalNullSpend) -> BatchRecorder:
+    """What the reporter's thread sends with: no thread awaits an asyncio client's
+    ``report_batch``, so its synchronous twin."""
+    from nullspend.client.aio import AsyncNullSpend  # here: both modules import this one
+    from nullspend.embedded import AsyncLocalNullSpend
+
+    if isinstance(client, AsyncNullSpend):
+        return client.sync_client
+    if isinstance(client, AsyncLocalNullSpend):
+        return client.engine
+    if inspect.iscoroutinefunction(client.report_batch):
+        raise TypeError(
+            f"a CostReporter sends from a thread of its own, which cannot await "
+            f"{type(client).__name__}.report_batch: give it a synchronous client"
+        )
+    return client
 
 
 def _begin_all_in_child() -> None:

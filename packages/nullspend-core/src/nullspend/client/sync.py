@@ -25,7 +25,7 @@ from nullspend.client.models import (
     Settled,
 )
 from nullspend.client.reporter import close_reporters_of
-from nullspend.errors import ConnectionFailedError, NotFoundError
+from nullspend.errors import NotFoundError
 from nullspend.tracked.clients import TrackedClients
 from nullspend.tracked.metering import Scope
 
@@ -61,8 +61,12 @@ class NullSpend(TrackedClients):
 
     def close(self) -> None:
         """Send what ``settle_later`` and ``release_later`` left queued, and what a
-        ``CostReporter`` on this client holds, then disconnect."""
+        ``CostReporter`` on this client holds, then disconnect. A scoped copy (``customer``,
+        ``scoped``) only sends: the connection and the queue are its original's to close."""
         close_reporters_of(self)
+        if self._scoped_copy:
+            self.flush()
+            return
         self._background.close()
         self._http.get().close()
 
@@ -77,25 +81,23 @@ class NullSpend(TrackedClients):
     ) -> None:
         self.close()
 
-    def _send(self, call: calls.Call[T]) -> T:
-        attempt = 0
+    def _send(self, call: calls.Call[T], tries: calls.Tries | None = None) -> T:
+        tries = tries or calls.Tries(self.max_retries)
         while True:
             try:
                 return call.result(self._attempt(call))
             except Exception as failure:
-                if (earlier := call.earlier_result(attempt, failure)) is not None:
+                if (earlier := call.earlier_result(tries.count, failure)) is not None:
                     return earlier
-                wait = calls.wait_before_retry(attempt, failure) if call.idempotent else None
-                if wait is None or attempt >= self.max_retries:
+                if (wait := tries.wait_after(call, failure)) is None:
                     raise
             time.sleep(wait)
-            attempt += 1
 
     def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
             return self._http.get().request(**call.request(self.connection))
         except httpx.TransportError as error:
-            raise ConnectionFailedError(f"{self.connection.base_url}: {error!r}") from error
+            raise calls.connection_failed(self.connection, error) from error
 
     def introspect(self) -> Introspection:
         """The key's id, organization and role."""
@@ -117,10 +119,11 @@ class NullSpend(TrackedClients):
         ``DeniedError`` that says why not. Give the estimate, or the provider ``request`` body
         (and ``model``) for the server to estimate it as the proxy does."""
         reservation_id = options.setdefault("reservation_id", calls.new_reservation_id())
+        tries = calls.Tries(self.max_retries)
         try:
-            return self._send(calls.reserve(estimate_microdollars, **options))
+            return self._send(calls.reserve(estimate_microdollars, **options), tries)
         except BaseException as error:
-            if not calls.made_no_reservation(error):  # it may be held: give it back
+            if tries.may_have_landed or not calls.refused(error):  # it may be held: give it back
                 self._release_if_made_later(reservation_id)
             raise
 

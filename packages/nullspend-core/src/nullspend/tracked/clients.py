@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 class _Scoping:
     scope: Scope = Scope()
+    _scoped_copy: bool = False
+    """Made by ``scoped``: what it shares (connections, a settle queue) is the original's to
+    close, so its own ``close()`` only sends what is queued."""
 
     def scoped(
         self,
@@ -28,6 +31,7 @@ class _Scoping:
         clients are held to those budgets."""
         twin = copy.copy(self)
         twin.scope = self.scope.narrowed(customer, session_id, tags)
+        twin._scoped_copy = True
         return twin
 
     def customer(self, customer: str) -> Self:
