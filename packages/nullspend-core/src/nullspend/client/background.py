@@ -11,6 +11,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -62,11 +63,19 @@ class Background:
                 lambda: self._queue.unfinished_tasks == 0, timeout
             )
 
-    def close(self, timeout: float | None = 30.0) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         """Send what is queued, and let the thread end now rather than once idle: at
         interpreter exit no thread of ours is left running while the interpreter is torn down.
-        Work submitted later starts a new one."""
-        self.flush(timeout)
+        Work submitted later starts a new one. What ``timeout`` (in all) leaves unsent is
+        logged: those reservations expire and are charged their estimate."""
+        deadline = time.monotonic() + timeout
+        if not self.flush(timeout):
+            log.warning(
+                "%d settles and releases were not sent before closing (is the NullSpend "
+                "server down?): their reservations will expire and be charged their estimate",
+                self.pending,
+            )
+            return  # the thread is busy with them: a daemon, it ends with the process
         with self._start:  # the thread decides to end under it: it will see the wake-up
             thread = self._thread
             if thread is None:
@@ -75,7 +84,7 @@ class Background:
                 self._queue.put_nowait(_WAKE)
             except queue.Full:  # busy again: it ends by itself once idle
                 return
-        thread.join(timeout)
+        thread.join(max(deadline - time.monotonic(), 0.0))
 
     def _after_fork_in_child(self) -> None:
         """The parent's thread does not exist here, and what it had queued is the parent's to
@@ -135,7 +144,7 @@ def log_failure(description: str, error: Exception) -> None:
 @atexit.register
 def _close_all() -> None:
     for background in list(_live):
-        background.close(timeout=10.0)
+        background.close(timeout=processes.exit_time_left())
 
 
 def _reset_all_in_child() -> None:

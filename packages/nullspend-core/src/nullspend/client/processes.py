@@ -8,13 +8,28 @@ import asyncio
 import multiprocessing.util
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+EXIT_SECONDS = 10.0
+"""What the work left at exit (reporters' events, queued settles) may take in all, however many
+clients hold some: a process being stopped (a deployment's 30 s grace) must not hang on a
+NullSpend server that is down."""
 _at_child_exit: list[Callable[[], None]] = []
+_exit_deadline: float | None = None
+
+
+def exit_time_left() -> float:
+    """Seconds left of ``EXIT_SECONDS``, counted from the first call: the exit handlers share
+    them."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + EXIT_SECONDS
+    return max(_exit_deadline - time.monotonic(), 0.0)
 
 
 class _Anchor:

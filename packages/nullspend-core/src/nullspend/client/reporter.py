@@ -78,7 +78,7 @@ class CostReporter:
         self.attempts = attempts
         self._closed = False
         self._begin()
-        atexit.register(self.close)
+        atexit.register(self._close_at_exit)
         _live.add(self)
 
     def _begin(self) -> None:
@@ -89,6 +89,7 @@ class CostReporter:
         self._idle = threading.Event()
         self._idle.set()
         self._sent = self._dropped_full = self._dropped_failed = 0
+        self._sending = 0  # the batch being sent: still to send until it is sent or dropped
         self._thread = threading.Thread(target=self._run, name="nullspend-reporter", daemon=True)
         if not self._closed:
             self._thread.start()
@@ -113,22 +114,30 @@ class CostReporter:
         return self._idle.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is left, then stop."""
+        """Send what is left, then stop; what ``timeout`` leaves unsent is logged."""
         with self._wake:
             if self._closed:
                 return
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
-        atexit.unregister(self.close)
-        if self._queue:
-            log.warning("%d cost events were not sent before closing", len(self._queue))
+        atexit.unregister(self._close_at_exit)
+        with self._wake:
+            unsent = len(self._queue) + self._sending
+        if unsent:
+            log.warning("%d cost events were not sent before closing", unsent)
+
+    def _close_at_exit(self) -> None:
+        self.close(timeout=processes.exit_time_left())
 
     @property
     def stats(self) -> ReporterStats:
         with self._wake:
             return ReporterStats(
-                len(self._queue), self._sent, self._dropped_full, self._dropped_failed
+                len(self._queue) + self._sending,
+                self._sent,
+                self._dropped_full,
+                self._dropped_failed,
             )
 
     def _run(self) -> None:
@@ -142,6 +151,7 @@ class CostReporter:
                 batch = [
                     self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
                 ]
+                self._sending = len(batch)
                 closing = self._closed
             if batch:
                 self._send(batch)
@@ -165,11 +175,13 @@ class CostReporter:
                 if wait is None or attempt + 1 == self.attempts:  # hopeless, or tried enough
                     with self._wake:
                         self._dropped_failed += len(batch)
+                        self._sending -= len(batch)
                     return
                 time.sleep(wait)
                 continue
             with self._wake:
                 self._sent += len(batch)
+                self._sending -= len(batch)
             return
 
 
@@ -198,7 +210,7 @@ def _begin_all_in_child() -> None:
 
 def _close_all() -> None:
     for reporter in list(_live):
-        reporter.close()
+        reporter.close(timeout=processes.exit_time_left())
 
 
 def close_reporters_of(client: object) -> None:
