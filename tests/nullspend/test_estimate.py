@@ -8,9 +8,14 @@ import pytest
 
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import cost, default_catalog, estimate_call, estimate_request
-from nullspend.pricing.estimate import DEFAULT_OUTPUT_CAP, UNPRICED_ESTIMATE_MICRODOLLARS
+from nullspend.pricing.estimate import (
+    DEFAULT_OUTPUT_CAP,
+    ORIGINAL_IMAGE_INPUT_TOKENS,
+    UNPRICED_ESTIMATE_MICRODOLLARS,
+)
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, WireFormat
+from nullspend.wire.media import Media, media_of
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -359,3 +364,29 @@ def test_gemini_images_stay_counted_by_their_bytes() -> None:
     part = {"inline_data": {"mime_type": "image/png", "data": "A" * 30_000}}
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}, part]}]}
     assert estimate(GEMINI, body, model="gemini-2.5-flash").input_tokens > 10_000
+
+
+def test_schemas_and_data_whose_type_is_no_media_are_no_media() -> None:
+    """A JSON Schema's ``"type"`` may be an object (a parameter named type) or a list
+    (``["string", "null"]``): the walker raised TypeError on them, a 500 from the proxy and the
+    reservations API and an error out of every tracked client and LangChain call."""
+    schema = {
+        "type": "object",
+        "properties": {"type": {"type": "string"}, "file_path": {"type": ["string", "null"]}},
+    }
+    tool = {"type": "function", "function": {"name": "save", "parameters": schema}}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "save it"}]}],
+        "tools": [tool],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    }
+    assert estimate(OPENAI_CHAT, body).input_tokens == -(-len(encode(body)) // 3)
+    history = [[{"type": "tool_use", "id": "t", "name": "f", "input": {"type": {"k": 1}}}]]
+    assert media_of(history) == Media()
+
+
+def test_an_image_asked_for_at_its_original_size_counts_that_bound() -> None:
+    original = {"type": "input_image", "image_url": "https://e.com/a.png", "detail": "original"}
+    body = _asking("gpt-5.4", original, key="input")
+    assert estimate(OPENAI_RESPONSES, body).input_tokens >= ORIGINAL_IMAGE_INPUT_TOKENS

@@ -10,6 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from nullspend.attribution import TAG_EXPIRED
+from nullspend_server.db.database import Database
+from nullspend_server.db.tables import utcnow
+from nullspend_server.engine.settle import settle_abandoned
 from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.nullspend_server.dbtools import execute, rows
 
@@ -338,6 +342,32 @@ def test_an_extended_reservation_outlives_its_ttl_and_takes_its_settle(database_
         server.stop()
     assert (state["spendMicrodollars"], state["reservedMicrodollars"]) == (7, 0)
     assert not rows(database_url, "SELECT key FROM cost_event_tags")  # not _ns_expired
+
+
+def test_the_sweep_leaves_a_reservation_extended_after_it_was_picked(database_url: str) -> None:
+    """The expiry sweep picks what is past its expiry, then settles each in a transaction of
+    its own: a stream's extension landing between the two was answered 200, and the sweep
+    charged the reservation its estimate all the same (its real settle then refused 409)."""
+    server = start_server(database_url, reservation_ttl_seconds=1, heartbeat_seconds=3600)
+    try:
+        with server.client() as admin:
+            rid = reserve(admin, 25_000).json()["data"]["reservationId"]
+            time.sleep(1.2)  # past its expiry; this server's own sweep waits an hour
+            assert admin.post(f"/api/reservations/{rid}/extend").status_code == 200
+
+            async def sweep_it_as_picked() -> bool:
+                db = Database(database_url)
+                try:
+                    async with db.write_transaction() as tx:
+                        return await settle_abandoned(tx, rid, TAG_EXPIRED, utcnow())
+                finally:
+                    await db.dispose()
+
+            assert asyncio.run(sweep_it_as_picked()) is False
+            settled = admin.post(f"/api/reservations/{rid}/settle", json={"costMicrodollars": 7})
+            assert settled.status_code == 200, settled.text
+    finally:
+        server.stop()
 
 
 def test_a_reserve_sent_again_under_its_id_answers_the_reservation_it_made(

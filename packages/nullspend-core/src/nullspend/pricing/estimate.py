@@ -30,7 +30,7 @@ from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES
 from nullspend.wire.base import WireFormat
-from nullspend.wire.media import Media, may_carry_media, media_of
+from nullspend.wire.media import Media, media_of
 
 # Assumed when neither the request nor the catalog gives an output cap.
 DEFAULT_OUTPUT_CAP = 32_768
@@ -46,6 +46,9 @@ UNPRICED_ESTIMATE_MICRODOLLARS = 1_000_000
 # (85 + 8 x 170); Anthropic's, about 1,600 (a larger image is scaled down first). A provider
 # with no figure here (Gemini) has its images counted by their bytes.
 IMAGE_INPUT_TOKENS = {"openai": 3_779, "anthropic": 1_600}
+# An image OpenAI is asked to take at its original size (``detail: "original"``): up to 10,000
+# patches, at the highest multiplier above.
+ORIGINAL_IMAGE_INPUT_TOKENS = 24_600
 # A named file's bound when the catalog gives the model no context window.
 DEFAULT_CONTEXT_WINDOW = 200_000
 
@@ -85,7 +88,7 @@ def estimate_request(
         model or wire.requested_model(body),
         estimate_input_tokens(raw_body) + wire.hidden_input_tokens(body),
         wire.requested_output_cap(body),
-        media=media_of(body) if may_carry_media(raw_body) else None,
+        media=media_of(body),
         choices=wire.requested_choices(body),
         stored_context=wire.continues_stored_context(body),
         cache_ttl=wire.requested_cache_ttl(body),
@@ -160,7 +163,8 @@ def _with_media(priced: PricedModel, input_tokens: int, media: Media) -> tuple[i
     per_image = priced.entry.image_input_tokens or IMAGE_INPUT_TOKENS.get(priced.provider)
     if per_image is None or not media.images:
         return input_tokens, 0
-    return max(input_tokens - media.image_bytes // 3, 0), media.images * per_image
+    original = media.original_images * max(ORIGINAL_IMAGE_INPUT_TOKENS - per_image, 0)
+    return max(input_tokens - media.image_bytes // 3, 0), media.images * per_image + original
 
 
 def estimate_request_body(

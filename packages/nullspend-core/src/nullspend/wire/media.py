@@ -19,60 +19,78 @@ window (its content is not in the body; the window bounds what it can bill).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 _IMAGES = frozenset({"image_url", "image", "input_image"})
 _FILES = frozenset({"file", "input_file", "document"})
-# What any of those shapes spells somewhere in a body: a body with none of these has no media,
-# and is not walked (the proxy estimates every request).
-_MARKERS = (b'"image', b'"input_image', b'"file', b'"input_file', b'"document', b"_data")
+# A request's fields that hold schemas (whose "type" may be anything), never media: not walked.
+_SCHEMAS = frozenset({"tools", "functions", "response_format", "text", "generationConfig"})
 # A file part that carries its content (base64 or text) rather than naming it.
 _INLINE = ("file_data", "data", "base64", "text")
 _INLINE_SOURCES = frozenset({"base64", "text", "content"})
 _GEMINI_NAMED_FILE = "gemini:file_data"
+_GEMINI_KEYS = frozenset({"inline_data", "inlineData", "file_data", "fileData"})
+# Where media sits in a message or block: its content (a tool result's too), a Responses tool
+# output's items, a Gemini turn's parts.
+_CONTENT = ("content", "output", "parts")
 
 
 @dataclass(slots=True)
 class Media:
     images: int = 0
+    original_images: int = 0
+    """Of ``images``, those asked for at their original size (OpenAI's ``detail: "original"``)."""
     named_files: int = 0
     """Files the body names (a URL, a file id) without their content."""
     image_bytes: int = 0
-    """What the images take of the body, as compact JSON: not prompt text."""
-
-
-def may_carry_media(raw_body: bytes) -> bool:
-    return any(marker in raw_body for marker in _MARKERS)
+    """About what the images take of the body (their strings' lengths): not prompt text."""
 
 
 def media_of(body: Any) -> Media:
-    """The images and named files anywhere in ``body`` (messages, tool results, input items)."""
+    """The images and named files in ``body``'s messages (and the content of their tool
+    results, Responses input items and Gemini parts), its schemas (tools, response formats)
+    left out. Walked as parsed, and only where content goes: the proxy walks every request, and
+    a scan of all of a long conversation would cost more than parsing it."""
     media = Media()
-    _walk(body, media)
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key not in _SCHEMAS and isinstance(value, list):
+                _walk(value, media)
+    elif isinstance(body, list):
+        _walk(body, media)
     return media
 
 
-def _walk(value: Any, media: Media) -> None:
-    if isinstance(value, dict):
-        kind = value.get("type") or value.get("block_type") or _gemini_kind(value)
-        if kind in _IMAGES:
-            media.images += 1
-            media.image_bytes += len(_compact(value))
-            return
-        if kind in _FILES:
-            if not _carries_content(value):
+def _walk(items: list[Any], media: Media) -> None:
+    # Exact type checks, not isinstance: parsed JSON holds only these, and the walk is per
+    # request.
+    for item in items:
+        if type(item) is list:
+            _walk(item, media)
+            continue
+        if type(item) is not dict:
+            continue
+        kind = item.get("type")
+        if kind is None:
+            kind = item.get("block_type")
+            if kind is None and not _GEMINI_KEYS.isdisjoint(item):
+                kind = _gemini_kind(item)
+        if type(kind) is str:  # not a schema's "type" (a dict, a list)
+            if kind in _IMAGES:
+                media.images += 1
+                media.original_images += _detail(item) == "original"
+                media.image_bytes += _size(item)
+                continue
+            if kind in _FILES:
+                media.named_files += not _carries_content(item)
+                continue
+            if kind == _GEMINI_NAMED_FILE:
                 media.named_files += 1
-            return
-        if kind == _GEMINI_NAMED_FILE:
-            media.named_files += 1
-            return
-        for item in value.values():
-            _walk(item, media)
-    elif isinstance(value, list):
-        for item in value:
-            _walk(item, media)
+                continue
+        for key in _CONTENT:  # a message's, a tool result's, an input item's, a Gemini turn's
+            if type(inner := item.get(key)) is list:
+                _walk(inner, media)
 
 
 def _gemini_kind(part: dict[str, Any]) -> str | None:
@@ -102,5 +120,18 @@ def _carries_content(part: dict[str, Any]) -> bool:
     return any(part.get(field) for field in _INLINE) or part.get("source_type") == "base64"
 
 
-def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+def _detail(image: dict[str, Any]) -> object:
+    inner = image.get("image_url")  # Chat Completions keeps it one level down
+    return inner.get("detail") if isinstance(inner, dict) else image.get("detail")
+
+
+def _size(value: Any) -> int:
+    """About the length of ``value`` as JSON, from its strings alone (a base64 image is one
+    long string): re-encoding megabytes of it would cost milliseconds."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(key) + _size(item) for key, item in value.items() if isinstance(key, str))
+    if isinstance(value, list):
+        return sum(_size(item) for item in value)
+    return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import String, bindparam, select
 
-from nullspend.attribution import TAG_ESTIMATED
+from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED
 from nullspend.errors import ErrorCode
 from nullspend.usage import Usage
 from nullspend_server.budget_periods import reset_due_periods
@@ -90,9 +90,12 @@ async def settle_abandoned(
 ) -> bool:
     """For a reservation nobody settled (expired, or its process died): spend the estimate,
     tagged so the event can be told apart from a measured one. False if it was settled
-    meanwhile, by its owner or another recovering process."""
+    meanwhile, by its owner or another recovering process, or (expired) extended meanwhile:
+    its call goes on."""
     reservation = await _lock(db, reservation_id)
     if reservation is None or reservation.status != "active":
+        return False
+    if reason_tag == TAG_EXPIRED and reservation.expires_at >= now:
         return False
     settlement = Settlement(
         cost_microdollars=reservation.estimate_microdollars,
