@@ -390,3 +390,16 @@ def test_an_image_asked_for_at_its_original_size_counts_that_bound() -> None:
     original = {"type": "input_image", "image_url": "https://e.com/a.png", "detail": "original"}
     body = _asking("gpt-5.4", original, key="input")
     assert estimate(OPENAI_RESPONSES, body).input_tokens >= ORIGINAL_IMAGE_INPUT_TOKENS
+
+
+def test_a_prompt_openai_writes_to_its_cache_unasked_is_estimated_at_the_write_rate() -> None:
+    """gpt-5.6 and later write the prompt to the cache at an implicit breakpoint (the openai
+    SDK's ``prompt_cache_options``), billed 1.25 times input: estimated at the input rate, a
+    first call with a long prompt was billed 135,470 µ$ against a 128,652 µ$ reservation."""
+    body = {"model": "gpt-5.6-sol", "input": "x" * 30_000, "max_output_tokens": 10}
+    result = estimate(OPENAI_RESPONSES, body)
+    written = Usage(cache_write_5m_tokens=result.input_tokens, output_tokens=10)
+    assert result.microdollars == -(-cost(written, "gpt-5.6-sol").total_picodollars // 1_000_000)
+    older = estimate(OPENAI_RESPONSES, {**body, "model": "gpt-4o"})  # no write price: input
+    read = Usage(input_tokens=older.input_tokens, output_tokens=10)
+    assert older.microdollars == -(-cost(read, "gpt-4o").total_picodollars // 1_000_000)

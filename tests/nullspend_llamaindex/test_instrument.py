@@ -401,6 +401,20 @@ def test_an_image_reserves_the_most_it_can_bill_not_its_blocks_bytes(
     assert reserved[0] - reserved[1] >= per_image * 15 // 100  # $0.15 per million input tokens
 
 
+def test_openai_responses_instructions_are_reserved(fake: tuple[str, Any]) -> None:
+    """``OpenAIResponses`` sends its ``instructions`` with every request, billed as input: the
+    gate left them out, and reserved 880 µ$ for a call with a long system prompt billed
+    17,256, which a 10,000 µ$ cap let through."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    responses_llm(fake).chat(HELLO)
+    responses_llm(fake, instructions="Answer as a pirate. " * 1_500).chat(HELLO)
+    per_token = default_catalog().resolve("gpt-4o-mini").prices.input
+    added = (reserved[1] - reserved[0]) * PICODOLLARS_PER_MICRODOLLAR // per_token
+    assert added >= len("Answer as a pirate. " * 1_500) // 3 - 1
+
+
 @pytest.mark.parametrize("configured_by", ["arguments", "environment"])
 def test_server_mode_configured_by_arguments_or_the_environment(
     server: RunningServer,

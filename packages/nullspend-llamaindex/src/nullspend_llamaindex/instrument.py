@@ -434,6 +434,9 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
     # The request's other parameters: the LLM's additional_kwargs, then the call's own.
     sent = {**(getattr(llm, "additional_kwargs", None) or {}), **kwargs}
+    if wire is OPENAI_RESPONSES:  # its instructions go out with every request, billed as input
+        instructions = sent.get("instructions", getattr(llm, "instructions", None))
+        text += instructions if isinstance(instructions, str) else ""
     if structured or wrapper:
         # Structured output is asked for with the client's parse, sent llm_kwargs (a wrapper's
         # call passes its keyword arguments on as those), not the LLM's own output cap.

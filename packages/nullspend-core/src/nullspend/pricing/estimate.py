@@ -7,7 +7,8 @@ body (English prose runs about 4 bytes a token, but code and JSON run near 3; th
 service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles and keys as prompt
 text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more);
 input the provider adds that the body does not carry (Anthropic's tool-use system prompt) is
-added; the prompt is priced at the cache-write rate when the request asks for a cache write;
+added; the prompt is priced at the cache-write rate when the request asks for a cache write,
+or when the model writes one unasked (OpenAI's that price a write above input);
 output is the request's max tokens, else the model's output cap, times the completions it asks
 for (``n``); each web search the request's search tools may make (their ``max_uses``, else an
 assumed five) is priced at the model's per-search fee; a request that continues a conversation
@@ -139,13 +140,14 @@ def estimate_call(
     input_tokens += image_tokens
     # Priced as total_picodollars prices it, without building a Usage for two of its counts.
     prices = priced.prices_for(input_tokens)[0] if priced.tiers else priced.prices
-    prompt_price = (
-        prices.input
-        if cache_ttl is None
-        else prices.cache_write_1h
-        if cache_ttl == "1h"
-        else prices.cache_write_5m
-    )
+    if cache_ttl == "1h":
+        prompt_price = prices.cache_write_1h
+    elif cache_ttl is not None or priced.provider == "openai":
+        # OpenAI writes the prompt to its cache unasked on the models that price a write above
+        # input (gpt-5.6 and later: an implicit breakpoint unless told otherwise).
+        prompt_price = max(prices.input, prices.cache_write_5m)
+    else:
+        prompt_price = prices.input
     total = input_tokens * prompt_price + output_tokens * prices.output
     if web_searches:
         total += web_searches * prices.web_search
