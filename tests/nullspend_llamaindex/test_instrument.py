@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
+from llama_index.core.llms import CustomLLM, LLMMetadata, MockLLM
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI, OpenAIResponses
@@ -149,8 +151,11 @@ def test_llm_classes_defined_after_instrument_are_gated(fake: tuple[str, Any]) -
 
 ANTHROPIC_SCRIPT = """
 import asyncio, gc, json, sys
+from typing import Any
 sys.path.insert(0, sys.argv[3])  # the repository: tests.estimates
 from pydantic import BaseModel
+from llama_index.core.llms import CustomLLM, LLMMetadata
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.base.llms.types import CachePoint, CacheControl, ChatMessage, DocumentBlock
 from llama_index.core.base.llms.types import ChatResponse, TextBlock
 import anthropic
@@ -184,6 +189,22 @@ class StreamingClaude(Anthropic):  # a user's chat reading a stream as the SDK a
 class Car(BaseModel):
     make: str
     model: str
+
+
+class Router(CustomLLM):  # a user's LLM that hands each call to a provider's
+    primary: Any = None
+
+    @property
+    def metadata(self):
+        return LLMMetadata(model_name="router")
+
+    @llm_completion_callback()
+    def complete(self, prompt, formatted=False, **kwargs):
+        return self.primary.complete(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt, formatted=False, **kwargs):
+        yield from self.primary.stream_complete(prompt, **kwargs)
 
 
 def claude(cls=Anthropic, fake_usage=None, **headers):
@@ -242,6 +263,11 @@ with open(sys.argv[4], "wb") as pdf:
 blocks = [TextBlock(text="Summarise"), DocumentBlock(path=sys.argv[4])]
 by_path = [ChatMessage(role="user", blocks=blocks)]
 out["document_by_path"] = run(lambda: claude().chat(by_path))
+out["max_tokens_per_call"] = run(lambda: claude().chat(hello(), max_tokens=4096))
+bigger = claude()
+bigger.additional_kwargs = {"max_tokens": 4096}
+out["max_tokens_additional"] = run(lambda: bigger.chat(hello()))
+out["router"] = run(lambda: Router(primary=claude()).complete("Hello"))
 print(json.dumps(out))
 """
 
@@ -343,7 +369,15 @@ def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path, tmp_path: Pat
     # A document named by path goes out inline, base64: 300 KB is some 130,000 tokens.
     (by_path,) = out["document_by_path"]["reserved"]
     assert by_path - plain >= 130_000 * prices.input // PICODOLLARS_PER_MICRODOLLAR
-    assert len(fake[1].state.requests) == 13  # the denied one never went out
+    # The max_tokens a call or additional_kwargs sends is what it may bill (was the LLM's 200:
+    # a 20,000 µ$ cap let three such calls spend 60,060).
+    for sent_more in ("max_tokens_per_call", "max_tokens_additional"):
+        (reserved,) = out[sent_more]["reserved"]
+        assert reserved - plain >= (4096 - 200) * prices.output // PICODOLLARS_PER_MICRODOLLAR
+    # A user's router LLM around Anthropic's: its answer read as Anthropic's (was $0, "openai").
+    (routed,) = out["router"]["events"]
+    assert (routed["provider"], routed["cost_microdollars"]) == ("anthropic", ANTHROPIC_COST)
+    assert len(fake[1].state.requests) == 16  # the denied one never went out
 
 
 def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:
@@ -413,6 +447,62 @@ def test_openai_responses_instructions_are_reserved(fake: tuple[str, Any]) -> No
     per_token = default_catalog().resolve("gpt-4o-mini").prices.input
     added = (reserved[1] - reserved[0]) * PICODOLLARS_PER_MICRODOLLAR // per_token
     assert added >= len("Answer as a pirate. " * 1_500) // 3 - 1
+
+
+def test_what_the_request_is_sent_is_what_it_reserves_for(fake: tuple[str, Any]) -> None:
+    """The estimate read the LLM object's max_tokens, not the request's: an
+    ``additional_kwargs`` max_tokens (which llama-index-llms-openai sends in its place) or
+    ``n`` completions (each billed) were reserved as one short completion."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    openai_llm(fake).chat(HELLO)
+    more = openai_llm(fake)
+    more.max_tokens, more.additional_kwargs = 100, {"max_tokens": 4096}
+    more.chat(HELLO)
+    openai_llm(fake).chat(HELLO, n=4, max_tokens=100)
+    output = default_catalog().resolve("gpt-4o-mini").prices.output  # type: ignore[union-attr]
+    assert reserved[1] >= 4096 * output // PICODOLLARS_PER_MICRODOLLAR
+    assert reserved[2] >= 4 * 100 * output // PICODOLLARS_PER_MICRODOLLAR
+
+
+def test_an_llm_that_calls_no_provider_costs_nothing(fake: tuple[str, Any]) -> None:
+    """MockLLM (what ``Settings.llm = None`` makes) was gated as an unknown model: each call
+    reserved $1 and, no provider answer coming, was charged it; a $5 cap then refused the sixth
+    query of a program that spends nothing."""
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    instrument(client=ns)
+    for _ in range(8):
+        assert MockLLM().complete("Hello").text
+    assert ns.cost_events().data == []
+    assert ns.budget_status()[0].spend_microdollars == 0
+
+
+def test_a_users_router_llm_is_priced_at_the_model_it_calls(fake: tuple[str, Any]) -> None:
+    """A user's LLM handing each call to a provider's (a router, a fallback): each call is
+    priced at the provider's model it reached. (Around Anthropic's, such calls were read in
+    OpenAI's fields, $0 each: in ``test_anthropic``.)"""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+
+    class Router(CustomLLM):
+        primary: Any = None
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata(model_name="router")
+
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            return self.primary.complete(prompt, **kwargs)
+
+        @llm_completion_callback()
+        def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            yield from self.primary.stream_complete(prompt, **kwargs)
+
+    assert Router(primary=openai_llm(fake)).complete("Hello").text
+    (event,) = ns.cost_events().data
+    assert (event.model, event.cost_microdollars) == ("gpt-4o-mini", COST)
 
 
 @pytest.mark.parametrize("configured_by", ["arguments", "environment"])

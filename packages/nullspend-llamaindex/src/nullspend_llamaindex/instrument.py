@@ -37,7 +37,7 @@ from nullspend.client import NullSpend
 from nullspend.client.renewal import Renewal
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.pricing import estimate_call
+from nullspend.pricing import default_catalog, estimate_call
 from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, settlement
 from nullspend.wire import (
@@ -117,6 +117,16 @@ class _Call:
             return
         self.done = True
         self.client.release_later(self.reservation_id)
+
+    def learn_provider(self, inner: Any) -> None:
+        """A gated call made inside this one (a user's router or fallback LLM calling the
+        provider's): its provider's answer is this call's, read in that provider's fields and
+        priced at its model, when this one's own LLM names no model the catalog knows."""
+        if self.model is not None and default_catalog().resolve(self.model) is not None:
+            return
+        if model := _model_of(inner := _provider_llm(inner)):
+            self.model, self.wire = model, _wire_of(inner)
+            _hear_clients(inner, self.wire)
 
     def renewal(self) -> Renewal:
         return Renewal(self.client, self.reservation_id, self.started)
@@ -230,6 +240,8 @@ def _hook_new_classes() -> None:
 
 
 def _gate_class(cls: type) -> None:
+    if any(base.__module__ == "llama_index.core.llms.mock" for base in cls.__mro__):
+        return  # MockLLM (what Settings.llm = None makes) calls no provider: it costs nothing
     for name in _METHODS:
         method = cls.__dict__.get(name)
         if method is None or getattr(method, _GATED, False) or not callable(method):
@@ -415,7 +427,10 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     """Reserve the call's estimate, or raise the typed denial. None inside another gated call
     still waiting for its answer (``complete`` calling ``chat``): that one covers it. A second
     provider call inside one (a structured program trying again) is reserved on its own."""
-    if _active is None or ((around := _current.get()) is not None and around.raw is None):
+    if _active is None:
+        return None
+    if (around := _current.get()) is not None and around.raw is None:
+        around.learn_provider(llm)
         return None
     provider_llm = _provider_llm(llm)
     wrapper = provider_llm is not llm  # as_structured_llm: its calls are structured_predict's
@@ -431,9 +446,9 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     text = _structured_prompt(args, kwargs) if structured else str(prompt or "")
     if given := kwargs.get("tools"):
         text += json.dumps(given, default=str)
-    cap = getattr(llm, "max_output_tokens" if wire is OPENAI_RESPONSES else "max_tokens", None)
-    # The request's other parameters: the LLM's additional_kwargs, then the call's own.
-    sent = {**(getattr(llm, "additional_kwargs", None) or {}), **kwargs}
+    own = getattr(llm, "additional_kwargs", None) or {}
+    sent = _as_sent(llm, wire, own, kwargs)
+    cap = wire.requested_output_cap(sent)
     if wire is OPENAI_RESPONSES:  # its instructions go out with every request, billed as input
         instructions = sent.get("instructions", getattr(llm, "instructions", None))
         text += instructions if isinstance(instructions, str) else ""
@@ -441,11 +456,13 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         # Structured output is asked for with the client's parse, sent llm_kwargs (a wrapper's
         # call passes its keyword arguments on as those), not the LLM's own output cap.
         llm_kwargs = (args[2] if len(args) > 2 else kwargs.get("llm_kwargs")) if structured else {}
-        sent.update(llm_kwargs if isinstance(llm_kwargs, Mapping) else {})
+        llm_kwargs = llm_kwargs if isinstance(llm_kwargs, Mapping) else {}
+        sent.update(llm_kwargs)
+        asked = {**own, **kwargs, **llm_kwargs}
         if wire is ANTHROPIC_MESSAGES:  # asks for 8,192 tokens unless they say
-            cap = max(cap if isinstance(cap, int) else 0, sent.get("max_tokens", 8192))
+            cap = max(cap or 0, asked.get("max_tokens", 8192))
         elif wire is OPENAI_RESPONSES:  # asks for no cap unless they say: the model's own
-            cap = sent.get("max_output_tokens")
+            cap = asked.get("max_output_tokens")
     # OpenAIResponses that tracks its previous responses (or is given previous_response_id or
     # conversation) continues a stored conversation: billed for the earlier turns it does not
     # send.
@@ -461,6 +478,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         + wire.hidden_input_tokens(request),
         cap if isinstance(cap, int) else None,
         media=_media(prompt),
+        choices=wire.requested_choices(sent),  # OpenAI's n: each completion is billed
         stored_context=stored,
         cache_ttl=_cache_ttl(llm, prompt, request) if wire is ANTHROPIC_MESSAGES else None,
         service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
@@ -660,6 +678,20 @@ def _cache_ttl(llm: Any, prompt: Any, request: Mapping[str, Any]) -> str | None:
         ]
     blocks = [{"cache_control": control} for control in controls]
     return ANTHROPIC_MESSAGES.requested_cache_ttl({**request, "messages": [{"content": blocks}]})
+
+
+def _as_sent(
+    llm: Any, wire: WireFormat, own: Mapping[str, Any], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The call's parameters as the LLM class merges them into its request: a per-call or
+    ``additional_kwargs`` ``max_tokens`` (or ``n``) is what the provider is sent, and bills."""
+    if wire is ANTHROPIC_MESSAGES:  # its own max_tokens, then additional_kwargs, then the call's
+        return {"max_tokens": getattr(llm, "max_tokens", None), **own, **kwargs}
+    if wire is OPENAI_RESPONSES:
+        return {"max_output_tokens": getattr(llm, "max_output_tokens", None), **own, **kwargs}
+    # llama-index-llms-openai: the call's, then its own max_tokens, then additional_kwargs
+    cap = getattr(llm, "max_tokens", None)
+    return {**kwargs, **({"max_tokens": cap} if cap is not None else {}), **own}
 
 
 def _provider_llm(llm: Any) -> Any:
