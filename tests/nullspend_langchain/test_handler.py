@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import openai
 import pytest
@@ -855,10 +856,13 @@ def test_a_langgraph_stream_stopped_early_holds_nothing_on_a_server(
         assert event.cost_microdollars > COST
 
 
-def test_a_cancelled_ainvoke_holds_nothing(fake: tuple[str, Any]) -> None:
-    """An ``ainvoke`` cancelled while the provider has not answered (a timeout around it, a
+def test_a_cancelled_ainvoke_is_charged_its_estimate(fake: tuple[str, Any]) -> None:
+    """An ``ainvoke`` cancelled while it waits for the provider (a timeout around it, a
     stopped agent) is left by LangChain with neither end nor error: its task's cancellation
-    releases the reservation, as an error before any answer does."""
+    ends it. Its request went out and may have been answered and billed (the provider goes on
+    without the client), so it is charged its estimate, as the proxy charges a call its client
+    left; it was released, and a LangGraph run whose denied branch cancelled the others let 20
+    answered requests go unrecorded under a 283 µ$ cap."""
     engine = LocalNullSpend([LocalBudget.total(10**6)])
     model = chat_openai(fake, fault="hang", callbacks=[NullSpendCallbackHandler(client=engine)])
 
@@ -866,13 +870,14 @@ def test_a_cancelled_ainvoke_holds_nothing(fake: tuple[str, Any]) -> None:
         call = asyncio.create_task(model.ainvoke("Hello"))
         await _until(lambda: len(fake[1].state.requests) == 1)
         assert engine.budget_status()[0].reserved_microdollars > 0
+        estimate = engine.budget_status()[0].reserved_microdollars
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         await _until(lambda: engine.budget_status()[0].reserved_microdollars == 0)
+        assert [e.cost_microdollars for e in engine.cost_events().data] == [estimate]
 
     asyncio.run(cancel_while_waiting())
-    assert engine.cost_events().data == []
 
 
 def test_a_chain_stream_closed_after_its_usage_is_charged_its_usage(
@@ -1039,10 +1044,65 @@ def searched_both_ways(searching: Any) -> list[tuple[int, int]]:
     return recorded
 
 
+class FannedOut(TypedDict):
+    out: Annotated[list[str], operator.add]
+
+
+def test_a_graph_branch_denied_while_others_wait_leaves_them_charged(
+    fake: tuple[str, Any],
+) -> None:
+    """LangGraph cancels a fan-out's other branches when one fails, a denial included: their
+    calls, sent and answered, were released, so five runs of one graph under a cap that fits
+    four calls sent 20 requests and recorded none. They are now charged their estimates, and
+    the cap stops the runs after."""
+    from langgraph.graph import START, StateGraph
+    from langgraph.types import Send
+
+    async def late(request: Request, real: Response) -> Response:
+        await asyncio.sleep(0.5)  # answered (and billed); the client hears it later
+        return real
+
+    with interposed(fake[0], late) as base:
+        model = ChatOpenAI(
+            model="gpt-4o-mini",
+            base_url=f"{base}/v1",
+            api_key="sk-test",  # type: ignore[arg-type]
+            max_retries=0,
+            max_tokens=100,
+            default_headers=fake_headers(USAGE, ""),
+        )
+
+        async def work(state: dict[str, Any]) -> dict[str, list[str]]:
+            await asyncio.sleep(state["delay"])
+            return {"out": [str((await model.ainvoke("hello")).content)]}
+
+        graph = StateGraph(FannedOut)
+        graph.add_node("work", work)
+        fan_out = [Send("work", {"delay": 0.0 if i < 4 else 0.1}) for i in range(5)]
+        graph.add_conditional_edges(START, lambda _: fan_out, ["work"])
+        compiled = graph.compile()
+        estimate = reserved_for(model, fake)
+        engine = LocalNullSpend([LocalBudget.total(4 * estimate + estimate // 2)])
+        config: Any = {"callbacks": [NullSpendCallbackHandler(client=engine)]}
+        sent_before = len(fake[1].state.requests)
+
+        async def five_runs() -> None:
+            for _ in range(5):
+                with pytest.raises(DeniedError):
+                    await compiled.ainvoke({"out": []}, config=config)
+            await _until(lambda: engine.budget_status()[0].reserved_microdollars == 0)
+
+        asyncio.run(five_runs())
+    (status,) = engine.budget_status()
+    assert len(fake[1].state.requests) - sent_before == 4  # the first run's; none after
+    assert status.spend_microdollars == 4 * estimate <= status.limit_microdollars
+
+
 def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[str, Any]) -> None:
     """``asyncio.timeout`` around an ``ainvoke`` (a web handler that answers "try again")
     cancels the call inside its own task, which then goes on and ends well: LangChain ended
-    the call with neither end nor error. It is released when its task ends."""
+    the call with neither end nor error. It is charged its estimate when its task ends (its
+    request went out), and holds nothing after."""
     engine = LocalNullSpend([LocalBudget.total(10**6)])
     model = chat_openai(fake, fault="hang", callbacks=[NullSpendCallbackHandler(client=engine)])
 
@@ -1060,17 +1120,18 @@ def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[s
         await _until(lambda: engine.budget_status()[0].reserved_microdollars == 0)
 
     asyncio.run(serve())
-    assert engine.cost_events().data == []
+    (charged,) = engine.cost_events().data
+    assert charged.cost_microdollars == engine.budget_status()[0].spend_microdollars > 0
 
 
-def test_a_call_timed_out_in_a_long_lived_task_is_released_by_its_next_call(
+def test_a_call_timed_out_in_a_long_lived_task_is_ended_by_its_next_call(
     fake: tuple[str, Any],
 ) -> None:
     """A service's loop, one task for its whole life, times out a call and goes on: the call
-    held its estimate until the task ended, so under a cap of one and a half estimates the
-    next call was denied. The next call's start releases it, before reserving."""
+    held its estimate until the task ended. The next call's start ends it (charged its
+    estimate: its request went out), before reserving."""
     estimate = reserved_for(chat_openai(fake), fake)
-    engine = LocalNullSpend([LocalBudget.total(estimate * 3 // 2)])
+    engine = LocalNullSpend([LocalBudget.total(estimate * 5 // 2)])
     handler = NullSpendCallbackHandler(client=engine)
     hanging = chat_openai(fake, fault="hang", callbacks=[handler])
     answering = chat_openai(fake, callbacks=[handler])
@@ -1082,10 +1143,10 @@ def test_a_call_timed_out_in_a_long_lived_task_is_released_by_its_next_call(
         assert engine.budget_status()[0].reserved_microdollars == estimate
         await answering.ainvoke("Hello")
         (status,) = engine.budget_status()
-        assert (status.spend_microdollars, status.reserved_microdollars) == (COST, 0)
+        assert (status.spend_microdollars, status.reserved_microdollars) == (estimate + COST, 0)
 
     asyncio.run(serve_for_life())
-    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [COST, estimate]
 
 
 def test_a_sync_batch_failing_part_way_holds_nothing(fake: tuple[str, Any]) -> None:

@@ -285,7 +285,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # Its run cancelled while it reserved (server mode): the call will never be made.
             cancelled = self._cancelled and parent_run_id in self._cancelled
             if cancelled and self._open.pop(run_id, None) is not None:
-                self._abandon([call])
+                self._abandon([call], sent=False)
         else:
             with self._lock:  # a sibling's denial and this store are one step
                 if (sibling_refused := self._denial_of(batch, params)) is not None:
@@ -346,12 +346,14 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         picked = [run for run, call in candidates if which(call)]
         return [call for run in picked if (call := open_calls.pop(run, None)) is not None]
 
-    def _abandon(self, calls: Iterable[_Open]) -> None:
-        """End calls LangChain will never end, as an error would: a stream that had started
-        is charged the usage its chunks reported, else its estimate (it had spent tokens);
-        other calls are released."""
+    def _abandon(self, calls: Iterable[_Open], *, sent: bool = True) -> None:
+        """End calls LangChain will never end (cancelled in flight): a stream that had started
+        is charged the usage its chunks reported; any other call its estimate, as the proxy
+        charges a call its client left: its request may have been answered and billed (a
+        LangGraph branch cancelled because another failed, or was denied, after the provider
+        answered it). A call whose request was never ``sent`` is released."""
         for call in calls:
-            if not call.streamed:
+            if not sent:
                 self.client.release_later(call.reservation_id)
             elif call.usage_seen:
                 self._settle(call, reading_from_metadata(call.usage_seen, cache_ttl=call.cache_ttl))
