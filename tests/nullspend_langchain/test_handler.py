@@ -1098,6 +1098,41 @@ def test_a_graph_branch_denied_while_others_wait_leaves_them_charged(
     assert status.spend_microdollars == 4 * estimate <= status.limit_microdollars
 
 
+def test_a_tool_cancelled_with_its_graph_run_leaves_nothing_behind(fake: tuple[str, Any]) -> None:
+    """A tool cancelled with its run never reports its end (langchain-core's ``arun`` catches
+    ``Exception`` only): each stayed in the handler's map of runs for good, one more with
+    every client that disconnected mid-tool."""
+    from langgraph.graph import START, StateGraph
+
+    hanging = chat_openai(fake, fault="hang")
+
+    @tool
+    async def research(question: str) -> str:
+        """Look it up."""
+        return str((await hanging.ainvoke(question)).content)
+
+    async def node(state: dict[str, Any]) -> dict[str, list[str]]:
+        return {"out": [await research.ainvoke({"question": "z"})]}
+
+    graph = StateGraph(FannedOut)
+    graph.add_node("n", node)
+    graph.add_edge(START, "n")
+    compiled = graph.compile()
+    handler = NullSpendCallbackHandler(client=LocalNullSpend())
+    config: Any = {"callbacks": [handler]}
+
+    async def cancel_three() -> None:
+        for _ in range(3):
+            run = asyncio.create_task(compiled.ainvoke({"out": []}, config=config))
+            await _until(lambda: bool(handler._open))
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+    asyncio.run(cancel_three())
+    assert (handler._parents, handler._open) == ({}, {})
+
+
 def test_an_ainvoke_timed_out_in_a_task_that_goes_on_holds_nothing(fake: tuple[str, Any]) -> None:
     """``asyncio.timeout`` around an ``ainvoke`` (a web handler that answers "try again")
     cancels the call inside its own task, which then goes on and ends well: LangChain ended

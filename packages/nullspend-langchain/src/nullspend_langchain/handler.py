@@ -459,6 +459,10 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         self._leave(run_id)
         if not isinstance(error, asyncio.CancelledError):
             return
+        # A tool cancelled with its run never reports its end (langchain-core's arun catches
+        # Exception only): without this, each such tool run stayed in _parents for good.
+        for child in [c for c, parent in list(self._parents.items()) if parent == run_id]:
+            self._leave(child)
         if not self.run_inline:  # starts run in executor threads: one may still be reserving
             now = time.monotonic()
             for run in [r for r, at in list(self._cancelled.items()) if now - at > _DENIAL_KEPT]:
