@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.llms import CustomLLM, LLMMetadata, MockLLM
@@ -503,6 +504,31 @@ def test_a_users_router_llm_is_priced_at_the_model_it_calls(fake: tuple[str, Any
     assert Router(primary=openai_llm(fake)).complete("Hello").text
     (event,) = ns.cost_events().data
     assert (event.model, event.cost_microdollars) == ("gpt-4o-mini", COST)
+
+
+def test_a_call_that_failed_after_it_was_sent_is_charged_its_estimate(
+    fake: tuple[str, Any],
+) -> None:
+    """A stream broken before its first chunk, or a call cancelled while it waits, had been
+    taken by the provider, which bills it: they were released ($0), where Anthropic's were
+    charged. Now charged their estimates, as the proxy charges a call its client left."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    broken = openai_llm(fake)
+    broken.default_headers = {**(broken.default_headers or {}), "x-fake-fault": "drop-after:0"}
+    with pytest.raises(httpx.RemoteProtocolError):
+        list(broken.stream_chat(HELLO))
+    hanging = openai_llm(fake)
+    hanging.default_headers = {**(hanging.default_headers or {}), "x-fake-fault": "hang"}
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await hanging.achat(HELLO)
+
+    asyncio.run(give_up())
+    assert sorted(e.cost_microdollars for e in ns.cost_events().data) == sorted(reserved)
 
 
 @pytest.mark.parametrize("configured_by", ["arguments", "environment"])

@@ -399,6 +399,35 @@ def test_concurrent_calls_with_images_by_url_stay_under_a_hard_cap(fake: tuple[s
     assert status.reserved_microdollars == 0
 
 
+def test_a_call_that_failed_after_it_was_sent_is_charged_not_released(
+    fake: tuple[str, Any],
+) -> None:
+    """A request the provider took and the client then gave up on (a read timeout, a
+    cancellation) is billed all the same: charged its estimate, as the proxy charges a call its
+    client left (it was released). One that never reached the provider (no connection) is
+    still released."""
+    ns = LocalNullSpend([LocalBudget.total(10**9)])
+    kwargs = client_kwargs(fake)
+    hanging = ns.openai(
+        **{
+            **kwargs,
+            "timeout": 0.3,
+            "default_headers": {**kwargs["default_headers"], "x-fake-fault": "hang"},
+        }
+    )
+    with pytest.raises(openai.APITimeoutError):
+        hanging.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    (status,) = ns.budget_status()
+    assert status.reserved_microdollars == 0
+    (charged,) = ns.cost_events().data
+    assert charged.cost_microdollars == status.spend_microdollars > 0
+    unreachable = ns.openai(**{**kwargs, "base_url": "http://127.0.0.1:9/v1"})
+    with pytest.raises(openai.APIConnectionError):
+        unreachable.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert len(ns.cost_events().data) == 1  # released
+    assert ns.budget_status()[0].reserved_microdollars == 0
+
+
 def test_a_compaction_is_metered_and_the_free_responses_calls_are_not(
     fake: tuple[str, Any],
 ) -> None:

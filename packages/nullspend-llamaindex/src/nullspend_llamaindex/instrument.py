@@ -39,7 +39,7 @@ from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.pricing import default_catalog, estimate_call
 from nullspend.pricing.estimate import estimate_input_tokens
-from nullspend.tracked.metering import Scope, settlement
+from nullspend.tracked.metering import Scope, may_have_been_taken, settlement
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     OPENAI_CHAT,
@@ -136,10 +136,12 @@ class _Call:
         """The provider accepted the request or answered it: it bills the call."""
         return self.sent or self.raw is not None
 
-    def end_on_error(self) -> None:
+    def end_on_error(self, error: BaseException) -> None:
         """An error after the provider's answer came (a structured answer that failed to
-        parse) was billed: settled from that answer, or at the estimate. Before it: released."""
-        self.settle() if self.answered else self.release()
+        parse) was billed: settled from that answer, or at the estimate. So was one after the
+        provider may have taken the request (a cancellation, a read timeout): at the estimate,
+        as the proxy charges a call its client left. Before it: released."""
+        self.settle() if self.answered or may_have_been_taken(error) else self.release()
 
     def end_if_never_stepped(self) -> None:
         """A stream dropped before its first step: released if its request was never sent,
@@ -148,10 +150,12 @@ class _Call:
         if not self.stepped:
             self.settle() if self.answered else self.release()
 
-    def end_broken(self, received: bool) -> None:
+    def end_broken(self, received: bool, error: BaseException) -> None:
         """A stream stopped or failed: released if nothing came yet and its request may not
-        have gone out, else settled from what was heard, or at the estimate."""
-        self.settle() if received or self.answered else self.release()
+        have gone out, else settled from what was heard, or at the estimate (a stream broken or
+        cancelled before its first chunk, once the provider may have taken it)."""
+        taken = received or self.answered or may_have_been_taken(error)
+        self.settle() if taken else self.release()
 
     def hear(self, event: Any) -> None:
         """One event of the provider's stream: the two that carry usage are read."""
@@ -262,8 +266,8 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             token = _current.set(call)
             try:
                 result = await method(self, *args, **_asking_for_usage(self, name, call, kwargs))
-            except BaseException:
-                call.end_on_error()
+            except BaseException as error:
+                call.end_on_error(error)
                 raise
             finally:
                 _current.reset(token)
@@ -283,8 +287,8 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         token = _current.set(call)
         try:
             result = method(self, *args, **_asking_for_usage(self, name, call, kwargs))
-        except BaseException:
-            call.end_on_error()
+        except BaseException as error:
+            call.end_on_error(error)
             raise
         finally:
             _current.reset(token)
@@ -324,8 +328,8 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
             renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
-    except BaseException:
-        call.end_broken(received)
+    except BaseException as error:
+        call.end_broken(received, error)
         raise
     call.settle()
 
@@ -347,8 +351,8 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
-    except BaseException:
-        call.end_broken(received)
+    except BaseException as error:
+        call.end_broken(received, error)
         raise
     call.settle()
 

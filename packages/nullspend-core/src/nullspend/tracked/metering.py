@@ -4,6 +4,7 @@ for its usage), and what the answer cost. The transports only move bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -101,6 +102,39 @@ class Scope:
             session_id or self.session_id,
             {**self.tags, **(tags or {})},
         )
+
+
+# httpx's (and httpx2's, httpcore's) errors raised before a request was all sent: the provider
+# never had it.
+_NOT_SENT = frozenset(
+    {
+        "ConnectError",
+        "ConnectTimeout",
+        "PoolTimeout",
+        "ProxyError",
+        "UnsupportedProtocol",
+        "LocalProtocolError",
+        "WriteError",
+        "WriteTimeout",
+    }
+)
+_HTTP_MODULES = frozenset({"httpx", "httpx2", "httpcore"})
+
+
+def may_have_been_taken(error: BaseException) -> bool:
+    """Whether a provider call that failed with ``error`` (or an error it was raised from: a
+    provider SDK's timeout wraps httpx's) may have been taken by the provider, which then goes
+    on without the client and bills it: a cancellation, or an HTTP failure once the request was
+    all sent (a read timeout, a broken answer). Not: a failure before (no connection, a refused
+    write), nor any other error (the provider's refusal, a bad argument)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, asyncio.CancelledError):
+            return True
+        if type(seen).__module__.partition(".")[0] in _HTTP_MODULES:
+            return type(seen).__name__ not in _NOT_SENT
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def settlement(

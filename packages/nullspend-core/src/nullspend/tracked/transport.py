@@ -22,6 +22,7 @@ from nullspend.tracked.metering import (
     Metered,
     Routes,
     Scope,
+    may_have_been_taken,
     spends_unpriced,
     unmetered_route_error,
 )
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from nullspend.client.aio import AsyncNullSpend
     from nullspend.client.sync import NullSpend
 
+_NO_READING = Reading(None, None)
 RaiseAs = Callable[[ApiError], Exception]
 """Turns a NullSpend error into what the provider SDK lets through unwrapped (see providers)."""
 Settle = Callable[[Metered, Reading], None]
@@ -92,6 +94,15 @@ class _Metering:
     def _release(self, metered: Metered) -> None:
         self.ns.release_later(metered.reservation_id)
 
+    def _end_failed(self, metered: Metered, error: BaseException) -> None:
+        """A request that failed: released if the provider never had it, else charged its
+        estimate (the provider goes on without the client, and bills), as the proxy charges a
+        call its client left."""
+        if may_have_been_taken(error):
+            self._settle(metered, _NO_READING)
+        else:
+            self._release(metered)
+
     def _renewal(self, metered: Metered) -> Renewal:
         return Renewal(self.ns, metered.reservation_id, metered.started)
 
@@ -128,8 +139,8 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
             raise _refusal(error, self.raise_as) from None
         try:
             response = self.inner.handle_request(_with_body(request, metered.body))
-        except BaseException:
-            self._release(metered)
+        except BaseException as error:
+            self._end_failed(metered, error)
             raise
         if response.status_code >= 300:  # the provider refused: nothing was spent
             self._release(metered)
@@ -140,8 +151,8 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
         else:
             try:
                 content = response.read()
-            except BaseException:
-                self._release(metered)  # nothing of it reached the caller
+            except BaseException:  # the provider answered: it bills, whatever reached us
+                self._settle(metered, _NO_READING)
                 raise
             self._settle(metered, metered.reading_of(content))
         return response
@@ -182,8 +193,8 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
             raise _refusal(error, self.raise_as) from None
         try:
             response = await self.inner.handle_async_request(_with_body(request, metered.body))
-        except BaseException:
-            self._release(metered)
+        except BaseException as error:
+            self._end_failed(metered, error)
             raise
         if response.status_code >= 300:
             self._release(metered)
@@ -195,7 +206,7 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
             try:
                 content = await response.aread()
             except BaseException:
-                self._release(metered)
+                self._settle(metered, _NO_READING)
                 raise
             self._settle(metered, metered.reading_of(content))
         return response
