@@ -14,9 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from nullspend.client import AsyncNullSpend, CostReporter, NewCostEvent, NullSpend, background
 from nullspend.client.background import Background
+from nullspend.errors import ConnectionFailedError
+from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.nullspend_server.dbtools import rows
 
@@ -236,3 +242,67 @@ def test_a_settle_that_came_after_its_reservation_expired_says_so(
         assert "came after its reservation expired" in caplog.text
     finally:
         server.stop()
+
+
+def test_a_caller_on_an_event_loop_never_sends_a_settle_itself() -> None:
+    """With the queue full, a settle was sent on the caller's thread: from async code with a
+    sync client (the LlamaIndex gate settles so), that froze the event loop for the settle's
+    round trip, its retries too. A caller on a running loop queues it, past the bound."""
+    gate = threading.Event()
+    ran_on: list[int] = []
+    queue = Background(max_queue=2)
+
+    def work() -> None:
+        gate.wait(10)
+        ran_on.append(threading.get_ident())
+
+    async def from_the_loop() -> None:
+        for _ in range(5):  # the first is taken by the thread, which waits on the gate
+            queue.submit(work, "settling")
+
+    asyncio.run(from_the_loop())
+    # From a thread that may wait: at once, on it.
+    queue.submit(lambda: ran_on.append(threading.get_ident()), "settling")
+    assert ran_on == [threading.get_ident()]
+    gate.set()
+    assert queue.flush(10)
+    assert len(ran_on) == 6
+    assert ran_on.count(threading.get_ident()) == 1
+
+
+def _answering(answers: list[Response]) -> Starlette:
+    async def settle(request: Request) -> Response:
+        return answers.pop(0)
+
+    return Starlette(
+        routes=[
+            Route("/api/reservations/{id}/settle", settle, methods=["POST"]),
+            Route("/api/reservations", settle, methods=["POST"]),
+        ]
+    )
+
+
+def test_a_settle_outlasts_a_server_restart() -> None:
+    """Background settles gave up after 3 retries (3.5 s): a server restarting for longer
+    turned an answered call into its estimate, charged at its reservation's expiry (334 times
+    its cost in a bug hunt). They are now tried for about 2.5 minutes."""
+    down = {"error": {"code": "budget_unavailable", "message": "restarting", "details": None}}
+    answers = [JSONResponse(down, 503, {"Retry-After": "0"}) for _ in range(6)]
+    settled = {"reservationId": "rsv_" + "a" * 32, "status": "settled"}
+    answers.append(JSONResponse({"data": settled}))
+    with serving(_answering(answers)) as base, NullSpend("ns_live_sk_" + "1" * 32, base) as ns:
+        ns.settle_later("rsv_" + "a" * 32, cost_microdollars=5)
+        assert ns.flush(30)
+    assert answers == []  # all seven answers taken: the seventh try landed
+
+
+def test_an_answer_that_is_not_nullspends_is_no_answer() -> None:
+    """A 200 that is not JSON (a proxy's page in front of the server) raised a raw
+    JSONDecodeError; through a tracked client, an error its SDK retried as a lost connection."""
+    page = Response("<html>maintenance</html>", 200, media_type="text/html")
+    with (
+        serving(_answering([page])) as base,
+        NullSpend("ns_live_sk_" + "1" * 32, base, max_retries=0) as ns,
+        pytest.raises(ConnectionFailedError, match="not NullSpend's answer"),
+    ):
+        ns.reserve(10)

@@ -7,6 +7,7 @@ interpreter exit) sends what is left."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import queue
@@ -31,9 +32,9 @@ _WAKE: tuple[None, str] = (None, "")
 class Background:
     def __init__(self, max_queue: int = 10_000, *, caller_may_wait: bool = True) -> None:
         self._max_queue = max_queue
-        self._queue: queue.Queue[tuple[Callable[[], object] | None, str]] = queue.Queue(
-            max_queue if caller_may_wait else 0  # 0: unbounded
-        )
+        self._caller_may_wait = caller_may_wait
+        # Unbounded: the bound is kept in submit(), where a caller that must not wait is known.
+        self._queue: queue.Queue[tuple[Callable[[], object] | None, str]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         _live.add(self)
@@ -43,17 +44,23 @@ class Background:
         return self._queue.unfinished_tasks
 
     def submit(self, work: Callable[[], object], description: str) -> None:
-        """Run ``work`` on the background thread; ``description`` names it in a failure's log."""
-        try:
-            self._queue.put_nowait((work, description))
-        except queue.Full:  # never dropped: a lost settle would be charged at its estimate
-            attempt(work, description)
-            return
-        if not self._queue.maxsize and self._queue.qsize() % self._max_queue == 0:
-            log.warning(
-                "%d settles and releases wait to be sent: is the NullSpend server slow or down?",
-                self._queue.qsize(),
-            )
+        """Run ``work`` on the background thread; ``description`` names it in a failure's log.
+        With the queue full, on the caller's thread (never dropped: a lost settle would be
+        charged at its estimate), unless that thread must never wait: an event loop's (an
+        ``AsyncNullSpend``'s caller, or a sync client's called from async code, as the LlamaIndex
+        gate settles). Then the queue grows, with a warning at every ``max_queue``."""
+        waiting = self._queue.qsize()
+        if waiting >= self._max_queue:
+            if self._caller_may_wait and asyncio._get_running_loop() is None:
+                attempt(work, description)
+                return
+            if waiting % self._max_queue == 0:
+                log.warning(
+                    "%d settles and releases wait to be sent: is the NullSpend server slow or "
+                    "down?",
+                    waiting,
+                )
+        self._queue.put_nowait((work, description))
         self._started()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -80,16 +87,13 @@ class Background:
             thread = self._thread
             if thread is None:
                 return
-            try:
-                self._queue.put_nowait(_WAKE)
-            except queue.Full:  # busy again: it ends by itself once idle
-                return
+            self._queue.put_nowait(_WAKE)
         thread.join(max(deadline - time.monotonic(), 0.0))
 
     def _after_fork_in_child(self) -> None:
         """The parent's thread does not exist here, and what it had queued is the parent's to
         send: start afresh."""
-        self._queue = queue.Queue(self._queue.maxsize)
+        self._queue = queue.Queue()
         self._thread = None
         self._start = threading.Lock()
 

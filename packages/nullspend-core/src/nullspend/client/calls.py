@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 3
+# The background thread's settles, releases and extensions: retried for about 2.5 minutes
+# (backoff to 30 s between tries), a server's restart, where the caller's calls give up in 3.5 s.
+BACKGROUND_RETRIES = 10
 # Worth another try of a call that is safe to repeat: the server could not check budgets, a
 # proxy in front of it failed, or the key's rate limit is full for now.
 _RETRIED_CODES = {ErrorCode.BUDGET_UNAVAILABLE, ErrorCode.RATE_LIMITED}
@@ -120,7 +123,14 @@ class Call(Generic[T]):
     def result(self, response: httpx.Response) -> T:
         if response.status_code >= 400:
             raise error_from(response)
-        return self.read(response.json())
+        try:
+            return self.read(response.json())
+        except (ValueError, KeyError, TypeError) as error:  # pydantic's ValidationError too
+            # Something between us and the server answered (a proxy's page): as no answer.
+            raise ConnectionFailedError(
+                f"{response.url}: HTTP {response.status_code} that is not NullSpend's answer "
+                f"({response.headers.get('content-type')})"
+            ) from error
 
 
 def _data(model: type[BaseModel]) -> Callable[[Any], Any]:

@@ -93,6 +93,12 @@ class NullSpend(TrackedClients):
                     raise
             time.sleep(wait)
 
+    def _send_later(self, call: calls.Call[Any]) -> None:
+        """``_send`` for the background thread, which no caller waits on: tried for longer
+        (``calls.BACKGROUND_RETRIES``), so a server restart does not turn an answered call
+        into an estimate charged at its reservation's expiry."""
+        self._send(call, calls.Tries(calls.BACKGROUND_RETRIES))
+
     def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
             return self._http.get().request(**call.request(self.connection))
@@ -151,7 +157,7 @@ class NullSpend(TrackedClients):
 
     def extend_later(self, reservation_id: str) -> None:
         """``extend`` from the background thread, as ``settle_later``."""
-        work = functools.partial(self.extend, reservation_id)
+        work = functools.partial(self._send_later, calls.extend(reservation_id))
         self._background.submit(work, f"extending {reservation_id}")
 
     def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
@@ -159,12 +165,12 @@ class NullSpend(TrackedClients):
         so a call's answer never waits on NullSpend. Never raises: a failure is logged (the
         reservation then expires). Reads on this client (``cost_events``, ``budget_status``)
         wait for what is queued first."""
-        work = functools.partial(self.settle, reservation_id, **options)
+        work = functools.partial(self._send_later, calls.settle(reservation_id, **options))
         self._background.submit(work, f"settling {reservation_id}")
 
     def release_later(self, reservation_id: str) -> None:
         """``release`` from the background thread, as ``settle_later``."""
-        work = functools.partial(self.release, reservation_id)
+        work = functools.partial(self._send_later, calls.release(reservation_id))
         self._background.submit(work, f"releasing {reservation_id}")
 
     def _release_if_made_later(self, reservation_id: str) -> None:
@@ -173,7 +179,7 @@ class NullSpend(TrackedClients):
 
         def release() -> None:
             with contextlib.suppress(NotFoundError):
-                self.release(reservation_id)
+                self._send_later(calls.release(reservation_id))
 
         self._background.submit(release, f"releasing {reservation_id}")
 
