@@ -344,6 +344,25 @@ def test_an_extended_reservation_outlives_its_ttl_and_takes_its_settle(database_
     assert not rows(database_url, "SELECT key FROM cost_event_tags")  # not _ns_expired
 
 
+def test_a_reserve_that_lands_after_its_clients_release_is_refused(
+    admin: httpx.Client,
+) -> None:
+    """A client whose reserve got no answer releases its id in the background; a 404 said the
+    reserve was never made. When the reserve was only slow, it landed after: held unused for
+    the TTL, then charged its estimate (50,340 µ$ for five calls never made, in a bug hunt).
+    The release of an id of the client's making keeps it as released, so the late reserve is
+    refused."""
+    b = org_budget(admin, 1_000_000)
+    late = "rsv_" + "c" * 32
+    released = admin.delete(f"/api/reservations/{late}")
+    assert released.json()["data"]["status"] == "released"
+    refused = reserve(admin, 40_000, reservationId=late)
+    assert refused.status_code == 409
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == 0
+    assert admin.delete("/api/reservations/rsv_missing").status_code == 404  # not a client's id
+    assert admin.delete(f"/api/reservations/{late}").status_code == 409  # released already
+
+
 def test_the_sweep_leaves_a_reservation_extended_after_it_was_picked(database_url: str) -> None:
     """The expiry sweep picks what is past its expiry, then settles each in a transaction of
     its own: a stream's extension landing between the two was answered 200, and the sweep

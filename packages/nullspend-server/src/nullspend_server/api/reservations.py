@@ -38,6 +38,7 @@ from nullspend_server.engine import (
     Settlement,
 )
 from nullspend_server.errors import ApiError, denial_error
+from nullspend_server.ids import CLIENT_RESERVATION_ID
 
 router = APIRouter(tags=["reservations"])
 
@@ -58,7 +59,7 @@ class ReservationCreate(RequestModel):
     session_id: SessionId | None = None
     trace_id: str | None = Field(default=None, max_length=64)
     tags: Tags = Field(default_factory=dict)
-    reservation_id: str | None = Field(default=None, pattern=r"^rsv_[A-Za-z0-9_-]{16,36}$")
+    reservation_id: str | None = Field(default=None, pattern=CLIENT_RESERVATION_ID)
     """The caller's id for it: sent again, the request answers the reservation it made."""
 
     @model_validator(mode="after")
@@ -243,5 +244,5 @@ async def extend_reservation(
 async def release_reservation(
     reservation_id: str, principal: Member, request: Request
 ) -> Data[Settled]:
-    await _engine(request).release(principal.org_id, reservation_id)
+    await _engine(request).release(principal.org_id, reservation_id, key_id=principal.key_id)
     return Data(data=Settled(reservation_id=reservation_id, status="released"))

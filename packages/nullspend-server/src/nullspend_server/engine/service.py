@@ -118,9 +118,14 @@ class Engine:
     def _expiry(self, now: dt.datetime) -> dt.datetime:
         return now + dt.timedelta(seconds=self.settings.reservation_ttl_seconds)
 
-    async def release(self, org_id: str, reservation_id: str) -> None:
-        async with self.db.write_transaction() as db:
-            await release(db, org_id, reservation_id, utcnow())
+    async def release(self, org_id: str, reservation_id: str, key_id: str | None = None) -> None:
+        """Give the estimate back; ``key_id``: a client's release (see ``settle.release``)."""
+        try:
+            async with self.db.write_transaction() as db:
+                await release(db, org_id, reservation_id, utcnow(), key_id)
+        except IntegrityError:  # its reserve landed meanwhile: release that
+            async with self.db.write_transaction() as db:
+                await release(db, org_id, reservation_id, utcnow())
 
     def settle_later(self, org_id: str, reservation_id: str, settlement: Settlement | None) -> None:
         """Settle (or, with no settlement, release) off the request path: the caller's response

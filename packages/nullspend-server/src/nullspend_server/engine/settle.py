@@ -5,6 +5,7 @@ going keeps its reservation from expiring."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from nullspend_server.db.tables import RESERVATIONS
 from nullspend_server.engine.matching import SETTLE_BUDGETS, lock_budgets_by_id
 from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND
 from nullspend_server.errors import ApiError
-from nullspend_server.ids import new_id
+from nullspend_server.ids import CLIENT_RESERVATION_ID, new_id
 
 _reservation_id = RESERVATIONS.c.id == bindparam("reservation_id", type_=String)
 _LOCK = select(RESERVATIONS).where(_reservation_id).with_for_update()
@@ -34,6 +35,7 @@ _FINISH = (
     )
 )
 
+_INSERT_RELEASED = RESERVATIONS.insert()
 _EXTEND = (
     RESERVATIONS.update()
     .where(_reservation_id)
@@ -71,10 +73,19 @@ async def settle(
     return event_id
 
 
-async def release(db: Executor, org_id: str, reservation_id: str, now: dt.datetime) -> None:
-    """Give the estimate back: the call never happened (or cost nothing)."""
-    reservation = await _lock_active(db, org_id, reservation_id)
-    await _finish(db, reservation, None, "released", now)
+async def release(
+    db: Executor, org_id: str, reservation_id: str, now: dt.datetime, key_id: str | None = None
+) -> None:
+    """Give the estimate back: the call never happened (or cost nothing). Given its client's
+    key (a release over the API), an id of the client's making that names no reservation yet
+    is kept as released: the client gave up on a reserve whose answer did not come, and that
+    reserve may still land, late, which must then be refused rather than held unused until it
+    expires and is charged its estimate."""
+    reservation = await _lock(db, reservation_id)
+    if reservation is None and key_id and re.match(CLIENT_RESERVATION_ID, reservation_id):
+        await db.execute(_INSERT_RELEASED, _released(org_id, key_id, reservation_id, now))
+        return
+    await _finish(db, _active(reservation, org_id, reservation_id), None, "released", now)
 
 
 async def extend(db: Executor, org_id: str, reservation_id: str, expires_at: dt.datetime) -> None:
@@ -110,7 +121,28 @@ async def _lock(db: Executor, reservation_id: str) -> Any:
 
 
 async def _lock_active(db: Executor, org_id: str, reservation_id: str) -> Any:
-    reservation = await _lock(db, reservation_id)
+    return _active(await _lock(db, reservation_id), org_id, reservation_id)
+
+
+def _released(org_id: str, key_id: str, reservation_id: str, now: dt.datetime) -> dict[str, Any]:
+    """A reservation that never held anything, finished as released."""
+    return {
+        "id": reservation_id,
+        "org_id": org_id,
+        "api_key_id": key_id,
+        "status": "released",
+        "estimate_microdollars": 0,
+        "budget_ids": [],
+        "source": "api",
+        "tags": {},
+        "instance_id": "",
+        "created_at": now,
+        "expires_at": now,
+        "finished_at": now,
+    }
+
+
+def _active(reservation: Any, org_id: str, reservation_id: str) -> Any:
     if reservation is None or reservation.org_id != org_id:
         raise ApiError(ErrorCode.NOT_FOUND, f"no reservation {reservation_id!r}")
     if reservation.status != "active":
