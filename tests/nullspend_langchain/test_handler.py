@@ -56,16 +56,23 @@ def fake_headers(usage: dict[str, int], tool_call: str) -> dict[str, str]:
 
 
 def chat_openai(
-    fake: tuple[str, Any], *, tool_call: str = "", fault: str = "", **kwargs: Any
+    fake: tuple[str, Any],
+    *,
+    tool_call: str = "",
+    fault: str = "",
+    usage: dict[str, int] = USAGE,
+    base: str | None = None,
+    **kwargs: Any,
 ) -> ChatOpenAI:
-    """gpt-4o-mini on the fake provider; ``fault`` is its ``x-fake-fault``."""
+    """gpt-4o-mini on the fake provider (or on ``base``, a proxy in front of it) answering
+    ``usage``; ``fault`` is its ``x-fake-fault``."""
     faults = {"x-fake-fault": fault} if fault else {}
     return ChatOpenAI(
         model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
+        base_url=f"{base or fake[0]}/v1",
         api_key="sk-test",  # type: ignore[arg-type]
         max_retries=0,
-        default_headers=fake_headers(USAGE, tool_call) | faults,
+        default_headers=fake_headers(usage, tool_call) | faults,
         **kwargs,
     )
 
@@ -136,13 +143,7 @@ def test_reasoning_counted_apart_from_the_output_never_breaks_the_call(
     engine = LocalNullSpend([LocalBudget.total(10**9)])
     reserved = reserved_estimates(engine)
     usage = {"input": 30, "cached": 0, "output": 40, "reasoning": 900, "cache_write": 0}
-    model = ChatOpenAI(
-        model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
-        api_key="sk-test",  # type: ignore[arg-type]
-        default_headers=fake_headers(usage, ""),
-        callbacks=[NullSpendCallbackHandler(client=engine)],
-    )
+    model = chat_openai(fake, usage=usage, callbacks=[NullSpendCallbackHandler(client=engine)])
     assert model.invoke("Hi").content
     (event,) = engine.cost_events().data
     billed = Usage(input_tokens=30, output_tokens=40, reasoning_tokens=40)
@@ -166,14 +167,8 @@ def test_images_by_url_stay_under_a_hard_cap(fake: tuple[str, Any]) -> None:
     cap = 30_000
     engine = LocalNullSpend([LocalBudget.total(cap)])
     billed = {**USAGE, "input": 25_501, "cached": 0}
-    model = ChatOpenAI(
-        model="gpt-4o-mini",
-        base_url=f"{fake[0]}/v1",
-        api_key="sk-test",  # type: ignore[arg-type]
-        max_retries=0,
-        default_headers=fake_headers(billed, ""),
-        callbacks=[NullSpendCallbackHandler(client=engine)],
-        max_tokens=50,
+    model = chat_openai(
+        fake, usage=billed, callbacks=[NullSpendCallbackHandler(client=engine)], max_tokens=50
     )
     image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     prompt = [HumanMessage(content=[{"type": "text", "text": "What is this?"}, image])]
@@ -1063,14 +1058,7 @@ def test_a_graph_branch_denied_while_others_wait_leaves_them_charged(
         return real
 
     with interposed(fake[0], late) as base:
-        model = ChatOpenAI(
-            model="gpt-4o-mini",
-            base_url=f"{base}/v1",
-            api_key="sk-test",  # type: ignore[arg-type]
-            max_retries=0,
-            max_tokens=100,
-            default_headers=fake_headers(USAGE, ""),
-        )
+        model = chat_openai(fake, base=base, max_tokens=100)
 
         async def work(state: dict[str, Any]) -> dict[str, list[str]]:
             await asyncio.sleep(state["delay"])
