@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.llms import CustomLLM, LLMMetadata, MockLLM
@@ -531,6 +532,33 @@ def test_a_call_that_failed_after_it_was_sent_is_charged_its_estimate(
     assert sorted(e.cost_microdollars for e in ns.cost_events().data) == sorted(reserved)
 
 
+def test_a_refused_call_and_one_never_sent_are_released(fake: tuple[str, Any]) -> None:
+    """The provider's refusal (400, 429) bills nothing, nor does a call its SDK refuses before
+    sending, even inside ``except APITimeoutError`` (a retry): the first version of the charge
+    for calls taken by the provider read the errors those were raised while handling (the SDK
+    raises its status errors ``from None``) and charged them."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    for status in (400, 429):
+        refused = openai_llm(fake)
+        refused.default_headers = {
+            **(refused.default_headers or {}),
+            "x-fake-fault": f"status:{status}",
+        }
+        with pytest.raises(openai.APIStatusError):
+            refused.chat(HELLO)
+    assert ns.cost_events().data == []
+    hanging = openai_llm(fake)
+    hanging.default_headers = {**(hanging.default_headers or {}), "x-fake-fault": "hang"}
+    hanging.timeout = 0.5
+    try:
+        hanging.chat(HELLO)
+    except openai.APITimeoutError:
+        with pytest.raises(TypeError):
+            openai_llm(fake).chat(HELLO, not_an_argument=1)
+    assert len(ns.cost_events().data) == 1  # the timed-out call only
+
+
 @pytest.mark.parametrize("configured_by", ["arguments", "environment"])
 def test_server_mode_configured_by_arguments_or_the_environment(
     server: RunningServer,
@@ -566,23 +594,16 @@ def test_embedded_mode_with_the_budgets_declared_in_code(
 
 
 class ThreadWatchingNullSpend(NullSpend):
-    """A server client that notes the thread of each reserve, settle and release."""
+    """A server client that notes the thread of each reserve, settle and release it sends."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.threads: list[int] = []
 
-    def reserve(self, *args: Any, **kwargs: Any) -> Any:
-        self.threads.append(threading.get_ident())
-        return super().reserve(*args, **kwargs)
-
-    def settle(self, *args: Any, **kwargs: Any) -> Any:
-        self.threads.append(threading.get_ident())
-        return super().settle(*args, **kwargs)
-
-    def release(self, *args: Any, **kwargs: Any) -> Any:
-        self.threads.append(threading.get_ident())
-        return super().release(*args, **kwargs)
+    def _attempt(self, call: Any) -> Any:
+        if call.path.startswith("/api/reservations"):
+            self.threads.append(threading.get_ident())
+        return super()._attempt(call)
 
 
 def test_async_calls_never_wait_on_the_server_on_the_event_loop(

@@ -306,3 +306,19 @@ def test_an_answer_that_is_not_nullspends_is_no_answer() -> None:
         pytest.raises(ConnectionFailedError, match="not NullSpend's answer"),
     ):
         ns.reserve(10)
+
+
+def test_work_sent_on_the_callers_thread_is_tried_as_the_callers_own() -> None:
+    """Background work is tried for minutes (a server's restart); sent on the caller's thread
+    (the queue full), it was too: a sync caller stalled 146 s on a server that was down. The
+    caller's thread runs the caller's own, shorter, version."""
+    gate = threading.Event()
+    ran: list[str] = []
+    queue = Background(max_queue=1)
+    queue.submit(lambda: gate.wait(10), "holding the thread")
+    queue.submit(lambda: ran.append("queued"), "filling the queue")
+    queue.submit(lambda: ran.append("background"), "settling", inline=lambda: ran.append("inline"))
+    assert ran == ["inline"]
+    gate.set()
+    assert queue.flush(10)
+    assert ran == ["inline", "queued"]

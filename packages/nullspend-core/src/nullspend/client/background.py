@@ -43,16 +43,23 @@ class Background:
     def pending(self) -> int:
         return self._queue.unfinished_tasks
 
-    def submit(self, work: Callable[[], object], description: str) -> None:
+    def submit(
+        self,
+        work: Callable[[], object],
+        description: str,
+        inline: Callable[[], object] | None = None,
+    ) -> None:
         """Run ``work`` on the background thread; ``description`` names it in a failure's log.
         With the queue full, on the caller's thread (never dropped: a lost settle would be
         charged at its estimate), unless that thread must never wait: an event loop's (an
         ``AsyncNullSpend``'s caller, or a sync client's called from async code, as the LlamaIndex
-        gate settles). Then the queue grows, with a warning at every ``max_queue``."""
+        gate settles). Then the queue grows, with a warning at every ``max_queue``. ``inline``
+        is what the caller's thread runs in ``work``'s place (the caller's own retries, not the
+        background thread's longer ones)."""
         waiting = self._queue.qsize()
         if waiting >= self._max_queue:
             if self._caller_may_wait and asyncio._get_running_loop() is None:
-                attempt(work, description)
+                attempt(inline or work, description)
                 return
             if waiting % self._max_queue == 0:
                 log.warning(

@@ -93,11 +93,24 @@ class NullSpend(TrackedClients):
                     raise
             time.sleep(wait)
 
-    def _send_later(self, call: calls.Call[Any]) -> None:
-        """``_send`` for the background thread, which no caller waits on: tried for longer
-        (``calls.BACKGROUND_RETRIES``), so a server restart does not turn an answered call
-        into an estimate charged at its reservation's expiry."""
-        self._send(call, calls.Tries(calls.BACKGROUND_RETRIES))
+    def _later(
+        self, call: calls.Call[Any], description: str, missing_ok: type[Exception] | None = None
+    ) -> None:
+        """Send ``call`` from the background thread, which no caller waits on: tried for longer
+        (``calls.BACKGROUND_RETRIES``), so a server restart does not turn an answered call into
+        an estimate charged at its reservation's expiry. Sent on the caller's thread instead
+        (the queue full), with the caller's own retries. ``missing_ok``: an error that is no
+        failure."""
+
+        def send(retries: int) -> None:
+            with contextlib.suppress(*((missing_ok,) if missing_ok else ())):
+                self._send(call, calls.Tries(retries))
+
+        self._background.submit(
+            functools.partial(send, calls.BACKGROUND_RETRIES),
+            description,
+            inline=functools.partial(send, self.max_retries),
+        )
 
     def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
@@ -157,31 +170,23 @@ class NullSpend(TrackedClients):
 
     def extend_later(self, reservation_id: str) -> None:
         """``extend`` from the background thread, as ``settle_later``."""
-        work = functools.partial(self._send_later, calls.extend(reservation_id))
-        self._background.submit(work, f"extending {reservation_id}")
+        self._later(calls.extend(reservation_id), f"extending {reservation_id}")
 
     def settle_later(self, reservation_id: str, **options: Unpack[calls.SettleOptions]) -> None:
         """``settle`` from a background thread, returning at once: how the integrations settle,
         so a call's answer never waits on NullSpend. Never raises: a failure is logged (the
         reservation then expires). Reads on this client (``cost_events``, ``budget_status``)
         wait for what is queued first."""
-        work = functools.partial(self._send_later, calls.settle(reservation_id, **options))
-        self._background.submit(work, f"settling {reservation_id}")
+        self._later(calls.settle(reservation_id, **options), f"settling {reservation_id}")
 
     def release_later(self, reservation_id: str) -> None:
         """``release`` from the background thread, as ``settle_later``."""
-        work = functools.partial(self._send_later, calls.release(reservation_id))
-        self._background.submit(work, f"releasing {reservation_id}")
+        self._later(calls.release(reservation_id), f"releasing {reservation_id}")
 
     def _release_if_made_later(self, reservation_id: str) -> None:
         """``release_later`` for a reserve whose outcome is unknown: not found means it was
         never made, which is no failure."""
-
-        def release() -> None:
-            with contextlib.suppress(NotFoundError):
-                self._send_later(calls.release(reservation_id))
-
-        self._background.submit(release, f"releasing {reservation_id}")
+        self._later(calls.release(reservation_id), f"releasing {reservation_id}", NotFoundError)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until what ``settle_later`` and ``release_later`` queued has been sent; False

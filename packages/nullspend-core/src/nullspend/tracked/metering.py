@@ -116,6 +116,7 @@ _NOT_SENT = frozenset(
         "LocalProtocolError",
         "WriteError",
         "WriteTimeout",
+        "HTTPStatusError",  # the provider answered, refusing: nothing billed
     }
 )
 _HTTP_MODULES = frozenset({"httpx", "httpx2", "httpcore"})
@@ -123,17 +124,20 @@ _HTTP_MODULES = frozenset({"httpx", "httpx2", "httpcore"})
 
 def may_have_been_taken(error: BaseException) -> bool:
     """Whether a provider call that failed with ``error`` (or an error it was raised from: a
-    provider SDK's timeout wraps httpx's) may have been taken by the provider, which then goes
-    on without the client and bills it: a cancellation, or an HTTP failure once the request was
-    all sent (a read timeout, a broken answer). Not: a failure before (no connection, a refused
-    write), nor any other error (the provider's refusal, a bad argument)."""
+    provider SDK's timeout wraps httpx's ``from`` it) may have been taken by the provider, which
+    then goes on without the client and bills it: a cancellation, or an HTTP failure once the
+    request was all sent (a read timeout, a broken answer). Not: a failure before (no
+    connection, a refused write), the provider's refusal (an error status), nor any other error
+    (a bad argument). Only explicit causes are followed: an error merely raised while another
+    was handled (a retry refused inside ``except APITimeoutError``, an SDK's status error raised
+    ``from None``) says nothing of this call."""
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, asyncio.CancelledError):
             return True
         if type(seen).__module__.partition(".")[0] in _HTTP_MODULES:
             return type(seen).__name__ not in _NOT_SENT
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     return False
 
 
