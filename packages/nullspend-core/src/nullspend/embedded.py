@@ -64,7 +64,7 @@ from nullspend.errors import (
     ValidationError,
     api_error,
 )
-from nullspend.limits import MAX_CALL_MICRODOLLARS, MAX_DURATION_MS, PRICED_ABOVE_A_CALL
+from nullspend.limits import BIGINT_MAX, MAX_CALL_MICRODOLLARS, MAX_DURATION_MS, PRICED_ABOVE_A_CALL
 from nullspend.policy import denials
 from nullspend.policy.budgets import POLICIES, Policy, admits, remaining
 from nullspend.policy.denials import Denial
@@ -80,7 +80,6 @@ EntityType = Literal["user", "customer", "tag"]
 # Which denial a call hears first when several budgets refuse it, as on the server.
 _ORDER = {"user": 0, "customer": 1, "tag": 2}
 RESERVATION_TTL = dt.timedelta(hours=1)
-_MOST = 2**63 - 1  # a budget's limit, as the server's BIGINT columns hold it
 EVENTS_KEPT = 10_000
 """How many of the latest cost events ``cost_events`` can read back (in memory and from a file)."""
 _NO_USAGE = Usage()
@@ -111,10 +110,10 @@ class LocalBudget:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
         if self.entity_type not in _ORDER:
             raise ValueError(f"entity_type must be one of {', '.join(_ORDER)}")
-        if error := _whole_error("limit_microdollars", self.limit_microdollars, _MOST):
+        if error := _whole_error("limit_microdollars", self.limit_microdollars, BIGINT_MAX):
             raise ValueError(error)
         if (session_limit := self.session_limit_microdollars) is not None:
-            if error := _whole_error("session_limit_microdollars", session_limit, _MOST):
+            if error := _whole_error("session_limit_microdollars", session_limit, BIGINT_MAX):
                 raise ValueError(error)
             if session_limit == 0:
                 raise ValueError("session_limit_microdollars must be positive (None: no limit)")
@@ -888,6 +887,11 @@ class AsyncLocalNullSpend(AsyncTrackedClients):
         reservation_ttl: dt.timedelta = RESERVATION_TTL,
     ) -> None:
         self.engine = LocalNullSpend(budgets, path=path, reservation_ttl=reservation_ttl)
+
+    @property
+    def sync_client(self) -> LocalNullSpend:
+        """The engine, for code on a thread of its own, as ``AsyncNullSpend.sync_client``."""
+        return self.engine
 
     async def __aenter__(self) -> AsyncLocalNullSpend:
         return self

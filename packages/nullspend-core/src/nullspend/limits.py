@@ -7,6 +7,8 @@ stay far from overflowing them (9,223 calls at this most). A call's duration fit
 column it is kept in.
 """
 
+BIGINT_MAX = 2**63 - 1
+"""The most a BIGINT column holds: a budget's limit, a token count."""
 MAX_CALL_MICRODOLLARS = 10**15
 MAX_DURATION_MS = 2**31 - 1
 PRICED_ABOVE_A_CALL = f"the usage prices above one call's most, {MAX_CALL_MICRODOLLARS} µ$"

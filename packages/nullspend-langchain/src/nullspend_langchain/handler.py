@@ -30,15 +30,22 @@ from nullspend.client import NullSpend
 from nullspend.client.renewal import Renewal
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
-from nullspend.pricing import default_catalog
 from nullspend.pricing.estimate import (
     MESSAGE_FRAMING_TOKENS,
     estimate_call,
     estimate_input_tokens,
+    served_by_anthropic,
 )
 from nullspend.tracked.metering import settlement
 from nullspend.usage import Usage
-from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, format_of
+from nullspend.wire import (
+    ANTHROPIC_MESSAGES,
+    NO_READING,
+    OPENAI_CHAT,
+    OPENAI_RESPONSES,
+    Reading,
+    format_of,
+)
 from nullspend.wire.media import media_of
 from nullspend.wire.openai_responses import web_search_calls
 from nullspend_langchain.usage import reading_from_metadata
@@ -50,7 +57,6 @@ _NO_USAGE = Usage()
 # What _reading answers for an answer LangChain took from its cache: no provider call was made.
 _CACHE_HIT = Reading(_NO_USAGE, None)
 # What a call that reported no usage is read as: it is charged its estimate.
-_NO_READING = Reading(None, None)
 # One encoder for every estimate: json.dumps(default=...) would build a new one per call.
 _encode_json = json.JSONEncoder(default=str).encode
 
@@ -79,7 +85,6 @@ class _Open:
     parent: UUID | None
     task: asyncio.Task[Any] | None
     """The asyncio task the call started in, when the handler runs on the event loop."""
-    streamed: bool = False
     read_by_caller: bool = False
     """A stream the caller reads (``astream``), which may go on after its task moved on (handed
     to another task, or read while the task makes other calls); not one LangChain reads itself
@@ -223,7 +228,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # (and its own tools' definitions) to a call that sends tools: none of it is text here.
         # Claude adds it wherever it is served (Bedrock, Vertex, a gateway): read by the model.
         input_tokens = estimate_input_tokens(raw) + MESSAGE_FRAMING_TOKENS * len(text)
-        if tools and (provider == "anthropic" or _served_by_anthropic(model)):
+        if tools and served_by_anthropic(provider, model):
             input_tokens += ANTHROPIC_MESSAGES.hidden_input_tokens(request)
         estimate = estimate_call(
             model,
@@ -285,7 +290,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # Its run cancelled while it reserved (server mode): the call will never be made.
             cancelled = self._cancelled and parent_run_id in self._cancelled
             if cancelled and self._open.pop(run_id, None) is not None:
-                self._abandon([call], sent=False)
+                self.client.release_later(reservation_id)  # never sent
         else:
             with self._lock:  # a sibling's denial and this store are one step
                 if (sibling_refused := self._denial_of(batch, params)) is not None:
@@ -346,19 +351,17 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         picked = [run for run, call in candidates if which(call)]
         return [call for run in picked if (call := open_calls.pop(run, None)) is not None]
 
-    def _abandon(self, calls: Iterable[_Open], *, sent: bool = True) -> None:
+    def _abandon(self, calls: Iterable[_Open]) -> None:
         """End calls LangChain will never end (cancelled in flight): a stream that had started
         is charged the usage its chunks reported; any other call its estimate, as the proxy
         charges a call its client left: its request may have been answered and billed (a
         LangGraph branch cancelled because another failed, or was denied, after the provider
-        answered it). A call whose request was never ``sent`` is released."""
+        answered it)."""
         for call in calls:
-            if not sent:
-                self.client.release_later(call.reservation_id)
-            elif call.usage_seen:
+            if call.usage_seen:
                 self._settle(call, reading_from_metadata(call.usage_seen, cache_ttl=call.cache_ttl))
             else:
-                self._settle(call, _NO_READING)
+                self._settle(call, NO_READING)
 
     def _deny_batch(self, batch: _Batch, params: object, refused: Exception) -> None:
         """Release the reservations of a refused prompt's siblings (the model is not called),
@@ -491,7 +494,6 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             if (renewal := call.renewal) is None:  # its first token
                 if call.task is not None:
                     call.read_by_caller = _read_by_caller()
-                call.streamed = True
                 renewal = call.renewal = Renewal(self.client, call.reservation_id, call.started)
             renewal.heard()
             # Kept for a stream ended without its end heard (_abandon): its usage may have come.
@@ -513,7 +515,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 "estimate",
                 stacklevel=2,
             )
-            reading = Reading(None, None)
+            reading = NO_READING
         if reading is _CACHE_HIT:
             self.client.release_later(call.reservation_id)
             return
@@ -533,7 +535,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             )
             usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
             reading = dataclasses.replace(reading, usage=usage)
-        if usage is None and call.streamed:
+        if usage is None and call.renewal is not None:
             warnings.warn(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
                 "Models with a custom base_url report stream usage only with stream_usage=True",
@@ -568,7 +570,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
                 self._open.pop(run_id, None)
             self._settle(call, answered)
             return
-        if call.streamed:
+        if call.renewal is not None:  # streamed
             partial = kwargs.get("response")
             self.on_llm_end(
                 partial if isinstance(partial, LLMResult) else LLMResult(generations=[]),
@@ -587,7 +589,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             siblings = self._take(lambda call: call.batch == failed.batch and call is not failed)
         for call in siblings:
             if call.started < failed.started:
-                self._settle(call, _NO_READING)
+                self._settle(call, NO_READING)
             else:
                 self.client.release_later(call.reservation_id)
 
@@ -682,12 +684,6 @@ def _web_searches(message: BaseMessage) -> int:
     return anthropic_searches + web_search_calls(openai_calls)
 
 
-def _served_by_anthropic(model: str | None) -> bool:
-    """A Claude model, by the catalog (which reads Bedrock's and Vertex's ids too)."""
-    priced = default_catalog().resolve(model) if model else None
-    return priced is not None and priced.provider == "anthropic"
-
-
 def _web_searches_allowed(request: Mapping[str, Any]) -> int:
     return ANTHROPIC_MESSAGES.requested_web_searches(
         request
@@ -732,7 +728,7 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                     if not (metadata.get("input_tokens") or metadata.get("output_tokens")):
                         # No event carried usage (an Anthropic-compatible server's stream):
                         # LangChain's zeros are not a call that cost nothing.
-                        return _NO_READING
+                        return NO_READING
                     # Only an answer in content blocks can hold a server tool's searches.
                     searches = _web_searches(message) if type(message.content) is list else 0
                     return reading_from_metadata(
@@ -749,4 +745,4 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
         return Reading(Usage(input_tokens=prompt, output_tokens=completion), model)
     if batched and output.get("token_usage") == {}:
         return Reading(_NO_USAGE, output.get("model_name") or output.get("model"))
-    return _NO_READING
+    return NO_READING

@@ -42,6 +42,7 @@ from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, may_have_been_taken, settlement
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
+    NO_READING,
     OPENAI_CHAT,
     OPENAI_RESPONSES,
     Reading,
@@ -104,7 +105,7 @@ class _Call:
         self.done = True
         reading = self.heard.finish() if self.heard is not None else _reading(self.wire, self.raw)
         options = settlement(
-            reading or Reading(None, None),
+            reading or NO_READING,
             estimate_microdollars=self.estimate_microdollars,
             model=self.model,
             provider=self.wire.provider,
@@ -175,7 +176,7 @@ class _Unread:
         pass
 
     def finish(self) -> Reading:
-        return Reading(None, None)
+        return NO_READING
 
 
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(

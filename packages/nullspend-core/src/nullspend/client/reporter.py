@@ -14,7 +14,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from nullspend.client import processes
 from nullspend.client.calls import wait_before_retry
@@ -187,20 +187,14 @@ class CostReporter:
 
 def _synchronous(client: BatchRecorder | AsyncNullSpend | AsyncLocalNullSpend) -> BatchRecorder:
     """What the reporter's thread sends with: no thread awaits an asyncio client's
-    ``report_batch``, so its synchronous twin."""
-    from nullspend.client.aio import AsyncNullSpend  # here: both modules import this one
-    from nullspend.embedded import AsyncLocalNullSpend
-
-    if isinstance(client, AsyncNullSpend):
-        return client.sync_client
-    if isinstance(client, AsyncLocalNullSpend):
-        return client.engine
-    if inspect.iscoroutinefunction(client.report_batch):
+    ``report_batch``, so its synchronous twin (``sync_client``)."""
+    sync = cast(BatchRecorder, getattr(client, "sync_client", client))
+    if inspect.iscoroutinefunction(sync.report_batch):
         raise TypeError(
             f"a CostReporter sends from a thread of its own, which cannot await "
-            f"{type(client).__name__}.report_batch: give it a synchronous client"
+            f"{type(sync).__name__}.report_batch: give it a synchronous client"
         )
-    return client
+    return sync
 
 
 def _begin_all_in_child() -> None:

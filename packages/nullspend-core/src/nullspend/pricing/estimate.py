@@ -189,7 +189,13 @@ def _format_of(body: Mapping[str, Any], provider: str | None, model: object) -> 
         return GEMINI
     if "input" in body:
         return OPENAI_RESPONSES
+    return ANTHROPIC_MESSAGES if served_by_anthropic(provider, model) else OPENAI_CHAT
+
+
+def served_by_anthropic(provider: str | None, model: object) -> bool:
+    """Anthropic's provider, or a Claude model by the catalog (which reads Bedrock's and
+    Vertex's ids too), wherever it is served."""
+    if provider == "anthropic":
+        return True
     priced = default_catalog().resolve(model) if isinstance(model, str) and model else None
-    if provider == "anthropic" or (priced is not None and priced.provider == "anthropic"):
-        return ANTHROPIC_MESSAGES
-    return OPENAI_CHAT
+    return priced is not None and priced.provider == "anthropic"

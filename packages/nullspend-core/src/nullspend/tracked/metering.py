@@ -16,7 +16,14 @@ from nullspend.errors import UnmeteredRouteError
 from nullspend.money import picodollars_to_microdollars
 from nullspend.pricing import default_catalog, estimate_request, total_picodollars
 from nullspend.usage import Usage
-from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
+from nullspend.wire import (
+    ANTHROPIC_MESSAGES,
+    NO_READING,
+    OPENAI_CHAT,
+    OPENAI_RESPONSES,
+    Reading,
+    WireFormat,
+)
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 
 Routes = tuple[tuple[str, WireFormat], ...]
@@ -207,8 +214,8 @@ class Metered:
         try:
             parsed = json.loads(content)
         except ValueError:
-            return Reading(None, None)
-        return self.wire.read_response(parsed) if isinstance(parsed, dict) else Reading(None, None)
+            return NO_READING
+        return self.wire.read_response(parsed) if isinstance(parsed, dict) else NO_READING
 
     def settlement(self, reading: Reading) -> dict[str, Any]:
         return settlement(

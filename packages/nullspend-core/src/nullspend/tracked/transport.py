@@ -26,14 +26,13 @@ from nullspend.tracked.metering import (
     spends_unpriced,
     unmetered_route_error,
 )
-from nullspend.wire import Reading
+from nullspend.wire import NO_READING, Reading
 from nullspend.wire.base import StreamAccumulator
 
 if TYPE_CHECKING:
     from nullspend.client.aio import AsyncNullSpend
     from nullspend.client.sync import NullSpend
 
-_NO_READING = Reading(None, None)
 RaiseAs = Callable[[ApiError], Exception]
 """Turns a NullSpend error into what the provider SDK lets through unwrapped (see providers)."""
 Settle = Callable[[Metered, Reading], None]
@@ -99,7 +98,7 @@ class _Metering:
         estimate (the provider goes on without the client, and bills), as the proxy charges a
         call its client left."""
         if may_have_been_taken(error):
-            self._settle(metered, _NO_READING)
+            self._settle(metered, NO_READING)
         else:
             self._release(metered)
 
@@ -152,7 +151,7 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
             try:
                 content = response.read()
             except BaseException:  # the provider answered: it bills, whatever reached us
-                self._settle(metered, _NO_READING)
+                self._settle(metered, NO_READING)
                 raise
             self._settle(metered, metered.reading_of(content))
         return response
@@ -206,7 +205,7 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
             try:
                 content = await response.aread()
             except BaseException:
-                self._settle(metered, _NO_READING)
+                self._settle(metered, NO_READING)
                 raise
             self._settle(metered, metered.reading_of(content))
         return response

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nullspend.wire.anthropic_messages import ANTHROPIC_MESSAGES
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator, WireFormat
+from nullspend.wire.base import NO_READING, JSONObject, Reading, StreamAccumulator, WireFormat
 from nullspend.wire.gemini import GEMINI
 from nullspend.wire.openai_chat import OPENAI_CHAT
 from nullspend.wire.openai_responses import OPENAI_RESPONSES
@@ -17,6 +17,7 @@ __all__ = [
     "ANTHROPIC_MESSAGES",
     "FORMATS",
     "GEMINI",
+    "NO_READING",
     "OPENAI_CHAT",
     "OPENAI_RESPONSES",
     "JSONObject",

@@ -46,6 +46,10 @@ class Reading:
     service_tier: str | None = None
 
 
+NO_READING = Reading(None, None)
+"""A response that said nothing of its cost: charged its estimate. Shared, never changed."""
+
+
 class StreamAccumulator(Protocol):
     """Consumes a response's raw SSE bytes, in any split, and yields the final reading."""
 

@@ -20,7 +20,7 @@ from nullspend.attribution import (
     tag_errors,
     unstorable,
 )
-from nullspend.limits import MAX_CALL_MICRODOLLARS, MAX_DURATION_MS
+from nullspend.limits import BIGINT_MAX, MAX_CALL_MICRODOLLARS, MAX_DURATION_MS
 
 
 class ApiModel(BaseModel):
@@ -62,7 +62,6 @@ def _valid_session(session_id: str) -> str:
 
 
 # Strict: "5" or 5.0 is a type error, not silently an amount; bounded to the BIGINT columns.
-BIGINT_MAX = 2**63 - 1
 Microdollars = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
 TokenCount = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX)]
 CallMicrodollars = Annotated[int, Field(strict=True, ge=0, le=MAX_CALL_MICRODOLLARS)]

@@ -30,7 +30,14 @@ from nullspend.attribution import (
 from nullspend.errors import ErrorCode
 from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
-from nullspend.wire import ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES, Reading, WireFormat
+from nullspend.wire import (
+    ANTHROPIC_MESSAGES,
+    NO_READING,
+    OPENAI_CHAT,
+    OPENAI_RESPONSES,
+    Reading,
+    WireFormat,
+)
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 from nullspend_server.auth import Principal, presented_key, principal_for
 from nullspend_server.db.database import STORAGE_ERRORS
@@ -372,9 +379,9 @@ def _upstream_failed(request: Incoming, call: Call, engine: Engine, what: str) -
 def _reading(wire: WireFormat, content: bytes) -> Reading:
     try:
         body = json.loads(content)
-        return wire.read_response(body) if isinstance(body, dict) else Reading(None, None)
+        return wire.read_response(body) if isinstance(body, dict) else NO_READING
     except ValueError:
-        return Reading(None, None)
+        return NO_READING
 
 
 def _settlement(
