@@ -475,14 +475,15 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         {"previous_response_id": getattr(llm, "_previous_response_id", None), **sent}
     )
     request = {**sent, "tools": _tool_specs(llm, sent)}
+    media, files_size = _blocks(prompt)
     estimate = estimate_call(
         model,
         # Anthropic bills a system prompt of its own for a call that sends tools.
         estimate_input_tokens(text.encode())
-        + -(-_files_size(prompt) // 3)
+        + -(-files_size // 3)
         + wire.hidden_input_tokens(request),
         cap if isinstance(cap, int) else None,
-        media=_media(prompt),
+        media=media,
         choices=wire.requested_choices(sent),  # OpenAI's n: each completion is billed
         stored_context=stored,
         cache_ttl=_cache_ttl(llm, prompt, request) if wire is ANTHROPIC_MESSAGES else None,
@@ -625,44 +626,30 @@ def _tool_specs(llm: Any, sent: Mapping[str, Any]) -> list[Any]:
     return specs + given if isinstance(given, list) else specs
 
 
-def _media(prompt: Any) -> Media | None:
-    """The images in a prompt's blocks and the documents they name by URL (``wire.media``): an
-    image is billed by its pixels, not by the bytes its block prints as in the prompt's text,
-    and a document by its content, which that text does not hold."""
-    media = Media()
+def _blocks(prompt: Any) -> tuple[Media | None, int]:
+    """What a prompt's blocks hold that its text does not show as billed (``wire.media``): its
+    images (billed by their pixels, not by the bytes a block prints as) and the documents it
+    names by URL (billed by their content); and the bytes the files it names by path (a
+    document, audio, video) go out as, base64-encoded, read from disk only when the call is
+    sent."""
+    media, size = Media(), 0
     for message in prompt if isinstance(prompt, list) else ():
         for block in getattr(message, "blocks", ()):
             kind = getattr(block, "block_type", None)
+            path = getattr(block, "path", None)
             if kind == "image":
                 media.images += 1
                 media.image_bytes += len(repr(block).encode())
-            elif kind == "document" and not any(getattr(block, f, None) for f in _CARRIED):
+            elif any(getattr(block, f, None) for f in _INLINE_FIELDS):
+                continue  # its content is in the text
+            elif path is not None:
+                try:
+                    size += -(-os.path.getsize(path) // 3) * 4
+                except (OSError, TypeError, ValueError):
+                    continue  # LlamaIndex will fail to read it too: the call is not sent
+            elif kind == "document":
                 media.named_files += 1
-    return media if media.images or media.named_files else None
-
-
-_CARRIED = ("data", "path")
-
-
-def _files_size(prompt: Any) -> int:
-    """The bytes the documents (and audio, video) a prompt's blocks name by path go out as,
-    base64-encoded, read from disk only when the call is sent: its text shows only the path.
-    Images are counted apart (``_media``)."""
-    size = 0
-    for message in prompt if isinstance(prompt, list) else ():
-        for block in getattr(message, "blocks", ()):
-            path = getattr(block, "path", None)
-            if (
-                path is None
-                or getattr(block, "block_type", None) == "image"
-                or any(getattr(block, f, None) for f in _INLINE_FIELDS)
-            ):
-                continue
-            try:
-                size += -(-os.path.getsize(path) // 3) * 4
-            except (OSError, TypeError, ValueError):
-                continue  # LlamaIndex will fail to read it too: the call is not sent
-    return size
+    return (media if media.images or media.named_files else None), size
 
 
 _INLINE_FIELDS = ("image", "data", "audio", "video")
