@@ -72,6 +72,43 @@ def test_default_tags_merge_under_event_tags(server: RunningServer) -> None:
     assert event["tags"] == {"team": "ml", "env": "staging"}
 
 
+def test_reported_calls_count_against_their_budgets_and_session(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    """A reported call counts against the budgets its key, customer and tags fall under, and
+    in its session, as a settled one does (and as embedded mode counts it). The server recorded
+    it and counted nothing: an app that reports its calls was capped in a notebook and never
+    in production."""
+
+    def new_budget(**fields: Any) -> str:
+        created = admin.post("/api/budgets", json={"limitMicrodollars": 10_000, **fields})
+        assert created.status_code == 201, created.text
+        return str(created.json()["data"]["id"])
+
+    def spend(budget_id: str) -> int:
+        return int(admin.get(f"/api/budgets/{budget_id}").json()["data"]["spendMicrodollars"])
+
+    total = new_budget(entityType="user", sessionLimitMicrodollars=5_000)
+    acme = new_budget(entityType="customer", entityId="acme")
+    ml = new_budget(entityType="tag", entityId="team=ml")
+    as_tag = new_budget(entityType="tag", entityId="customer=acme")
+    other = new_budget(entityType="customer", entityId="globex")
+    assert ingest(admin, customer="acme", sessionId="s-1").status_code == 201  # 3,500
+    batch = [{**EVENT, "tags": {"team": "ml"}, "sessionId": "s-1"}, {**EVENT, "customer": "acme"}]
+    assert admin.post("/api/cost-events/batch", json={"events": batch}).status_code == 201
+    spent = {name: spend(b) for name, b in [("total", total), ("acme", acme), ("ml", ml)]}
+    assert spent == {"total": 10_500, "acme": 7_000, "ml": 3_500}
+    assert (spend(as_tag), spend(other)) == (7_000, 0)
+    # 10,500 reported in all, 7,000 of it in session s-1: over the total, at the session limit
+    assert admin.post("/api/cost-events", json=EVENT).status_code == 201  # never refused
+    refused = admin.post("/api/reservations", json={"estimateMicrodollars": 1})
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    admin.patch(f"/api/budgets/{total}", json={"limitMicrodollars": 10**9})
+    in_session = {"estimateMicrodollars": 1, "sessionId": "s-1"}
+    refused = admin.post("/api/reservations", json=in_session)
+    assert refused.json()["error"]["details"]["session_spend_microdollars"] == 7_000
+
+
 def test_idempotency_key(admin: httpx.Client) -> None:
     headers = {"Idempotency-Key": "retry-1"}
     first = admin.post("/api/cost-events", json=EVENT, headers=headers)

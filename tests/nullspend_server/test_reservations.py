@@ -213,6 +213,38 @@ def test_session_limit(admin: httpx.Client) -> None:
     assert reserve(admin, 7_000, sessionId="agent-run-1").status_code == 201
 
 
+def test_a_session_counts_its_calls_outside_the_limited_budget(
+    admin: httpx.Client, server: RunningServer
+) -> None:
+    """Customer acme's budget caps a session at 5,000; the same session also makes a call for no
+    customer. Its settle took its estimate out of the session's reserved amount, which its
+    reserve had never added (no session limit applied to it): reserved went to -100,000 and
+    acme's calls in the session were admitted past the limit (51,000 spent against 5,000).
+    Every call made in a session now counts in the session's spend, as in embedded mode."""
+    org_budget(admin, 10**9)
+    budget(
+        admin,
+        entityType="customer",
+        entityId="acme",
+        limitMicrodollars=10**9,
+        sessionLimitMicrodollars=5_000,
+    )
+    held = reserve(admin, 1_000, customer="acme", sessionId="s").json()["data"]["reservationId"]
+    other = reserve(admin, 100_000, sessionId="s").json()["data"]["reservationId"]
+    denied = reserve(admin, 1_000, customer="acme", sessionId="s")  # the other call is held
+    assert denied.json()["error"]["code"] == "session_limit_exceeded"
+    admin.post(f"/api/reservations/{other}/settle", json={"costMicrodollars": 0})
+    admin.post(f"/api/reservations/{held}/settle", json={"costMicrodollars": 1_000})
+    assert rows(
+        server.database_url, "SELECT spend_microdollars, reserved_microdollars FROM session_spend"
+    ) == [{"spend_microdollars": 1_000, "reserved_microdollars": 0}]
+    admitted = 1
+    while reserve(admin, 1_000, customer="acme", sessionId="s").status_code == 201:
+        admitted += 1
+        assert admitted <= 5, "the session limit did not hold"
+    assert admitted == 5
+
+
 def test_velocity_trips_a_cooldown_with_retry_after(admin: httpx.Client) -> None:
     org_budget(admin, 10**9, velocityLimitMicrodollars=2_500, windowSeconds=60, cooldownSeconds=30)
     assert reserve(admin, 1_000).status_code == 201

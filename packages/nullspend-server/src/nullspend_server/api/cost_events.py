@@ -45,6 +45,7 @@ from nullspend_server.auth import Member, Principal, Session, Viewer, WriteSessi
 from nullspend_server.cost_events import event_columns, record_cost_events
 from nullspend_server.db.database import Database
 from nullspend_server.db.tables import CostEvent, utcnow
+from nullspend_server.engine.reported import count_reported
 from nullspend_server.errors import ApiError
 from nullspend_server.ids import new_id
 
@@ -173,6 +174,14 @@ def _event(
     )
 
 
+async def _record(session: AsyncSession, principal: Principal, events: list[CostEvent]) -> None:
+    """Record reported calls and count them against their budgets, all or none."""
+    db = await session.connection()
+    await record_cost_events(db, [event_columns(e) for e in events])
+    await count_reported(db, principal.org_id, principal.key_id, events, events[0].created_at)
+    await session.commit()
+
+
 def _invalid(message: str, details: dict[str, Any] | None = None) -> ApiError:
     return ApiError(ErrorCode.VALIDATION_ERROR, message, details)
 
@@ -219,8 +228,7 @@ async def ingest(
         raise _invalid(str(error), {"model": body.model}) from None
     event = _event(principal, body, cost, utcnow(), idempotency_key, request_hash)
     try:
-        await record_cost_events(session, [event_columns(event)])
-        await session.commit()
+        await _record(session, principal, [event])
     except IntegrityError:  # the same key raced in from a concurrent retry
         await session.rollback()
         assert idempotency_key is not None
@@ -273,8 +281,7 @@ async def ingest_batch(
         for i, (e, c) in enumerate(zip(body.events, costs, strict=True))
     ]
     try:
-        await record_cost_events(session, [event_columns(e) for e in events])
-        await session.commit()
+        await _record(session, principal, events)
     except IntegrityError:  # the same key raced in from a concurrent retry
         await session.rollback()
         assert idempotency_key is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, fields
 
-from sqlalchemy import BigInteger, String, and_, bindparam, or_, select
+from sqlalchemy import BigInteger, BindParameter, String, and_, bindparam, or_, select
 
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import BUDGETS
@@ -43,13 +43,14 @@ class BudgetState:
 
 _STATE = select(*(BUDGETS.c[f.name] for f in fields(BudgetState)))
 _entity_type, _entity_id = BUDGETS.c.entity_type, BUDGETS.c.entity_id
+_customers: BindParameter[str] = bindparam("customers", expanding=True)
 _MATCHING = (
     _STATE.where(
         BUDGETS.c.org_id == bindparam("org_id", type_=String),
         or_(
             and_(_entity_type == "user", _entity_id == bindparam("org_id")),
             and_(_entity_type == "api_key", _entity_id == bindparam("api_key_id", type_=String)),
-            and_(_entity_type == "customer", _entity_id == bindparam("customer", type_=String)),
+            and_(_entity_type == "customer", _entity_id.in_(_customers)),
             and_(_entity_type == "tag", _entity_id.in_(bindparam("tag_entities", expanding=True))),
         ),
     )
@@ -86,16 +87,47 @@ async def lock_budgets(
     PostgreSQL locks the rows (FOR UPDATE) in a consistent order so concurrent requests queue
     instead of deadlocking; SQLite already holds the database write lock (BEGIN IMMEDIATE).
     """
+    return await lock_budgets_of_calls(db, org_id, api_key_id, [(customer, tags)])
+
+
+async def lock_budgets_of_calls(
+    db: Executor,
+    org_id: str,
+    api_key_id: str,
+    calls: list[tuple[str | None, dict[str, str]]],
+) -> list[BudgetState]:
+    """``lock_budgets`` for several calls' (customer, tags) at once: one statement, so the rows
+    are locked in one id order whatever the calls."""
     rows = await db.execute(
         _MATCHING,
         {
             "org_id": org_id,
             "api_key_id": api_key_id,
-            "customer": customer,
-            "tag_entities": [f"{k}={v}" for k, v in tags.items()],
+            "customers": list({customer for customer, _ in calls if customer}),
+            "tag_entities": list({e for _, tags in calls for e in tag_entities(tags)}),
         },
     )
     return [BudgetState(*row) for row in rows]
+
+
+def tag_entities(tags: dict[str, str]) -> list[str]:
+    """The entity ids of the tag budgets ``tags`` fall under."""
+    return [f"{k}={v}" for k, v in tags.items()]
+
+
+def applies(
+    budget: BudgetState, org_id: str, api_key_id: str, customer: str | None, tags: dict[str, str]
+) -> bool:
+    """Whether ``budget`` is one of those ``lock_budgets`` finds for this call."""
+    match budget.entity_type:
+        case "user":
+            return budget.entity_id == org_id
+        case "api_key":
+            return budget.entity_id == api_key_id
+        case "customer":
+            return budget.entity_id == customer
+        case _:
+            return budget.entity_id in tag_entities(tags)
 
 
 async def lock_budgets_by_id(db: Executor, ids: list[str]) -> list[BudgetState]:

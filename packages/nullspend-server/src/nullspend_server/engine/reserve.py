@@ -136,12 +136,13 @@ async def reserve(
     budgets = await lock_budgets(db, principal.org_id, principal.key_id, request.customer, tags)
     await reset_due_periods(db, budgets, now)
 
-    session_limits = [b.session_limit_microdollars for b in budgets if b.session_limit_microdollars]
-    if request.session_id and session_limits:
+    # A session's spend counts every call made in it, whichever budgets the call falls under:
+    # settling one moves its estimate out of the session's reserved amount in every case.
+    if request.session_id:
         spend, reserved = await lock_session_spend(db, principal.org_id, request.session_id, now)
-        limit = min(session_limits)
-        if spend + reserved + estimate > limit:
-            return denials.session_limit_exceeded(request.session_id, spend, limit)
+        limits = [b.session_limit_microdollars for b in budgets if b.session_limit_microdollars]
+        if limits and spend + reserved + estimate > min(limits):
+            return denials.session_limit_exceeded(request.session_id, spend, min(limits))
 
     denial = _first_denial(budgets, estimate, now)
     if denial is not None:
@@ -154,7 +155,7 @@ async def reserve(
         if budget.velocity_limit_microdollars:
             budget.velocity_current_microdollars += estimate  # counted at the estimate
         await _save_reservation(db, budget, estimate)
-    if request.session_id and session_limits:
+    if request.session_id:
         await db.execute(
             CHANGE_SESSION_SPEND,
             {
