@@ -460,6 +460,32 @@ def test_revoked_key_is_refused_by_the_proxy_within_the_cache_time(proxy: Runnin
     assert refused.json()["error"]["code"] == "authentication_required"
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Authorization", "Bearer {key}"), ("x-api-key", "{key}")],
+)
+def test_a_nullspend_key_in_a_provider_credential_header_never_reaches_the_provider(
+    proxy: RunningServer, fake: tuple[str, Any], header: str, value: str
+) -> None:
+    """Authorization and x-api-key are forwarded to the provider: a NullSpend key there (an
+    OpenAI SDK given it as its api_key) was accepted from Bearer and sent on to the provider.
+    It is refused instead, alone or beside X-NullSpend-Key, before anything is forwarded."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    credential = {header: value.format(key=proxy.admin_key)}
+    for headers in (credential, {**credential, "X-NullSpend-Key": proxy.admin_key}):
+        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
+            refused = httpx.request(
+                method, f"{proxy.base_url}{path}", json=body, headers=headers, timeout=30
+            )
+            assert refused.status_code == 401
+            error = refused.json()["error"]
+            assert error["code"] == "authentication_required"
+            assert "X-NullSpend-Key" in error["message"]
+            assert error["details"] == {"header": header}
+    assert fake[1].state.requests == []
+    assert rows(proxy.database_url, "SELECT id FROM reservations") == []
+
+
 def test_a_stream_that_outlasts_the_reservation_ttl_is_charged_its_usage(
     database_url: str, fake: tuple[str, Any]
 ) -> None:

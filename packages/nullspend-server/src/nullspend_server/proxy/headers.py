@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nullspend.attribution import customer_error, session_error, tag_errors
+from nullspend.errors import ErrorCode
+from nullspend_server.errors import ApiError
+from nullspend_server.keys import KEY_PREFIX
 
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -39,6 +42,25 @@ NOT_RETURNED = frozenset(
         "content-encoding",
     }
 )
+
+
+# The provider's credentials: forwarded as the client sent them.
+PROVIDER_CREDENTIALS = ("Authorization", "x-api-key")
+
+
+def nullspend_key(headers: Mapping[str, str]) -> str | None:
+    """The NullSpend key a proxied request presents: X-NullSpend-Key alone. The provider's
+    credential headers go to the provider, so a NullSpend key in one of them is refused rather
+    than authenticated (or forwarded): the provider must never see it."""
+    for name in PROVIDER_CREDENTIALS:
+        if KEY_PREFIX in headers.get(name.lower(), ""):
+            raise ApiError(
+                ErrorCode.AUTHENTICATION_REQUIRED,
+                f"a NullSpend key in {name} would be forwarded to the provider: send it in"
+                f" X-NullSpend-Key, and the provider's key in {name}",
+                {"header": name},
+            )
+    return headers.get("x-nullspend-key")
 
 
 @dataclass

@@ -39,13 +39,14 @@ from nullspend.wire import (
     WireFormat,
 )
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
-from nullspend_server.auth import Principal, presented_key, principal_for
+from nullspend_server.auth import Principal, principal_for
 from nullspend_server.db.database import STORAGE_ERRORS
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
 from nullspend_server.errors import ApiError, denial_error, error_response_for
 from nullspend_server.proxy.headers import (
     NOT_RETURNED,
     Attribution,
+    nullspend_key,
     read_attribution,
     upstream_headers,
 )
@@ -167,7 +168,7 @@ async def proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
 async def proxy(request: Incoming) -> ASGIApp:
     started = time.perf_counter()
     route, method, settings = request.path, request.method, request.settings
-    key = presented_key(request.headers)
+    key = nullspend_key(request.headers)
     request.state.rate_limiter.enforce(key or "")
     principal = await principal_for(key, request.state.db, request.state.key_cache)
     if (method, route) in FREE:
