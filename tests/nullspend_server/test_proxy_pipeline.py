@@ -200,6 +200,47 @@ def test_budget_headers_name_the_tightest_budget(
         server.stop()
 
 
+def test_utf8_attribution_headers_are_read_as_sent(
+    database_url: str, fake: tuple[str, Any]
+) -> None:
+    """Clients (curl, Go, Node, Java) send a non-ASCII header value as UTF-8 bytes; read as
+    latin-1 they became other text, and a tag escaped its tag budget. Headers forwarded to the
+    provider keep their bytes too."""
+    server = serve(database_url, fake[0])
+    try:
+        with server.client() as admin:
+            admin.post(
+                "/api/budgets",
+                json={"entityType": "tag", "entityId": "team=café", "limitMicrodollars": 10**9},
+            ).raise_for_status()
+        response = httpx.post(
+            f"{server.base_url}/v1/messages",
+            json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+            headers={
+                "X-NullSpend-Key": server.admin_key,
+                "X-NullSpend-Tags": json.dumps({"team": "café"}, ensure_ascii=False).encode(),
+                "X-NullSpend-Session": "sesión-1".encode(),
+                "x-title": "naïve".encode(),
+            },
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert "X-NullSpend-Warning" not in response.headers
+        assert response.headers["X-NullSpend-Budget-Entity"] == "tag:team=caf%C3%A9"
+        # the echo is the client's own bytes
+        assert dict(response.headers.raw)[b"x-nullspend-session"] == "sesión-1".encode()
+        [event] = events(server)
+        assert event["session_id"] == "sesión-1"
+        tags = rows(database_url, "SELECT key, value FROM cost_event_tags")
+        assert {"key": "team", "value": "café"} in tags
+        # Starlette reads header bytes as latin-1: these are the bytes the client sent
+        assert fake[1].state.requests[-1]["headers"]["x-title"] == "naïve".encode().decode(
+            "latin-1"
+        )
+    finally:
+        server.stop()
+
+
 def test_stream_costs_are_exact_for_reasoning_and_long_context(
     database_url: str, fake: tuple[str, Any]
 ) -> None:

@@ -82,7 +82,11 @@ class Call:
 class Incoming:
     """A proxied request as the ASGI server handed it over, its headers decoded once into a
     dict (lower-case names; a repeated header keeps its first value). Lighter than Starlette's
-    ``Request``, whose header lookups scan the raw list each time."""
+    ``Request``, whose header lookups scan the raw list each time.
+
+    Values are read as UTF-8, as clients send non-ASCII text (a tag's value, say), as our
+    response headers are encoded and as aiohttp encodes what is forwarded; bytes that are not
+    UTF-8 are read as latin-1."""
 
     method: str
     path: str
@@ -95,7 +99,11 @@ class Incoming:
     def from_scope(cls, scope: Scope, receive: Receive) -> Incoming:
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            try:
+                text = value.decode()
+            except UnicodeDecodeError:
+                text = value.decode("latin-1")
+            headers.setdefault(name.decode("latin-1").lower(), text)
         path, query = scope["path"], scope["query_string"]
         return cls(scope["method"], path, query, headers, receive, scope["app"].state)
 
