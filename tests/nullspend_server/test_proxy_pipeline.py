@@ -8,6 +8,7 @@ import logging
 import socket
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,16 @@ import openai
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from nullspend_server.db.sqlite_direct import DirectSQLite
+from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer, fresh_database, start_server
 from tests.nullspend_server.dbtools import rows
-from tests.nullspend_server.test_proxy import events
+from tests.nullspend_server.test_proxy import event_estimate, events, tags_of
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20}
 
@@ -40,6 +46,17 @@ def post(
         headers={"X-NullSpend-Key": server.admin_key, **headers},
         timeout=30,
     )
+
+
+def scripted(path: str, answer: Callable[[], Response]) -> tuple[Starlette, list[bytes]]:
+    """An upstream that answers ``path`` with ``answer()``, and the raw bodies it was sent."""
+    bodies: list[bytes] = []
+
+    async def handle(request: Request) -> Response:
+        bodies.append(await request.body())
+        return answer()
+
+    return Starlette(routes=[Route(path, handle, methods=["POST"])]), bodies
 
 
 def test_upstream_override_only_from_the_allowlist(
@@ -110,6 +127,35 @@ def test_client_gone_before_its_body_arrived(
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         server.stop()
+
+
+def test_an_answer_broken_off_after_its_status_is_charged_its_estimate(
+    database_url: str,
+) -> None:
+    """The provider answered 200, then its (non-streamed) body broke off: it ran the call and
+    bills it. The proxy released it at $0; it now charges the estimate, as for a stream that
+    breaks off, and the client still hears 502."""
+
+    async def broken_off() -> AsyncIterator[bytes]:
+        yield b'{"id": "msg_1", "type": "message", "role": "assistant", '
+        raise ConnectionAbortedError("the upstream broke off")
+
+    upstream, _ = scripted(
+        "/v1/messages", lambda: StreamingResponse(broken_off(), media_type="application/json")
+    )
+    with serving(upstream) as base:
+        server = serve(database_url, base)
+        try:
+            message = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": []}
+            response = post(server, "/v1/messages", message)
+            assert response.status_code == 502
+            assert response.json()["error"]["code"] == "upstream_unavailable"
+            [event] = events(server)
+            assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(server, event).keys()
+            assert event["cost_microdollars"] == event_estimate(server, event) > 0
+            assert event["upstream_status"] == 200
+        finally:
+            server.stop()
 
 
 def test_unpriced_models_can_be_denied(database_url: str, fake: tuple[str, Any]) -> None:

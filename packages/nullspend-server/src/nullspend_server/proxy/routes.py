@@ -293,7 +293,11 @@ async def _priced(
         try:
             content = await _read_all(upstream)
         except UPSTREAM_ERRORS as error:
-            raise _upstream_failed(request, call, engine, f"broke off: {error!r}") from None
+            # After a 2xx status the provider ran the call and bills it: charged its estimate,
+            # as a stream that breaks off is.
+            ran = upstream.status < 300
+            spent = _settlement(call, NO_READING, upstream.status, ()) if ran else None
+            raise _upstream_failed(request, call, engine, f"broke off: {error!r}", spent) from None
     if upstream.status >= 300:  # the provider refused: pass it on, spend nothing
         engine.settle_later(principal.org_id, reservation_id, None)
         return Buffered(content, upstream.status, response_headers)
@@ -375,9 +379,12 @@ class StreamRelay:
         self.upstream.close()
 
 
-def _upstream_failed(request: Incoming, call: Call, engine: Engine, what: str) -> ApiError:
-    """The call failed before its answer was complete: nothing was spent, release the estimate."""
-    engine.settle_later(call.principal.org_id, call.reservation_id, None)
+def _upstream_failed(
+    request: Incoming, call: Call, engine: Engine, what: str, spent: Settlement | None = None
+) -> ApiError:
+    """The call failed before its answer was complete: settled as ``spent``, by default
+    nothing (the estimate is released)."""
+    engine.settle_later(call.principal.org_id, call.reservation_id, spent)
     return ApiError(
         ErrorCode.UPSTREAM_UNAVAILABLE,
         f"the upstream {what}",
