@@ -158,6 +158,80 @@ def test_an_answer_broken_off_after_its_status_is_charged_its_estimate(
             server.stop()
 
 
+def test_json_nested_past_the_parser_is_no_500(database_url: str, fake: tuple[str, Any]) -> None:
+    """Past its depth json.loads raises RecursionError, not ValueError: a request body nested
+    that deep answered 500. It is a validation error now; such tags are ignored as tags that are
+    not JSON are, and such an answer is recorded at the estimate as one without usage is."""
+    nested = b"[" * 5000 + b"]" * 5000
+    answer = Response(b'{"content": ' + nested + b"}", media_type="application/json")
+    upstream, _ = scripted("/v1/chat/completions", lambda: answer)
+    with serving(upstream) as base:
+        server = serve(database_url, fake[0], upstream_allowlist=[base])
+        try:
+            body = b'{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": ' + nested + b"}"
+            refused = httpx.post(
+                f"{server.base_url}/v1/messages",
+                content=body,
+                headers={"X-NullSpend-Key": server.admin_key},
+            )
+            assert refused.status_code == 400
+            assert refused.json()["error"] == {
+                "code": "validation_error",
+                "message": "the request body is nested too deeply to read",
+                "details": None,
+            }
+            assert fake[1].state.requests == []
+            message = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}
+            tagged = post(server, "/v1/messages", message, **{"X-NullSpend-Tags": "[" * 5000})
+            assert tagged.status_code == 200
+            assert "tags ignored" in tagged.headers["X-NullSpend-Warning"]
+            answered = post(server, **{"X-NullSpend-Upstream": base})
+            assert answered.status_code == 200
+            assert answered.content == answer.body
+            _, event = events(server)
+            assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(server, event).keys()
+        finally:
+            server.stop()
+
+
+def test_a_streamed_chat_asked_for_its_usage_is_forwarded_as_written(database_url: str) -> None:
+    """To ask a chat stream for its usage the proxy re-encoded the body: a lone surrogate
+    escape (an emoji cut in half) could not be encoded (500), and a number past a float's range
+    went out as ``Infinity``, which is no JSON. The option is now added after the body as
+    written."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    delta = {"index": 0, "delta": {"content": "x"}, "finish_reason": None}
+    usage = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
+    events_sent = [
+        {**chunk, "choices": [delta], "usage": None},
+        {**chunk, "choices": [], "usage": usage},
+    ]
+    stream = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events_sent)
+    upstream, bodies = scripted(
+        "/v1/chat/completions",
+        lambda: Response(stream + b"data: [DONE]\n\n", media_type="text/event-stream"),
+    )
+    body = (
+        b'{"model": "gpt-4o-mini", "stream": true, "temperature": 1e999,\n'
+        b' "messages": [{"role": "user", "content": "cut \\ud83d"}]}\n'
+    )
+    with serving(upstream) as base:
+        server = serve(database_url, base, upstream_allowlist=[base])
+        try:
+            response = httpx.post(
+                f"{server.base_url}/v1/chat/completions",
+                content=body,
+                headers={"X-NullSpend-Key": server.admin_key, "X-NullSpend-Upstream": base},
+            )
+            assert response.status_code == 200, response.text
+            assert b'"usage"' not in response.content  # the client did not ask for it
+            assert bodies == [body.rstrip()[:-1] + b',"stream_options":{"include_usage":true}}']
+            [event] = events(server)
+            assert event["cost_microdollars"] == round(1000 * 0.15 + 50 * 0.6)  # gpt-4o-mini
+        finally:
+            server.stop()
+
+
 def test_unpriced_models_can_be_denied(database_url: str, fake: tuple[str, Any]) -> None:
     server = serve(database_url, fake[0], deny_unpriced=True)
     try:

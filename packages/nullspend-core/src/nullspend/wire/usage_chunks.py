@@ -20,20 +20,35 @@ from nullspend.wire.openai_chat import OPENAI_CHAT
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+_ASKING = b',"stream_options":{"include_usage":true}}'
+_JSON_SPACE = b" \t\r\n"
 
 
-def asking_for_usage(wire: WireFormat, body: Mapping[str, Any]) -> bytes | None:
-    """The request re-encoded to ask for the stream's usage, or None when it needs no change
-    (not an OpenAI chat stream, or one that asks already). Its usage chunk is then taken out
-    again by ``UsageChunkFilter``."""
+def asking_for_usage(
+    wire: WireFormat, body: Mapping[str, Any], raw: bytes | None = None
+) -> bytes | None:
+    """The request changed to ask for the stream's usage, or None when it needs no change (not
+    an OpenAI chat stream, or one that asks already). Its usage chunk is then taken out again
+    by ``UsageChunkFilter``.
+
+    Given the bytes ``body`` was parsed from (``raw``), and no ``stream_options`` to change,
+    the option is added after them: the rest goes as the client wrote it (a number past a
+    float's range, say, which re-encoding would turn into ``Infinity``, no JSON at all)."""
     if wire is not OPENAI_CHAT or body.get("stream") is not True:
         return None
     options = body.get("stream_options")
-    options = options if isinstance(options, dict) else {}
-    if options.get("include_usage"):
+    if isinstance(options, dict) and options.get("include_usage"):
         return None
+    if raw is not None and "stream_options" not in body:
+        # An object in UTF-8 (or ASCII) begins and ends with its braces; UTF-16 or UTF-32
+        # would put NUL bytes there, and cannot take our ASCII.
+        end = raw.rstrip(_JSON_SPACE)
+        if raw.lstrip(_JSON_SPACE)[:1] == b"{" and end[-1:] == b"}":
+            return end[:-1] + _ASKING
+    options = options if isinstance(options, dict) else {}
     asking = {**body, "stream_options": {**options, "include_usage": True}}
-    return json.dumps(asking, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII: a lone surrogate (a JSON \ud83d escape) has no UTF-8 encoding
+    return json.dumps(asking, separators=(",", ":")).encode()
 
 
 class UsageChunkFilter:

@@ -80,7 +80,7 @@ def read_attribution(headers: Mapping[str, str]) -> Attribution:
     if (raw := headers.get("x-nullspend-tags")) is not None:
         try:
             tags = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             tags = None
         errors = tag_errors(tags) if tags is not None else ["X-NullSpend-Tags is not JSON"]
         if errors:

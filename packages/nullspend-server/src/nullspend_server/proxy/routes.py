@@ -226,6 +226,10 @@ async def _priced(
     raw = await _read_body(request, settings.max_body_bytes)
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, "the request body is nested too deeply to read"
+        ) from None
     except ValueError:
         body = None
     if not isinstance(body, dict):
@@ -244,7 +248,7 @@ async def _priced(
             headers={"X-NullSpend-Denied": "1"},
         )
     streamed = body.get("stream") is True
-    asking = asking_for_usage(wire, body)
+    asking = asking_for_usage(wire, body, raw)
     strip_usage = asking is not None  # the usage chunk is hidden again below
     raw = asking or raw
     engine = request.engine
@@ -396,7 +400,7 @@ def _reading(wire: WireFormat, content: bytes) -> Reading:
     try:
         body = json.loads(content)
         return wire.read_response(body) if isinstance(body, dict) else NO_READING
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         return NO_READING
 
 
