@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from nullspend.limits import MAX_CALL_MICRODOLLARS
 from nullspend_server.db.sqlite_direct import DirectSQLite
 from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer, fresh_database, start_server
@@ -230,6 +231,37 @@ def test_a_streamed_chat_asked_for_its_usage_is_forwarded_as_written(database_ur
             assert event["cost_microdollars"] == round(1000 * 0.15 + 50 * 0.6)  # gpt-4o-mini
         finally:
             server.stop()
+
+
+WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 10**20}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "n": 10**15}),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": 10**25}),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": 10**4299}),  # all the digits JSON takes
+        ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10, "tools": [WEB_SEARCH]}),
+    ],
+)
+def test_an_estimate_above_one_calls_most_is_a_validation_error(
+    database_url: str, fake: tuple[str, Any], path: str, body: dict[str, Any]
+) -> None:
+    """An absurd count made an estimate past BIGINT: 500 on SQLite, and a misleading 503
+    budget_unavailable on PostgreSQL. Above one call's most it is refused before reserving."""
+    server = start_server(database_url, openai_upstream=fake[0], anthropic_upstream=fake[0])
+    try:
+        refused = post(server, path, body)
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "validation_error"
+        assert "one call's most" in error["message"]
+        assert error["details"] == {"maxMicrodollars": MAX_CALL_MICRODOLLARS}
+        assert fake[1].state.requests == []
+        assert rows(database_url, "SELECT id FROM reservations") == []
+    finally:
+        server.stop()
 
 
 def test_unpriced_models_can_be_denied(database_url: str, fake: tuple[str, Any]) -> None:

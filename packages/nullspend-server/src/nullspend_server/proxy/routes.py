@@ -28,6 +28,7 @@ from nullspend.attribution import (
     model_error,
 )
 from nullspend.errors import ErrorCode
+from nullspend.limits import MAX_CALL_MICRODOLLARS
 from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
 from nullspend.usage import Usage
 from nullspend.wire import (
@@ -240,6 +241,14 @@ async def _priced(
     named = estimate.requested_model
     if named is not None and (unnamable := model_error(named)):
         raise ApiError(ErrorCode.VALIDATION_ERROR, unnamable)
+    if estimate.microdollars > MAX_CALL_MICRODOLLARS:
+        # No figure in the answer: one from an absurd max_tokens can have too many digits for str()
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"the request's estimate is above one call's most, {MAX_CALL_MICRODOLLARS} µ$:"
+            " check its max_tokens, n and tools' max_uses",
+            {"maxMicrodollars": MAX_CALL_MICRODOLLARS},
+        )
     if estimate.unpriced and settings.deny_unpriced:
         raise ApiError(
             ErrorCode.UNPRICED_MODEL,
