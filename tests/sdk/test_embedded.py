@@ -374,8 +374,12 @@ def test_text_the_file_cannot_hold_is_refused_before_the_call(tmp_path: Path) ->
     nothing was billed, and the expiry's failure surfaced in unrelated calls. Refused at
     once, as the server refuses it."""
     ns = LocalNullSpend([LocalBudget.total(10_000)], path=tmp_path / "spend.db")
-    for options in ({"session_id": "run-\udcff.log"}, {"customer": "a\x00b"}, {"model": "m\ud800"}):
-        with pytest.raises(ValidationError, match="no NUL or lone surrogate"):
+    for options, refusal in (
+        ({"session_id": "run-\udcff.log"}, "no NUL or lone surrogate"),
+        ({"customer": "a\x00b"}, "customer id must be"),
+        ({"model": "m\ud800"}, "no NUL or lone surrogate"),
+    ):
+        with pytest.raises(ValidationError, match=refusal):
             ns.reserve_id(100, **options)  # type: ignore[arg-type]
     event = NewCostEvent(provider="openai", model="gpt-4o-mini", trace_id="t\ud800")
     with pytest.raises(ValidationError, match="trace_id"):
@@ -417,8 +421,82 @@ def test_a_budget_declared_wrong_is_refused_not_left_unenforced() -> None:
             LocalBudget.total(limit)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="session_limit_microdollars must be positive"):
         LocalBudget.total(100, session_limit_microdollars=0)
+    # An entity no call can carry (the server refuses such a budget) would cap nothing.
+    for customer in ("acme corp", "ünïcode", "", "c" * 257):
+        with pytest.raises(ValueError, match="customer id must be"):
+            LocalBudget.customer(customer, 100)
+    with pytest.raises(ValueError, match="key=value"):
+        LocalBudget(100, "tag", "team")
+    for key, value in (("_ns_estimated", "true"), ("a team", "ml"), ("team", "v" * 257)):
+        with pytest.raises(ValueError, match="tag"):
+            LocalBudget.tag(key, value, 100)
     with pytest.raises(ValueError, match="unknown budget policy"):
         admits("strict", 100, 0, 0, 1)
+
+
+# What the server refuses with a ValidationError, and the most it takes of each text.
+REFUSED_AT_RESERVE: list[dict[str, Any]] = [
+    {"customer": "acme corp"},
+    {"customer": "ünïcode"},
+    {"customer": "c" * 257},
+    {"customer": ""},
+    {"session_id": ""},
+    {"session_id": "s" * 257},
+    {"model": ""},
+    {"model": "m" * 257},
+    {"provider": "p" * 65},
+    {"trace_id": "t" * 65},
+]
+REFUSED_AT_SETTLE: list[dict[str, Any]] = [
+    {"model": "m" * 257},
+    {"provider": "p" * 65},
+    {"service_tier": "t" * 33},
+    {"event_type": "e" * 65},
+    {"trace_id": "t" * 65},
+]
+REFUSED_AT_REPORT: list[dict[str, Any]] = [
+    {"customer": "acme corp"},
+    {"customer": ""},
+    {"session_id": ""},
+    {"session_id": "s" * 257},
+    {"model": "m" * 257},
+    {"provider": ""},
+    {"provider": "p" * 65},
+    {"service_tier": "t" * 33},
+    {"trace_id": "t" * 65},
+    {"event_type": "e" * 65},
+    {"action_id": "a" * 65},
+    {"duration_ms": -1},
+    {"duration_ms": 2**31},
+]
+AT_THE_MOST = {
+    "customer": "c" * 256,
+    "session_id": "s" * 256,
+    "model": "m" * 256,
+    "provider": "p" * 64,
+    "trace_id": "t" * 64,
+}
+
+
+def test_embedded_refuses_what_the_server_refuses(server: RunningServer) -> None:
+    """Embedded took a customer id with a space, a 257-character session id, a 65-character
+    trace id, a negative duration: texts the server refuses, kept and written to the file."""
+    for ns in (NullSpend(server.admin_key, server.base_url), LocalNullSpend()):
+        for options in REFUSED_AT_RESERVE:
+            with pytest.raises(ValidationError):
+                ns.reserve(1_000, **options)
+        held = ns.reserve_id(1_000)
+        for options in REFUSED_AT_SETTLE:
+            with pytest.raises(ValidationError):
+                ns.settle(held, cost_microdollars=1, **options)
+        for fields in REFUSED_AT_REPORT:
+            with pytest.raises(ValidationError):
+                ns.report(NewCostEvent(**{"provider": "openai", "model": "x", **fields}))
+        ns.settle(held, cost_microdollars=1, service_tier="t" * 32, event_type="e" * 64)
+        ns.settle(ns.reserve_id(1_000, **AT_THE_MOST), cost_microdollars=1)
+        event = NewCostEvent(cost_microdollars=1, action_id="a" * 64, **AT_THE_MOST)
+        ns.report(event)
+        assert len(ns.cost_events().data) == 3
 
 
 def test_reserve_id_is_reserve_answered_with_the_id() -> None:

@@ -3,7 +3,9 @@
 Tags: at most 10 keys; a key is 1-64 characters of ``[a-zA-Z0-9_-]`` not starting with ``_ns_``
 (reserved for system tags such as ``_ns_estimated``); a value is a string of at most 256
 characters. A customer id is at most 256 characters of ``[a-zA-Z0-9._:-]``; a session id and a
-model name 1-256 characters. No text may hold what a database cannot store (``unstorable``).
+model name 1-256 characters; a provider, trace id, event type and action id at most 64, a service
+tier at most 32. No text may hold what a database cannot store (``unstorable``). The server's
+request bodies and the embedded engine both check these, so they refuse alike.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ MAX_TAG_VALUE = 256
 MAX_CUSTOMER = 256
 MAX_SESSION = 256
 MAX_MODEL = 256
+MAX_PROVIDER = 64
+MAX_TRACE_ID = 64
+MAX_EVENT_TYPE = 64
+MAX_ACTION_ID = 64
+MAX_SERVICE_TIER = 32
 RESERVED_TAG_PREFIX = "_ns_"
 TAG_KEY_PATTERN = r"[a-zA-Z0-9_-]{1,64}"
 CUSTOMER_PATTERN = r"[a-zA-Z0-9._:-]{1,256}"
@@ -73,17 +80,26 @@ def customer_error(customer: object) -> str | None:
     return None
 
 
+def tag_entity_errors(entity_id: str) -> list[str]:
+    """Everything wrong with a tag budget's entity id, ``key=value`` (empty when it is valid)."""
+    key, sep, value = entity_id.partition("=")
+    if not sep:
+        return ["a tag budget's entity id is key=value"]
+    return tag_errors({key: value})
+
+
+def text_error(name: str, text: object, most: int, *, least: int = 0) -> str | None:
+    """Why ``text`` is no ``name`` that is kept, if it is not: a string of ``least`` to ``most``
+    characters that a database can store."""
+    if isinstance(text, str) and least <= len(text) <= most and not unstorable(text):
+        return None
+    size = f"{least}-{most}" if least else f"at most {most}"
+    return f"{name} must be a string of {size} characters, with no NUL or lone surrogate"
+
+
 def session_error(session_id: object) -> str | None:
-    if (
-        not isinstance(session_id, str)
-        or not 1 <= len(session_id) <= MAX_SESSION
-        or unstorable(session_id)
-    ):
-        return f"session id must be 1-{MAX_SESSION} characters, with no NUL or lone surrogate"
-    return None
+    return text_error("session id", session_id, MAX_SESSION, least=1)
 
 
 def model_error(model: object) -> str | None:
-    if not isinstance(model, str) or not 1 <= len(model) <= MAX_MODEL or unstorable(model):
-        return f"model must be 1-{MAX_MODEL} characters, with no NUL or lone surrogate"
-    return None
+    return text_error("model", model, MAX_MODEL, least=1)

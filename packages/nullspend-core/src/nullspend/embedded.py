@@ -40,7 +40,22 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Unpack
 
 from nullspend import pricing
-from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED, tag_errors, unstorable
+from nullspend.attribution import (
+    MAX_ACTION_ID,
+    MAX_EVENT_TYPE,
+    MAX_MODEL,
+    MAX_PROVIDER,
+    MAX_SERVICE_TIER,
+    MAX_SESSION,
+    MAX_TRACE_ID,
+    TAG_ESTIMATED,
+    TAG_EXPIRED,
+    customer_error,
+    tag_entity_errors,
+    tag_errors,
+    text_error,
+    unstorable,
+)
 from nullspend.client import processes
 from nullspend.client.background import log_failure
 from nullspend.client.calls import EventFilters, ReserveOptions, SettleOptions
@@ -110,6 +125,11 @@ class LocalBudget:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
         if self.entity_type not in _ORDER:
             raise ValueError(f"entity_type must be one of {', '.join(_ORDER)}")
+        # An entity no call can name (a customer id with a space) would be a cap never applied.
+        if self.entity_type == "customer" and (error := customer_error(self.entity_id)):
+            raise ValueError(error)
+        if self.entity_type == "tag" and (errors := tag_entity_errors(self.entity_id)):
+            raise ValueError("; ".join(errors))
         if error := _whole_error("limit_microdollars", self.limit_microdollars, BIGINT_MAX):
             raise ValueError(error)
         if (session_limit := self.session_limit_microdollars) is not None:
@@ -501,16 +521,20 @@ class LocalNullSpend(TrackedClients):
             "estimate_microdollars", estimate_microdollars, MAX_CALL_MICRODOLLARS
         ):
             raise ValidationError(error)
-        if error := _not_text(options, _RESERVE_TEXTS):  # kept, then written at settle
+        if error := _text_error(options, _RESERVE_TEXTS):  # kept, then written at settle
             raise ValidationError(error)
         tags = dict(given) if (given := options.get("tags")) else {}
         if tags and (errors := tag_errors(tags)):
             raise ValidationError("; ".join(errors))
         customer, session_id = options.get("customer"), options.get("session_id")
+        if customer is not None and (error := customer_error(customer)):
+            raise ValidationError(error)
+        chosen_id = options.get("reservation_id")
+        if chosen_id is not None and (not isinstance(chosen_id, str) or unstorable(chosen_id)):
+            raise ValidationError("reservation_id must be a string, with no NUL or lone surrogate")
         if customer:
             tags.setdefault("customer", customer)
         accounts = self._matching(customer, tags) if tags else self._totals
-        chosen_id = options.get("reservation_id")
         with self._lock:
             self._tenancy.check()  # under the lock: the engine may let go while this waits
             if chosen_id is not None:
@@ -730,11 +754,12 @@ class LocalNullSpend(TrackedClients):
 
     def _reported_event(self, report: NewCostEvent) -> _Event:
         """A reported call as the engine keeps it, refused as the server refuses it."""
-        if not report.provider or not report.model:
-            raise ValidationError("give the call's provider and model")
+        given = report.__dict__
         if errors := tag_errors(report.tags):
             raise ValidationError("; ".join(errors))
-        if error := _not_text(report.__dict__, _REPORT_TEXTS):
+        if error := _text_error(given, _REPORT_TEXTS) or _bounds_error(given, _CALL_BOUNDS):
+            raise ValidationError(error)
+        if report.customer is not None and (error := customer_error(report.customer)):
             raise ValidationError(error)
         tags = dict(report.tags)
         if report.customer:
@@ -746,8 +771,6 @@ class LocalNullSpend(TrackedClients):
         cost = report.cost_microdollars
         if cost is None:
             cost = _catalog_cost(usage, report.model, report.service_tier)
-        elif refused := _whole_error("cost_microdollars", cost, MAX_CALL_MICRODOLLARS):
-            raise ValidationError(refused)
         return _Event(
             self._ids.next("ce"),
             time.time_ns() // 1000,
@@ -1005,43 +1028,62 @@ def _catalog_cost(usage: Usage, model: str | None, service_tier: object) -> int:
     return cost
 
 
-_SETTLE_BOUNDS = (("cost_microdollars", MAX_CALL_MICRODOLLARS), ("duration_ms", MAX_DURATION_MS))
+_CALL_BOUNDS = (("cost_microdollars", MAX_CALL_MICRODOLLARS), ("duration_ms", MAX_DURATION_MS))
+
+# The texts each call may carry, with the fewest and most characters the server takes of each
+# (``nullspend.attribution``); a customer id has a pattern of its own.
+_Texts = tuple[tuple[str, int, int], ...]
+_RESERVE_TEXTS: _Texts = (
+    ("model", 1, MAX_MODEL),
+    ("provider", 0, MAX_PROVIDER),
+    ("session_id", 1, MAX_SESSION),
+    ("trace_id", 0, MAX_TRACE_ID),
+)
+_SETTLE_TEXTS: _Texts = (
+    ("model", 1, MAX_MODEL),
+    ("provider", 0, MAX_PROVIDER),
+    ("service_tier", 0, MAX_SERVICE_TIER),
+    ("event_type", 0, MAX_EVENT_TYPE),
+    ("trace_id", 0, MAX_TRACE_ID),
+)
+_REPORT_TEXTS: _Texts = (
+    ("provider", 1, MAX_PROVIDER),
+    ("model", 1, MAX_MODEL),
+    ("service_tier", 0, MAX_SERVICE_TIER),
+    ("session_id", 1, MAX_SESSION),
+    ("trace_id", 0, MAX_TRACE_ID),
+    ("event_type", 0, MAX_EVENT_TYPE),
+    ("action_id", 0, MAX_ACTION_ID),
+)
 
 
 def _settle_error(options: SettleOptions) -> str | None:
     """What the server refuses in a settle's options, checked by hand (every call settles):
     kept, such a value would count wrong, or be written where no engine could read it back."""
-    for name, most in _SETTLE_BOUNDS:
-        if (value := options.get(name)) is not None and (error := _whole_error(name, value, most)):
-            return error
+    if error := _bounds_error(options, _CALL_BOUNDS):
+        return error
     usage = options.get("usage")
     if usage is not None and not isinstance(usage, Usage):
         return "usage must be a nullspend.usage.Usage"
-    return _not_text(options, ("model", "provider", "service_tier", "event_type", "trace_id"))
+    return _text_error(options, _SETTLE_TEXTS)
 
 
-_RESERVE_TEXTS = ("model", "provider", "customer", "session_id", "trace_id", "reservation_id")
+def _text_error(options: Mapping[str, object], texts: _Texts) -> str | None:
+    """Why a text named in ``texts`` is refused, if one is: the server refuses it at once, and
+    taken here it would be served and then never billed (the file refuses it at settle)."""
+    for name, least, most in texts:
+        if (value := options.get(name)) is not None and (
+            error := text_error(name, value, most, least=least)
+        ):
+            return error
+    return None
 
 
-_REPORT_TEXTS = (
-    "provider",
-    "model",
-    "service_tier",
-    "session_id",
-    "trace_id",
-    "customer",
-    "event_type",
-    "action_id",
-)
-
-
-def _not_text(options: Mapping[str, object], names: tuple[str, ...]) -> str | None:
-    """Why a value named in ``names`` cannot be kept, if one cannot: taken, it would be served
-    and never billed (the file refuses it at settle) as the server refuses it at once."""
-    for name in names:
-        value = options.get(name)
-        if value is not None and (not isinstance(value, str) or unstorable(value)):
-            return f"{name} must be a string, with no NUL or lone surrogate"
+def _bounds_error(options: Mapping[str, object], bounds: tuple[tuple[str, int], ...]) -> str | None:
+    """Why a count named in ``bounds`` is refused, if one is."""
+    for name, most in bounds:
+        if (value := options.get(name)) is not None and (error := _whole_error(name, value, most)):
+            return error
     return None
 
 

@@ -19,6 +19,13 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from nullspend import pricing
+from nullspend.attribution import (
+    MAX_ACTION_ID,
+    MAX_EVENT_TYPE,
+    MAX_PROVIDER,
+    MAX_SERVICE_TIER,
+    MAX_TRACE_ID,
+)
 from nullspend.client.models import MAX_BATCH
 from nullspend.errors import ErrorCode, UnpricedModelError
 from nullspend.limits import MAX_CALL_MICRODOLLARS, PRICED_ABOVE_A_CALL
@@ -58,7 +65,7 @@ class CostEventIn(RequestModel):
     input (cachedInputTokens are the cache reads, counted apart); reasoningTokens are part of
     outputTokens. Without costMicrodollars the server prices the usage with its catalog."""
 
-    provider: str = Field(min_length=1, max_length=64)
+    provider: str = Field(min_length=1, max_length=MAX_PROVIDER)
     model: ModelName
     input_tokens: TokenCount = 0
     output_tokens: TokenCount = 0
@@ -69,16 +76,16 @@ class CostEventIn(RequestModel):
     audio_input_tokens: TokenCount = 0
     audio_output_tokens: TokenCount = 0
     web_search_requests: TokenCount = 0
-    service_tier: str | None = Field(default=None, max_length=32)
+    service_tier: str | None = Field(default=None, max_length=MAX_SERVICE_TIER)
     """The processing tier that served the call (OpenAI's ``service_tier``): priced at its
     rates. Not kept: the cost is."""
     cost_microdollars: CallMicrodollars | None = None
     duration_ms: DurationMs | None = None
     session_id: SessionId | None = None
-    trace_id: str | None = Field(default=None, max_length=64)
+    trace_id: str | None = Field(default=None, max_length=MAX_TRACE_ID)
     customer: CustomerId | None = None
-    event_type: str | None = Field(default=None, max_length=64)
-    action_id: str | None = Field(default=None, max_length=64)
+    event_type: str | None = Field(default=None, max_length=MAX_EVENT_TYPE)
+    action_id: str | None = Field(default=None, max_length=MAX_ACTION_ID)
     tags: Tags = Field(default_factory=dict)
 
     @model_validator(mode="after")

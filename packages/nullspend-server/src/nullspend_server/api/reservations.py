@@ -10,7 +10,13 @@ from pydantic import Field, model_validator
 from sqlmodel import col, select
 
 from nullspend import pricing
-from nullspend.attribution import model_error
+from nullspend.attribution import (
+    MAX_EVENT_TYPE,
+    MAX_PROVIDER,
+    MAX_SERVICE_TIER,
+    MAX_TRACE_ID,
+    model_error,
+)
 from nullspend.errors import ErrorCode, UnpricedModelError
 from nullspend.limits import MAX_CALL_MICRODOLLARS, PRICED_ABOVE_A_CALL
 from nullspend.usage import Usage
@@ -51,13 +57,13 @@ class ReservationCreate(RequestModel):
     estimate_microdollars: CallMicrodollars | None = None
     """A known estimate; otherwise give ``model`` and the provider ``request`` to estimate."""
     model: ModelName | None = None
-    provider: str | None = Field(default=None, max_length=64)
+    provider: str | None = Field(default=None, max_length=MAX_PROVIDER)
     format: FormatName | None = None
     """The request's wire format; inferred from its shape when omitted."""
     request: dict[str, Any] | None = None
     customer: CustomerId | None = None
     session_id: SessionId | None = None
-    trace_id: str | None = Field(default=None, max_length=64)
+    trace_id: str | None = Field(default=None, max_length=MAX_TRACE_ID)
     tags: Tags = Field(default_factory=dict)
     reservation_id: str | None = Field(default=None, pattern=CLIENT_RESERVATION_ID)
     """The caller's id for it: sent again, the request answers the reservation it made."""
@@ -87,12 +93,12 @@ class Extended(ApiModel):
 class SettleBody(RequestModel):
     cost_microdollars: CallMicrodollars | None = None
     usage: UsageIn | None = None
-    service_tier: str | None = Field(default=None, max_length=32)
+    service_tier: str | None = Field(default=None, max_length=MAX_SERVICE_TIER)
     model: ModelName | None = None
-    provider: str | None = Field(default=None, max_length=64)
+    provider: str | None = Field(default=None, max_length=MAX_PROVIDER)
     duration_ms: DurationMs | None = None
-    event_type: str | None = Field(default=None, max_length=64)
-    trace_id: str | None = Field(default=None, max_length=64)
+    event_type: str | None = Field(default=None, max_length=MAX_EVENT_TYPE)
+    trace_id: str | None = Field(default=None, max_length=MAX_TRACE_ID)
 
     @model_validator(mode="after")
     def _something_to_settle(self) -> SettleBody:
