@@ -119,6 +119,29 @@ def test_customer_tag_and_session_budgets() -> None:
         ns.reserve(2_000, session_id="s-1")
 
 
+def test_a_session_denial_reports_the_session_spend_as_the_server_does(
+    server: RunningServer,
+) -> None:
+    """Embedded reported the session's spend and what it held reserved as its spend; the
+    server reports the spend (its limit still counts both)."""
+    with server.client() as admin:
+        budget = {"entityType": "user", "limitMicrodollars": 10**9, "resetInterval": "none"}
+        response = admin.post("/api/budgets", json={**budget, "sessionLimitMicrodollars": 5_000})
+        assert response.status_code == 201, response.text
+    local = LocalNullSpend([LocalBudget.total(10**9, session_limit_microdollars=5_000)])
+    for ns in (NullSpend(server.admin_key, server.base_url), local):
+        ns.settle(ns.reserve_id(2_000, session_id="s-1"), cost_microdollars=1_000)
+        ns.reserve_id(3_000, session_id="s-1")  # held: 1,000 + 3,000 of 5,000
+        with pytest.raises(SessionLimitExceededError) as denied:
+            ns.reserve_id(1_001, session_id="s-1")
+        assert denied.value.details == {
+            "session_id": "s-1",
+            "session_spend_microdollars": 1_000,
+            "session_limit_microdollars": 5_000,
+        }
+        ns.reserve_id(1_000, session_id="s-1")  # exactly the limit
+
+
 def test_spend_outlives_the_process_in_a_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "spend.db"
     first = LocalNullSpend([LocalBudget.total(5_000)], path=path)

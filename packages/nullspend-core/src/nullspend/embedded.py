@@ -159,6 +159,15 @@ class _Account:
 
 
 @dataclass(slots=True)
+class _Session:
+    """One session's spend and what it holds reserved, apart as the server keeps them: its
+    limit counts both, a denial reports the spend."""
+
+    spend: int = 0
+    reserved: int = 0
+
+
+@dataclass(slots=True)
 class _Held:
     """A reservation: its estimate, the budgets it counts against and whom it is for."""
 
@@ -445,7 +454,7 @@ class LocalNullSpend(TrackedClients):
         self._session_limited = any(a.budget.session_limit_microdollars for a in self._accounts)
         self._held: dict[str, _Held] = {}
         self._sweep_at = 0.0
-        self._sessions: dict[str, int] = {}
+        self._sessions: dict[str, _Session] = {}
         # The latest events. Bounded, so a process that runs for months does not grow with its
         # calls; spend counts every event.
         self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
@@ -548,9 +557,7 @@ class LocalNullSpend(TrackedClients):
             for account in accounts:
                 account.reserved += estimate_microdollars
             if session_id:
-                self._sessions[session_id] = (
-                    self._sessions.get(session_id, 0) + estimate_microdollars
-                )
+                self._session(session_id).reserved += estimate_microdollars
             reservation_id = chosen_id or self._ids.next("rsv")
             self._held[reservation_id] = _Held(
                 estimate_microdollars,
@@ -843,9 +850,11 @@ class LocalNullSpend(TrackedClients):
         if session_id and self._session_limited:
             limits = [a.budget.session_limit_microdollars for a in accounts]
             if session_limits := [limit for limit in limits if limit]:
-                spent = self._sessions.get(session_id, 0)
-                if spent + estimate > min(session_limits):
-                    return denials.session_limit_exceeded(session_id, spent, min(session_limits))
+                session = self._sessions.get(session_id) or _Session()
+                if session.spend + session.reserved + estimate > min(session_limits):
+                    return denials.session_limit_exceeded(
+                        session_id, session.spend, min(session_limits)
+                    )
         for account in accounts:
             budget = account.budget
             if admits(
@@ -887,7 +896,7 @@ class LocalNullSpend(TrackedClients):
         for account in held.accounts:
             account.reserved -= held.estimate
         if session_id := held.session_id:
-            self._sessions[session_id] -= held.estimate
+            self._sessions[session_id].reserved -= held.estimate
 
     def _count(self, event: _Event, accounts: list[_Account]) -> None:
         """Add a recorded event's cost to the spend of ``accounts``, the budgets it falls under."""
@@ -896,7 +905,12 @@ class LocalNullSpend(TrackedClients):
         for account in accounts:
             account.spend += cost
         if session_id := event.session_id:
-            self._sessions[session_id] = self._sessions.get(session_id, 0) + cost
+            self._session(session_id).spend += cost
+
+    def _session(self, session_id: str) -> _Session:
+        if (session := self._sessions.get(session_id)) is None:
+            session = self._sessions[session_id] = _Session()
+        return session
 
 
 class AsyncLocalNullSpend(AsyncTrackedClients):
