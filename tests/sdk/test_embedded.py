@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -119,17 +120,23 @@ def test_customer_tag_and_session_budgets() -> None:
         ns.reserve(2_000, session_id="s-1")
 
 
+def with_a_total(server: RunningServer, limit: int, **settings: Any) -> NullSpend:
+    """A client of ``server``, whose organization has a total budget of ``limit``."""
+    budget = {"entityType": "user", "limitMicrodollars": limit, "resetInterval": "none"}
+    with server.client() as admin:
+        response = admin.post("/api/budgets", json={**budget, **settings})
+        assert response.status_code == 201, response.text
+    return NullSpend(server.admin_key, server.base_url)
+
+
 def test_a_session_denial_reports_the_session_spend_as_the_server_does(
     server: RunningServer,
 ) -> None:
     """Embedded reported the session's spend and what it held reserved as its spend; the
     server reports the spend (its limit still counts both)."""
-    with server.client() as admin:
-        budget = {"entityType": "user", "limitMicrodollars": 10**9, "resetInterval": "none"}
-        response = admin.post("/api/budgets", json={**budget, "sessionLimitMicrodollars": 5_000})
-        assert response.status_code == 201, response.text
+    remote = with_a_total(server, 10**9, sessionLimitMicrodollars=5_000)
     local = LocalNullSpend([LocalBudget.total(10**9, session_limit_microdollars=5_000)])
-    for ns in (NullSpend(server.admin_key, server.base_url), local):
+    for ns in (remote, local):
         ns.settle(ns.reserve_id(2_000, session_id="s-1"), cost_microdollars=1_000)
         ns.reserve_id(3_000, session_id="s-1")  # held: 1,000 + 3,000 of 5,000
         with pytest.raises(SessionLimitExceededError) as denied:
@@ -520,6 +527,32 @@ def test_embedded_refuses_what_the_server_refuses(server: RunningServer) -> None
         event = NewCostEvent(cost_microdollars=1, action_id="a" * 64, **AT_THE_MOST)
         ns.report(event)
         assert len(ns.cost_events().data) == 3
+
+
+def test_a_released_reservation_id_is_finished_as_on_the_server(server: RunningServer) -> None:
+    """Embedded reserved a released id again (its estimate held a second time), and a settle
+    after the release answered NotFound where the server says it is already released."""
+    for ns in (with_a_total(server, 10**9), LocalNullSpend([LocalBudget.total(10**9)])):
+        chosen = "rsv_a1b2c3d4e5f6a7b8c9"
+        ns.reserve(1_000, reservation_id=chosen)
+        ns.release(chosen)
+        for finish in (partial(ns.settle, cost_microdollars=1), ns.release, ns.extend):
+            with pytest.raises(ConflictError) as finished:
+                finish(chosen)
+            assert finished.value.details == {"reservationId": chosen, "status": "released"}
+        with pytest.raises(ConflictError) as taken:
+            ns.reserve(1_000, reservation_id=chosen)
+        assert taken.value.details == {"reservationId": chosen}
+        assert ns.budget_status()[0].reserved_microdollars == 0
+
+
+def test_the_released_ids_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "EVENTS_KEPT", 3)
+    ns = LocalNullSpend()
+    ids = [ns.reserve_id(1) for _ in range(4)]
+    for reservation_id in ids:
+        ns.release(reservation_id)
+    assert list(ns._released) == ids[1:]
 
 
 def test_reserve_id_is_reserve_answered_with_the_id() -> None:

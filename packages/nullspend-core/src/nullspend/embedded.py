@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Unpack
+from typing import Any, ClassVar, Literal, TypeVar, Unpack
 
 from nullspend import pricing
 from nullspend.attribution import (
@@ -255,6 +255,8 @@ class _Event:
         )
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 _ReportKey = tuple[bool, str]
 """A report's Idempotency-Key: a batch's and a single event's are apart, as on the server."""
 _Reported = tuple[str, list["_Event"]]
@@ -460,6 +462,8 @@ class LocalNullSpend(TrackedClients):
         self._events: deque[_Event] = deque(maxlen=EVENTS_KEPT)
         # What each recent report's Idempotency-Key recorded, with its events' fingerprint.
         self._reported: dict[_ReportKey, _Reported] = {}
+        # The latest released reservations' ids: one sent again is refused, as on the server.
+        self._released: dict[str, None] = {}
         self._ids = _Ids()
         self._lock = threading.Lock()
         self._tenancy = _Tenancy(Path(path) if path is not None else None)
@@ -549,8 +553,11 @@ class LocalNullSpend(TrackedClients):
             if chosen_id is not None:
                 if chosen_id in self._held:  # sent again: what it made
                     return chosen_id
-                if isinstance(finished := self._not_held(chosen_id), ConflictError):
-                    raise finished
+                if self._finished(chosen_id) is not None:
+                    raise ConflictError(  # the server's answer
+                        "this reservationId names another reservation, or one already finished",
+                        details={"reservationId": chosen_id},
+                    )
             self._expire_due()
             if denial := self._first_denial(accounts, session_id, estimate_microdollars):
                 raise _error(denial)
@@ -698,6 +705,7 @@ class LocalNullSpend(TrackedClients):
         self._tenancy.check()
         with self._lock:
             self._unreserve(self._take(reservation_id))
+            _keep(self._released, reservation_id, None)
 
     def settle_later(self, reservation_id: str, **options: Unpack[SettleOptions]) -> None:
         """``settle``, at once (in-process it costs microseconds; ``NullSpend`` queues it), a
@@ -754,9 +762,7 @@ class LocalNullSpend(TrackedClients):
             for event in events:
                 self._count(event, self._matching(event.customer, event.tags))
             if key is not None:
-                if len(self._reported) >= EVENTS_KEPT:  # bounded: the oldest key goes
-                    del self._reported[next(iter(self._reported))]
-                self._reported[key] = (fingerprint, events)
+                _keep(self._reported, key, (fingerprint, events))
         return events
 
     def _reported_event(self, report: NewCostEvent) -> _Event:
@@ -883,14 +889,21 @@ class LocalNullSpend(TrackedClients):
     def _not_held(self, reservation_id: str) -> ApiError:
         """Why a reservation is not held: it was settled (or released, or expired), or never
         was."""
+        if (status := self._finished(reservation_id)) is None:
+            return NotFoundError(f"no reservation {reservation_id!r}")
+        return ConflictError(  # with the server's details: what log_failure reads
+            f"reservation {reservation_id} is already {status}",
+            details={"reservationId": reservation_id, "status": status},
+        )
+
+    def _finished(self, reservation_id: str) -> str | None:
+        """How a reservation no longer held finished (among the latest kept), if it did."""
+        if reservation_id in self._released:
+            return "released"
         for event in self._events:
             if event.reservation_id == reservation_id:
-                status = "expired" if TAG_EXPIRED in event.tags else "settled"
-                return ConflictError(  # with the server's details: what log_failure reads
-                    f"reservation {reservation_id} is already {status}",
-                    details={"reservationId": reservation_id, "status": status},
-                )
-        return NotFoundError(f"no reservation {reservation_id!r}")
+                return "expired" if TAG_EXPIRED in event.tags else "settled"
+        return None
 
     def _unreserve(self, held: _Held) -> None:
         for account in held.accounts:
@@ -999,6 +1012,14 @@ def _error(denial: Denial) -> ApiError:
         retry_after=denial.retry_after_seconds,
         upgrade_url=denial.upgrade_url,
     )
+
+
+def _keep(kept: dict[_K, _V], key: _K, value: _V) -> None:
+    """Keep ``key`` among the latest ``EVENTS_KEPT``: bounded, so a process that runs for
+    months does not grow with its calls; the oldest goes."""
+    if len(kept) >= EVENTS_KEPT:
+        del kept[next(iter(kept))]
+    kept[key] = value
 
 
 def _matches(event: _Event, filters: EventFilters) -> bool:
