@@ -756,6 +756,35 @@ def test_a_reservation_expires_on_time_whatever_came_and_went_before_it(
     assert ns.cost_events().data[0].reservation_id == later
 
 
+def test_an_expiry_the_file_refused_is_retried_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep was put off a whole lifetime before it charged anything: an expiry the file
+    refused stood, its estimate held and uncharged, until then."""
+    clock = _Clock()
+    monkeypatch.setattr(embedded, "time", clock)
+    ns = LocalNullSpend(
+        [LocalBudget.total(10_000)],
+        path=tmp_path / "spend.db",
+        reservation_ttl=dt.timedelta(seconds=10),
+    )
+    ns.reserve_id(1_000)  # due at 1,010
+    assert ns._store is not None
+    written = ns._store.add
+
+    def refuse(*events: object, **key: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    clock.now = 1_010.0
+    ns._store.add = refuse  # type: ignore[method-assign]
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (0, 1_000)  # it stands
+    ns._store.add = written  # type: ignore[method-assign]
+    clock.now = 1_011.0
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (1_000, 0)
+
+
 def test_an_extended_reservation_lives_a_full_lifetime_from_then(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

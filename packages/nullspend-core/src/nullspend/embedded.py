@@ -646,14 +646,14 @@ class LocalNullSpend(TrackedClients):
         now = time.monotonic()
         if now < self._sweep_at:
             return
-        self._sweep_at = now + self._ttl_seconds  # when nothing is held, none is due before
         while self._held:
             reservation_id, held = next(iter(self._held.items()))
             if held.expires > now:
                 self._sweep_at = held.expires
                 return
             if not self._charge_estimate(reservation_id, held):
-                return  # the file is busy: it stands, the next sweep retries
+                return  # the file is busy: it stands, still due, and the next call retries
+        self._sweep_at = now + self._ttl_seconds  # nothing is held: none is due before
 
     def _charge_held(self) -> None:
         """Every reservation still held charged its estimate, as when it expires."""
