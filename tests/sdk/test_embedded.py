@@ -149,6 +149,22 @@ def test_a_session_denial_reports_the_session_spend_as_the_server_does(
         ns.reserve_id(1_000, session_id="s-1")  # exactly the limit
 
 
+def test_sessions_are_kept_only_when_a_budget_limits_them(tmp_path: Path) -> None:
+    """Every distinct session id stayed in the engine for its life, limited or not: 200,000
+    sessions grew a process by 24 MB."""
+    path = tmp_path / "spend.db"
+    ns = LocalNullSpend([LocalBudget.total(10**9)], path=path)
+    for i in range(100):
+        ns.settle(ns.reserve_id(10, session_id=f"run-{i}"), cost_microdollars=1)
+    ns.report(NewCostEvent(provider="openai", model="x", cost_microdollars=1, session_id="r"))
+    assert ns._sessions == {}
+    ns.close()
+    limited = LocalNullSpend([LocalBudget.total(10**9, session_limit_microdollars=150)], path=path)
+    assert len(limited._sessions) == 101  # the file's spend, counted against the limit
+    with pytest.raises(SessionLimitExceededError):
+        limited.reserve_id(150, session_id="run-0")
+
+
 def test_spend_outlives_the_process_in_a_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "spend.db"
     first = LocalNullSpend([LocalBudget.total(5_000)], path=path)

@@ -456,6 +456,8 @@ class LocalNullSpend(TrackedClients):
         self._session_limited = any(a.budget.session_limit_microdollars for a in self._accounts)
         self._held: dict[str, _Held] = {}
         self._sweep_at = 0.0
+        # Every session's spend, kept only when a budget limits sessions: with none, a process
+        # that runs for months would grow with every session id it saw.
         self._sessions: dict[str, _Session] = {}
         # The latest events. Bounded, so a process that runs for months does not grow with its
         # calls; spend counts every event.
@@ -563,7 +565,7 @@ class LocalNullSpend(TrackedClients):
                 raise _error(denial)
             for account in accounts:
                 account.reserved += estimate_microdollars
-            if session_id:
+            if session_id and self._session_limited:
                 self._session(session_id).reserved += estimate_microdollars
             reservation_id = chosen_id or self._ids.next("rsv")
             self._held[reservation_id] = _Held(
@@ -908,7 +910,7 @@ class LocalNullSpend(TrackedClients):
     def _unreserve(self, held: _Held) -> None:
         for account in held.accounts:
             account.reserved -= held.estimate
-        if session_id := held.session_id:
+        if self._session_limited and (session_id := held.session_id):
             self._sessions[session_id].reserved -= held.estimate
 
     def _count(self, event: _Event, accounts: list[_Account]) -> None:
@@ -917,7 +919,7 @@ class LocalNullSpend(TrackedClients):
         cost = event.cost_microdollars
         for account in accounts:
             account.spend += cost
-        if session_id := event.session_id:
+        if self._session_limited and (session_id := event.session_id):
             self._session(session_id).spend += cost
 
     def _session(self, session_id: str) -> _Session:
