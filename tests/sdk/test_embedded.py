@@ -571,6 +571,16 @@ def test_the_released_ids_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     assert list(ns._released) == ids[1:]
 
 
+def test_a_page_of_events_is_1_to_200_as_on_the_server(server: RunningServer) -> None:
+    """``cost_events(limit=0)`` raised IndexError embedded; the server answers 400."""
+    for ns in (NullSpend(server.admin_key, server.base_url), LocalNullSpend()):
+        ns.report(NewCostEvent(provider="openai", model="x", cost_microdollars=5))
+        for limit in (0, -1, 201):
+            with pytest.raises(ValidationError):
+                ns.cost_events(limit=limit)
+        assert len(ns.cost_events(limit=200).data) == 1
+
+
 def test_reserve_id_is_reserve_answered_with_the_id() -> None:
     ns = LocalNullSpend([LocalBudget.total(5_000)])
     held = ns.reserve_id(3_000, customer="acme", trace_id="t-1")

@@ -79,7 +79,13 @@ from nullspend.errors import (
     ValidationError,
     api_error,
 )
-from nullspend.limits import BIGINT_MAX, MAX_CALL_MICRODOLLARS, MAX_DURATION_MS, PRICED_ABOVE_A_CALL
+from nullspend.limits import (
+    BIGINT_MAX,
+    MAX_CALL_MICRODOLLARS,
+    MAX_DURATION_MS,
+    MAX_EVENTS_PAGE,
+    PRICED_ABOVE_A_CALL,
+)
 from nullspend.policy import denials
 from nullspend.policy.budgets import POLICIES, Policy, admits, remaining
 from nullspend.policy.denials import Denial
@@ -829,6 +835,8 @@ class LocalNullSpend(TrackedClients):
         self, *, limit: int = 50, cursor: str | None = None, **filters: Unpack[EventFilters]
     ) -> CostEventPage:
         """Newest first; ``cursor`` is the id of the last event of the previous page."""
+        if type(limit) is not int or not 1 <= limit <= MAX_EVENTS_PAGE:  # as the server answers
+            raise ValidationError(f"limit must be a whole number from 1 to {MAX_EVENTS_PAGE}")
         self._tenancy.check()
         with self._lock:
             self._expire_due()
