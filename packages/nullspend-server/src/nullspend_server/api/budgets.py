@@ -10,7 +10,12 @@ from fastapi import APIRouter, Body, Request
 from pydantic import AfterValidator, AnyHttpUrl, Field, TypeAdapter, ValidationError, computed_field
 from sqlalchemy.exc import IntegrityError
 
-from nullspend.attribution import MAX_TAG_VALUE, RESERVED_TAG_PREFIX, TAG_KEY_PATTERN, tag_errors
+from nullspend.attribution import (
+    MAX_TAG_VALUE,
+    RESERVED_TAG_PREFIX,
+    TAG_KEY_PATTERN,
+    tag_entity_errors,
+)
 from nullspend.errors import ErrorCode
 from nullspend.policy.budgets import Policy, remaining
 from nullspend.policy.periods import ResetInterval
@@ -48,10 +53,7 @@ def _valid_upgrade_url(url: str) -> str:
 
 
 def _valid_tag_entity(entity_id: str) -> str:
-    key, sep, value = entity_id.partition("=")
-    if not sep:
-        raise ValueError("a tag budget's entityId is key=value")
-    if errors := tag_errors({key: value}):
+    if errors := tag_entity_errors(entity_id):
         raise ValueError("; ".join(errors))
     return entity_id
 

@@ -28,7 +28,7 @@ from nullspend.attribution import (
 )
 from nullspend.client.models import MAX_BATCH
 from nullspend.errors import ErrorCode, UnpricedModelError
-from nullspend.limits import MAX_CALL_MICRODOLLARS, PRICED_ABOVE_A_CALL
+from nullspend.limits import MAX_CALL_MICRODOLLARS, MAX_EVENTS_PAGE, PRICED_ABOVE_A_CALL
 from nullspend.usage import Usage
 from nullspend_server.api.event_queries import (
     EventFilters,
@@ -350,7 +350,7 @@ async def list_events(
     principal: Viewer,
     session: Session,
     query: Filters,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE)] = 50,
     cursor: str | None = None,
 ) -> EventPage:
     """Newest first. The cursor is a position in insertion order, so events ingested while
