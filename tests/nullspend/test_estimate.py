@@ -403,3 +403,65 @@ def test_a_prompt_openai_writes_to_its_cache_unasked_is_estimated_at_the_write_r
     older = estimate(OPENAI_RESPONSES, {**body, "model": "gpt-4o"})  # no write price: input
     read = Usage(input_tokens=older.input_tokens, output_tokens=10)
     assert older.microdollars == -(-cost(read, "gpt-4o").total_picodollars // 1_000_000)
+
+
+SPEECH = {
+    "model": "gpt-4o-audio-preview",
+    "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "wav"},
+    "max_completion_tokens": 1000,
+    "messages": [{"role": "user", "content": "Tell me a story"}],
+}
+
+
+TEXT_REQUEST = {key: value for key, value in SPEECH.items() if key not in ("modalities", "audio")}
+
+
+@pytest.mark.parametrize(
+    "asks",
+    [
+        {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+        {"modalities": ["audio", "text"]},
+        {"audio": {"voice": "alloy", "format": "mp3"}},
+    ],
+    ids=["modalities-and-audio", "modalities", "audio"],
+)
+def test_a_request_for_speech_is_estimated_at_the_audio_output_rate(asks: dict[str, Any]) -> None:
+    """Spoken output is billed at $80/M on gpt-4o-audio-preview, eight times its text: estimated
+    at the text rate, such a call reserved 10,173 µ$ and was billed 76,550."""
+    body = {**TEXT_REQUEST, **asks}
+    result = estimate(OPENAI_CHAT, body)
+    billed = cost(
+        Usage(input_tokens=20, output_tokens=50, audio_output_tokens=950), "gpt-4o-audio-preview"
+    )
+    assert billed.total_microdollars == 76_550
+    everything_spoken = Usage(input_tokens=result.input_tokens, audio_output_tokens=1000)
+    exact = cost(everything_spoken, "gpt-4o-audio-preview").total_picodollars
+    assert result.microdollars == -(-exact // PICODOLLARS_PER_MICRODOLLAR) > 76_550
+    assert estimate(OPENAI_CHAT, TEXT_REQUEST).microdollars < 11_000  # text answers: text rate
+
+
+def test_an_earlier_spoken_answer_brought_back_is_estimated_as_audio_input() -> None:
+    """An assistant message naming an earlier answer's audio by id is billed as that audio, at
+    the audio input rate ($40/M here): its content is not in the body, and one answer holds at
+    most the model's output cap."""
+    history = [
+        {"role": "user", "content": "Tell me a story"},
+        {"role": "assistant", "audio": {"id": "audio_abc"}},
+        {"role": "user", "content": "Another one"},
+    ]
+    body = {**SPEECH, "messages": history}
+    model = default_catalog().resolve("gpt-4o-audio-preview")
+    assert model is not None
+    assert model.max_output_tokens == 16_384
+    result = estimate(OPENAI_CHAT, body)
+    body_tokens = -(-len(encode(body)) // 3)
+    assert result.input_tokens == body_tokens + 16_384
+    brought_back = Usage(
+        input_tokens=body_tokens, audio_input_tokens=16_384, audio_output_tokens=1000
+    )
+    exact = cost(brought_back, "gpt-4o-audio-preview").total_picodollars
+    assert result.microdollars == -(-exact // PICODOLLARS_PER_MICRODOLLAR)
+    # A model that takes no audio bills none: its catalog entry has no audio input price.
+    plain = estimate(OPENAI_CHAT, {**body, "model": "gpt-4o"})
+    assert plain.input_tokens == -(-len(encode({**body, "model": "gpt-4o"})) // 3)

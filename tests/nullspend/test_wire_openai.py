@@ -189,6 +189,22 @@ def test_chat_requested_model_and_cache_ttl() -> None:
     assert OPENAI_CHAT.requested_cache_ttl(body) is None
 
 
+@pytest.mark.parametrize(
+    ("body", "speech"),
+    [
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy"}}, True),
+        ({"modalities": ["audio"]}, True),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, True),
+        ({"modalities": ["text"]}, False),
+        ({"modalities": "audio", "audio": None}, False),  # malformed: the provider refuses it
+        ({}, False),
+    ],
+)
+def test_chat_requests_audio_output(body: dict[str, Any], speech: bool) -> None:
+    assert OPENAI_CHAT.requests_audio_output(body) is speech
+    assert OPENAI_RESPONSES.requests_audio_output(body) is False
+
+
 # --- Responses API: JSON bodies ---------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ input the provider adds that the body does not carry (Anthropic's tool-use syste
 added; the prompt is priced at the cache-write rate when the request asks for a cache write,
 or when the model writes one unasked (OpenAI's that price a write above input);
 output is the request's max tokens, else the model's output cap, times the completions it asks
-for (``n``); each web search the request's search tools may make (their ``max_uses``, else an
+for (``n``), at the audio output price when the request asks for speech; an earlier spoken
+answer it brings back by id is billed as audio input, at most the model's output cap each;
+each web search the request's search tools may make (their ``max_uses``, else an
 assumed five) is priced at the model's per-search fee; a request that continues a conversation
 the provider stores (``previous_response_id``) is assumed to read the model's whole context
 window, the most its unseen turns can bill. Images and files are not priced by their bytes
@@ -95,6 +97,7 @@ def estimate_request(
         cache_ttl=wire.requested_cache_ttl(body),
         service_tier=wire.requested_service_tier(body),
         web_searches=wire.requested_web_searches(body),
+        audio_output=wire.requests_audio_output(body),
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
     )
@@ -111,6 +114,7 @@ def estimate_call(
     cache_ttl: str | None = None,
     service_tier: str | None = None,
     web_searches: int = 0,
+    audio_output: bool = False,
     catalog: Catalog | None = None,
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
@@ -120,16 +124,20 @@ def estimate_call(
     output cap; a call that continues a ``stored_context`` may read up to the model's whole
     context window; ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write;
     ``service_tier`` (what the request asks for) prices the call in that processing tier;
-    ``web_searches`` (the most its search tools may make) adds each search's fee."""
+    ``web_searches`` (the most its search tools may make) adds each search's fee;
+    ``audio_output`` (the request asks for speech) prices the output at the audio rate."""
     priced = (catalog or default_catalog()).resolve(model, service_tier) if model else None
     output_tokens = choices * (
         output_cap or (priced.max_output_tokens if priced else None) or DEFAULT_OUTPUT_CAP
     )
     if priced is None:
         return Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
-    image_tokens = 0
+    image_tokens = audio_tokens = 0
     if media is not None:
         input_tokens, image_tokens = _with_media(priced, input_tokens, media)
+        if priced.entry.prices.audio_input is not None:  # else the model takes no audio
+            # An earlier answer's audio, brought back, is at most what one answer can hold.
+            audio_tokens = media.audio_references * (priced.max_output_tokens or DEFAULT_OUTPUT_CAP)
     if window := priced.context_window:
         if stored_context:
             input_tokens = max(input_tokens, window)
@@ -137,9 +145,10 @@ def estimate_call(
         # price tier starts past it (a longer-context mode the catalog's window leaves out).
         if input_tokens > window and (not priced.tiers or priced.tiers[0][0] < window):
             input_tokens = window
+        audio_tokens = min(audio_tokens, window)
     input_tokens += image_tokens
-    # Priced as total_picodollars prices it, without building a Usage for two of its counts.
-    prices = priced.prices_for(input_tokens)[0] if priced.tiers else priced.prices
+    # Priced as total_picodollars prices it, without building a Usage for its few counts.
+    prices = priced.prices_for(input_tokens + audio_tokens)[0] if priced.tiers else priced.prices
     if cache_ttl == "1h":
         prompt_price = prices.cache_write_1h
     elif cache_ttl is not None or priced.provider == "openai":
@@ -148,13 +157,20 @@ def estimate_call(
         prompt_price = max(prices.input, prices.cache_write_5m)
     else:
         prompt_price = prices.input
-    total = input_tokens * prompt_price + output_tokens * prices.output
+    # Asked for speech, any of the output may be audio (a catalog audio price below the text
+    # one would not make the text cheaper).
+    output_price = max(prices.output, prices.audio_output) if audio_output else prices.output
+    total = (
+        input_tokens * prompt_price
+        + audio_tokens * prices.audio_input
+        + output_tokens * output_price
+    )
     if web_searches:
         total += web_searches * prices.web_search
     microdollars = -(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short
-    return Estimate(microdollars, model, priced, input_tokens, output_tokens)
+    return Estimate(microdollars, model, priced, input_tokens + audio_tokens, output_tokens)
 
 
 def _with_media(priced: PricedModel, input_tokens: int, media: Media) -> tuple[int, int]:

@@ -157,6 +157,9 @@ class AnthropicMessages:
                 )
         return hidden
 
+    def requests_audio_output(self, body: JSONObject) -> bool:
+        return False  # Claude answers in text only
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None
         for control in _cache_controls(body):

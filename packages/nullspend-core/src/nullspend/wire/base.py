@@ -110,6 +110,12 @@ class WireFormat(Protocol):
         made from the body adds to it. 0 where the format adds none."""
         ...
 
+    def requests_audio_output(self, body: JSONObject) -> bool:
+        """Whether the request asks for spoken output (Chat Completions' ``modalities``
+        with ``"audio"``, or its ``audio`` parameter): its output may all be audio, billed at
+        the model's audio output price."""
+        ...
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         """``"5m"`` or ``"1h"`` when the request asks the provider to write a prompt cache.
 

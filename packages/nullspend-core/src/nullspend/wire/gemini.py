@@ -103,6 +103,9 @@ class Gemini:
     def hidden_input_tokens(self, body: JSONObject) -> int:
         return 0  # Google documents no hidden prompt
 
+    def requests_audio_output(self, body: JSONObject) -> bool:
+        return False  # the catalog prices no Gemini audio output apart
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # Implicit caching has no write charge; explicit caches are created (and billed for
         # storage) through the cachedContents API, not by a generateContent request.

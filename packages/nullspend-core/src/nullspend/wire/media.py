@@ -1,10 +1,11 @@
-"""Images and files in a request, in every shape the providers' APIs and the frameworks' content
-blocks carry them. The provider bills an image by its pixels (tiles or patches, at a rate of
-the model's) and a file by its content, not by their bytes in the body: an image given by URL
-is a few dozen bytes and bills thousands of tokens; one given inline is megabytes of base64 and
-bills the same. The estimate counts each image at the most one can bill (``pricing.estimate``),
-its bytes left out of the prompt's text, and a file the body only names at the model's context
-window (its content is not in the body; the window bounds what it can bill).
+"""Images, files and earlier spoken answers in a request, in every shape the providers' APIs and
+the frameworks' content blocks carry them. The provider bills an image by its pixels (tiles or
+patches, at a rate of the model's) and a file by its content, not by their bytes in the body: an
+image given by URL is a few dozen bytes and bills thousands of tokens; one given inline is
+megabytes of base64 and bills the same. The estimate counts each image at the most one can bill
+(``pricing.estimate``), its bytes left out of the prompt's text, a file the body only names at
+the model's context window (its content is not in the body; the window bounds what it can
+bill), and a spoken answer brought back by id at the most one answer can hold.
 
 - OpenAI Chat Completions: ``{"type": "image_url"}``; ``{"type": "file", "file": {"file_id"
   | "file_data"}}``.
@@ -13,6 +14,7 @@ window (its content is not in the body; the window bounds what it can bill).
 - Anthropic Messages: ``{"type": "image"}``; ``{"type": "document", "source": {"type": "url" |
   "file" | "base64" | "text" | "content"}}``.
 - Gemini: ``{"inline_data": {"mime_type": "image/..."}}``; ``{"file_data": {...}}`` names one.
+- An earlier spoken answer (Chat Completions): an assistant message's ``"audio": {"id": ...}``.
 - LangChain's content blocks (``{"type": "image" | "file", "url" | "base64" | "data" |
   "file_id" | "source_type"}``) and LlamaIndex's (``{"block_type": "image" | "document"}``).
 """
@@ -45,6 +47,9 @@ class Media:
     """Files the body names (a URL, a file id) without their content."""
     image_bytes: int = 0
     """About what the images take of the body (their strings' lengths): not prompt text."""
+    audio_references: int = 0
+    """Earlier spoken answers brought back by id (a Chat Completions assistant message's
+    ``"audio": {"id": ...}``): billed as audio input, their content not in the body."""
 
 
 def media_of(body: Any) -> Media:
@@ -88,6 +93,8 @@ def _walk(items: list[Any], media: Media) -> None:
             if kind == _GEMINI_NAMED_FILE:
                 media.named_files += 1
                 continue
+        if type(audio := item.get("audio")) is dict and audio.get("id"):
+            media.audio_references += 1
         for key in _CONTENT:  # a message's, a tool result's, an input item's, a Gemini turn's
             if type(inner := item.get(key)) is list:
                 _walk(inner, media)

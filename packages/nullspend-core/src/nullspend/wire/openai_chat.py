@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from nullspend.usage import Usage
 from nullspend.wire._json import count, parse_object, request_int, section, text
 from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
@@ -103,6 +105,12 @@ class OpenAIChat:
 
     def hidden_input_tokens(self, body: JSONObject) -> int:
         return 0  # OpenAI documents no hidden prompt; a message's framing is in the body
+
+    def requests_audio_output(self, body: JSONObject) -> bool:
+        modalities = body.get("modalities")
+        return (isinstance(modalities, list) and "audio" in modalities) or isinstance(
+            body.get("audio"), Mapping
+        )
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.

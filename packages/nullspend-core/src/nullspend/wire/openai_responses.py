@@ -129,6 +129,9 @@ class OpenAIResponses:
     def hidden_input_tokens(self, body: JSONObject) -> int:
         return 0  # OpenAI documents no hidden prompt; a message's framing is in the body
 
+    def requests_audio_output(self, body: JSONObject) -> bool:
+        return False  # the Responses API answers in text only
+
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.
         return None
