@@ -209,6 +209,28 @@ def test_a_turn_continuing_a_stored_conversation_is_estimated_at_the_whole_conte
 
 
 @pytest.mark.parametrize(
+    "stored",
+    [
+        {"prompt": {"id": "pmpt_1", "version": "3", "variables": {"city": "Paris"}}},
+        {"input": [{"type": "item_reference", "id": "msg_1"}, {"role": "user", "content": "hi"}]},
+    ],
+    ids=["prompt-template", "item-reference"],
+)
+def test_stored_content_a_request_names_is_estimated_at_the_whole_context(
+    stored: dict[str, Any],
+) -> None:
+    """A stored prompt template or an input item given by reference is billed by its stored
+    content, as previous_response_id's turns are: counted by the body alone, such a request
+    was estimated at 35 tokens."""
+    turn = {"model": "gpt-4.1", "input": "hi", "max_output_tokens": 100}
+    result = estimate(OPENAI_RESPONSES, {**turn, **stored})
+    assert result.model is not None
+    assert result.input_tokens == result.model.context_window == 1_047_576
+    listed = {**turn, "input": [{"type": "message", "role": "user", "content": "hi"}]}
+    assert estimate(OPENAI_RESPONSES, listed).input_tokens < 100
+
+
+@pytest.mark.parametrize(
     ("wire", "model", "tool", "searches"),
     [
         (

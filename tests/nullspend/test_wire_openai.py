@@ -321,6 +321,24 @@ def test_responses_requests() -> None:
     assert OPENAI_RESPONSES.requested_cache_ttl(body) is None
 
 
+@pytest.mark.parametrize(
+    ("fields", "stored"),
+    [
+        ({"previous_response_id": "resp_1"}, True),
+        ({"conversation": {"id": "conv_1"}}, True),
+        ({"prompt": {"id": "pmpt_1"}}, True),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, True),
+        ({"prompt": {"id": ""}}, False),
+        ({"prompt": "pmpt_1"}, False),  # malformed: the provider refuses it
+        ({"input": [{"type": "message", "role": "user", "content": "hi"}]}, False),
+        ({"input": "item_reference"}, False),
+    ],
+)
+def test_responses_stored_context(fields: dict[str, Any], stored: bool) -> None:
+    body = {"model": "gpt-5", **fields}
+    assert OPENAI_RESPONSES.continues_stored_context(body) is stored
+
+
 # --- Service tiers: the one an answer names and the one a request asks for -----------------
 
 

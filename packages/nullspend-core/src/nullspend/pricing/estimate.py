@@ -13,9 +13,10 @@ output is the request's max tokens, else the model's output cap, times the compl
 for (``n``), at the audio output price when the request asks for speech; an earlier spoken
 answer it brings back by id is billed as audio input, at most the model's output cap each;
 each web search the request's search tools may make (their ``max_uses``, else an
-assumed five) is priced at the model's per-search fee; a request that continues a conversation
-the provider stores (``previous_response_id``) is assumed to read the model's whole context
-window, the most its unseen turns can bill. Images and files are not priced by their bytes
+assumed five) is priced at the model's per-search fee; a request that reads context the
+provider stores (``previous_response_id``, a stored prompt template, an input item by
+reference) is assumed to read the model's whole context window, the most its unseen content
+can bill. Images and files are not priced by their bytes
 (``wire.media``): each image counts the most one can bill on the model, and a file the body only
 names (a URL, a file id) the model's context window. The prompt's text (files included) never
 counts past the context window, which the provider refuses to exceed; images may, as OpenAI

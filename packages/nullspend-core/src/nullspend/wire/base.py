@@ -88,9 +88,9 @@ class WireFormat(Protocol):
         ...
 
     def continues_stored_context(self, body: JSONObject) -> bool:
-        """Whether the request continues a conversation the provider keeps (OpenAI's
-        ``previous_response_id``, ``conversation``): its earlier turns are billed as input but
-        are not in the body."""
+        """Whether the request reads context the provider keeps (OpenAI's
+        ``previous_response_id``, ``conversation``, a stored ``prompt`` template, an
+        ``item_reference`` input item): it is billed as input but is not in the body."""
         ...
 
     def requested_service_tier(self, body: JSONObject) -> str | None:

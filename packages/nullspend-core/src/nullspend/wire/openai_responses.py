@@ -118,7 +118,17 @@ class OpenAIResponses:
         return 1  # the Responses API has no n
 
     def continues_stored_context(self, body: JSONObject) -> bool:
-        return bool(body.get("previous_response_id") or body.get("conversation"))
+        # A stored prompt template (``prompt: {"id": ...}``) and an input item given by
+        # reference are billed by their stored content too.
+        if body.get("previous_response_id") or body.get("conversation"):
+            return True
+        prompt = body.get("prompt")
+        if isinstance(prompt, Mapping) and prompt.get("id"):
+            return True
+        given = body.get("input")
+        return isinstance(given, list) and any(
+            isinstance(item, Mapping) and item.get("type") == "item_reference" for item in given
+        )
 
     def requested_service_tier(self, body: JSONObject) -> str | None:
         return text(body, "service_tier")
