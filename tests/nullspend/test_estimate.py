@@ -69,6 +69,29 @@ def test_model_without_a_known_cap_falls_back_to_the_default() -> None:
     assert result.output_tokens == DEFAULT_OUTPUT_CAP
 
 
+@pytest.mark.parametrize(
+    ("wire", "body", "output_tokens"),
+    [
+        (OPENAI_CHAT, {"model": "gpt-4o", "max_tokens": 10**25}, 16_384),
+        (OPENAI_CHAT, {"model": "gpt-4o", "max_completion_tokens": 40_000, "n": 3}, 3 * 16_384),
+        (OPENAI_CHAT, {"model": "gpt-4o-mini", "max_tokens": 100, "n": 10**15}, 128 * 100),
+        (ANTHROPIC_MESSAGES, {"model": "claude-opus-4-1", "max_tokens": 10**20}, 32_000),
+        # 128,000 with a beta header, which is not in the body: the catalog's cap allows it.
+        (ANTHROPIC_MESSAGES, {"model": "claude-3-7-sonnet", "max_tokens": 128_000}, 128_000),
+        (OPENAI_RESPONSES, {"model": "o3", "input": "hi", "max_output_tokens": 10**30}, 100_000),
+    ],
+)
+def test_an_output_bound_past_what_the_provider_allows_counts_what_it_allows(
+    wire: WireFormat, body: dict[str, Any], output_tokens: int
+) -> None:
+    """A cap above the model's own, or more completions than OpenAI gives (128), is refused by
+    the provider: counted as asked, such a valid-looking request was estimated past what a
+    BIGINT holds (``n: 10**15``, ``max_tokens: 10**25``)."""
+    result = estimate(wire, body)
+    assert result.output_tokens == output_tokens
+    assert result.microdollars < 100_000_000  # $100: well within any amount a budget holds
+
+
 def test_non_ascii_bytes_count_double() -> None:
     ascii_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "a" * 300}]}
     cjk_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "世" * 100}]}

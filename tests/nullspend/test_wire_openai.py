@@ -182,6 +182,11 @@ def test_chat_requested_output_cap(body: dict[str, Any], cap: int | None) -> Non
     assert OPENAI_CHAT.requested_output_cap(body) == cap
 
 
+@pytest.mark.parametrize(("n", "choices"), [(None, 1), (0, 1), (4, 4), (128, 128), (10**15, 128)])
+def test_chat_requested_choices_are_at_most_what_openai_gives(n: int | None, choices: int) -> None:
+    assert OPENAI_CHAT.requested_choices({"n": n}) == choices
+
+
 def test_chat_requested_model_and_cache_ttl() -> None:
     body = {"model": "gpt-4o", "messages": [], "prompt_cache_key": "k"}
     assert OPENAI_CHAT.requested_model(body) == "gpt-4o"

@@ -5,22 +5,22 @@ replaces it afterwards. It must bound ordinary requests from above, or concurren
 together spend past a hard cap, so every guess leans high: input is one token per 3 bytes of the
 body (English prose runs about 4 bytes a token, but code and JSON run near 3; the hosted
 service's bytes / 4 + 10 % undershoots them), counting the JSON syntax, roles and keys as prompt
-text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more);
-input the provider adds that the body does not carry (Anthropic's tool-use system prompt) is
-added; the prompt is priced at the cache-write rate when the request asks for a cache write,
-or when the model writes one unasked (OpenAI's that price a write above input);
-output is the request's max tokens, else the model's output cap, times the completions it asks
-for (``n``), at the audio output price when the request asks for speech; an earlier spoken
-answer it brings back by id is billed as audio input, at most the model's output cap each;
-each web search the request's search tools may make (their ``max_uses``, else an
-assumed five) is priced at the model's per-search fee; a request that reads context the
-provider stores (``previous_response_id``, a stored prompt template, an input item by
-reference) is assumed to read the model's whole context window, the most its unseen content
-can bill. Images and files are not priced by their bytes
-(``wire.media``): each image counts the most one can bill on the model, and a file the body only
-names (a URL, a file id) the model's context window. The prompt's text (files included) never
-counts past the context window, which the provider refuses to exceed; images may, as OpenAI
-bills gpt-4o-mini's image tokens apart from its window.
+text; non-ASCII bytes count double (one CJK character, 3 bytes, is often a token or more); input
+the provider adds that the body does not carry (Anthropic's tool-use system prompt) is added;
+the prompt is priced at the cache-write rate when the request asks for a cache write, or when
+the model writes one unasked (OpenAI's that price a write above input); output is the request's
+max tokens (at most the model's output cap, which the provider refuses to exceed), else the
+model's output cap, times the completions it asks for (``n``), at the audio output price when
+the request asks for speech; an earlier spoken answer it brings back by id is billed as audio
+input, at most the model's output cap each; each web search the request's search tools may make
+(their ``max_uses``, else an assumed five) is priced at the model's per-search fee; a request
+that reads context the provider stores (``previous_response_id``, a stored prompt template, an
+input item by reference) is assumed to read the model's whole context window, the most its
+unseen content can bill. Images and files are not priced by their bytes (``wire.media``): each
+image counts the most one can bill on the model, and a file the body only names (a URL, a file
+id) the model's context window. The prompt's text (files included) never counts past the context
+window, which the provider refuses to exceed; images may, as OpenAI bills gpt-4o-mini's image
+tokens apart from its window.
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ def estimate_call(
     ``web_searches`` (the most its search tools may make) adds each search's fee;
     ``audio_output`` (the request asks for speech) prices the output at the audio rate."""
     priced = (catalog or default_catalog()).resolve(model, service_tier) if model else None
-    output_tokens = choices * (
-        output_cap or (priced.max_output_tokens if priced else None) or DEFAULT_OUTPUT_CAP
-    )
+    model_cap = priced.max_output_tokens if priced else None
+    cap = output_cap or model_cap or DEFAULT_OUTPUT_CAP
+    if model_cap is not None:
+        cap = min(cap, model_cap)  # the provider refuses a larger one: no more can bill
+    output_tokens = choices * cap
     if priced is None:
         return Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
     image_tokens = audio_tokens = 0
@@ -138,7 +140,7 @@ def estimate_call(
         input_tokens, image_tokens = _with_media(priced, input_tokens, media)
         if priced.entry.prices.audio_input is not None:  # else the model takes no audio
             # An earlier answer's audio, brought back, is at most what one answer can hold.
-            audio_tokens = media.audio_references * (priced.max_output_tokens or DEFAULT_OUTPUT_CAP)
+            audio_tokens = media.audio_references * (model_cap or DEFAULT_OUTPUT_CAP)
     if window := priced.context_window:
         if stored_context:
             input_tokens = max(input_tokens, window)

@@ -88,7 +88,9 @@ class ModelEntry(BaseModel):
     """Other names of exactly this model and price: undated and ``-latest`` names, snapshots."""
     context_window: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
-    """The model's output cap: what an estimate assumes when a request sets no max tokens."""
+    """The model's output cap, the largest any request can get (a beta header's included): what
+    an estimate assumes when a request sets no max tokens, and the most it counts when one asks
+    for more (the provider refuses that)."""
     image_input_tokens: int | None = Field(default=None, gt=0)
     """The most input tokens one image can bill, where it differs from its provider's (see
     ``pricing.estimate.IMAGE_INPUT_TOKENS``): what an estimate counts for each image."""

@@ -10,6 +10,8 @@ from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.chat usage"
+MAX_CHOICES = 128
+"""The most completions (``n``) OpenAI gives one request; it refuses more."""
 
 
 def _usage_from(usage: JSONObject) -> Usage:
@@ -92,7 +94,7 @@ class OpenAIChat:
         return cap if cap is not None else request_int(body, "max_tokens")
 
     def requested_choices(self, body: JSONObject) -> int:
-        return request_int(body, "n") or 1
+        return min(request_int(body, "n") or 1, MAX_CHOICES)
 
     def continues_stored_context(self, body: JSONObject) -> bool:
         return False
