@@ -11,11 +11,13 @@ from nullspend.pricing import cost, default_catalog, estimate_call, estimate_req
 from nullspend.pricing.estimate import (
     DEFAULT_OUTPUT_CAP,
     ORIGINAL_IMAGE_INPUT_TOKENS,
+    PDF_PAGE_TEXT_TOKENS,
     UNPRICED_ESTIMATE_MICRODOLLARS,
 )
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES, WireFormat
 from nullspend.wire.media import Media, media_of
+from tests.nullspend.pdf_documents import base64_of, document
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -393,6 +395,59 @@ def test_a_file_the_body_only_names_counts_the_models_window() -> None:
     assert estimate(ANTHROPIC_MESSAGES, _asking("claude-opus-4-1", inline)).input_tokens < 100
     by_id = {"type": "file", "file": {"file_id": "file-abc"}}
     assert estimate(OPENAI_CHAT, _asking("gpt-4o", by_id)).input_tokens == 128_000
+
+
+def _pdf_parts(data: str) -> dict[WireFormat, tuple[str, dict[str, Any]]]:
+    """An inline PDF as each provider's request carries it, and a model of the provider."""
+    url = f"data:application/pdf;base64,{data}"
+    return {
+        ANTHROPIC_MESSAGES: (
+            "claude-sonnet-4-5",
+            {
+                "type": "document",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": data},
+            },
+        ),
+        OPENAI_CHAT: ("gpt-4o", {"type": "file", "file": {"filename": "r.pdf", "file_data": url}}),
+        OPENAI_RESPONSES: ("gpt-4o", {"type": "input_file", "filename": "r.pdf", "file_data": url}),
+    }
+
+
+@pytest.mark.parametrize(
+    ("wire", "per_image"),
+    [(ANTHROPIC_MESSAGES, 1_600), (OPENAI_CHAT, 3_779), (OPENAI_RESPONSES, 3_779)],
+)
+@pytest.mark.parametrize("object_stream", [False, True], ids=["plain", "object-stream"])
+def test_an_inline_pdf_counts_each_page_as_its_text_and_an_image(
+    wire: WireFormat, per_image: int, object_stream: bool
+) -> None:
+    """The provider bills each page of a PDF as its text and an image of it (Anthropic: 2,100 to
+    2,350 tokens a text page): a 10-page report, 12 kB compressed, was estimated by its bytes at
+    5,755 tokens where Anthropic bills about 23,000."""
+    data = base64_of(document(10, object_stream=object_stream))
+    model, part = _pdf_parts(data)[wire]
+    key = "input" if wire is OPENAI_RESPONSES else "messages"
+    body = _asking(model, part, key=key)
+    result = estimate(wire, body)
+    carried = data if wire is ANTHROPIC_MESSAGES else f"data:application/pdf;base64,{data}"
+    text = -(-len(encode(body)) // 3) - len(carried) // 3
+    assert result.input_tokens == text + 10 * (per_image + PDF_PAGE_TEXT_TOKENS)
+    if wire is ANTHROPIC_MESSAGES:
+        assert result.input_tokens > 10 * 2_350
+
+
+def test_an_inline_pdf_counts_no_less_than_its_bytes_nor_more_than_the_window() -> None:
+    """A page holding a large scan is counted by its bytes still; a long document stops at the
+    window; one whose pages cannot be counted counts the window, as a file only named does."""
+    scan = document(1).replace(b"%%EOF", b"%" + b"x" * 60_000 + b"\n%%EOF")
+    model, part = _pdf_parts(base64_of(scan))[ANTHROPIC_MESSAGES]
+    body = _asking(model, part)
+    assert estimate(ANTHROPIC_MESSAGES, body).input_tokens == -(-len(encode(body)) // 3)
+    long = _asking("claude-opus-4-1", _pdf_parts(base64_of(document(60)))[ANTHROPIC_MESSAGES][1])
+    assert estimate(ANTHROPIC_MESSAGES, long).input_tokens == 200_000
+    blank = base64_of(b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n")
+    unknown = _asking("claude-opus-4-1", _pdf_parts(blank)[ANTHROPIC_MESSAGES][1])
+    assert estimate(ANTHROPIC_MESSAGES, unknown).input_tokens == 200_000
 
 
 def test_the_prompt_never_counts_past_the_window_unless_a_tier_lies_beyond_it() -> None:

@@ -17,10 +17,11 @@ input, at most the model's output cap each; each web search the request's search
 that reads context the provider stores (``previous_response_id``, a stored prompt template, an
 input item by reference) is assumed to read the model's whole context window, the most its
 unseen content can bill. Images and files are not priced by their bytes (``wire.media``): each
-image counts the most one can bill on the model, and a file the body only names (a URL, a file
-id) the model's context window. The prompt's text (files included) never counts past the context
-window, which the provider refuses to exceed; images may, as OpenAI bills gpt-4o-mini's image
-tokens apart from its window.
+image counts the most one can bill on the model, an inline PDF's pages the most each can bill
+(its text and an image of it), and a file the body only names (a URL, a file id), or a PDF whose
+pages cannot be counted, the model's context window. The prompt's text (files included) never
+counts past the context window, which the provider refuses to exceed; images may, as OpenAI
+bills gpt-4o-mini's image tokens apart from its window.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ IMAGE_INPUT_TOKENS = {"openai": 3_779, "anthropic": 1_600}
 # An image OpenAI is asked to take at its original size (``detail: "original"``): up to 10,000
 # patches, at the highest multiplier above.
 ORIGINAL_IMAGE_INPUT_TOKENS = 24_600
+# A PDF page's text as the provider extracts it, billed besides the page's image: a dense page
+# (two columns of 9-pt text, a table of figures) holds about 7,000 characters, some 2,500 tokens
+# at 3 characters a token; prose pages run 500 to 800 (Anthropic bills such a page 2,100 to
+# 2,350 tokens, its image included).
+PDF_PAGE_TEXT_TOKENS = 2_500
 # A named file's bound when the catalog gives the model no context window.
 DEFAULT_CONTEXT_WINDOW = 200_000
 
@@ -177,12 +183,18 @@ def estimate_call(
 
 
 def _with_media(priced: PricedModel, input_tokens: int, media: Media) -> tuple[int, int]:
-    """The prompt's text tokens with its named files at the model's window, its images' bytes
-    left out; and its images' tokens, at the most one can bill on the model (None known: the
-    images stay counted by their bytes)."""
+    """The prompt's text tokens with its named files at the model's window, its inline PDFs'
+    pages at the most each can bill, its images' bytes left out; and its images' tokens, at the
+    most one can bill on the model (None known: the images and PDFs stay counted by their
+    bytes)."""
     input_tokens += media.named_files * (priced.context_window or DEFAULT_CONTEXT_WINDOW)
     per_image = priced.entry.image_input_tokens or IMAGE_INPUT_TOKENS.get(priced.provider)
-    if per_image is None or not media.images:
+    if per_image is None:
+        return input_tokens, 0
+    if media.pdf_pages:  # each page billed as its text and an image of it; never below its bytes
+        pages = media.pdf_pages * (per_image + PDF_PAGE_TEXT_TOKENS)
+        input_tokens += max(pages - media.pdf_bytes // 3, 0)
+    if not media.images:
         return input_tokens, 0
     original = media.original_images * max(ORIGINAL_IMAGE_INPUT_TOKENS - per_image, 0)
     return max(input_tokens - media.image_bytes // 3, 0), media.images * per_image + original

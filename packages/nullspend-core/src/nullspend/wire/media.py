@@ -3,9 +3,10 @@ the frameworks' content blocks carry them. The provider bills an image by its pi
 patches, at a rate of the model's) and a file by its content, not by their bytes in the body: an
 image given by URL is a few dozen bytes and bills thousands of tokens; one given inline is
 megabytes of base64 and bills the same. The estimate counts each image at the most one can bill
-(``pricing.estimate``), its bytes left out of the prompt's text, a file the body only names at
-the model's context window (its content is not in the body; the window bounds what it can
-bill), and a spoken answer brought back by id at the most one answer can hold.
+(``pricing.estimate``), its bytes left out of the prompt's text, an inline PDF by its pages
+(``wire.pdf`` counts them), a file the body only names at the model's context window (its
+content is not in the body; the window bounds what it can bill), and a spoken answer brought
+back by id at the most one answer can hold.
 
 - OpenAI Chat Completions: ``{"type": "image_url"}``; ``{"type": "file", "file": {"file_id"
   | "file_data"}}``.
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from nullspend.wire.pdf import is_pdf, pdf_pages
 
 _IMAGES = frozenset({"image_url", "image", "input_image"})
 _FILES = frozenset({"file", "input_file", "document"})
@@ -44,9 +47,15 @@ class Media:
     original_images: int = 0
     """Of ``images``, those asked for at their original size (OpenAI's ``detail: "original"``)."""
     named_files: int = 0
-    """Files the body names (a URL, a file id) without their content."""
+    """Files the body names (a URL, a file id) without their content, and inline PDFs whose
+    pages cannot be counted: each may bill up to the model's context window."""
     image_bytes: int = 0
     """About what the images take of the body (their strings' lengths): not prompt text."""
+    pdf_pages: int = 0
+    """Pages of the PDFs the body carries inline (base64) whose pages could be counted: each
+    page is billed as its text and an image of it, not by its bytes."""
+    pdf_bytes: int = 0
+    """What those PDFs take of the body (their base64's length)."""
     audio_references: int = 0
     """Earlier spoken answers brought back by id (a Chat Completions assistant message's
     ``"audio": {"id": ...}``): billed as audio input, their content not in the body."""
@@ -88,7 +97,15 @@ def _walk(items: list[Any], media: Media) -> None:
                 media.image_bytes += _size(item)
                 continue
             if kind in _FILES:
-                media.named_files += not _carries_content(item)
+                if not _carries_content(item):
+                    media.named_files += 1
+                elif (data := _inline_data(item)) is not None and is_pdf(data):
+                    pages = pdf_pages(data)
+                    if pages is None:  # bounded as a file it only names is
+                        media.named_files += 1
+                    else:
+                        media.pdf_pages += pages
+                        media.pdf_bytes += len(data)
                 continue
             if kind == _GEMINI_NAMED_FILE:
                 media.named_files += 1
@@ -125,6 +142,21 @@ def _carries_content(part: dict[str, Any]) -> bool:
     if isinstance(source, dict):
         return source.get("type") in _INLINE_SOURCES
     return any(part.get(field) for field in _INLINE) or part.get("source_type") == "base64"
+
+
+def _inline_data(part: dict[str, Any]) -> str | None:
+    """The text a file part carries inline (base64 or plain): an Anthropic source's ``data``,
+    OpenAI's ``file_data``, LangChain's ``data`` or ``base64``."""
+    inner = part.get("file")
+    if isinstance(inner, dict):  # Chat Completions keeps it one level down
+        part = inner
+    source = part.get("source")
+    if isinstance(source, dict):
+        part = source
+    for field in ("file_data", "data", "base64"):
+        if type(value := part.get(field)) is str:
+            return value
+    return None
 
 
 def _detail(image: dict[str, Any]) -> object:
