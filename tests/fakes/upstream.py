@@ -19,6 +19,8 @@ Per request, through headers the proxy forwards untouched:
   which is answered with text: an agent's tool round trip.
 - ``x-fake-answer``: the text of a Responses or a (non-streamed) Messages answer (a
   structured output's JSON, say).
+- ``x-fake-gzip``: ``accepted`` (gzip the answer, streams too, event by event, when the request
+  accepts gzip, as Anthropic's API and many gateways do) or ``always`` (whatever it accepts).
 ``POST /v1/embeddings`` answers one vector per input (base64 when asked, as the SDK does), and
 any path not served answers the provider's 404.
 An OpenAI answer's ``service_tier`` is the one its request asked for ("priority" for "fast"),
@@ -32,6 +34,7 @@ import array
 import asyncio
 import base64
 import json
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -546,7 +549,32 @@ async def _handle(request: Request) -> Response:
         return _error(request.url.path, int(status))
     if scenario.fault == "hang":
         await asyncio.sleep(3600)
-    return HANDLERS[request.url.path](scenario)
+    return _encoded(request, HANDLERS[request.url.path](scenario))
+
+
+def _encoded(request: Request, response: Response) -> Response:
+    """``response`` gzipped as ``x-fake-gzip`` asks; a stream flushed event by event, so a
+    decoding client still reads it as it arrives."""
+    mode = request.headers.get("x-fake-gzip")
+    accepted = "gzip" in request.headers.get("accept-encoding", "")
+    if mode != "always" and not (mode == "accepted" and accepted):
+        return response
+    gzip = zlib.compressobj(wbits=31)
+    response.headers["content-encoding"] = "gzip"
+    if isinstance(response, StreamingResponse):
+        events = response.body_iterator
+
+        async def gzipped() -> AsyncIterator[bytes]:
+            async for event in events:
+                assert isinstance(event, bytes)
+                yield gzip.compress(event) + gzip.flush(zlib.Z_SYNC_FLUSH)
+            yield gzip.flush()
+
+        response.body_iterator = gzipped()
+        return response
+    response.body = gzip.compress(response.body) + gzip.flush()
+    response.headers["content-length"] = str(len(response.body))
+    return response
 
 
 def create_app() -> Starlette:

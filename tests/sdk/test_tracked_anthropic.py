@@ -13,7 +13,7 @@ import anthropic
 import pytest
 
 from nullspend.client import AsyncNullSpend, NullSpend
-from nullspend.embedded import AsyncLocalNullSpend, LocalBudget
+from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import DeniedError, TagBudgetExceededError, UnmeteredRouteError
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_tracked_openai import released_budget, settled_events
@@ -125,3 +125,42 @@ def test_a_message_batch_is_refused_and_its_cancel_is_not(fake: tuple[str, Any])
     asyncio.run(batch_then_cancel())
     assert [r["path"] for r in fake[1].state.requests] == ["/v1/messages/batches/msgbatch_1/cancel"]
     assert ns.engine.cost_events().data == []
+
+
+def gzip_kwargs(fake: tuple[str, Any], gzip: str) -> dict[str, Any]:
+    kwargs = client_kwargs(fake)
+    return {**kwargs, "default_headers": {**kwargs["default_headers"], "x-fake-gzip": gzip}}
+
+
+@pytest.mark.parametrize("gzip", ["accepted", "always"])
+def test_a_gzipped_stream_is_priced_from_its_usage(fake: tuple[str, Any], gzip: str) -> None:
+    """Anthropic's API gzips an event stream for a client that accepts gzip (httpx always
+    does), as many gateways do: a stream is asked for unencoded, and one encoded even so (a
+    gateway that ignores the asking) is decoded before its usage is read."""
+    ns = LocalNullSpend([LocalBudget.total(100_000_000)])
+    finals = []
+    for client in (
+        anthropic.Anthropic(**gzip_kwargs(fake, gzip)),
+        ns.anthropic(**gzip_kwargs(fake, gzip)),
+    ):
+        with client.messages.stream(model=MODEL, max_tokens=1024, messages=MESSAGES) as stream:
+            finals.append(stream.get_final_message())
+    assert finals[1] == finals[0]
+    assert fake[1].state.requests[-1]["headers"]["accept-encoding"] == "identity"
+    (event,) = ns.cost_events().data
+    assert event.cost_microdollars == COST
+
+
+def test_an_async_gzipped_stream_is_priced_from_its_usage(fake: tuple[str, Any]) -> None:
+    ns = AsyncLocalNullSpend([LocalBudget.total(100_000_000)])
+
+    async def stream_it() -> None:
+        client = ns.anthropic(**gzip_kwargs(fake, "always"))
+        async with client.messages.stream(
+            model=MODEL, max_tokens=1024, messages=MESSAGES
+        ) as stream:
+            assert (await stream.get_final_message()).usage.output_tokens == USAGE["output"]
+
+    asyncio.run(stream_it())
+    (event,) = ns.engine.cost_events().data
+    assert event.cost_microdollars == COST

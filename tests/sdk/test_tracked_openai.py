@@ -512,3 +512,29 @@ def test_a_call_served_in_a_service_tier_is_priced_and_estimated_at_its_rates(
 def test_which_requests_may_spend_unpriced(method: str, path: str, refused: bool) -> None:
     routes = ANTHROPIC_ROUTES if path.startswith("/v1/messages") else OPENAI_ROUTES
     assert spends_unpriced(routes, method, path) is refused
+
+
+def test_a_stream_gzipped_by_a_gateway_reaches_the_caller_as_sent_and_is_priced(
+    fake: tuple[str, Any],
+) -> None:
+    """A gateway that gzips an event stream though the request asked for it unencoded: it is
+    decoded as it arrives, so the caller gets each chunk when the plain SDK would, without the
+    usage chunk asked for on its behalf, and the usage is read."""
+    kwargs = client_kwargs(fake)
+    headers = {**kwargs["default_headers"], "x-fake-gzip": "always", "x-fake-fault": "slow:100"}
+    kwargs["default_headers"] = headers
+    ns = LocalNullSpend([LocalBudget.total(100_000_000)])
+    seen = []
+    for client in (openai.OpenAI(**kwargs), ns.openai(**kwargs)):
+        started, arrivals, chunks = time.perf_counter(), [], []
+        for chunk in client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        ):
+            arrivals.append(time.perf_counter() - started)
+            chunks.append(chunk)
+        assert arrivals[0] < arrivals[-1] / 2  # as they arrive, not once all are in
+        seen.append(chunks)
+    assert seen[1] == seen[0]
+    assert all(chunk.usage is None and chunk.choices for chunk in seen[1])
+    (event,) = ns.cost_events().data
+    assert event.cost_microdollars == COST

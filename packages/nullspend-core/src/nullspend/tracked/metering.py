@@ -189,6 +189,7 @@ class Metered:
     body: bytes
     """The request body to send: the caller's, or with ``include_usage`` added."""
     strip_usage: bool
+    streamed: bool
     started: float = field(default_factory=time.perf_counter)
     reservation_id: str = ""
 
@@ -208,7 +209,14 @@ class Metered:
         asking = asking_for_usage(wire, parsed)
         body = asking or body
         estimate = estimate_request(wire, parsed, body)
-        return cls(wire, estimate.requested_model, estimate.microdollars, body, asking is not None)
+        return cls(
+            wire,
+            estimate.requested_model,
+            estimate.microdollars,
+            body,
+            asking is not None,
+            parsed.get("stream") is True,
+        )
 
     def reading_of(self, content: bytes) -> Reading:
         try:

@@ -52,10 +52,20 @@ def _reserve_options(metered: Metered, scope: Scope) -> dict[str, Any]:
     return options
 
 
-def _with_body(request: httpx.Request, body: bytes) -> httpx.Request:
-    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
+def _forwarded(request: httpx.Request, metered: Metered) -> httpx.Request:
+    """``request`` as it is sent: with ``metered``'s body, and a stream asked for unencoded
+    (httpx asks for gzip, which Anthropic and many gateways apply to event streams too): its
+    usage is read from the bytes as they arrive."""
+    dropped = ("content-length", "accept-encoding") if metered.streamed else ("content-length",)
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in dropped]
+    if metered.streamed:
+        headers.append(("Accept-Encoding", "identity"))
     return type(request)(  # httpx's or httpx2's
-        request.method, request.url, headers=headers, content=body, extensions=request.extensions
+        request.method,
+        request.url,
+        headers=headers,
+        content=metered.body,
+        extensions=request.extensions,
     )
 
 
@@ -124,6 +134,7 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
         self.inner = inner
         self.raise_as = raise_as
         self.allow_unmetered = allow_unmetered
+        self.http = http
         self.stream_type = _stream_type(_MeteredStream, http.SyncByteStream)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -137,7 +148,7 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
         except NullSpendError as error:
             raise _refusal(error, self.raise_as) from None
         try:
-            response = self.inner.handle_request(_with_body(request, metered.body))
+            response = self.inner.handle_request(_forwarded(request, metered))
         except BaseException as error:
             self._end_failed(metered, error)
             raise
@@ -145,7 +156,7 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
             self._release(metered)
         elif _is_stream(response):
             response.stream = self.stream_type(
-                response.stream, metered, self._settle, self._renewal(metered)
+                response, self.http, metered, self._settle, self._renewal(metered)
             )
         else:
             try:
@@ -178,6 +189,7 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
         self.inner = inner
         self.raise_as = raise_as
         self.allow_unmetered = allow_unmetered
+        self.http = http
         self.stream_type = _stream_type(_AsyncMeteredStream, http.AsyncByteStream)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -191,7 +203,7 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
         except NullSpendError as error:
             raise _refusal(error, self.raise_as) from None
         try:
-            response = await self.inner.handle_async_request(_with_body(request, metered.body))
+            response = await self.inner.handle_async_request(_forwarded(request, metered))
         except BaseException as error:
             self._end_failed(metered, error)
             raise
@@ -199,7 +211,7 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
             self._release(metered)
         elif _is_stream(response):
             response.stream = self.stream_type(
-                response.stream, metered, self._settle, self._renewal(metered)
+                response, self.http, metered, self._settle, self._renewal(metered)
             )
         else:
             try:
@@ -226,8 +238,25 @@ class _StreamReading:
     stream may outlast its lifetime), then the bytes to pass on; and the settle, once: when the
     stream is closed, or when it is dropped unclosed."""
 
-    def __init__(self, inner: Any, metered: Metered, settle: Settle, renewal: Renewal):
-        self.inner = inner
+    def __init__(
+        self,
+        response: httpx.Response,
+        http: ModuleType,
+        metered: Metered,
+        settle: Settle,
+        renewal: Renewal,
+    ):
+        self.inner: Any = response.stream
+        self.decoding = "content-encoding" in response.headers
+        if self.decoding:
+            # Encoded though identity was asked (a gateway's doing): decoded by httpx's own
+            # decoders for the usage reader and the filter, and passed on decoded, as the
+            # caller's client would have read it.
+            self.inner = http.Response(
+                response.status_code, headers=response.headers, stream=response.stream
+            )
+            del response.headers["content-encoding"]
+            response.headers.pop("content-length", None)
         self.metered = metered
         self.settle = settle
         self.renewal = renewal
@@ -266,7 +295,7 @@ class _MeteredStream(_StreamReading):
     estimate)."""
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.inner:
+        for chunk in self.inner.iter_bytes() if self.decoding else self.inner:
             if out := self.pass_on(chunk):
                 yield out
         if rest := self.rest():
@@ -281,7 +310,7 @@ class _MeteredStream(_StreamReading):
 
 class _AsyncMeteredStream(_StreamReading):
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
+        async for chunk in self.inner.aiter_bytes() if self.decoding else self.inner:
             if out := self.pass_on(chunk):
                 yield out
         if rest := self.rest():
