@@ -16,7 +16,11 @@ from nullspend.client import AsyncNullSpend, NullSpend
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
 from nullspend.errors import DeniedError, TagBudgetExceededError, UnmeteredRouteError
 from tests.nullspend_server.conftest import RunningServer
-from tests.sdk.test_tracked_openai import released_budget, settled_events
+from tests.sdk.test_tracked_openai import (
+    assert_the_sdks_http_defaults,
+    released_budget,
+    settled_events,
+)
 
 USAGE = {"input": 20, "cached": 6000, "output": 87, "reasoning": 0, "cache_write": 1500}
 # claude-sonnet-4-5: $3 input, $0.30 cache read, $3.75 cache write (5 min), $15 output per M
@@ -164,3 +168,20 @@ def test_an_async_gzipped_stream_is_priced_from_its_usage(fake: tuple[str, Any])
     asyncio.run(stream_it())
     (event,) = ns.engine.cost_events().data
     assert event.cost_microdollars == COST
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_the_client_keeps_the_sdks_http_defaults(
+    monkeypatch: pytest.MonkeyPatch, asynchronous: bool
+) -> None:
+    """Anthropic's: TCP keep-alive probes on its sockets too."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    kwargs = {"api_key": "sk-ant-test"}
+    if asynchronous:
+        plain: Any = anthropic.AsyncAnthropic(**kwargs)
+        tracked: Any = AsyncLocalNullSpend([LocalBudget.total(1)]).anthropic(**kwargs)
+    else:
+        plain = anthropic.Anthropic(**kwargs)
+        tracked = LocalNullSpend([LocalBudget.total(1)]).anthropic(**kwargs)
+    assert plain._client._transport._pool._socket_options  # SO_KEEPALIVE, TCP_KEEPIDLE...
+    assert_the_sdks_http_defaults(plain, tracked)

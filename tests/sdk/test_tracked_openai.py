@@ -13,6 +13,10 @@ from typing import Any
 
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Route
 
 from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend, renewal
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
@@ -20,6 +24,7 @@ from nullspend.errors import BudgetUnavailableError, DeniedError, UnmeteredRoute
 from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES, spends_unpriced
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
+from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer, start_server
 
 USAGE = {"input": 1200, "cached": 1024, "output": 90, "reasoning": 0, "cache_write": 0}
@@ -538,3 +543,48 @@ def test_a_stream_gzipped_by_a_gateway_reaches_the_caller_as_sent_and_is_priced(
     assert all(chunk.usage is None and chunk.choices for chunk in seen[1])
     (event,) = ns.cost_events().data
     assert event.cost_microdollars == COST
+
+
+def assert_the_sdks_http_defaults(plain: Any, tracked: Any) -> None:
+    """``tracked``'s HTTP client is set up as the plain SDK client's own (connection limits,
+    redirects, socket options, the environment's proxies), each of its transports metered."""
+    assert tracked._client.follow_redirects is plain._client.follow_redirects is True
+    ours, theirs = plain._client._transport._pool, tracked._client._transport.inner._pool
+    assert theirs._max_connections == ours._max_connections == 1000
+    assert theirs._max_keepalive_connections == ours._max_keepalive_connections
+    assert theirs._socket_options == ours._socket_options
+    assert plain._client._mounts  # the environment's proxy
+    assert [type(t.inner) for t in tracked._client._mounts.values()] == [
+        type(t) for t in plain._client._mounts.values()
+    ]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_the_client_keeps_the_sdks_http_defaults(
+    monkeypatch: pytest.MonkeyPatch, asynchronous: bool
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    kwargs = {"api_key": "sk-test"}
+    if asynchronous:
+        plain: Any = openai.AsyncOpenAI(**kwargs)
+        tracked: Any = AsyncLocalNullSpend([LocalBudget.total(1)]).openai(**kwargs)
+    else:
+        plain = openai.OpenAI(**kwargs)
+        tracked = LocalNullSpend([LocalBudget.total(1)]).openai(**kwargs)
+    assert_the_sdks_http_defaults(plain, tracked)
+
+
+def test_a_redirect_is_followed_and_the_call_metered_once(fake: tuple[str, Any]) -> None:
+    """A gateway (or base URL) that redirects: followed, as by the plain SDK; the redirect
+    itself releases its reservation."""
+
+    async def moved(request: Request) -> RedirectResponse:
+        return RedirectResponse(f"{fake[0]}{request.url.path.removeprefix('/old')}", 307)
+
+    gateway = Starlette(routes=[Route("/old/{path:path}", moved, methods=["POST"])])
+    ns = LocalNullSpend([LocalBudget.total(100_000_000)])
+    with serving(gateway) as base_url:
+        client = ns.openai(**{**client_kwargs(fake), "base_url": f"{base_url}/old/v1"})
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
+    assert released_budget(ns).spend_microdollars == COST

@@ -7,6 +7,7 @@ the refusal is raised as a subclass of both."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,10 +17,9 @@ from nullspend.errors import ApiError
 from nullspend.tracked.metering import (
     ANTHROPIC_ROUTES,
     OPENAI_ROUTES,
-    Routes,
     unmetered_route_error,
 )
-from nullspend.tracked.transport import AsyncTrackedTransport, RaiseAs, TrackedTransport
+from nullspend.tracked.transport import AsyncTrackedTransport, TrackedTransport
 
 if TYPE_CHECKING:
     import anthropic
@@ -92,30 +92,29 @@ def _refuse_socket(path: str, *args: Any, **kwargs: Any) -> Any:
     raise _as_openai_error(unmetered_route_error(f"a WebSocket to {path}", path))
 
 
-def _metered_http(
-    ns: NullSpend, http: ModuleType, routes: Routes, raise_as: RaiseAs, allow_unmetered: bool
-) -> Any:
-    """An HTTP client of ``http``'s (httpx, or httpx2) whose transport meters ``routes``."""
-    inner = http.HTTPTransport()
-    transport = TrackedTransport(ns, inner, routes, raise_as, http, allow_unmetered=allow_unmetered)
-    return http.Client(transport=transport)
-
-
-def _async_metered_http(
-    ns: AsyncNullSpend, http: ModuleType, routes: Routes, raise_as: RaiseAs, allow_unmetered: bool
-) -> Any:
-    """``_metered_http``, for the async SDK clients."""
-    inner = http.AsyncHTTPTransport()
-    transport = AsyncTrackedTransport(
-        ns, inner, routes, raise_as, http, allow_unmetered=allow_unmetered
-    )
-    return http.AsyncClient(transport=transport)
+def _metered_http(client: Any, meter: Callable[[Any], Any]) -> Any:
+    """``client``, an SDK's own default HTTP client (its connection limits, redirects followed,
+    socket options, the environment's proxies), with each of its transports metered by
+    ``meter``: a proxy's (mounted for the URLs it carries) as well as the default one."""
+    client._transport = meter(client._transport)
+    client._mounts = {
+        pattern: None if mounted is None else meter(mounted)
+        for pattern, mounted in client._mounts.items()
+    }
+    return client
 
 
 def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai.OpenAI:
     import openai
 
-    http_client = _metered_http(ns, httpx, OPENAI_ROUTES, _as_openai_error, allow_unmetered)
+    meter = functools.partial(
+        TrackedTransport,
+        ns,
+        routes=OPENAI_ROUTES,
+        raise_as=_as_openai_error,
+        allow_unmetered=allow_unmetered,
+    )
+    http_client = _metered_http(openai.DefaultHttpxClient(), meter)
     client = openai.OpenAI(http_client=http_client, **kwargs)
     return _sockets_refused(client, allow_unmetered)
 
@@ -125,7 +124,14 @@ def async_openai_client(
 ) -> openai.AsyncOpenAI:
     import openai
 
-    http_client = _async_metered_http(ns, httpx, OPENAI_ROUTES, _as_openai_error, allow_unmetered)
+    meter = functools.partial(
+        AsyncTrackedTransport,
+        ns,
+        routes=OPENAI_ROUTES,
+        raise_as=_as_openai_error,
+        allow_unmetered=allow_unmetered,
+    )
+    http_client = _metered_http(openai.DefaultAsyncHttpxClient(), meter)
     client = openai.AsyncOpenAI(http_client=http_client, **kwargs)
     return _sockets_refused(client, allow_unmetered)
 
@@ -133,8 +139,15 @@ def async_openai_client(
 def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> anthropic.Anthropic:
     import anthropic
 
-    http = _anthropic_http()
-    http_client = _metered_http(ns, http, ANTHROPIC_ROUTES, _as_anthropic_error, allow_unmetered)
+    meter = functools.partial(
+        TrackedTransport,
+        ns,
+        routes=ANTHROPIC_ROUTES,
+        raise_as=_as_anthropic_error,
+        http=_anthropic_http(),
+        allow_unmetered=allow_unmetered,
+    )
+    http_client = _metered_http(anthropic.DefaultHttpxClient(), meter)
     return anthropic.Anthropic(http_client=http_client, **kwargs)
 
 
@@ -143,8 +156,13 @@ def async_anthropic_client(
 ) -> anthropic.AsyncAnthropic:
     import anthropic
 
-    http = _anthropic_http()
-    http_client = _async_metered_http(
-        ns, http, ANTHROPIC_ROUTES, _as_anthropic_error, allow_unmetered
+    meter = functools.partial(
+        AsyncTrackedTransport,
+        ns,
+        routes=ANTHROPIC_ROUTES,
+        raise_as=_as_anthropic_error,
+        http=_anthropic_http(),
+        allow_unmetered=allow_unmetered,
     )
+    http_client = _metered_http(anthropic.DefaultAsyncHttpxClient(), meter)
     return anthropic.AsyncAnthropic(http_client=http_client, **kwargs)
