@@ -276,13 +276,15 @@ def test_the_responses_stream_helper_is_priced(fake: tuple[str, Any]) -> None:
 
 def test_the_sdks_websocket_modes_are_refused(fake: tuple[str, Any]) -> None:
     """``responses.connect()`` and ``realtime.connect()`` open a WebSocket of their own, past
-    the metered transport: under a cap of $5 a realtime session would have spent uncapped."""
+    the metered transport: under a cap of $5 a realtime session would have spent uncapped. A
+    copy of the client (``with_options()``, ``copy()``) refuses them too."""
     ns = LocalNullSpend([LocalBudget.total(5_000_000)])
-    clients = [
+    tracked = [
         ns.openai(**client_kwargs(fake)),
         AsyncLocalNullSpend().openai(**client_kwargs(fake)),
     ]
-    for client in clients:
+    derived = [client.with_options(timeout=30).copy(max_retries=1) for client in tracked]
+    for client in [*tracked, *derived]:
         sockets = [client.responses, client.realtime, client.beta.realtime, client.beta.responses]
         for resource in sockets:
             with pytest.raises(UnmeteredRouteError) as refused:
@@ -290,8 +292,9 @@ def test_the_sdks_websocket_modes_are_refused(fake: tuple[str, Any]) -> None:
             assert isinstance(refused.value, openai.OpenAIError)
     assert fake[1].state.requests == []
     allowed = ns.openai(allow_unmetered=True, **client_kwargs(fake))
-    manager = allowed.realtime.connect(model="gpt-realtime")  # connects once entered
-    assert type(manager).__name__ == "RealtimeConnectionManager"
+    for client in (allowed, allowed.with_options(timeout=30)):
+        manager = client.realtime.connect(model="gpt-realtime")  # connects once entered
+        assert type(manager).__name__ == "RealtimeConnectionManager"
 
 
 def test_a_stream_dropped_unread_is_settled_at_its_estimate(fake: tuple[str, Any]) -> None:

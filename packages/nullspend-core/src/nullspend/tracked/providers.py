@@ -85,7 +85,14 @@ def _sockets_refused(client: C, allow_unmetered: bool) -> C:
         if resource is not None and hasattr(resource, "connect"):
             path = "/v1/" + names[-1]
             resource.connect = functools.partial(_refuse_socket, path)
+    # A copy (with_options() makes one too) is a new client with resources of its own.
+    copying: Any = client
+    copying.copy = copying.with_options = functools.partial(_copy_refusing, copying.copy)
     return client
+
+
+def _copy_refusing(copy: Callable[..., C], *args: Any, **kwargs: Any) -> C:
+    return _sockets_refused(copy(*args, **kwargs), allow_unmetered=False)
 
 
 def _refuse_socket(path: str, *args: Any, **kwargs: Any) -> Any:
