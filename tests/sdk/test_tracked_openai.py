@@ -591,3 +591,28 @@ def test_a_redirect_is_followed_and_the_call_metered_once(fake: tuple[str, Any])
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
     assert released_budget(ns).spend_microdollars == COST
+
+
+@pytest.mark.parametrize("gzip", ["", "accepted"])
+def test_a_raw_response_is_handed_on_as_the_sdk_gives_it(fake: tuple[str, Any], gzip: str) -> None:
+    """``with_raw_response``: the answer read for its usage (gzipped or not) is handed on
+    unclosed, so it is timed as the plain SDK's is (``.elapsed``)."""
+    kwargs = client_kwargs(fake)
+    kwargs["default_headers"] = {**kwargs["default_headers"], "x-fake-gzip": gzip}
+    ns = LocalNullSpend([LocalBudget.total(100_000_000)])
+    raw = ns.openai(**kwargs).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES
+    )
+    assert raw.elapsed.total_seconds() > 0
+    assert raw.headers.get("content-encoding") == ("gzip" if gzip else None)
+    assert raw.parse().usage is not None
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST]
+
+    async def async_raw() -> float:
+        client = AsyncLocalNullSpend().openai(**kwargs)
+        answer = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        return answer.elapsed.total_seconds()
+
+    assert asyncio.run(async_raw()) > 0

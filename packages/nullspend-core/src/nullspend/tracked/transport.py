@@ -69,6 +69,21 @@ def _forwarded(request: httpx.Request, metered: Metered) -> httpx.Request:
     )
 
 
+def _read(stream: Any) -> bytes:
+    """A transport's answer, read whole and closed (its connection goes back to the pool)."""
+    try:
+        return b"".join(stream)
+    finally:
+        stream.close()
+
+
+async def _aread(stream: Any) -> bytes:
+    try:
+        return b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()
+
+
 def _is_stream(response: httpx.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.startswith("text/event-stream")
@@ -83,6 +98,7 @@ class _Metering:
     routes: Routes
     raise_as: RaiseAs
     allow_unmetered: bool
+    http: ModuleType
 
     def _metered(self, request: httpx.Request, body: bytes) -> Metered | None:
         """The metering of ``request``; None to pass it on unmetered, because it costs nothing
@@ -99,6 +115,17 @@ class _Metering:
 
     def _settle(self, metered: Metered, reading: Reading) -> None:
         self.ns.settle_later(metered.reservation_id, **metered.settlement(reading))
+
+    def _settle_answer(self, metered: Metered, response: httpx.Response, content: bytes) -> None:
+        """Settle an answer read whole (``content``, as it came), and give ``response`` the
+        bytes again: it is handed on unclosed, for the client to time as it is read."""
+        response.stream = self.http.ByteStream(content)
+        if "content-encoding" in response.headers:  # decoded apart: the caller's client decodes
+            try:
+                content = self.http.Response(200, headers=response.headers, content=content).content
+            except self.http.DecodingError:  # no answer, which the caller's client will say
+                content = b""
+        self._settle(metered, metered.reading_of(content))
 
     def _release(self, metered: Metered) -> None:
         self.ns.release_later(metered.reservation_id)
@@ -160,11 +187,11 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
             )
         else:
             try:
-                content = response.read()
+                content = _read(response.stream)
             except BaseException:  # the provider answered: it bills, whatever reached us
                 self._settle(metered, NO_READING)
                 raise
-            self._settle(metered, metered.reading_of(content))
+            self._settle_answer(metered, response, content)
         return response
 
     def close(self) -> None:
@@ -215,11 +242,11 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
             )
         else:
             try:
-                content = await response.aread()
+                content = await _aread(response.stream)
             except BaseException:
                 self._settle(metered, NO_READING)
                 raise
-            self._settle(metered, metered.reading_of(content))
+            self._settle_answer(metered, response, content)
         return response
 
     async def aclose(self) -> None:
