@@ -8,7 +8,9 @@ import asyncio
 import datetime as dt
 import gc
 import json
+import pickle
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import openai
@@ -20,7 +22,12 @@ from starlette.routing import Route
 
 from nullspend.client import AsyncNullSpend, BudgetStatus, NullSpend, renewal
 from nullspend.embedded import AsyncLocalNullSpend, LocalBudget, LocalNullSpend
-from nullspend.errors import BudgetUnavailableError, DeniedError, UnmeteredRouteError
+from nullspend.errors import (
+    BudgetExceededError,
+    BudgetUnavailableError,
+    DeniedError,
+    UnmeteredRouteError,
+)
 from nullspend.tracked.metering import ANTHROPIC_ROUTES, OPENAI_ROUTES, spends_unpriced
 from tests.estimates import reserved_estimates
 from tests.fakes.interposed import HeldSettles, interposed
@@ -616,3 +623,24 @@ def test_a_raw_response_is_handed_on_as_the_sdk_gives_it(fake: tuple[str, Any], 
         return answer.elapsed.total_seconds()
 
     assert asyncio.run(async_raw()) > 0
+
+
+def deny_over_budget() -> None:
+    ns = LocalNullSpend([LocalBudget.total(1)])
+    client = ns.openai(api_key="sk-test", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+def test_a_denial_pickles_as_itself() -> None:
+    """The typed denial, also the SDK's error, reaches a caller in another process as itself
+    (``ProcessPoolExecutor``, ``multiprocessing``), not as a ``PicklingError``."""
+    with pytest.raises(BudgetExceededError) as denied:
+        deny_over_budget()
+    again = pickle.loads(pickle.dumps(denied.value))
+    assert type(again) is type(denied.value)
+    assert isinstance(again, openai.OpenAIError)
+    assert (again.args, again.__dict__) == (denied.value.args, denied.value.__dict__)
+    with ProcessPoolExecutor(1) as pool, pytest.raises(BudgetExceededError) as in_worker:
+        pool.submit(deny_over_budget).result()
+    assert isinstance(in_worker.value, openai.OpenAIError)
+    assert in_worker.value.details == denied.value.details

@@ -34,13 +34,30 @@ C = TypeVar("C")
 _flavours: dict[tuple[type[ApiError], type[Exception]], type[ApiError]] = {}
 
 
-def _flavoured(error: ApiError, sdk_error: type[Exception]) -> Exception:
-    """``error`` as its own type and the SDK's base error at once."""
-    kind = type(error)
+def _flavour(kind: type[ApiError], sdk_error: type[Exception]) -> type[ApiError]:
+    """``kind`` and the SDK's base error at once: a class made at run time, which pickles as
+    the two it is made of (in a worker process, say)."""
     flavour = _flavours.get((kind, sdk_error))
     if flavour is None:
-        flavour = _flavours[kind, sdk_error] = type(kind.__name__, (kind, sdk_error), {})
-    return flavour(
+        namespace = {"__reduce__": _reduce_flavoured}
+        flavour = _flavours[kind, sdk_error] = type(kind.__name__, (kind, sdk_error), namespace)
+    return flavour
+
+
+def _reduce_flavoured(error: ApiError) -> tuple[Any, ...]:
+    kind, sdk_error = type(error).__bases__
+    return _unpickle_flavoured, (kind, sdk_error, error.args), error.__dict__
+
+
+def _unpickle_flavoured(
+    kind: type[ApiError], sdk_error: type[Exception], args: tuple[Any, ...]
+) -> ApiError:
+    return _flavour(kind, sdk_error)(*args)
+
+
+def _flavoured(error: ApiError, sdk_error: type[Exception]) -> Exception:
+    """``error`` as its own type and the SDK's base error at once."""
+    return _flavour(type(error), sdk_error)(
         error.message,
         code=error.code,
         status=error.status,
