@@ -644,3 +644,33 @@ def test_a_denial_pickles_as_itself() -> None:
         pool.submit(deny_over_budget).result()
     assert isinstance(in_worker.value, openai.OpenAIError)
     assert in_worker.value.details == denied.value.details
+
+
+def test_an_async_call_cancelled_before_it_was_sent_is_released(fake: tuple[str, Any]) -> None:
+    """An async call cancelled while it waited for a pooled connection never reached the
+    provider: released, not charged its estimate. One cancelled once sent still is."""
+    ns = AsyncLocalNullSpend([LocalBudget.total(10**9)])
+    kwargs = client_kwargs(fake)
+    hanging = {**kwargs["default_headers"], "x-fake-fault": "hang"}
+
+    async def cancel_waiting_then_sent() -> None:
+        client = ns.openai(**kwargs)
+        client._client._transport.inner._pool._max_connections = 1  # all busy with one stream
+        held = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        waiting = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(waiting, 0.3)
+        await held.close()
+        assert len(fake[1].state.requests) == 1
+        assert len((await ns.cost_events()).data) == 1  # the stream, closed unread
+        sent = client.with_options(default_headers=hanging).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sent, 0.3)
+        assert len((await ns.cost_events()).data) == 2
+
+    asyncio.run(cancel_waiting_then_sent())
+    assert released_budget(ns.engine).reserved_microdollars == 0

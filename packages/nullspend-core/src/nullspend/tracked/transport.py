@@ -69,6 +69,28 @@ def _forwarded(request: httpx.Request, metered: Metered) -> httpx.Request:
     )
 
 
+class _Sending:
+    """Whether a request began to be sent, as httpcore traces it (from ``extensions``, the
+    forwarded request's, which httpx hands to httpcore as they are; a trace the caller set is
+    still called): one cancelled before (waiting for a pooled connection, connecting) never
+    reached the provider."""
+
+    started = False
+
+    def __init__(self, extensions: dict[str, Any]) -> None:
+        self.extensions = extensions
+        self.traced = extensions.get("trace")
+        extensions["trace"] = self.trace
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith(".send_request_headers.started"):
+            self.started = True
+            # Known: httpcore, which reads the trace per step, need not call this one again.
+            self.extensions["trace"] = self.traced
+        if self.traced is not None:
+            await self.traced(event, info)
+
+
 def _read(stream: Any) -> bytes:
     """A transport's answer, read whole and closed (its connection goes back to the pool)."""
     try:
@@ -130,11 +152,11 @@ class _Metering:
     def _release(self, metered: Metered) -> None:
         self.ns.release_later(metered.reservation_id)
 
-    def _end_failed(self, metered: Metered, error: BaseException) -> None:
-        """A request that failed: released if the provider never had it, else charged its
-        estimate (the provider goes on without the client, and bills), as the proxy charges a
-        call its client left."""
-        if may_have_been_taken(error):
+    def _end_failed(self, metered: Metered, error: BaseException, sent: bool = True) -> None:
+        """A request that failed: released if the provider never had it (``sent``: it began to
+        be sent, or may have), else charged its estimate (the provider goes on without the
+        client, and bills), as the proxy charges a call its client left."""
+        if sent and may_have_been_taken(error):
             self._settle(metered, NO_READING)
         else:
             self._release(metered)
@@ -218,6 +240,8 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
         self.allow_unmetered = allow_unmetered
         self.http = http
         self.stream_type = _stream_type(_AsyncMeteredStream, http.AsyncByteStream)
+        # httpcore's trace tells when a request began to be sent; another transport's, nothing.
+        self.traces_sending = isinstance(inner, http.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         metered = self._metered(request, await request.aread())
@@ -229,10 +253,12 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
             )
         except NullSpendError as error:
             raise _refusal(error, self.raise_as) from None
+        forwarded = _forwarded(request, metered)
+        sending = _Sending(forwarded.extensions) if self.traces_sending else None
         try:
-            response = await self.inner.handle_async_request(_forwarded(request, metered))
-        except BaseException as error:
-            self._end_failed(metered, error)
+            response = await self.inner.handle_async_request(forwarded)
+        except BaseException as error:  # a cancellation, say, while waiting for a connection
+            self._end_failed(metered, error, sending is None or sending.started)
             raise
         if response.status_code >= 300:
             self._release(metered)
