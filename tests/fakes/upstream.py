@@ -524,6 +524,7 @@ async def _handle(request: Request) -> Response:
             "query": request.url.query,
             "headers": dict(request.headers),
             "json": body,
+            "raw": raw,
         }
     )
     if request.url.path == "/v1/models":

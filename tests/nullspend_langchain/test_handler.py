@@ -62,13 +62,14 @@ def chat_openai(
     fault: str = "",
     usage: dict[str, int] = USAGE,
     base: str | None = None,
+    model: str = "gpt-4o-mini",
     **kwargs: Any,
 ) -> ChatOpenAI:
-    """gpt-4o-mini on the fake provider (or on ``base``, a proxy in front of it) answering
+    """``model`` on the fake provider (or on ``base``, a proxy in front of it) answering
     ``usage``; ``fault`` is its ``x-fake-fault``."""
     faults = {"x-fake-fault": fault} if fault else {}
     return ChatOpenAI(
-        model="gpt-4o-mini",
+        model=model,
         base_url=f"{base or fake[0]}/v1",
         api_key="sk-test",  # type: ignore[arg-type]
         max_retries=0,
@@ -634,6 +635,20 @@ def test_tool_schemas_and_choices_are_in_the_estimate(fake: tuple[str, Any]) -> 
     three = reserved_for(chat_openai(fake, max_tokens=100, n=3), fake)
     two_more = 2 * 100 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
     assert three - plain >= two_more > 0
+
+
+def test_a_request_for_speech_is_estimated_at_the_audio_output_rate(
+    fake: tuple[str, Any],
+) -> None:
+    """A chat model asked for speech may bill its whole output as audio, at eight times the
+    text rate on gpt-4o-audio-preview: estimated at the text rate, a hard cap was passed."""
+    audio = default_catalog().resolve("gpt-4o-audio-preview")
+    assert audio is not None
+    assert audio.prices.audio_output is not None
+    speech = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+    model = chat_openai(fake, model="gpt-4o-audio-preview", max_tokens=1_000, **speech)
+    at_least = 1_000 * audio.prices.audio_output // PICODOLLARS_PER_MICRODOLLAR
+    assert reserved_for(model, fake) >= at_least > 0
 
 
 def test_an_answer_from_langchains_cache_costs_nothing(fake: tuple[str, Any]) -> None:

@@ -659,6 +659,24 @@ def test_the_responses_api_is_priced_from_its_own_usage(fake: tuple[str, Any]) -
     assert reserved[0] < 200 * gpt.prices.output // PICODOLLARS_PER_MICRODOLLAR
 
 
+def test_a_request_for_speech_is_estimated_at_the_audio_output_rate(
+    fake: tuple[str, Any],
+) -> None:
+    """An LLM asked for speech may bill its whole output as audio, at eight times the text
+    rate on gpt-4o-audio-preview: estimated at the text rate, a hard cap was passed."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    audio = default_catalog().resolve("gpt-4o-audio-preview")
+    assert audio is not None
+    assert audio.prices.audio_output is not None
+    llm = openai_llm(fake)
+    llm.model, llm.max_tokens = "gpt-4o-audio-preview", 1_000
+    llm.modalities, llm.audio_config = ["text", "audio"], {"voice": "alloy", "format": "wav"}
+    llm.chat(HELLO)
+    assert reserved[0] >= 1_000 * audio.prices.audio_output // PICODOLLARS_PER_MICRODOLLAR > 0
+
+
 def test_tool_schemas_are_in_the_estimate(fake: tuple[str, Any]) -> None:
     """The provider bills tool schemas as input: leaving them out of the estimate lets
     concurrent calls spend past a hard cap."""

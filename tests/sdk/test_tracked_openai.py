@@ -111,6 +111,12 @@ def test_a_stream_is_passed_through_unchanged_and_priced(
         assert kept[-1].usage is not None  # asked for by the caller: kept
         events = settled_events(ns, 2)
         assert [e.cost_microdollars for e in events] == [COST, COST]
+        # The body goes as the SDK wrote it, the option added at its end: not encoded again.
+        said = [{"role": "user", "content": "Un café, s'il vous plaît"}]
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=said, stream=True))
+        sent = fake[1].state.requests[-1]["raw"]
+        assert "café".encode() in sent
+        assert sent.endswith(b',"stream_options":{"include_usage":true}}')
 
 
 def test_a_denied_call_raises_before_anything_is_sent(

@@ -245,6 +245,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             service_tier=OPENAI_CHAT.requested_service_tier(request),  # ChatOpenAI's too
             # Bound tools in either provider's shape; a search is billed on top of tokens.
             web_searches=_web_searches_allowed(request) if tools else 0,
+            audio_output=OPENAI_CHAT.requests_audio_output(request),  # speech bills above text
         )
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope

@@ -490,6 +490,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         service_tier=wire.requested_service_tier(sent),  # OpenAI's priority costs more
         # OpenAIResponses' built-in tools (a web search: billed per search) are its own field.
         web_searches=wire.requested_web_searches(request),
+        audio_output=wire.requests_audio_output(sent),  # speech bills above text
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     _hear_clients(llm, wire)  # before reserving: nothing may come between it and the call
@@ -681,9 +682,19 @@ def _as_sent(
         return {"max_tokens": getattr(llm, "max_tokens", None), **own, **kwargs}
     if wire is OPENAI_RESPONSES:
         return {"max_output_tokens": getattr(llm, "max_output_tokens", None), **own, **kwargs}
-    # llama-index-llms-openai: the call's, then its own max_tokens, then additional_kwargs
+    # llama-index-llms-openai: the call's, then its own max_tokens, then additional_kwargs, then
+    # its speech settings
     cap = getattr(llm, "max_tokens", None)
-    return {**kwargs, **({"max_tokens": cap} if cap is not None else {}), **own}
+    speech = {
+        "modalities": getattr(llm, "modalities", None),
+        "audio": getattr(llm, "audio_config", None),
+    }
+    return {
+        **kwargs,
+        **({"max_tokens": cap} if cap is not None else {}),
+        **own,
+        **{name: value for name, value in speech.items() if value is not None},
+    }
 
 
 def _provider_llm(llm: Any) -> Any:

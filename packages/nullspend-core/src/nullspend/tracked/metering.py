@@ -202,11 +202,11 @@ class Metered:
             return None
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             return None
         if not isinstance(parsed, dict):
             return None
-        asking = asking_for_usage(wire, parsed)
+        asking = asking_for_usage(wire, parsed, body)
         body = asking or body
         estimate = estimate_request(wire, parsed, body)
         return cls(
@@ -221,7 +221,7 @@ class Metered:
     def reading_of(self, content: bytes) -> Reading:
         try:
             parsed = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             return NO_READING
         return self.wire.read_response(parsed) if isinstance(parsed, dict) else NO_READING
 
