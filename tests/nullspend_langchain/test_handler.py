@@ -1076,12 +1076,13 @@ def test_a_graph_branch_denied_while_others_wait_leaves_them_charged(
         model = chat_openai(fake, base=base, max_tokens=100)
 
         async def work(state: dict[str, Any]) -> dict[str, list[str]]:
-            await asyncio.sleep(state["delay"])
+            if state["last"]:  # calls once the others' requests are out (none are, once denied)
+                await _until(lambda: len(fake[1].state.requests) - sent_before >= 4)
             return {"out": [str((await model.ainvoke("hello")).content)]}
 
         graph = StateGraph(FannedOut)
         graph.add_node("work", work)
-        fan_out = [Send("work", {"delay": 0.0 if i < 4 else 0.1}) for i in range(5)]
+        fan_out = [Send("work", {"last": i == 4}) for i in range(5)]
         graph.add_conditional_edges(START, lambda _: fan_out, ["work"])
         compiled = graph.compile()
         estimate = reserved_for(model, fake)
