@@ -17,9 +17,10 @@ from nullspend.errors import ApiError
 from nullspend.tracked.metering import (
     ANTHROPIC_ROUTES,
     OPENAI_ROUTES,
+    Routes,
     unmetered_route_error,
 )
-from nullspend.tracked.transport import AsyncTrackedTransport, TrackedTransport
+from nullspend.tracked.transport import AsyncTrackedTransport, RaiseAs, TrackedTransport
 
 if TYPE_CHECKING:
     import anthropic
@@ -116,30 +117,47 @@ def _refuse_socket(path: str, *args: Any, **kwargs: Any) -> Any:
     raise _as_openai_error(unmetered_route_error(f"a WebSocket to {path}", path))
 
 
-def _metered_http(client: Any, meter: Callable[[Any], Any]) -> Any:
-    """``client``, an SDK's own default HTTP client (its connection limits, redirects followed,
-    socket options, the environment's proxies), with each of its transports metered by
-    ``meter``: a proxy's (mounted for the URLs it carries) as well as the default one."""
+def _on_metered_http(
+    sdk_client: Callable[..., C],
+    default_http: Callable[[], Any],
+    transport: Callable[..., Any],
+    ns: NullSpend | AsyncNullSpend,
+    routes: Routes,
+    raise_as: RaiseAs,
+    http: ModuleType,
+    allow_unmetered: bool,
+    kwargs: dict[str, Any],
+) -> C:
+    """An SDK client on the SDK's own default HTTP client (its connection limits, redirects
+    followed, socket options, the environment's proxies), each of whose transports (a proxy's,
+    mounted for the URLs it carries, as well as the default one) meters ``routes``."""
+    client = default_http()
+
+    def meter(inner: Any) -> Any:
+        return transport(ns, inner, routes, raise_as, http, allow_unmetered=allow_unmetered)
+
     client._transport = meter(client._transport)
     client._mounts = {
         pattern: None if mounted is None else meter(mounted)
         for pattern, mounted in client._mounts.items()
     }
-    return client
+    return sdk_client(http_client=client, **kwargs)
 
 
 def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai.OpenAI:
     import openai
 
-    meter = functools.partial(
+    client = _on_metered_http(
+        openai.OpenAI,
+        openai.DefaultHttpxClient,
         TrackedTransport,
         ns,
-        routes=OPENAI_ROUTES,
-        raise_as=_as_openai_error,
-        allow_unmetered=allow_unmetered,
+        OPENAI_ROUTES,
+        _as_openai_error,
+        httpx,
+        allow_unmetered,
+        kwargs,
     )
-    http_client = _metered_http(openai.DefaultHttpxClient(), meter)
-    client = openai.OpenAI(http_client=http_client, **kwargs)
     return _sockets_refused(client, allow_unmetered)
 
 
@@ -148,31 +166,34 @@ def async_openai_client(
 ) -> openai.AsyncOpenAI:
     import openai
 
-    meter = functools.partial(
+    client = _on_metered_http(
+        openai.AsyncOpenAI,
+        openai.DefaultAsyncHttpxClient,
         AsyncTrackedTransport,
         ns,
-        routes=OPENAI_ROUTES,
-        raise_as=_as_openai_error,
-        allow_unmetered=allow_unmetered,
+        OPENAI_ROUTES,
+        _as_openai_error,
+        httpx,
+        allow_unmetered,
+        kwargs,
     )
-    http_client = _metered_http(openai.DefaultAsyncHttpxClient(), meter)
-    client = openai.AsyncOpenAI(http_client=http_client, **kwargs)
     return _sockets_refused(client, allow_unmetered)
 
 
 def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> anthropic.Anthropic:
     import anthropic
 
-    meter = functools.partial(
+    return _on_metered_http(
+        anthropic.Anthropic,
+        anthropic.DefaultHttpxClient,
         TrackedTransport,
         ns,
-        routes=ANTHROPIC_ROUTES,
-        raise_as=_as_anthropic_error,
-        http=_anthropic_http(),
-        allow_unmetered=allow_unmetered,
+        ANTHROPIC_ROUTES,
+        _as_anthropic_error,
+        _anthropic_http(),
+        allow_unmetered,
+        kwargs,
     )
-    http_client = _metered_http(anthropic.DefaultHttpxClient(), meter)
-    return anthropic.Anthropic(http_client=http_client, **kwargs)
 
 
 def async_anthropic_client(
@@ -180,13 +201,14 @@ def async_anthropic_client(
 ) -> anthropic.AsyncAnthropic:
     import anthropic
 
-    meter = functools.partial(
+    return _on_metered_http(
+        anthropic.AsyncAnthropic,
+        anthropic.DefaultAsyncHttpxClient,
         AsyncTrackedTransport,
         ns,
-        routes=ANTHROPIC_ROUTES,
-        raise_as=_as_anthropic_error,
-        http=_anthropic_http(),
-        allow_unmetered=allow_unmetered,
+        ANTHROPIC_ROUTES,
+        _as_anthropic_error,
+        _anthropic_http(),
+        allow_unmetered,
+        kwargs,
     )
-    http_client = _metered_http(anthropic.DefaultAsyncHttpxClient(), meter)
-    return anthropic.AsyncAnthropic(http_client=http_client, **kwargs)
