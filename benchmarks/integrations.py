@@ -5,7 +5,7 @@ provider models do, so only the handler's own work is measured, pricing included
     uv run python benchmarks/integrations.py [--calls 3000]
 
 Embedded mode: the handler enforces a total budget in-process (``LocalNullSpend``, spend in
-memory).
+memory, and again with spend in a SQLite file).
 Server mode: it reserves and settles over HTTP with a NullSpend server on this machine (its own
 process, SQLite), two round trips per call. Goal for embedded mode: at most 5 % and 50 µs.
 """
@@ -199,11 +199,22 @@ def main() -> None:
     # A $1,000,000 cap: every call is checked against it and counted in it, never refused.
     capped = LocalNullSpend([LocalBudget.total(1_000_000_000_000)])
     embedded = {"callbacks": [NullSpendCallbackHandler(client=capped)]}
-    in_process = {"none": {}, "nothing": {"callbacks": [DoNothing()]}, "embedded": embedded}
+    spend_dir = tempfile.TemporaryDirectory()
+    on_file = LocalNullSpend(
+        [LocalBudget.total(1_000_000_000_000)], path=f"{spend_dir.name}/spend.db"
+    )
+    in_process: dict[str, dict[str, Any]] = {
+        "none": {},
+        "nothing": {"callbacks": [DoNothing()]},
+        "embedded": embedded,
+        "file": {"callbacks": [NullSpendCallbackHandler(client=on_file)]},
+    }
     fake_sync = best_per_call(invoking(fake), calls, in_process)
     fake_async = best_per_call(ainvoking(fake), calls, in_process)
     openai = openai_answered_in_process()
     openai_sync = best_per_call(invoking(openai), calls // 3, in_process)
+    on_file.close()
+    spend_dir.cleanup()
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         migrate(url)
@@ -236,6 +247,7 @@ def main() -> None:
                 ("no handler", run["none"]),
                 ("a handler that does nothing", run["nothing"]),
                 ("NullSpend handler, embedded mode", run["embedded"]),
+                ("NullSpend handler, embedded mode, spend in a SQLite file", run["file"]),
             ],
         )
     table(
@@ -244,6 +256,7 @@ def main() -> None:
             ("no handler", openai_sync["none"]),
             ("a handler that does nothing", openai_sync["nothing"]),
             ("NullSpend handler, embedded mode", openai_sync["embedded"]),
+            ("NullSpend handler, embedded mode, spend in a SQLite file", openai_sync["file"]),
         ],
     )
     table(
