@@ -680,3 +680,33 @@ def test_an_async_call_cancelled_before_it_was_sent_is_released(fake: tuple[str,
 
     asyncio.run(cancel_waiting_then_sent())
     assert released_budget(ns.engine).reserved_microdollars == 0
+
+
+def test_an_async_call_cancelled_in_its_proxys_tunnel_is_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through an HTTPS proxy, httpcore first sends a CONNECT with the request's extensions: a
+    call cancelled after it, in the TLS handshake with the provider, was taken as sent and
+    charged its estimate."""
+
+    async def tunnel_to_nowhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(60)  # the provider's TLS handshake never comes
+
+    async def cancelled_in_the_tunnel() -> None:
+        proxy = await asyncio.start_server(tunnel_to_nowhere, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        client = ns.openai(base_url="https://provider.invalid/v1", api_key="sk-test")
+        call = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call, 0.5)
+        proxy.close()
+
+    ns = AsyncLocalNullSpend([LocalBudget.total(10**9)])
+    asyncio.run(cancelled_in_the_tunnel())
+    budget = released_budget(ns.engine)
+    assert (budget.spend_microdollars, budget.reserved_microdollars) == (0, 0)

@@ -83,7 +83,11 @@ class _Sending:
         extensions["trace"] = self.trace
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event.endswith(".send_request_headers.started"):
+        # Through an HTTPS proxy, a CONNECT to the proxy carries these extensions first.
+        sent = info.get("request")
+        if event.endswith(".send_request_headers.started") and (
+            sent is None or sent.method != b"CONNECT"
+        ):
             self.started = True
             # Known: httpcore, which reads the trace per step, need not call this one again.
             self.extensions["trace"] = self.traced
