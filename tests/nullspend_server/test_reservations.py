@@ -114,6 +114,14 @@ def test_reservation_estimated_from_the_provider_request(admin: httpx.Client) ->
     )
     assert settle.status_code == 400
     assert "costMicrodollars" in settle.json()["error"]["message"]
+    # Searches allowed past all reason estimate above one call's most: refused, as by the proxy,
+    # not reserved at that most.
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 10**14}
+    absurd = {"model": "claude-sonnet-4-5", "max_tokens": 100, "tools": [search], "messages": []}
+    refused = admin.post("/api/reservations", json={"request": absurd})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "validation_error"
+    assert refused.json()["error"]["details"] == {"maxMicrodollars": 10**15}
 
 
 def test_release_and_double_settle(admin: httpx.Client) -> None:

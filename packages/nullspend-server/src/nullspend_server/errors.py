@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nullspend.errors import ErrorCode
+from nullspend.limits import MAX_CALL_MICRODOLLARS
 from nullspend.policy.denials import Denial
 
 log = logging.getLogger("nullspend.server")
@@ -42,6 +43,18 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return error_response(self.code, self.message, self.details, self.headers, self.extra)
+
+
+def estimate_above_a_call() -> ApiError:
+    """What a provider request estimated above one call's most is answered, wherever the server
+    estimates one (the proxy, a reservation given the request)."""
+    # No figure in the answer: one from an absurd max_tokens can have too many digits for str()
+    return ApiError(
+        ErrorCode.VALIDATION_ERROR,
+        f"the request's estimate is above one call's most, {MAX_CALL_MICRODOLLARS} µ$:"
+        " check its max_tokens, n and tools' max_uses",
+        {"maxMicrodollars": MAX_CALL_MICRODOLLARS},
+    )
 
 
 def denial_error(denial: Denial) -> ApiError:

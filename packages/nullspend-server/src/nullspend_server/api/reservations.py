@@ -43,7 +43,7 @@ from nullspend_server.engine import (
     ReservationRequest,
     Settlement,
 )
-from nullspend_server.errors import ApiError, denial_error
+from nullspend_server.errors import ApiError, denial_error, estimate_above_a_call
 from nullspend_server.ids import CLIENT_RESERVATION_ID
 
 router = APIRouter(tags=["reservations"])
@@ -127,7 +127,9 @@ def _estimate(body: ReservationCreate) -> tuple[int, bool]:
     )
     if estimate.requested_model is None:
         raise ApiError(ErrorCode.VALIDATION_ERROR, "the request names no model; give model")
-    return min(estimate.microdollars, MAX_CALL_MICRODOLLARS), estimate.unpriced
+    if estimate.microdollars > MAX_CALL_MICRODOLLARS:
+        raise estimate_above_a_call()
+    return estimate.microdollars, estimate.unpriced
 
 
 def _engine(request: Request) -> Engine:

@@ -43,7 +43,12 @@ from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 from nullspend_server.auth import Principal, principal_for
 from nullspend_server.db.database import STORAGE_ERRORS
 from nullspend_server.engine import DeniedError, Engine, ReservationRequest, Settlement, Tightest
-from nullspend_server.errors import ApiError, denial_error, error_response_for
+from nullspend_server.errors import (
+    ApiError,
+    denial_error,
+    error_response_for,
+    estimate_above_a_call,
+)
 from nullspend_server.proxy.headers import (
     NOT_RETURNED,
     Attribution,
@@ -242,13 +247,7 @@ async def _priced(
     if named is not None and (unnamable := model_error(named)):
         raise ApiError(ErrorCode.VALIDATION_ERROR, unnamable)
     if estimate.microdollars > MAX_CALL_MICRODOLLARS:
-        # No figure in the answer: one from an absurd max_tokens can have too many digits for str()
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            f"the request's estimate is above one call's most, {MAX_CALL_MICRODOLLARS} µ$:"
-            " check its max_tokens, n and tools' max_uses",
-            {"maxMicrodollars": MAX_CALL_MICRODOLLARS},
-        )
+        raise estimate_above_a_call()
     if estimate.unpriced and settings.deny_unpriced:
         raise ApiError(
             ErrorCode.UNPRICED_MODEL,
