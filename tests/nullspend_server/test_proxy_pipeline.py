@@ -236,30 +236,26 @@ def test_a_streamed_chat_asked_for_its_usage_is_forwarded_as_written(database_ur
 WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 10**20}
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/chat/completions", {**CHAT, "n": 10**15}),
-        ("/v1/chat/completions", {**CHAT, "max_tokens": 10**25}),
-        ("/v1/chat/completions", {**CHAT, "max_tokens": 10**4299}),  # all the digits JSON takes
-        ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10, "tools": [WEB_SEARCH]}),
-    ],
-)
 def test_an_estimate_above_one_calls_most_is_a_validation_error(
-    database_url: str, fake: tuple[str, Any], path: str, body: dict[str, Any]
+    database_url: str, fake: tuple[str, Any]
 ) -> None:
     """An absurd count made an estimate past BIGINT: 500 on SQLite, and a misleading 503
-    budget_unavailable on PostgreSQL. Above one call's most it is refused before reserving."""
+    budget_unavailable on PostgreSQL. Counts the provider caps (``n``, ``max_tokens``) are
+    estimated at its caps and the request forwarded (the provider answers it); an estimate still
+    above one call's most is refused before reserving."""
     server = start_server(database_url, openai_upstream=fake[0], anthropic_upstream=fake[0])
     try:
-        refused = post(server, path, body)
+        for count in ({"n": 10**15}, {"max_tokens": 10**25}, {"max_tokens": 10**4299}):
+            assert post(server, "/v1/chat/completions", {**CHAT, **count}).status_code == 200
+        searching = {"model": "claude-sonnet-4-5", "max_tokens": 10, "tools": [WEB_SEARCH]}
+        refused = post(server, "/v1/messages", searching)
         assert refused.status_code == 400
         error = refused.json()["error"]
         assert error["code"] == "validation_error"
         assert "one call's most" in error["message"]
         assert error["details"] == {"maxMicrodollars": MAX_CALL_MICRODOLLARS}
-        assert fake[1].state.requests == []
-        assert rows(database_url, "SELECT id FROM reservations") == []
+        assert len(fake[1].state.requests) == 3  # the chats'
+        assert len(rows(database_url, "SELECT id FROM reservations")) == 3
     finally:
         server.stop()
 

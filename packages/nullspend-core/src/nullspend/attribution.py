@@ -38,6 +38,13 @@ TAG_RECOVERED = "_ns_recovered"
 TAG_EXPIRED = "_ns_expired"
 
 
+def tags_with_customer(tags: Mapping[str, str], customer: str | None) -> dict[str, str]:
+    """``tags`` with the call's customer as tag ``customer`` (unless they name one): attribution
+    by customer and by tag share one mechanism, and a tag budget on ``customer=<id>`` counts
+    that customer's calls."""
+    return {"customer": customer, **tags} if customer else dict(tags)
+
+
 def unstorable(text: str) -> bool:
     """Text a database cannot hold: a NUL (PostgreSQL refuses it in text) or a lone surrogate
     (which no UTF-8 encodes; JSON's ``\\ud800`` escapes carry them)."""

@@ -53,6 +53,7 @@ from nullspend.attribution import (
     customer_error,
     tag_entity_errors,
     tag_errors,
+    tags_with_customer,
     text_error,
     unstorable,
 )
@@ -558,8 +559,7 @@ class LocalNullSpend(TrackedClients):
         chosen_id = options.get("reservation_id")
         if chosen_id is not None and (not isinstance(chosen_id, str) or unstorable(chosen_id)):
             raise ValidationError("reservation_id must be a string, with no NUL or lone surrogate")
-        if customer:
-            tags.setdefault("customer", customer)
+        tags = tags_with_customer(tags, customer)
         accounts = self._matching(customer, tags) if tags else self._totals
         with self._lock:
             self._tenancy.check()  # under the lock: the engine may let go while this waits
@@ -787,9 +787,7 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError(error)
         if report.customer is not None and (error := customer_error(report.customer)):
             raise ValidationError(error)
-        tags = dict(report.tags)
-        if report.customer:
-            tags.setdefault("customer", report.customer)
+        tags = tags_with_customer(report.tags, report.customer)
         try:
             usage = Usage.of_event(report)
         except ValueError as error:  # a negative count, or more reasoning than output

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from nullspend.attribution import tags_with_customer
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import COST_EVENT_TAGS, COST_EVENTS, CostEvent
 
@@ -25,16 +26,11 @@ async def record_cost_events(
 ) -> None:
     """Insert ``events`` (column values; every event the same columns, ``seq`` left to the
     database) and their tag rows in the caller's transaction: one multi-row INSERT ...
-    RETURNING for the events, one for their tags.
-
-    A customer id also becomes the tag ``customer=<id>``, so attribution by customer and by any
-    tag share one mechanism.
+    RETURNING for the events, one for their tags (a customer among them,
+    ``tags_with_customer``).
     """
     rows = [
-        {**event, "tags": {"customer": event["customer"], **event["tags"]}}
-        if event["customer"]
-        else event
-        for event in events
+        {**event, "tags": tags_with_customer(event["tags"], event["customer"])} for event in events
     ]
     result = await db.execute(_INSERT_EVENTS, rows)
     tags = [

@@ -8,11 +8,12 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 
+from nullspend.attribution import tags_with_customer
 from nullspend_server.budget_periods import reset_due_periods
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import CostEvent
 from nullspend_server.engine.matching import SETTLE_BUDGETS, applies, lock_budgets_of_calls
-from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND, lock_session_spend
+from nullspend_server.engine.sessions import change_session_spend, lock_session_spend
 
 
 async def count_reported(
@@ -20,7 +21,7 @@ async def count_reported(
 ) -> None:
     """Add ``events``' costs to the spend of their budgets and sessions, in the transaction that
     records them."""
-    calls = [(event.customer, _matched_tags(event)) for event in events]
+    calls = [(event.customer, tags_with_customer(event.tags, event.customer)) for event in events]
     budgets = await lock_budgets_of_calls(db, org_id, api_key_id, calls)
     await reset_due_periods(db, budgets, now)  # the spend lands in the current period
     spent: Counter[str] = Counter()
@@ -38,21 +39,6 @@ async def count_reported(
             by_session[event.session_id] += event.cost_microdollars
     for session_id in sorted(by_session):  # one lock order, whatever the batch
         await lock_session_spend(db, org_id, session_id, now)
-        await db.execute(
-            CHANGE_SESSION_SPEND,
-            {
-                "org": org_id,
-                "session": session_id,
-                "reserved": 0,
-                "actual": by_session[session_id],
-                "now": now,
-            },
+        await change_session_spend(
+            db, org_id, session_id, reserved=0, actual=by_session[session_id], now=now
         )
-
-
-def _matched_tags(event: CostEvent) -> dict[str, str]:
-    """The tags whose budgets the event falls under: its customer is tag ``customer`` unless it
-    names one itself, as at reserve."""
-    if event.customer:
-        return {"customer": event.customer, **event.tags}
-    return event.tags

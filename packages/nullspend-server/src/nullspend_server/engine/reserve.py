@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import BigInteger, String, bindparam, or_, select
 
+from nullspend.attribution import tags_with_customer
 from nullspend.policy import denials
 from nullspend.policy.budgets import admits
 from nullspend.policy.denials import Denial
@@ -17,7 +18,7 @@ from nullspend_server.budget_periods import reset_due_periods
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import BUDGETS, RESERVATIONS
 from nullspend_server.engine.matching import BudgetState, lock_budgets
-from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND, lock_session_spend
+from nullspend_server.engine.sessions import change_session_spend, lock_session_spend
 from nullspend_server.ids import new_id
 
 # Which denial a request hears first when several budgets refuse it: its own key's, then the
@@ -95,10 +96,7 @@ class ReservationIdTakenError(Exception):
 
 def effective_tags(principal: Principal, request: ReservationRequest) -> dict[str, str]:
     """The key's default tags under the request's own; the customer is tag ``customer``."""
-    tags = {**principal.default_tags, **request.tags}
-    if request.customer:
-        tags.setdefault("customer", request.customer)
-    return tags
+    return tags_with_customer({**principal.default_tags, **request.tags}, request.customer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +154,8 @@ async def reserve(
             budget.velocity_current_microdollars += estimate  # counted at the estimate
         await _save_reservation(db, budget, estimate)
     if request.session_id:
-        await db.execute(
-            CHANGE_SESSION_SPEND,
-            {
-                "org": principal.org_id,
-                "session": request.session_id,
-                "reserved": estimate,
-                "actual": 0,
-                "now": now,
-            },
+        await change_session_spend(
+            db, principal.org_id, request.session_id, reserved=estimate, actual=0, now=now
         )
     reservation_id = request.reservation_id or new_id("rsv")
     await db.execute(

@@ -30,8 +30,7 @@ _LOCK = (
     .where(*_ONE)
     .with_for_update()
 )
-# Reserving adds the estimate to the reserved amount (actual 0); settling moves it to spend.
-CHANGE_SESSION_SPEND = (
+_CHANGE = (
     SESSION_SPEND.update()
     .where(*_ONE)
     .values(
@@ -53,3 +52,20 @@ async def lock_session_spend(
     await db.execute(_CREATE[db.dialect.name], {**key, "now": now})
     row = (await db.execute(_LOCK, key)).one()
     return row.spend_microdollars, row.reserved_microdollars
+
+
+async def change_session_spend(
+    db: Executor,
+    org_id: str,
+    session_id: str,
+    *,
+    reserved: int,
+    actual: int,
+    now: dt.datetime,
+) -> None:
+    """Add ``reserved`` and ``actual`` to the session's amounts: reserving adds the estimate to
+    the reserved amount; settling moves it out, and its actual cost into the spend."""
+    await db.execute(
+        _CHANGE,
+        {"org": org_id, "session": session_id, "reserved": reserved, "actual": actual, "now": now},
+    )

@@ -20,7 +20,7 @@ from nullspend_server.cost_events import record_cost_events
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import RESERVATIONS
 from nullspend_server.engine.matching import SETTLE_BUDGETS, lock_budgets_by_id
-from nullspend_server.engine.sessions import CHANGE_SESSION_SPEND
+from nullspend_server.engine.sessions import change_session_spend
 from nullspend_server.errors import ApiError
 from nullspend_server.ids import CLIENT_RESERVATION_ID, new_id
 
@@ -169,15 +169,13 @@ async def _finish(
     if budgets:
         await db.execute(SETTLE_BUDGETS, {**change, "ids": [b.id for b in budgets]})
     if reservation.session_id:
-        await db.execute(
-            CHANGE_SESSION_SPEND,
-            {
-                "org": reservation.org_id,
-                "session": reservation.session_id,
-                "reserved": -estimate,
-                "actual": actual,
-                "now": now,
-            },
+        await change_session_spend(
+            db,
+            reservation.org_id,
+            reservation.session_id,
+            reserved=-estimate,
+            actual=actual,
+            now=now,
         )
     await db.execute(_FINISH, {"reservation_id": reservation.id, "new_status": status, "now": now})
     if settlement is None:
