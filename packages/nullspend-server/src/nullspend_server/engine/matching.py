@@ -104,30 +104,15 @@ async def lock_budgets_of_calls(
             "org_id": org_id,
             "api_key_id": api_key_id,
             "customers": list({customer for customer, _ in calls if customer}),
-            "tag_entities": list({e for _, tags in calls for e in tag_entities(tags)}),
+            "tag_entities": list({e for _, tags in calls for e in _tag_entities(tags)}),
         },
     )
     return [BudgetState(*row) for row in rows]
 
 
-def tag_entities(tags: dict[str, str]) -> list[str]:
+def _tag_entities(tags: dict[str, str]) -> list[str]:
     """The entity ids of the tag budgets ``tags`` fall under."""
     return [f"{k}={v}" for k, v in tags.items()]
-
-
-def applies(
-    budget: BudgetState, org_id: str, api_key_id: str, customer: str | None, tags: dict[str, str]
-) -> bool:
-    """Whether ``budget`` is one of those ``lock_budgets`` finds for this call."""
-    match budget.entity_type:
-        case "user":
-            return budget.entity_id == org_id
-        case "api_key":
-            return budget.entity_id == api_key_id
-        case "customer":
-            return budget.entity_id == customer
-        case _:
-            return budget.entity_id in tag_entities(tags)
 
 
 async def lock_budgets_by_id(db: Executor, ids: list[str]) -> list[BudgetState]:

@@ -12,7 +12,11 @@ from nullspend.attribution import tags_with_customer
 from nullspend_server.budget_periods import reset_due_periods
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import CostEvent
-from nullspend_server.engine.matching import SETTLE_BUDGETS, applies, lock_budgets_of_calls
+from nullspend_server.engine.matching import (
+    SETTLE_BUDGETS,
+    lock_budgets,
+    lock_budgets_of_calls,
+)
 from nullspend_server.engine.sessions import change_session_spend, lock_session_spend
 
 
@@ -21,14 +25,19 @@ async def count_reported(
 ) -> None:
     """Add ``events``' costs to the spend of their budgets and sessions, in the transaction that
     records them."""
-    calls = [(event.customer, tags_with_customer(event.tags, event.customer)) for event in events]
+    # The calls' costs by what they fall under: a batch is mostly of a few customers and tags.
+    cost_of: Counter[tuple[str | None, tuple[tuple[str, str], ...]]] = Counter()
+    for event in events:
+        tags = tags_with_customer(event.tags, event.customer)
+        cost_of[event.customer, tuple(sorted(tags.items()))] += event.cost_microdollars
+    calls = [(customer, dict(tags)) for customer, tags in cost_of]
+    # All their budgets locked by one statement, in one id order; then each call's, held already.
     budgets = await lock_budgets_of_calls(db, org_id, api_key_id, calls)
     await reset_due_periods(db, budgets, now)  # the spend lands in the current period
     spent: Counter[str] = Counter()
-    for event, (customer, tags) in zip(events, calls, strict=True):
-        for budget in budgets:
-            if applies(budget, org_id, api_key_id, customer, tags):
-                spent[budget.id] += event.cost_microdollars
+    for (customer, tags), cost in zip(calls, cost_of.values(), strict=True):
+        for budget in await lock_budgets(db, org_id, api_key_id, customer, tags):
+            spent[budget.id] += cost
     for budget_id, actual in spent.items():
         await db.execute(
             SETTLE_BUDGETS, {"ids": [budget_id], "estimate": 0, "actual": actual, "now": now}
