@@ -5,7 +5,6 @@ for its usage), and what the answer cost. The transports only move bytes."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -18,12 +17,13 @@ from nullspend.pricing import default_catalog, estimate_request, total_picodolla
 from nullspend.usage import Usage
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
-    NO_READING,
     OPENAI_CHAT,
     OPENAI_RESPONSES,
     Reading,
     WireFormat,
+    reading_of_body,
 )
+from nullspend.wire._json import parse_object
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 
 Routes = tuple[tuple[str, WireFormat], ...]
@@ -201,10 +201,8 @@ class Metered:
         if method != "POST" or wire is None:
             return None
         try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-            return None
-        if not isinstance(parsed, dict):
+            parsed = parse_object(body)
+        except ValueError:
             return None
         asking = asking_for_usage(wire, parsed, body)
         body = asking or body
@@ -219,11 +217,7 @@ class Metered:
         )
 
     def reading_of(self, content: bytes) -> Reading:
-        try:
-            parsed = json.loads(content)
-        except (ValueError, RecursionError):
-            return NO_READING
-        return self.wire.read_response(parsed) if isinstance(parsed, dict) else NO_READING
+        return reading_of_body(self.wire, content)
 
     def settlement(self, reading: Reading) -> dict[str, Any]:
         return settlement(

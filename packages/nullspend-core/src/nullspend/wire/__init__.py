@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from nullspend.wire._json import reading_of_body
 from nullspend.wire.anthropic_messages import ANTHROPIC_MESSAGES
 from nullspend.wire.base import NO_READING, JSONObject, Reading, StreamAccumulator, WireFormat
 from nullspend.wire.gemini import GEMINI
@@ -26,6 +27,7 @@ __all__ = [
     "WireFormat",
     "detect_format",
     "format_of",
+    "reading_of_body",
 ]
 
 FORMATS: dict[str, WireFormat] = {

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nullspend.wire.base import JSONObject
+from nullspend.wire.base import NO_READING, JSONObject, Reading, WireFormat
 
 _EMPTY: JSONObject = {}
 
@@ -54,8 +54,9 @@ def request_int(obj: JSONObject, key: str) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
-def parse_object(data: str) -> JSONObject:
-    """An SSE payload as a JSON object; raises ValueError for anything else, which callers skip."""
+def parse_object(data: str | bytes) -> JSONObject:
+    """A JSON object (an SSE payload, a body); raises ValueError for anything else, which
+    callers skip."""
     try:
         value = json.loads(data)
     except RecursionError as exc:  # absurdly nested input is as unreadable as malformed input
@@ -63,3 +64,12 @@ def parse_object(data: str) -> JSONObject:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def reading_of_body(wire: WireFormat, content: bytes) -> Reading:
+    """What a non-streamed answer's body says it cost; NO_READING for one that is no JSON object
+    (an error page, a body nested past the parser's depth)."""
+    try:
+        return wire.read_response(parse_object(content))
+    except ValueError:
+        return NO_READING

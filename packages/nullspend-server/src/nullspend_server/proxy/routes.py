@@ -38,6 +38,7 @@ from nullspend.wire import (
     OPENAI_RESPONSES,
     Reading,
     WireFormat,
+    reading_of_body,
 )
 from nullspend.wire.usage_chunks import UsageChunkFilter, asking_for_usage
 from nullspend_server.auth import Principal, principal_for
@@ -315,7 +316,7 @@ async def _priced(
         return Buffered(content, upstream.status, response_headers)
     if not streamed:
         received_at = time.perf_counter()
-        settlement = _settlement(call, _reading(wire, content), upstream.status, ())
+        settlement = _settlement(call, reading_of_body(wire, content), upstream.status, ())
         engine.settle_later(principal.org_id, reservation_id, settlement)
         response_headers["X-NullSpend-Cost-Microdollars"] = str(settlement.cost_microdollars)
         own = (sent_at - started) + (time.perf_counter() - received_at)
@@ -402,14 +403,6 @@ def _upstream_failed(
         f"the upstream {what}",
         headers=_nullspend_headers(request, call.attribution),
     )
-
-
-def _reading(wire: WireFormat, content: bytes) -> Reading:
-    try:
-        body = json.loads(content)
-        return wire.read_response(body) if isinstance(body, dict) else NO_READING
-    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-        return NO_READING
 
 
 def _settlement(
