@@ -185,3 +185,15 @@ def test_the_client_keeps_the_sdks_http_defaults(
         tracked = LocalNullSpend([LocalBudget.total(1)]).anthropic(**kwargs)
     assert plain._client._transport._pool._socket_options  # SO_KEEPALIVE, TCP_KEEPIDLE...
     assert_the_sdks_http_defaults(plain, tracked)
+
+
+def test_the_callers_own_http_client_is_metered(fake: tuple[str, Any]) -> None:
+    """Anthropic's SDK takes an httpx2 client: metered with httpx2's byte streams."""
+    import httpx2
+
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    client = ns.anthropic(http_client=httpx2.Client(timeout=30), **client_kwargs(fake))
+    client.messages.create(model=MODEL, max_tokens=200, messages=MESSAGES)
+    with client.messages.stream(model=MODEL, max_tokens=200, messages=MESSAGES) as stream:
+        stream.get_final_message()
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST, COST]

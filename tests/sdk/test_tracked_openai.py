@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from starlette.applications import Starlette
@@ -588,6 +589,35 @@ def test_the_client_keeps_the_sdks_http_defaults(
         plain = openai.OpenAI(**kwargs)
         tracked = LocalNullSpend([LocalBudget.total(1)]).openai(**kwargs)
     assert_the_sdks_http_defaults(plain, tracked)
+
+
+def test_the_callers_own_http_client_is_metered(fake: tuple[str, Any]) -> None:
+    """``http_client=`` (a company's certificates, proxy, timeouts) used to raise a TypeError
+    (``got multiple values``); a copy given one of its own (``with_options(http_client=...)``)
+    would have spent past the cap. Both are now metered; one HTTP client is never metered
+    twice (each of its calls would be reserved twice)."""
+    seen: list[str] = []
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    given = httpx.Client(event_hooks={"request": [lambda request: seen.append(request.url.path)]})
+    client = ns.openai(http_client=given, **client_kwargs(fake))
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    copied = client.with_options(http_client=httpx.Client(), timeout=30)
+    copied.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert seen == ["/v1/chat/completions"]
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [COST, COST]
+    with pytest.raises(ValueError, match="metered already"):
+        ns.openai(http_client=given, **client_kwargs(fake))
+    with pytest.raises(TypeError, match="async http_client"):
+        AsyncLocalNullSpend().openai(http_client=httpx.Client(), **client_kwargs(fake))
+
+    async def run() -> None:
+        async_ns = AsyncLocalNullSpend([LocalBudget.total(5_000_000)])
+        async with httpx.AsyncClient() as given:
+            client = async_ns.openai(http_client=given, **client_kwargs(fake))
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert [e.cost_microdollars for e in (await async_ns.cost_events()).data] == [COST]
+
+    asyncio.run(run())
 
 
 def test_a_redirect_is_followed_and_the_call_metered_once(fake: tuple[str, Any]) -> None:

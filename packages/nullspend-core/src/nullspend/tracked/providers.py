@@ -7,11 +7,11 @@ the refusal is raised as a subclass of both."""
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from nullspend.errors import ApiError
 from nullspend.tracked.metering import (
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from nullspend.client.aio import AsyncNullSpend
     from nullspend.client.sync import NullSpend
 
-
-C = TypeVar("C")
 
 _flavours: dict[tuple[type[ApiError], type[Exception]], type[ApiError]] = {}
 
@@ -80,22 +78,12 @@ def _as_anthropic_error(error: ApiError) -> Exception:
     return _flavoured(error, anthropic.AnthropicError)
 
 
-def _anthropic_http() -> ModuleType:
-    """The HTTP library this anthropic SDK is built on: httpx2 from 2.x, httpx before."""
-    import anthropic._base_client as base
-
-    http = getattr(base, "httpx2", None)
-    return http if isinstance(http, ModuleType) else httpx
-
-
 # The openai SDK's WebSocket modes open a connection of their own (the websockets package), past
 # the metered transport: a realtime session or a Responses socket would spend uncapped.
 _OPENAI_SOCKETS = (("responses",), ("realtime",), ("beta", "realtime"), ("beta", "responses"))
 
 
-def _sockets_refused(client: C, allow_unmetered: bool) -> C:
-    if allow_unmetered:
-        return client
+def _refuse_sockets(client: Any) -> None:
     for names in _OPENAI_SOCKETS:
         resource: Any = client
         for name in names:
@@ -103,62 +91,102 @@ def _sockets_refused(client: C, allow_unmetered: bool) -> C:
         if resource is not None and hasattr(resource, "connect"):
             path = "/v1/" + names[-1]
             resource.connect = functools.partial(_refuse_socket, path)
-    # A copy (with_options() makes one too) is a new client with resources of its own.
-    copying: Any = client
-    copying.copy = copying.with_options = functools.partial(_copy_refusing, copying.copy)
-    return client
-
-
-def _copy_refusing(copy: Callable[..., C], *args: Any, **kwargs: Any) -> C:
-    return _sockets_refused(copy(*args, **kwargs), allow_unmetered=False)
 
 
 def _refuse_socket(path: str, *args: Any, **kwargs: Any) -> Any:
     raise _as_openai_error(unmetered_route_error(f"a WebSocket to {path}", path))
 
 
-def _on_metered_http(
-    sdk_client: Callable[..., C],
-    default_http: Callable[[], Any],
-    transport: Callable[..., Any],
-    ns: NullSpend | AsyncNullSpend,
-    routes: Routes,
-    raise_as: RaiseAs,
-    http: ModuleType,
-    allow_unmetered: bool,
-    kwargs: dict[str, Any],
-) -> C:
-    """An SDK client on the SDK's own default HTTP client (its connection limits, redirects
-    followed, socket options, the environment's proxies), each of whose transports (a proxy's,
-    mounted for the URLs it carries, as well as the default one) meters ``routes``."""
-    client = default_http()
+def _http_library(http_client: Any) -> ModuleType:
+    """The HTTP library ``http_client`` is built on (httpx, or its fork httpx2, which newer
+    anthropic SDKs use and openai accepts): its transports must yield that library's streams."""
+    for cls in type(http_client).__mro__:
+        library = sys.modules.get(cls.__module__.partition(".")[0])
+        if library is not None and library.__name__ in ("httpx", "httpx2"):
+            return library
+    raise TypeError(f"http_client must be an httpx (or httpx2) client, not {type(http_client)}")
 
-    def meter(inner: Any) -> Any:
-        return transport(ns, inner, routes, raise_as, http, allow_unmetered=allow_unmetered)
 
-    client._transport = meter(client._transport)
-    client._mounts = {
-        pattern: None if mounted is None else meter(mounted)
-        for pattern, mounted in client._mounts.items()
-    }
-    return sdk_client(http_client=client, **kwargs)
+@dataclass(frozen=True)
+class _Tracking:
+    """How one tracked SDK client is built, and its copies (``copy()``, ``with_options()``):
+    on an HTTP client (the SDK's default one, or the caller's own ``http_client``) each of
+    whose transports meters ``routes``."""
+
+    sdk_client: Callable[..., Any]
+    default_http: Callable[[], Any]
+    transport: type[TrackedTransport] | type[AsyncTrackedTransport]
+    ns: NullSpend | AsyncNullSpend
+    routes: Routes
+    raise_as: RaiseAs
+    allow_unmetered: bool
+    opens_sockets: bool = False
+
+    def build(self, kwargs: dict[str, Any]) -> Any:
+        http_client = self._metered(kwargs.pop("http_client", None))
+        return self._tracked(self.sdk_client(http_client=http_client, **kwargs))
+
+    def _metered(self, http_client: Any) -> Any:
+        """``http_client`` (else the SDK's default: its connection limits, redirects followed,
+        socket options, the environment's proxies) with its transports metered in place: the
+        default one and each proxy's, mounted for the URLs it carries."""
+        if http_client is None:
+            http_client = self.default_http()
+        http = _http_library(http_client)
+        asynchronous = issubclass(self.transport, AsyncTrackedTransport)
+        if not isinstance(http_client, http.AsyncClient if asynchronous else http.Client):
+            kind = "an async" if asynchronous else "a sync"
+            raise TypeError(f"this tracked client needs {kind} http_client: {type(http_client)}")
+        if isinstance(http_client._transport, TrackedTransport | AsyncTrackedTransport):
+            # Its calls would be reserved by each tracked client it serves, one in another.
+            raise ValueError(
+                "this http_client is metered already: give each tracked client its own"
+            )
+
+        def meter(inner: Any) -> Any:
+            return self.transport(
+                self.ns,  # type: ignore[arg-type]
+                inner,
+                self.routes,
+                self.raise_as,
+                http,
+                allow_unmetered=self.allow_unmetered,
+            )
+
+        http_client._transport = meter(http_client._transport)
+        http_client._mounts = {
+            pattern: None if mounted is None else meter(mounted)
+            for pattern, mounted in http_client._mounts.items()
+        }
+        return http_client
+
+    def _tracked(self, client: Any) -> Any:
+        if self.opens_sockets and not self.allow_unmetered:
+            _refuse_sockets(client)
+        # A copy is a new SDK client, with resources of its own and perhaps an HTTP client.
+        client.copy = client.with_options = functools.partial(self._copy, client.copy)
+        return client
+
+    def _copy(self, copy: Callable[..., Any], *, http_client: Any = None, **kwargs: Any) -> Any:
+        if http_client is not None:
+            http_client = self._metered(http_client)
+        return self._tracked(copy(http_client=http_client, **kwargs))
 
 
 def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai.OpenAI:
     import openai
 
-    client = _on_metered_http(
+    tracking = _Tracking(
         openai.OpenAI,
         openai.DefaultHttpxClient,
         TrackedTransport,
         ns,
         OPENAI_ROUTES,
         _as_openai_error,
-        httpx,
         allow_unmetered,
-        kwargs,
+        opens_sockets=True,
     )
-    return _sockets_refused(client, allow_unmetered)
+    return tracking.build(kwargs)  # type: ignore[no-any-return]
 
 
 def async_openai_client(
@@ -166,34 +194,32 @@ def async_openai_client(
 ) -> openai.AsyncOpenAI:
     import openai
 
-    client = _on_metered_http(
+    tracking = _Tracking(
         openai.AsyncOpenAI,
         openai.DefaultAsyncHttpxClient,
         AsyncTrackedTransport,
         ns,
         OPENAI_ROUTES,
         _as_openai_error,
-        httpx,
         allow_unmetered,
-        kwargs,
+        opens_sockets=True,
     )
-    return _sockets_refused(client, allow_unmetered)
+    return tracking.build(kwargs)  # type: ignore[no-any-return]
 
 
 def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> anthropic.Anthropic:
     import anthropic
 
-    return _on_metered_http(
+    tracking = _Tracking(
         anthropic.Anthropic,
         anthropic.DefaultHttpxClient,
         TrackedTransport,
         ns,
         ANTHROPIC_ROUTES,
         _as_anthropic_error,
-        _anthropic_http(),
         allow_unmetered,
-        kwargs,
     )
+    return tracking.build(kwargs)  # type: ignore[no-any-return]
 
 
 def async_anthropic_client(
@@ -201,14 +227,13 @@ def async_anthropic_client(
 ) -> anthropic.AsyncAnthropic:
     import anthropic
 
-    return _on_metered_http(
+    tracking = _Tracking(
         anthropic.AsyncAnthropic,
         anthropic.DefaultAsyncHttpxClient,
         AsyncTrackedTransport,
         ns,
         ANTHROPIC_ROUTES,
         _as_anthropic_error,
-        _anthropic_http(),
         allow_unmetered,
-        kwargs,
     )
+    return tracking.build(kwargs)  # type: ignore[no-any-return]
