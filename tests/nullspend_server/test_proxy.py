@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -279,17 +280,44 @@ def test_upstream_error_passes_through_and_releases(proxy: RunningServer) -> Non
     assert reservation["status"] == "released"
 
 
-def test_upstream_timeout_is_502(proxy: RunningServer) -> None:
+def test_upstream_timeout_is_502_and_charged_its_estimate(proxy: RunningServer) -> None:
+    """The request went out and no answer came within the timeout: the provider may be running
+    it (a long non-streamed call), and bills it. It was released at $0; N such calls spent N
+    times past a cap. Now charged its estimate, as the tracked clients charge a read timeout."""
     response = httpx.post(
         f"{proxy.base_url}/v1/chat/completions",
         timeout=30,
         headers={"X-NullSpend-Key": proxy.admin_key, "x-fake-fault": "hang"},
-        json={"model": "gpt-4o-mini", "messages": []},
+        json={"model": "gpt-4o-mini", "messages": [], "max_tokens": 50},
     )
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unavailable"
-    events(proxy)
-    assert rows(proxy.database_url, "SELECT status FROM reservations")[0]["status"] == "released"
+    [event] = events(proxy)
+    assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(proxy, event).keys()
+    assert event["cost_microdollars"] == event_estimate(proxy, event) > 0
+    assert event["upstream_status"] is None
+
+
+def test_an_unreachable_upstream_is_502_and_released(database_url: str) -> None:
+    """Never sent (the connection was refused): nothing spent."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    server = start_server(database_url, openai_upstream=f"http://127.0.0.1:{port}")
+    try:
+        response = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            timeout=30,
+            headers={"X-NullSpend-Key": server.admin_key},
+            json={"model": "gpt-4o-mini", "messages": []},
+        )
+        assert response.status_code == 502
+        assert response.json()["error"]["code"] == "upstream_unavailable"
+        assert events(server) == []
+        [reservation] = rows(server.database_url, "SELECT status FROM reservations")
+        assert reservation["status"] == "released"
+    finally:
+        server.stop()
 
 
 def test_stream_cut_short_is_recorded_at_the_estimate(proxy: RunningServer) -> None:

@@ -57,7 +57,7 @@ from nullspend_server.proxy.headers import (
     read_attribution,
     upstream_headers,
 )
-from nullspend_server.proxy.upstream import UPSTREAM_ERRORS
+from nullspend_server.proxy.upstream import NOT_SENT_ERRORS, UPSTREAM_ERRORS
 from nullspend_server.settings import ServerSettings
 
 PRICED: dict[str, tuple[str, WireFormat]] = {
@@ -297,7 +297,10 @@ async def _priced(
             _target(base, route, request), headers=headers, data=raw
         )
     except UPSTREAM_ERRORS as error:
-        raise _upstream_failed(request, call, engine, f"did not answer: {error!r}") from None
+        # Sent but not answered: charged its estimate, as an answer that breaks off is.
+        sent = not isinstance(error, NOT_SENT_ERRORS)
+        spent = _settlement(call, NO_READING, None, ()) if sent else None
+        raise _upstream_failed(request, call, engine, f"did not answer: {error!r}", spent) from None
     upstream_started = time.perf_counter()
     response_headers = _returned_headers(upstream)
     response_headers.update(_nullspend_headers(request, attribution))
@@ -406,7 +409,7 @@ def _upstream_failed(
 
 
 def _settlement(
-    call: Call, reading: Reading, status: int, extra_tags: tuple[str, ...]
+    call: Call, reading: Reading, status: int | None, extra_tags: tuple[str, ...]
 ) -> Settlement:
     """The actual cost when the response carried usage of a priced model; else the estimate,
     tagged with why."""

@@ -13,6 +13,10 @@ from nullspend_server.settings import ServerSettings
 
 # What a failed upstream call raises: connection errors, and timeouts (connect or per chunk).
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+# Of those, the ones raised before the request went out (no connection, DNS, TLS, no free
+# connection within the connect timeout): the provider never had it. After it went out (a read
+# timeout, the connection dropped before the answer), it may run the call, and bill it.
+NOT_SENT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
 
 
 def upstream_session(settings: ServerSettings) -> aiohttp.ClientSession:
