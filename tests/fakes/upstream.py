@@ -19,6 +19,13 @@ Per request, through headers the proxy forwards untouched:
   which is answered with text: an agent's tool round trip.
 - ``x-fake-answer``: the text of a Responses or a (non-streamed) Messages answer (a
   structured output's JSON, say).
+- ``x-fake-iterations``: JSON list of ``{"type", "input", "output", "cached", "cache_write",
+  "model"}`` (counts default to 0, ``model`` only where the type carries one): an Anthropic
+  answer's ``usage.iterations`` (as ``BetaUsage`` and, streamed, the last ``message_delta``'s
+  ``BetaMessageDeltaUsage`` carry it), these entries (``compaction``, ``advisor_message``,
+  ``fallback_message``...) then a ``message`` entry of ``x-fake-usage``'s counts: the
+  top-level counts are left as ``x-fake-usage`` says, as the API leaves out compaction and
+  advisor tokens.
 - ``x-fake-gzip``: ``accepted`` (gzip the answer, streams too, event by event, when the request
   accepts gzip, as Anthropic's API and many gateways do) or ``always`` (whatever it accepts).
 ``POST /v1/embeddings`` answers one vector per input (base64 when asked, as the SDK does), and
@@ -74,6 +81,11 @@ class Scenario:
         asked = body.get("service_tier")
         self.service_tier = {"fast": "priority", "priority": "priority", "flex": "flex"}.get(
             asked if isinstance(asked, str) else "", "default"
+        )
+        self.iterations: list[dict[str, Any]] | None = (
+            json.loads(request.headers["x-fake-iterations"])
+            if "x-fake-iterations" in request.headers
+            else None
         )
         wanted = request.headers.get("x-fake-tool-call")
         self.tool_call: dict[str, Any] | None = (
@@ -350,6 +362,33 @@ def _message_usage(u: dict[str, int], output: int) -> dict[str, Any]:
     }
 
 
+def _iterations(s: Scenario) -> dict[str, Any]:
+    """``usage.iterations`` as ``x-fake-iterations`` asks, in ``BetaIterationsUsage``'s shape."""
+    if s.iterations is None:
+        return {}
+    entries = [*s.iterations, {"type": "message", **{k: s.usage[k] for k in _ITERATION_COUNTS}}]
+    return {
+        "iterations": [
+            {
+                "type": entry["type"],
+                **({"model": entry["model"]} if "model" in entry else {}),
+                "input_tokens": entry.get("input", 0),
+                "output_tokens": entry.get("output", 0),
+                "cache_read_input_tokens": entry.get("cached", 0),
+                "cache_creation_input_tokens": entry.get("cache_write", 0),
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": entry.get("cache_write", 0),
+                    "ephemeral_1h_input_tokens": 0,
+                },
+            }
+            for entry in entries
+        ]
+    }
+
+
+_ITERATION_COUNTS = ("input", "output", "cached", "cache_write")
+
+
 def _server_tool_use(u: dict[str, int]) -> dict[str, Any]:
     searches = u["web_searches"]
     return (
@@ -414,7 +453,7 @@ def messages(s: Scenario) -> Response:
                 **message,
                 "content": [*_web_search_blocks(s.usage), block],
                 "stop_reason": stop_reason,
-                "usage": _message_usage(s.usage, s.usage["output"]),
+                "usage": {**_message_usage(s.usage, s.usage["output"]), **_iterations(s)},
             }
         )
     no_usage = s.fault == "no-usage"
@@ -429,6 +468,7 @@ def messages(s: Scenario) -> Response:
             "cache_read_input_tokens": s.usage["cached"],
             "output_tokens": s.usage["output"],
             **_server_tool_use(s.usage),
+            **_iterations(s),
         }
     if tool:
         opening = {"type": "tool_use", "id": TOOL_CALL_ID, "name": tool["name"], "input": {}}

@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 from anthropic.types import Message, RawMessageStreamEvent
+from anthropic.types.beta import BetaMessage, BetaRawMessageStreamEvent
 from pydantic import TypeAdapter
 
+from nullspend.pricing import default_catalog, parts_picodollars
 from nullspend.usage import Usage
 from nullspend.wire import ANTHROPIC_MESSAGES, Reading
+from nullspend.wire.base import PricedPart
 from tests.nullspend.wire_testing import (
     fixture,
     fixture_json,
@@ -114,6 +117,157 @@ def test_wrongly_typed_usage_raises_a_clear_error(field: str, value: Any) -> Non
     body["usage"][field] = value
     with pytest.raises(ValueError, match=f"anthropic.messages usage.{field}"):
         ANTHROPIC_MESSAGES.read_response(body)
+
+
+# --- usage.iterations: compaction, the advisor, a server-side fallback ------------------------
+
+
+def iteration(kind: str, input_tokens: int, output_tokens: int, **more: Any) -> dict[str, Any]:
+    """One ``usage.iterations`` entry, as ``BetaIterationsUsage`` shapes it."""
+    return {
+        "type": kind,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_input_tokens": more.pop("cache_read", 0),
+        "cache_creation_input_tokens": more.pop("cache_write", 0),
+        **more,
+    }
+
+
+# The compaction docs' own example: the top level is the answer after the summary; the summary
+# read the whole 180,000-token context, which the top level leaves out.
+COMPACTED = {
+    "input_tokens": 23000,
+    "output_tokens": 1000,
+    "iterations": [iteration("compaction", 180000, 3500), iteration("message", 23000, 1000)],
+}
+ADVISOR = "claude-opus-4-8"
+ADVISED = {  # an executor's two turns around an advisor call: the top level sums the turns
+    "input_tokens": 3000,
+    "output_tokens": 900,
+    "cache_read_input_tokens": 40000,
+    "iterations": [
+        iteration("message", 1000, 300, cache_read=20000),
+        iteration("advisor_message", 21000, 1600, model=ADVISOR, cache_write=500),
+        iteration("message", 2000, 600, cache_read=20000),
+    ],
+}
+
+
+def message_with(usage: dict[str, Any], model: str = MODEL) -> dict[str, Any]:
+    body = fixture_json("anthropic_message.json")
+    body["usage"] = usage
+    body["model"] = model
+    return body
+
+
+def test_compaction_iterations_are_billed_besides_the_top_level_counts() -> None:
+    reading = ANTHROPIC_MESSAGES.read_response(message_with(COMPACTED))
+    assert reading == Reading(
+        Usage(input_tokens=23000, output_tokens=1000),
+        MODEL,
+        extra=(PricedPart(None, Usage(input_tokens=180000, output_tokens=3500)),),
+    )
+    assert reading.billed_usage() == Usage(input_tokens=203000, output_tokens=4500)
+    # Each pass at the model's rates (Sonnet 4.5: $3 in, $15 out): 0.609 + 0.0675 = $0.6765.
+    priced = default_catalog().resolve(MODEL)
+    assert priced is not None
+    assert reading.usage is not None
+    assert parts_picodollars(reading.usage, priced, reading.extra) == 676_500 * 10**6
+
+
+def test_advisor_iterations_are_billed_at_the_advisor_model() -> None:
+    reading = ANTHROPIC_MESSAGES.read_response(message_with(ADVISED))
+    assert reading.usage == Usage(input_tokens=3000, cache_read_tokens=40000, output_tokens=900)
+    assert reading.extra == (
+        PricedPart(
+            ADVISOR, Usage(input_tokens=21000, cache_write_5m_tokens=500, output_tokens=1600)
+        ),
+    )
+    catalog = default_catalog()
+    executor, advisor = catalog.resolve(MODEL), catalog.resolve(ADVISOR)
+    assert executor is not None
+    assert advisor is not None
+    assert reading.usage is not None
+    by_hand = (
+        3000 * executor.prices.input
+        + 40000 * executor.prices.cache_read
+        + 900 * executor.prices.output
+        + 21000 * advisor.prices.input
+        + 500 * advisor.prices.cache_write_5m
+        + 1600 * advisor.prices.output
+    )
+    assert parts_picodollars(reading.usage, executor, reading.extra) == by_hand
+
+
+def test_an_advisor_of_an_unpriced_model_leaves_the_call_unpriced() -> None:
+    usage = {**ADVISED, "iterations": [iteration("advisor_message", 10, 10, model="no-such")]}
+    reading = ANTHROPIC_MESSAGES.read_response(message_with(usage))
+    priced = default_catalog().resolve(MODEL)
+    assert priced is not None
+    assert reading.usage is not None
+    assert parts_picodollars(reading.usage, priced, reading.extra) is None
+
+
+def test_a_fallback_served_answer_is_billed_at_the_serving_model() -> None:
+    # The top level counts the serving model's attempt (a fallback_message takes the place of
+    # the message entry); the answer may still name the model asked for.
+    usage = {
+        "input_tokens": 500,
+        "output_tokens": 200,
+        "iterations": [iteration("fallback_message", 500, 200, model="claude-opus-4-8")],
+    }
+    reading = ANTHROPIC_MESSAGES.read_response(message_with(usage, "claude-fable-5"))
+    assert reading == Reading(Usage(input_tokens=500, output_tokens=200), "claude-opus-4-8")
+
+
+def test_message_and_unknown_iterations_add_nothing() -> None:
+    usage = {
+        "input_tokens": 30,
+        "output_tokens": 5,
+        "iterations": [iteration("message", 30, 5), iteration("some_future_kind", 99, 99)],
+    }
+    reading = ANTHROPIC_MESSAGES.read_response(message_with(usage))
+    assert reading == Reading(Usage(input_tokens=30, output_tokens=5), MODEL)
+
+
+@pytest.mark.parametrize(
+    ("iterations", "where"),
+    [
+        ("lots", "usage.iterations"),
+        (["x"], r"usage.iterations\[0\]"),
+        ([iteration("compaction", -1, 0)], r"usage.iterations\[0\].input_tokens"),
+    ],
+)
+def test_unreadable_iterations_raise_a_clear_error(iterations: Any, where: str) -> None:
+    usage = {"input_tokens": 1, "output_tokens": 1, "iterations": iterations}
+    with pytest.raises(ValueError, match=f"anthropic.messages {where}"):
+        ANTHROPIC_MESSAGES.read_response(message_with(usage))
+
+
+def test_stream_reads_the_iterations_of_the_last_delta() -> None:
+    # The SDK's BetaMessageDeltaUsage carries the iterations; message_start's may carry none.
+    data = with_delta_usage(**COMPACTED)
+    reading = read_stream(ANTHROPIC_MESSAGES, data)
+    assert reading.usage is not None
+    assert reading.usage.output_tokens == 1000
+    assert reading.extra == (PricedPart(None, Usage(input_tokens=180000, output_tokens=3500)),)
+    fallback = {
+        "output_tokens": 87,
+        "iterations": [iteration("fallback_message", 20, 87, model="claude-opus-4-8")],
+    }
+    assert read_stream(ANTHROPIC_MESSAGES, with_delta_usage(**fallback)).model == (
+        "claude-opus-4-8"
+    )
+
+
+def test_iteration_shapes_validate_against_the_sdk() -> None:
+    for usage in (COMPACTED, ADVISED):
+        assert unknown_fields(BetaMessage.model_validate(message_with(usage))) == []
+    adapter: TypeAdapter[BetaRawMessageStreamEvent] = TypeAdapter(BetaRawMessageStreamEvent)
+    for name, payload in sse_payloads(with_delta_usage(**ADVISED)):
+        if name != "ping":
+            assert unknown_fields(adapter.validate_json(payload)) == []
 
 
 # --- Streams ----------------------------------------------------------------------------------

@@ -254,6 +254,56 @@ def test_anthropic_messages_and_stream_helper(proxy: RunningServer, fake: tuple[
     assert [e["cost_microdollars"] for e in events(proxy)] == [expected] * 3
 
 
+# The compaction docs' example (the summary read 180,000 tokens the answer's 23,000 leave out),
+# and an advisor call on Opus 4.8; the top-level usage counts neither.
+ITERATED_USAGE = {"input": 23000, "cached": 0, "output": 1000, "reasoning": 0, "cache_write": 0}
+ITERATIONS = [
+    {"type": "compaction", "input": 180000, "output": 3500},
+    {"type": "advisor_message", "model": "claude-opus-4-8", "input": 21000, "output": 1600},
+]
+# Sonnet 4.5 ($3 in, $15 out) for the answer and the summary, Opus 4.8 ($5 in, $25 out) for
+# the advice: 84,000 + 592,500 + 145,000 microdollars.
+ITERATED_COST = (23000 * 3 + 1000 * 15) + (180000 * 3 + 3500 * 15) + (21000 * 5 + 1600 * 25)
+ADVISOR_TOOL: Any = {
+    "type": "advisor_20260301",
+    "name": "advisor",
+    "model": "claude-opus-4-8",
+    "max_uses": 2,
+}
+
+
+def test_compaction_and_advisor_iterations_are_billed(proxy: RunningServer) -> None:
+    """Server-side compaction and the advisor tool bill passes the top-level usage leaves out
+    (``usage.iterations``): the call is priced as billed, each pass at its own model, where
+    the top-level counts alone recorded $0.084 of an $0.8215 bill."""
+    client = anthropic_client(
+        proxy,
+        **{"x-fake-usage": json.dumps(ITERATED_USAGE), "x-fake-iterations": json.dumps(ITERATIONS)},
+    )
+    request: Any = {
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "betas": ["compact-2026-01-12", "advisor-tool-2026-03-01"],
+        "context_management": {"edits": [{"type": "compact_20260112"}]},
+        "tools": [ADVISOR_TOOL],
+    }
+    raw = client.beta.messages.with_raw_response.create(**request)
+    message = raw.parse()
+    assert message.usage.iterations is not None
+    assert len(message.usage.iterations) == 3
+    assert raw.headers["X-NullSpend-Cost-Microdollars"] == str(ITERATED_COST)
+    with client.beta.messages.stream(**request) as stream:
+        final = stream.get_final_message()
+    assert final.usage.iterations is not None
+    assert [i.type for i in final.usage.iterations] == ["compaction", "advisor_message", "message"]
+    recorded = events(proxy)
+    assert [e["cost_microdollars"] for e in recorded] == [ITERATED_COST] * 2
+    # Every token billed is recorded: the summary's and the advice's with the answer's.
+    assert {(e["input_tokens"], e["output_tokens"]) for e in recorded} == {(224000, 6100)}
+    assert tags_of(proxy, recorded[0]) == {}
+
+
 def test_denied_before_any_byte_reaches_the_upstream(
     proxy: RunningServer, fake: tuple[str, Any]
 ) -> None:

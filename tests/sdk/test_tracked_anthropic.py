@@ -131,6 +131,43 @@ def test_a_message_batch_is_refused_and_its_cancel_is_not(fake: tuple[str, Any])
     assert ns.engine.cost_events().data == []
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_compaction_and_advisor_iterations_are_billed(fake: tuple[str, Any], stream: bool) -> None:
+    """The passes compaction and the advisor tool bill besides the answer, which its top-level
+    usage leaves out (``usage.iterations``), are priced each at its own model: the docs'
+    compaction example (180,000 tokens summarized, 23,000 answered, on Sonnet 4.5 at $3 / $15)
+    and an advisor call on Opus 4.8 ($5 / $25)."""
+    usage = {"input": 23000, "cached": 0, "output": 1000, "reasoning": 0, "cache_write": 0}
+    iterations = [
+        {"type": "compaction", "input": 180000, "output": 3500},
+        {"type": "advisor_message", "model": "claude-opus-4-8", "input": 21000, "output": 1600},
+    ]
+    bill = (23000 * 3 + 1000 * 15) + (180000 * 3 + 3500 * 15) + (21000 * 5 + 1600 * 25)
+    kwargs = client_kwargs(fake)
+    kwargs["default_headers"] = {
+        "x-fake-usage": json.dumps(usage),
+        "x-fake-iterations": json.dumps(iterations),
+    }
+    ns = LocalNullSpend([LocalBudget.total(100_000_000)])
+    client = ns.anthropic(**kwargs)
+    request: Any = {
+        "model": MODEL,
+        "max_tokens": 1000,
+        "messages": MESSAGES,
+        "betas": ["compact-2026-01-12", "advisor-tool-2026-03-01"],
+        "context_management": {"edits": [{"type": "compact_20260112"}]},
+        "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-8"}],
+    }
+    if stream:
+        with client.beta.messages.stream(**request) as streamed:
+            assert streamed.get_final_message().usage.iterations is not None
+    else:
+        assert client.beta.messages.create(**request).usage.iterations is not None
+    (event,) = ns.cost_events().data
+    assert event.cost_microdollars == bill  # 821,500: the top-level counts alone say 84,000
+    assert (event.input_tokens, event.output_tokens) == (224000, 6100)
+
+
 def gzip_kwargs(fake: tuple[str, Any], gzip: str) -> dict[str, Any]:
     kwargs = client_kwargs(fake)
     return {**kwargs, "default_headers": {**kwargs["default_headers"], "x-fake-gzip": gzip}}

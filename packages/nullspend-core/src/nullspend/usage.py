@@ -120,3 +120,11 @@ class Usage:
             "audio_output_tokens": self.audio_output_tokens,
             "web_search_requests": self.web_search_requests,
         }
+
+
+def sum_usage(*parts: Usage) -> Usage:
+    """The counts of several calls (or parts of one) added up, component by component."""
+    return Usage(**{name: sum(getattr(part, name) for part in parts) for name in _COUNTS})
+
+
+_COUNTS = tuple(Usage.__dataclass_fields__)

@@ -8,7 +8,14 @@ from nullspend.pricing.catalog import (
     load_catalog,
     shipped_catalog,
 )
-from nullspend.pricing.cost import Cost, CostLine, cost, price_usage, total_picodollars
+from nullspend.pricing.cost import (
+    Cost,
+    CostLine,
+    cost,
+    parts_picodollars,
+    price_usage,
+    total_picodollars,
+)
 from nullspend.pricing.estimate import (
     Estimate,
     estimate_call,
@@ -29,6 +36,7 @@ __all__ = [
     "estimate_request",
     "estimate_request_body",
     "load_catalog",
+    "parts_picodollars",
     "price_usage",
     "shipped_catalog",
     "total_picodollars",

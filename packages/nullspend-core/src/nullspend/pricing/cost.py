@@ -8,6 +8,7 @@ from nullspend.errors import UnpricedModelError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR, picodollars_to_microdollars
 from nullspend.pricing.catalog import Catalog, PricedModel, Prices, default_catalog
 from nullspend.usage import Usage
+from nullspend.wire.base import PricedPart
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,30 @@ def total_picodollars(usage: Usage, model: PricedModel) -> int:
     # Most models have one price set: no need to count the prompt to choose it.
     prices = model.prices_for(usage.prompt_tokens)[0] if model.tiers else model.prices
     return _picodollars(usage, prices)
+
+
+def parts_picodollars(
+    usage: Usage,
+    model: PricedModel,
+    extra: tuple[PricedPart, ...],
+    catalog: Catalog | None = None,
+    service_tier: str | None = None,
+) -> int | None:
+    """What a call bills: ``usage`` at ``model`` (the call's, resolved) and each of a reading's
+    ``extra`` parts at its own model (the call's where it names none), each priced apart, as
+    the provider bills each pass apart (a long-context tier applies per pass). None when a
+    part's model is not in the catalog: the call is then charged its estimate, never less."""
+    total = total_picodollars(usage, model)
+    for part in extra:
+        priced = (
+            model
+            if part.model is None
+            else (catalog or default_catalog()).resolve(part.model, service_tier)
+        )
+        if priced is None:
+            return None
+        total += total_picodollars(part.usage, priced)
+    return total
 
 
 def _picodollars(usage: Usage, prices: Prices) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from nullspend.errors import UnmeteredRouteError
 from nullspend.money import picodollars_to_microdollars
-from nullspend.pricing import default_catalog, estimate_request, total_picodollars
+from nullspend.pricing import default_catalog, estimate_request, parts_picodollars
 from nullspend.usage import Usage
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
@@ -161,11 +161,17 @@ def settlement(
     model = reading.model or model
     priced = default_catalog().resolve(model, reading.service_tier) if model else None
     usage: Usage | None = reading.usage
-    cost = (
-        picodollars_to_microdollars(total_picodollars(usage, priced))
+    # The call's usage at its model, and what it billed besides at another (an advisor's).
+    picodollars = (
+        parts_picodollars(usage, priced, reading.extra, service_tier=reading.service_tier)
         if usage is not None and priced is not None
-        else estimate_microdollars
+        else None
     )
+    if picodollars is None:
+        cost = estimate_microdollars
+    else:
+        cost = picodollars_to_microdollars(picodollars)
+    usage = reading.billed_usage()
     options: dict[str, Any] = {
         "cost_microdollars": cost,
         "duration_ms": int((time.perf_counter() - started) * 1000),

@@ -6,8 +6,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from nullspend.usage import Usage
-from nullspend.wire._json import count, parse_object, request_int, section, text
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator, web_searches_allowed
+from nullspend.wire._json import count, items, parse_object, request_int, section, text
+from nullspend.wire.base import (
+    JSONObject,
+    PricedPart,
+    Reading,
+    StreamAccumulator,
+    web_searches_allowed,
+)
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "anthropic.messages usage"
@@ -22,40 +28,67 @@ definition its short spec in the body stands for; computer use adds a system pro
 (at most 499 tokens) to its 735."""
 
 
-def _usage_from(usage: JSONObject) -> Usage:
+def _usage_from(usage: JSONObject, where: str = _WHERE) -> Usage:
     """Map a ``Usage`` object: unlike OpenAI's, ``input_tokens`` already excludes cache traffic.
 
     ``cache_creation_input_tokens`` is the billed write total; the ``cache_creation`` breakdown
     only decides how much of it was written for 1h (the rest, or all of it without a breakdown,
     is 5m). The total wins if the two disagree, as after a stream delta updated only the total.
     """
-    split = section(usage, "cache_creation", _WHERE)
-    where_split = f"{_WHERE}.cache_creation"
+    split = section(usage, "cache_creation", where)
+    where_split = f"{where}.cache_creation"
     write_1h = count(split, "ephemeral_1h_input_tokens", where_split)
     if usage.get("cache_creation_input_tokens") is None:
         written = count(split, "ephemeral_5m_input_tokens", where_split) + write_1h
     else:
-        written = count(usage, "cache_creation_input_tokens", _WHERE)
+        written = count(usage, "cache_creation_input_tokens", where)
     write_1h = min(write_1h, written)
-    output = count(usage, "output_tokens", _WHERE)
+    output = count(usage, "output_tokens", where)
     thinking = count(
-        section(usage, "output_tokens_details", _WHERE),
+        section(usage, "output_tokens_details", where),
         "thinking_tokens",
-        f"{_WHERE}.output_tokens_details",
+        f"{where}.output_tokens_details",
     )
     return Usage(
-        input_tokens=count(usage, "input_tokens", _WHERE),
-        cache_read_tokens=count(usage, "cache_read_input_tokens", _WHERE),
+        input_tokens=count(usage, "input_tokens", where),
+        cache_read_tokens=count(usage, "cache_read_input_tokens", where),
         cache_write_5m_tokens=written - write_1h,
         cache_write_1h_tokens=write_1h,
         output_tokens=output,
         reasoning_tokens=min(output, thinking),
         web_search_requests=count(
-            section(usage, "server_tool_use", _WHERE),
+            section(usage, "server_tool_use", where),
             "web_search_requests",
-            f"{_WHERE}.server_tool_use",
+            f"{where}.server_tool_use",
         ),
     )
+
+
+def _reading_from(usage: JSONObject, model: str | None) -> Reading:
+    """The reading of a ``Usage`` object whose output is counted, with its ``iterations``.
+
+    The top-level counts are the sum of the ``message`` (and ``fallback_message``) iterations;
+    a ``compaction`` iteration (server-side context compaction, run on the request's model) and
+    an ``advisor_message`` one (the advisor tool's sub-inference, on the advisor's model) are
+    billed besides them and are not in them, so each is an extra part priced at its model.
+    A ``fallback_message`` iteration means a fallback model served the answer: the top-level
+    counts are billed at that model, whatever model the answer (or a stream's start) named.
+    Types this reader does not know are left out: they cannot be priced.
+    """
+    extra: list[PricedPart] = []
+    for n, entry in enumerate(items(usage, "iterations", _WHERE)):
+        where = f"{_WHERE}.iterations[{n}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where} must be an object, got {type(entry).__name__}")
+        kind = entry.get("type")
+        if kind == "compaction":
+            extra.append(PricedPart(None, _usage_from(entry, where)))
+        elif kind == "advisor_message":
+            # An advisor part names its model; one that does not is billed at the call's model.
+            extra.append(PricedPart(text(entry, "model"), _usage_from(entry, where)))
+        elif kind == "fallback_message":
+            model = text(entry, "model") or model
+    return Reading(_usage_from(usage), model, extra=tuple(extra))
 
 
 class _MessagesStream(SSEAccumulator):
@@ -78,7 +111,9 @@ class _MessagesStream(SSEAccumulator):
             delta = section(parse_object(event.data), "usage", "anthropic.messages message_delta")
             totals = self._totals | {k: v for k, v in delta.items() if v is not None}
             if delta.get("output_tokens") is not None:
-                self._usage = _usage_from(totals)
+                # The iterations (and a fallback's serving model) come in the last delta.
+                reading = _reading_from(totals, self._model)
+                self._usage, self._model, self._extra = reading.usage, reading.model, reading.extra
             self._totals = totals
         elif event.event == "message_start":
             message = section(parse_object(event.data), "message", "anthropic.messages event")
@@ -121,7 +156,8 @@ class AnthropicMessages:
 
     def read_response(self, body: JSONObject) -> Reading:
         usage = section(body, "usage", "anthropic.messages response")
-        return Reading(_usage_from(usage) if usage else None, text(body, "model"))
+        model = text(body, "model")
+        return _reading_from(usage, model) if usage else Reading(None, model)
 
     def stream(self) -> StreamAccumulator:
         return _MessagesStream()

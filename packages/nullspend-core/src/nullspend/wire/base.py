@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from nullspend.usage import Usage
+from nullspend.usage import Usage, sum_usage
 
 JSONObject = Mapping[str, Any]
 
@@ -30,6 +30,13 @@ def web_searches_allowed(body: JSONObject, is_search: Callable[[object], bool]) 
     return allowed
 
 
+class PricedPart(NamedTuple):
+    """Usage a call bills besides its own, at ``model`` (None: the call's own model)."""
+
+    model: str | None
+    usage: Usage
+
+
 @dataclass(slots=True)  # not frozen: frozen init costs ~0.3 us, and this is built per call
 class Reading:
     """What a response, or a whole stream, says about its own cost.
@@ -38,12 +45,22 @@ class Reading:
     chat stream without ``stream_options.include_usage``): the caller must then fall back to an
     estimate, never to zero. ``model`` is the model as the provider reported it;
     ``service_tier`` the processing tier it says it was served in (OpenAI's "default",
-    "priority", "flex"...), which ``PricedModel.serving`` prices.
+    "priority", "flex"...), which ``PricedModel.serving`` prices. ``extra`` is usage billed
+    besides ``usage`` that it does not include, each part at its own model (Anthropic's
+    compaction and advisor iterations): ``pricing.parts_picodollars`` prices them all.
     """
 
     usage: Usage | None
     model: str | None
     service_tier: str | None = None
+    extra: tuple[PricedPart, ...] = ()
+
+    def billed_usage(self) -> Usage | None:
+        """Every token the call bills, ``usage`` and the extra parts added: what a cost event
+        records (its cost prices each part at its own model)."""
+        if not self.extra or self.usage is None:
+            return self.usage
+        return sum_usage(self.usage, *(part.usage for part in self.extra))
 
 
 NO_READING = Reading(None, None)

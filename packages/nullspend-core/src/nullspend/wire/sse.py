@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from nullspend.usage import Usage
-from nullspend.wire.base import Reading
+from nullspend.wire.base import PricedPart, Reading
 
 
 class SSEEvent(NamedTuple):
@@ -102,7 +102,8 @@ class SSEAccumulator(ABC):
 
     ``_on_event`` may raise ValueError for an event it cannot read: the event is skipped, so a
     malformed event never breaks the proxy relaying the stream. Handlers therefore assign
-    ``_usage``, ``_model`` and ``_service_tier`` only once an event has been read in full.
+    ``_usage``, ``_model``, ``_service_tier`` and ``_extra`` only once an event has been read in
+    full.
     """
 
     def __init__(self) -> None:
@@ -110,6 +111,7 @@ class SSEAccumulator(ABC):
         self._usage: Usage | None = None
         self._model: str | None = None
         self._service_tier: str | None = None
+        self._extra: tuple[PricedPart, ...] = ()
 
     def feed(self, chunk: bytes) -> None:
         for event in self._decoder.feed(chunk):
@@ -118,7 +120,7 @@ class SSEAccumulator(ABC):
     def finish(self) -> Reading:
         for event in self._decoder.finish():
             self._handle(event)
-        return Reading(self._usage, self._model, self._service_tier)
+        return Reading(self._usage, self._model, self._service_tier, self._extra)
 
     def _handle(self, event: SSEEvent) -> None:
         try:

@@ -29,7 +29,8 @@ from nullspend.attribution import (
 )
 from nullspend.errors import ErrorCode
 from nullspend.limits import MAX_CALL_MICRODOLLARS
-from nullspend.pricing import Estimate, default_catalog, estimate_request, price_usage
+from nullspend.money import picodollars_to_microdollars
+from nullspend.pricing import Estimate, default_catalog, estimate_request, parts_picodollars
 from nullspend.usage import Usage
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
@@ -419,10 +420,16 @@ def _settlement(
     tags = dict.fromkeys(extra_tags, "true")
     if usage is None:
         tags[TAG_NO_USAGE] = "true"
-    if priced is None:
+    # The call's usage at its model, and what it billed besides at another (an advisor's).
+    picodollars = (
+        parts_picodollars(usage, priced, reading.extra, service_tier=reading.service_tier)
+        if usage is not None and priced is not None
+        else None
+    )
+    if priced is None or (usage is not None and picodollars is None):
         tags[TAG_UNPRICED] = "true"
-    if usage is not None and priced is not None:
-        cost = price_usage(usage, priced).total_microdollars
+    if picodollars is not None:
+        cost = picodollars_to_microdollars(picodollars)
     else:
         cost = call.estimate.microdollars
         tags[TAG_ESTIMATED] = "true"
@@ -430,7 +437,7 @@ def _settlement(
         cost_microdollars=cost,
         provider=call.provider,
         model=model,
-        usage=usage,
+        usage=reading.billed_usage(),
         duration_ms=int((time.perf_counter() - call.started) * 1000),
         upstream_status=status,
         trace_id=call.attribution.trace_id,
