@@ -330,6 +330,84 @@ def test_the_prompt_anthropic_adds_for_tools_is_in_the_estimate(
         assert result.microdollars * PICODOLLARS_PER_MICRODOLLAR >= billed.total_picodollars
 
 
+def _billed(usage: Usage, model: str) -> int:
+    return cost(usage, model).total_picodollars
+
+
+def test_a_compaction_the_prompt_may_trigger_is_in_the_estimate() -> None:
+    """Server-side compaction summarizes the whole context on the request's model once the
+    prompt reaches its trigger, a pass billed besides the answer and left out of its top-level
+    usage: the compaction docs' example bills 180,000 + 23,000 input tokens for a call whose
+    answer read 23,000. Left out, the estimate reserved about a third of such a call's bill."""
+    model = "claude-sonnet-4-5"
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "x" * 540_000}],  # 180,000 tokens
+        "context_management": {
+            "edits": [
+                {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 100_000}}
+            ]
+        },
+    }
+    plain = {k: v for k, v in body.items() if k != "context_management"}
+    summary = Usage(input_tokens=180_000, output_tokens=3_500)
+    answer = Usage(input_tokens=23_000, output_tokens=1_000)
+    bill = _billed(summary, model) + _billed(answer, model)
+    assert estimate(ANTHROPIC_MESSAGES, plain).microdollars * PICODOLLARS_PER_MICRODOLLAR < bill
+    reserved = estimate(ANTHROPIC_MESSAGES, body).microdollars * PICODOLLARS_PER_MICRODOLLAR
+    assert reserved >= bill
+    # A prompt that cannot reach the trigger is never compacted: nothing more is reserved.
+    short = {**body, "messages": [{"role": "user", "content": "hi"}]}
+    short_plain = {**plain, "messages": short["messages"]}
+    assert (
+        estimate(ANTHROPIC_MESSAGES, short).microdollars
+        - estimate(ANTHROPIC_MESSAGES, short_plain).microdollars
+        < 1_000  # the edit's own few bytes, where the pass would reserve dollars
+    )
+    # Nor is one past its trigger; without a trigger, the default one (150,000 tokens) applies.
+    edits = body["context_management"]["edits"]
+    high = {**body, "context_management": {"edits": [{**edits[0], "trigger": {"value": 200_000}}]}}
+    assert estimate(ANTHROPIC_MESSAGES, high).microdollars * PICODOLLARS_PER_MICRODOLLAR < bill
+    default = {**body, "context_management": {"edits": [{"type": "compact_20260112"}]}}
+    assert estimate(ANTHROPIC_MESSAGES, default).microdollars * PICODOLLARS_PER_MICRODOLLAR >= bill
+
+
+@pytest.mark.parametrize(("max_uses", "calls"), [(2, 2), (None, 3)])
+def test_the_advisor_calls_a_request_allows_are_in_its_estimate(
+    max_uses: int | None, calls: int
+) -> None:
+    """The advisor tool runs a sub-inference on a stronger model over the whole transcript,
+    billed at that model's rates and left out of the top-level usage: a Haiku call consulting
+    Opus twice bills far more than Haiku's rates on its own body. Each call the tool allows
+    (its max_uses, else three) is reserved at the advisor's input rate on the transcript plus
+    its output bound (the tool's max_tokens, else the advisor model's output cap)."""
+    executor, advisor = "claude-haiku-4-5", "claude-opus-4-8"
+    tool: dict[str, Any] = {
+        "type": "advisor_20260301",
+        "name": "advisor",
+        "model": advisor,
+        "max_tokens": 2048,
+    }
+    if max_uses is not None:
+        tool["max_uses"] = max_uses
+    body: dict[str, Any] = {
+        "model": executor,
+        "max_tokens": 4000,
+        "messages": [{"role": "user", "content": "x" * 30_000}],  # 10,000 tokens
+        "tools": [tool],
+    }
+    # The executor's turns, and each advisor call reading the transcript, at its full bounds.
+    turns = Usage(input_tokens=10_000 + 530, output_tokens=4000)
+    consult = Usage(input_tokens=10_000 + 530 + 4000, output_tokens=2048)
+    bill = _billed(turns, executor) + calls * _billed(consult, advisor)
+    result = estimate(ANTHROPIC_MESSAGES, body)
+    assert result.microdollars * PICODOLLARS_PER_MICRODOLLAR >= bill
+    assert result.microdollars * PICODOLLARS_PER_MICRODOLLAR < bill * 11 // 10  # not far above
+    without = estimate(ANTHROPIC_MESSAGES, {**body, "tools": []})
+    assert without.microdollars * PICODOLLARS_PER_MICRODOLLAR < bill // 2
+
+
 @pytest.mark.parametrize("wire", [OPENAI_CHAT, OPENAI_RESPONSES, GEMINI])
 def test_other_formats_add_no_hidden_input(wire: WireFormat) -> None:
     assert wire.hidden_input_tokens({"tools": [{"type": "function", "name": "f"}]}) == 0

@@ -21,7 +21,10 @@ image counts the most one can bill on the model, an inline PDF's pages the most 
 (its text and an image of it), and a file the body only names (a URL, a file id), or a PDF whose
 pages cannot be counted, the model's context window. The prompt's text (files included) never
 counts past the context window, which the provider refuses to exceed; images may, as OpenAI
-bills gpt-4o-mini's image tokens apart from its window.
+bills gpt-4o-mini's image tokens apart from its window. The inferences a request may have the
+provider run besides the call (``WireFormat.requested_side_calls``: Anthropic's server-side
+compaction once the prompt may reach its trigger, each advisor call its tool allows) are added,
+each reading the prompt and the call's whole output on its own model, to its own output cap.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing.catalog import Catalog, PricedModel, default_catalog
 from nullspend.wire import ANTHROPIC_MESSAGES, GEMINI, OPENAI_CHAT, OPENAI_RESPONSES
-from nullspend.wire.base import WireFormat
+from nullspend.wire.base import SideCall, WireFormat
 from nullspend.wire.media import Media, media_of
 
 # Assumed when neither the request nor the catalog gives an output cap.
@@ -94,8 +97,9 @@ def estimate_request(
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
     """Estimate a request in ``wire``'s format; ``model`` names it where the body does not."""
-    return estimate_call(
-        model or wire.requested_model(body),
+    model = model or wire.requested_model(body)
+    estimate = estimate_call(
+        model,
         estimate_input_tokens(raw_body) + wire.hidden_input_tokens(body),
         wire.requested_output_cap(body),
         media=media_of(body),
@@ -108,6 +112,34 @@ def estimate_request(
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
     )
+    for side in wire.requested_side_calls(body):
+        estimate.microdollars += _side_call_microdollars(
+            side, estimate, model, catalog, unpriced_microdollars
+        )
+    return estimate
+
+
+def _side_call_microdollars(
+    side: SideCall,
+    call: Estimate,
+    model: str | None,
+    catalog: Catalog | None,
+    unpriced_microdollars: int,
+) -> int:
+    """What the inferences a request may run besides the call (compaction, an advisor) may
+    bill: each run reads the whole transcript, the prompt and all the call may have written
+    before it, on its own model (the request's where it names none), to its own output cap."""
+    if call.input_tokens < side.min_input_tokens:
+        return 0  # the prompt cannot reach its trigger: it never runs
+    one_run = estimate_call(
+        side.model or model,
+        call.input_tokens + call.output_tokens,
+        side.output_cap,
+        cache_ttl=side.cache_ttl,
+        catalog=catalog,
+        unpriced_microdollars=unpriced_microdollars,
+    )
+    return side.calls * one_run.microdollars
 
 
 def estimate_call(

@@ -11,6 +11,7 @@ from nullspend.wire.base import (
     JSONObject,
     PricedPart,
     Reading,
+    SideCall,
     StreamAccumulator,
     web_searches_allowed,
 )
@@ -123,6 +124,51 @@ class _MessagesStream(SSEAccumulator):
             self._model = text(message, "model") or self._model
 
 
+COMPACTION_TRIGGER_TOKENS = 150_000
+"""The prompt size at which server-side compaction (``compact_20260112``) runs when its
+``trigger`` sets none."""
+
+ASSUMED_ADVISOR_CALLS = 3
+"""The advisor calls a request whose advisor tool sets no ``max_uses`` is assumed to make (the
+API sets no limit): an advisor typically runs once or twice a task, and each reads the whole
+transcript at the advisor model's rates."""
+
+
+def _compaction(body: JSONObject) -> Iterator[SideCall]:
+    """Server-side compaction (beta ``compact-2026-01-12``): once the prompt reaches its trigger,
+    the request's model summarizes it, a pass billed besides the answer (its input is the whole
+    prompt, its output the summary). Counted once a request; the summary's length is not
+    bounded by ``max_tokens``, so it is bounded by the model's output cap."""
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, Mapping) else None
+    for edit in edits if isinstance(edits, list) else ():
+        if isinstance(edit, Mapping) and str(edit.get("type", "")).startswith("compact_"):
+            trigger = edit.get("trigger")
+            value = trigger.get("value") if isinstance(trigger, Mapping) else None
+            threshold = value if type(value) is int and value > 0 else COMPACTION_TRIGGER_TOKENS
+            yield SideCall(None, 1, None, min_input_tokens=threshold)
+            return
+
+
+def _advisors(body: JSONObject) -> Iterator[SideCall]:
+    """The advisor tool (beta ``advisor-tool-2026-03-01``): each call is a sub-inference on the
+    tool's ``model`` over the whole transcript, at most ``max_uses`` times (else
+    ``ASSUMED_ADVISOR_CALLS``), each to the tool's ``max_tokens`` (else the advisor model's
+    output cap); with ``caching`` set, each call writes its prompt to the cache."""
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, Mapping) or not str(tool.get("type", "")).startswith("advisor_"):
+            continue
+        uses = tool.get("max_uses")
+        caching = tool.get("caching")
+        yield SideCall(
+            text(tool, "model"),
+            uses if type(uses) is int and uses > 0 else ASSUMED_ADVISOR_CALLS,
+            request_int(tool, "max_tokens") or None,
+            cache_ttl=(caching.get("ttl") or "5m") if isinstance(caching, Mapping) else None,
+        )
+
+
 def _is_web_search(tool_type: object) -> bool:
     """The server-side web search tool, in any version (``web_search_20250305``)."""
     return isinstance(tool_type, str) and tool_type.startswith("web_search_")
@@ -195,6 +241,9 @@ class AnthropicMessages:
 
     def requests_audio_output(self, body: JSONObject) -> bool:
         return False  # Claude answers in text only
+
+    def requested_side_calls(self, body: JSONObject) -> tuple[SideCall, ...]:
+        return (*_compaction(body), *_advisors(body))
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         ttl = None

@@ -37,6 +37,22 @@ class PricedPart(NamedTuple):
     usage: Usage
 
 
+class SideCall(NamedTuple):
+    """An inference the provider runs inside a request besides the call itself (Anthropic's
+    context compaction, its advisor tool), billed apart: what an estimate must reserve too."""
+
+    model: str | None
+    """The model it runs on; None: the request's own."""
+    calls: int
+    """The most times it may run in one request."""
+    output_cap: int | None
+    """The most output tokens one run may bill; None: the model's output cap."""
+    min_input_tokens: int = 0
+    """It runs only once the prompt reaches this many tokens (compaction's trigger)."""
+    cache_ttl: str | None = None
+    """``"5m"`` or ``"1h"`` when each run writes its prompt to the cache (priced as a write)."""
+
+
 @dataclass(slots=True)  # not frozen: frozen init costs ~0.3 us, and this is built per call
 class Reading:
     """What a response, or a whole stream, says about its own cost.
@@ -131,6 +147,12 @@ class WireFormat(Protocol):
         """Whether the request asks for spoken output (Chat Completions' ``modalities``
         with ``"audio"``, or its ``audio`` parameter): its output may all be audio, billed at
         the model's audio output price."""
+        ...
+
+    def requested_side_calls(self, body: JSONObject) -> tuple[SideCall, ...]:
+        """The inferences the provider may run inside the request besides the call itself,
+        billed apart (Anthropic's compaction and advisor tool); none where the format has
+        none."""
         ...
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:

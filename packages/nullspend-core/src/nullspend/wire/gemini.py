@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from nullspend.usage import Usage
 from nullspend.wire._json import count, items, parse_object, request_int, section, text
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
+from nullspend.wire.base import JSONObject, Reading, SideCall, StreamAccumulator
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "gemini usageMetadata"
@@ -105,6 +105,9 @@ class Gemini:
 
     def requests_audio_output(self, body: JSONObject) -> bool:
         return False  # the catalog prices no Gemini audio output apart
+
+    def requested_side_calls(self, body: JSONObject) -> tuple[SideCall, ...]:
+        return ()
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # Implicit caching has no write charge; explicit caches are created (and billed for

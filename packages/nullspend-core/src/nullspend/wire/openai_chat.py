@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from nullspend.usage import Usage
 from nullspend.wire._json import count, parse_object, request_int, section, text
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator
+from nullspend.wire.base import JSONObject, Reading, SideCall, StreamAccumulator
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.chat usage"
@@ -113,6 +113,9 @@ class OpenAIChat:
         return (isinstance(modalities, list) and "audio" in modalities) or isinstance(
             body.get("audio"), Mapping
         )
+
+    def requested_side_calls(self, body: JSONObject) -> tuple[SideCall, ...]:
+        return ()
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI caches implicitly; its 30m/12h write lifetimes have no 5m/1h equivalent.

@@ -7,7 +7,13 @@ from typing import Any
 
 from nullspend.usage import Usage
 from nullspend.wire._json import count, items, parse_object, request_int, section, text
-from nullspend.wire.base import JSONObject, Reading, StreamAccumulator, web_searches_allowed
+from nullspend.wire.base import (
+    JSONObject,
+    Reading,
+    SideCall,
+    StreamAccumulator,
+    web_searches_allowed,
+)
 from nullspend.wire.sse import SSEAccumulator, SSEEvent
 
 _WHERE = "openai.responses response"
@@ -141,6 +147,9 @@ class OpenAIResponses:
 
     def requests_audio_output(self, body: JSONObject) -> bool:
         return False  # the Responses API answers in text only
+
+    def requested_side_calls(self, body: JSONObject) -> tuple[SideCall, ...]:
+        return ()
 
     def requested_cache_ttl(self, body: JSONObject) -> str | None:
         # OpenAI's cache write lifetimes (30m, 12h) have no 5m/1h counterpart in this contract.
