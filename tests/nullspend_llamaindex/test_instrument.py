@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
+from llama_index.core.base.llms.types import ChatMessage, DocumentBlock, ImageBlock, TextBlock
 from llama_index.core.llms import CustomLLM, LLMMetadata, MockLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.prompts import PromptTemplate
@@ -32,8 +32,11 @@ from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
 from nullspend.pricing import default_catalog
+from nullspend.pricing.estimate import estimate_request_body
+from nullspend.wire import OPENAI_CHAT
 from nullspend_llamaindex import instrument
 from tests.estimates import reserved_estimates
+from tests.nullspend.pdf_documents import document
 from tests.nullspend_server.conftest import RunningServer, start_server
 from tests.sdk.test_client import budget
 from tests.sdk.test_tracked_openai import COST, USAGE
@@ -435,6 +438,25 @@ def test_an_image_reserves_the_most_it_can_bill_not_its_blocks_bytes(
     per_image = default_catalog().resolve("gpt-4o-mini").entry.image_input_tokens
     assert per_image is not None
     assert reserved[0] - reserved[1] >= per_image * 15 // 100  # $0.15 per million input tokens
+
+
+def test_a_pdf_reserves_what_its_pages_bill_not_its_bytes(
+    fake: tuple[str, Any], tmp_path: Path
+) -> None:
+    """A 100-page PDF of 21 kB (inline or by path) was estimated by its bytes, 1,519 µ$, where
+    the provider bills each page as its text and an image of it and the proxy reserves 19,260
+    µ$ for the request the LLM sent: it now reserves what the proxy does."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    pdf = document(100)
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    llm = openai_llm(fake)
+    llm.max_tokens = 100
+    for block in (DocumentBlock(data=pdf), DocumentBlock(path=tmp_path / "report.pdf")):
+        llm.chat([ChatMessage(role="user", blocks=[TextBlock(text="Summarize"), block])])
+    sent = [estimate_request_body(r["json"], OPENAI_CHAT) for r in fake[1].state.requests]
+    assert reserved == [estimate.microdollars for estimate in sent]
 
 
 def test_openai_responses_instructions_are_reserved(fake: tuple[str, Any]) -> None:

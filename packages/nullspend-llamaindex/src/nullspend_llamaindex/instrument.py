@@ -14,6 +14,7 @@ the event loop never waits on NullSpend's HTTP."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import functools
 import inspect
@@ -49,7 +50,8 @@ from nullspend.wire import (
     StreamAccumulator,
     WireFormat,
 )
-from nullspend.wire.media import Media
+from nullspend.wire.media import Media, media_of
+from nullspend.wire.pdf import is_pdf
 
 S = TypeVar("S", Iterator[Any], AsyncIterator[Any])
 
@@ -629,15 +631,23 @@ def _tool_specs(llm: Any, sent: Mapping[str, Any]) -> list[Any]:
 
 def _blocks(prompt: Any) -> tuple[Media | None, int]:
     """What a prompt's blocks hold that its text does not show as billed (``wire.media``): its
-    images (billed by their pixels, not by the bytes a block prints as) and the documents it
-    names by URL (billed by their content); and the bytes the files it names by path (a
-    document, audio, video) go out as, base64-encoded, read from disk only when the call is
-    sent."""
+    images (billed by their pixels, not by the bytes a block prints as), its PDFs (billed by
+    their pages) and the documents it names by URL (billed by their content); and the bytes the
+    files it names by path (a document, audio, video) go out as, base64-encoded, read from disk
+    only when the call is sent (a PDF's, to count its pages, now)."""
     media, size = Media(), 0
     for message in prompt if isinstance(prompt, list) else ():
         for block in getattr(message, "blocks", ()):
             kind = getattr(block, "block_type", None)
             path = getattr(block, "path", None)
+            if kind == "document" and (pdf := _pdf_of(block)) is not None:
+                # Each page billed as its text and an image of it, far above a compact PDF's
+                # bytes: read as the wire reads a PDF sent inline (its pages, or else bounded
+                # as a file it only names).
+                sent = media_of([{"type": "document", "source": {"type": "base64", "data": pdf}}])
+                media.pdf_pages += sent.pdf_pages
+                media.pdf_bytes += sent.pdf_bytes
+                media.named_files += sent.named_files
             if kind == "image":
                 media.images += 1
                 media.image_bytes += len(repr(block).encode())
@@ -650,10 +660,27 @@ def _blocks(prompt: Any) -> tuple[Media | None, int]:
                     continue  # LlamaIndex will fail to read it too: the call is not sent
             elif kind == "document":
                 media.named_files += 1
-    return (media if media.images or media.named_files else None), size
+    return (media if media.images or media.named_files or media.pdf_pages else None), size
 
 
 _INLINE_FIELDS = ("image", "data", "audio", "video")
+
+
+def _pdf_of(document: Any) -> str | None:
+    """A document block's PDF as it is sent, base64: its ``data`` (kept base64), or the file
+    its ``path`` names; None for another kind of document, or one not readable."""
+    data = getattr(document, "data", None)
+    if isinstance(data, bytes):
+        text = data.decode("ascii", "ignore")
+        return text if is_pdf(text) else None
+    path = getattr(document, "path", None)
+    if path is None or getattr(document, "document_mimetype", None) != "application/pdf":
+        return None
+    try:
+        with open(path, "rb") as file:
+            return base64.b64encode(file.read()).decode()
+    except (OSError, TypeError, ValueError):
+        return None  # LlamaIndex will fail to read it too: the call is not sent
 
 
 def _cache_ttl(llm: Any, prompt: Any, request: Mapping[str, Any]) -> str | None:
