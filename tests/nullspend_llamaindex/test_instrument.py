@@ -19,7 +19,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from llama_index.core.base.llms.types import ChatMessage, DocumentBlock, ImageBlock, TextBlock
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    CompletionResponse,
+    DocumentBlock,
+    ImageBlock,
+    TextBlock,
+)
 from llama_index.core.llms import CustomLLM, LLMMetadata, MockLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.prompts import PromptTemplate
@@ -527,6 +533,44 @@ def test_a_users_router_llm_is_priced_at_the_model_it_calls(fake: tuple[str, Any
     assert Router(primary=openai_llm(fake)).complete("Hello").text
     (event,) = ns.cost_events().data
     assert (event.model, event.cost_microdollars) == ("gpt-4o-mini", COST)
+
+
+def test_a_users_llm_calling_several_at_once_is_charged_each_call(
+    fake: tuple[str, Any],
+) -> None:
+    """A user's LLM asking three provider LLMs at once (``asyncio.gather``): all three were
+    taken as covered by its one reservation and only the first answer recorded, 157 µ$ for
+    three requests billed 471. Each call after the first is now reserved and recorded on its
+    own, as they are when made one after another."""
+    ns = LocalNullSpend()
+    instrument(client=ns)
+
+    class Ensemble(CustomLLM):
+        members: Any = None
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata(model_name="ensemble")
+
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            answers = [m.complete(prompt) for m in self.members]
+            return CompletionResponse(text=" | ".join(a.text for a in answers))
+
+        @llm_completion_callback()
+        async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            answers = await asyncio.gather(*(m.acomplete(prompt) for m in self.members))
+            return CompletionResponse(text=" | ".join(a.text for a in answers))
+
+        def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    ensemble = Ensemble(members=[openai_llm(fake) for _ in range(3)])
+    ensemble.complete("Hello")
+    asyncio.run(ensemble.acomplete("Hello"))
+    assert len(fake[1].state.requests) == 6
+    events = ns.cost_events().data
+    assert [(e.model, e.cost_microdollars) for e in events] == [("gpt-4o-mini", COST)] * 6
 
 
 def test_a_call_that_failed_after_it_was_sent_is_charged_its_estimate(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -100,6 +101,8 @@ class _Call:
     hides_usage_chunk: bool = False
     """An OpenAI stream the gate asked for its usage: the chunk that carries it is not passed
     on, so the caller sees the stream it asked for."""
+    covering: bool = False
+    """A gated call made inside this one is in flight, covered by this one's reservation."""
 
     def settle(self) -> None:
         if self.done:
@@ -184,6 +187,11 @@ class _Unread:
 _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
     "nullspend_llamaindex_call", default=None
 )
+_covered_by: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "nullspend_llamaindex_covered_by", default=None
+)
+"""The call whose reservation covers the gated call running here (and the calls it makes)."""
+_covering_lock = threading.Lock()
 
 
 @dataclass
@@ -263,8 +271,11 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
         @functools.wraps(method)
         async def gated_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if (around := _around(self)) is not None:
+                with _covered(around):
+                    return await method(self, *args, **kwargs)
             call = await _reserve_off_loop(self, name, args, kwargs)
-            if call is None:  # inside another gated call (complete calling chat): covered
+            if call is None:
                 return await method(self, *args, **kwargs)
             token = _current.set(call)
             try:
@@ -284,6 +295,9 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def gated(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if (around := _around(self)) is not None:
+            with _covered(around):
+                return method(self, *args, **kwargs)
         call = _reserve(self, name, args, kwargs)
         if call is None:
             return method(self, *args, **kwargs)
@@ -302,6 +316,33 @@ def _gated(method: Callable[..., Any], name: str) -> Callable[..., Any]:
 
     setattr(gated, _GATED, True)
     return gated
+
+
+def _around(llm: Any) -> _Call | None:
+    """The gated call this one is made in, still waiting for its answer, whose reservation
+    covers it (``complete`` calling ``chat``, a wrapper its LLM, a router its provider's), or
+    None. A call made while that one already covers another, and not from inside it (a user's
+    LLM calling several at once: ``asyncio.gather``), is a provider call of its own, reserved
+    on its own: covered, all but the first answer went unrecorded."""
+    around = _current.get()
+    if around is None or around.raw is not None or _active is None:
+        return None
+    with _covering_lock:
+        if around.covering and _covered_by.get() is not around:
+            return None
+        around.covering = True
+    around.learn_provider(llm)
+    return around
+
+
+@contextlib.contextmanager
+def _covered(around: _Call) -> Iterator[None]:
+    token = _covered_by.set(around)
+    try:
+        yield
+    finally:
+        _covered_by.reset(token)
+        around.covering = False
 
 
 def _watched(stream: S, call: _Call) -> S:
@@ -431,13 +472,10 @@ class _Handoff:
 
 
 def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
-    """Reserve the call's estimate, or raise the typed denial. None inside another gated call
-    still waiting for its answer (``complete`` calling ``chat``): that one covers it. A second
-    provider call inside one (a structured program trying again) is reserved on its own."""
+    """Reserve the call's estimate, or raise the typed denial (None when not instrumented). A
+    call not covered by one it is made in (``_around``) is: a second provider call inside one
+    that was answered (a structured program trying again) too."""
     if _active is None:
-        return None
-    if (around := _current.get()) is not None and around.raw is None:
-        around.learn_provider(llm)
         return None
     provider_llm = _provider_llm(llm)
     wrapper = provider_llm is not llm  # as_structured_llm: its calls are structured_predict's
