@@ -508,40 +508,79 @@ def test_an_llm_that_calls_no_provider_costs_nothing(fake: tuple[str, Any]) -> N
     assert ns.budget_status()[0].spend_microdollars == 0
 
 
+class Router(CustomLLM):
+    """A user's LLM that hands each call to a provider's."""
+
+    primary: Any = None
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="router")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        return self.primary.complete(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        yield from self.primary.stream_complete(prompt, **kwargs)
+
+
 def test_a_users_router_llm_is_priced_at_the_model_it_calls(fake: tuple[str, Any]) -> None:
     """A user's LLM handing each call to a provider's (a router, a fallback): each call is
     priced at the provider's model it reached. (Around Anthropic's, such calls were read in
     OpenAI's fields, $0 each: in ``test_anthropic``.)"""
     ns = LocalNullSpend()
     instrument(client=ns)
-
-    class Router(CustomLLM):
-        primary: Any = None
-
-        @property
-        def metadata(self) -> LLMMetadata:
-            return LLMMetadata(model_name="router")
-
-        @llm_completion_callback()
-        def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-            return self.primary.complete(prompt, **kwargs)
-
-        @llm_completion_callback()
-        def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-            yield from self.primary.stream_complete(prompt, **kwargs)
-
     assert Router(primary=openai_llm(fake)).complete("Hello").text
     (event,) = ns.cost_events().data
     assert (event.model, event.cost_microdollars) == ("gpt-4o-mini", COST)
 
 
+def test_a_users_router_llm_is_held_to_the_cap_at_the_model_it_calls(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A router naming no model the catalog knows reserved the unpriced placeholder, $1, and
+    its call to o1 (estimated at $6, denied by a $1.50 cap when made directly) went through,
+    to spend $1.80. The provider's call is now reserved on its own, the placeholder given
+    back: denied as the direct call is, and within a larger cap reserved as it is."""
+    o1 = openai_llm(fake)
+    o1.model = "o1"
+    o1.default_headers = {"x-fake-usage": json.dumps({"input": 100, "output": 30_000})}
+    instrument(client=LocalNullSpend([LocalBudget.total(1_500_000)]))
+    with pytest.raises(DeniedError):
+        o1.complete("Hello")
+    with pytest.raises(DeniedError):
+        Router(primary=o1).complete("Hello")
+    with pytest.raises(DeniedError):
+        list(Router(primary=o1).stream_complete("Hello"))
+    assert fake[1].state.requests == []
+    ns = LocalNullSpend([LocalBudget.total(100_000_000)])
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    o1.complete("Hello")
+    Router(primary=o1).complete("Hello")
+    assert reserved[-1] == reserved[0]
+    events = ns.cost_events().data
+    assert [e.model for e in events] == ["o1", "o1"]
+    (status,) = ns.budget_status()
+    assert (status.reserved_microdollars, status.spend_microdollars) == (
+        0,
+        2 * events[0].cost_microdollars,
+    )
+    # A long stream through it renews the provider call's reservation, not the one given back.
+    monkeypatch.setattr(renewal, "RENEW_SECONDS", 0.0)
+    assert list(Router(primary=openai_llm(fake)).stream_complete("Hello"))
+    assert "already released" not in caplog.text
+
+
 def test_a_users_llm_calling_several_at_once_is_charged_each_call(
     fake: tuple[str, Any],
 ) -> None:
-    """A user's LLM asking three provider LLMs at once (``asyncio.gather``): all three were
-    taken as covered by its one reservation and only the first answer recorded, 157 µ$ for
-    three requests billed 471. Each call after the first is now reserved and recorded on its
-    own, as they are when made one after another."""
+    """A user's LLM sampling its model three times at once (``asyncio.gather``): all three
+    calls were taken as covered by its one reservation and only the first answer recorded, 157
+    µ$ for three requests billed 471. Each call after the first is now reserved and recorded
+    on its own, as they are when made one after another."""
     ns = LocalNullSpend()
     instrument(client=ns)
 
@@ -550,7 +589,7 @@ def test_a_users_llm_calling_several_at_once_is_charged_each_call(
 
         @property
         def metadata(self) -> LLMMetadata:
-            return LLMMetadata(model_name="ensemble")
+            return LLMMetadata(model_name="gpt-4o-mini")
 
         @llm_completion_callback()
         def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:

@@ -128,7 +128,7 @@ class _Call:
         """A gated call made inside this one (a user's router or fallback LLM calling the
         provider's): its provider's answer is this call's, read in that provider's fields and
         priced at its model, when this one's own LLM names no model the catalog knows."""
-        if self.model is not None and default_catalog().resolve(self.model) is not None:
+        if _priced(self.model):
             return
         if model := _model_of(inner := _provider_llm(inner)):
             self.model, self.wire = model, _wire_of(inner)
@@ -328,7 +328,14 @@ def _around(llm: Any) -> _Call | None:
     if around is None or around.raw is not None or _active is None:
         return None
     with _covering_lock:
-        if around.covering and _covered_by.get() is not around:
+        if around.done or (around.covering and _covered_by.get() is not around):
+            return None
+        if not _priced(around.model) and _priced(_model_of(_provider_llm(llm))):
+            # A user's LLM naming no model the catalog knows (a router, a fallback) reserved
+            # the unpriced placeholder, $1, which the provider's call it reaches may exceed (an
+            # o1 call reserving $6 went through a $1.50 cap, and spent $1.80): that is given
+            # back, and the provider's call reserved and recorded on its own.
+            around.release()
             return None
         around.covering = True
     around.learn_provider(llm)
@@ -369,7 +376,8 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
             finally:
                 _current.reset(token)
             received = True
-            renewal.heard()
+            if not call.done:  # a router's, given back for its provider's call: not renewed
+                renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException as error:
@@ -392,7 +400,8 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
             finally:
                 _current.reset(token)
             received = True
-            renewal.heard()
+            if not call.done:  # a router's, given back for its provider's call: not renewed
+                renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException as error:
@@ -799,6 +808,10 @@ def _wire_of(llm: Any) -> WireFormat:
 def _speaks_anthropic(cls: type) -> bool:
     """An LLM class of llama-index-llms-anthropic's, or a subclass of one."""
     return any(base.__module__.startswith("llama_index.llms.anthropic") for base in cls.__mro__)
+
+
+def _priced(model: str | None) -> bool:
+    return model is not None and default_catalog().resolve(model) is not None
 
 
 def _model_of(llm: Any) -> str | None:
