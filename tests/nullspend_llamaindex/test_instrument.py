@@ -6,9 +6,12 @@ reports, denials raised before any request, for LLM objects and classes made bef
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import http.server
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -20,6 +23,7 @@ import httpx
 import openai
 import pytest
 from llama_index.core.base.llms.types import (
+    AudioBlock,
     ChatMessage,
     CompletionResponse,
     DocumentBlock,
@@ -463,6 +467,48 @@ def test_a_pdf_reserves_what_its_pages_bill_not_its_bytes(
         llm.chat([ChatMessage(role="user", blocks=[TextBlock(text="Summarize"), block])])
     sent = [estimate_request_body(r["json"], OPENAI_CHAT) for r in fake[1].state.requests]
     assert reserved == [estimate.microdollars for estimate in sent]
+
+
+def test_audio_named_by_url_reserves_what_its_request_carries(
+    fake: tuple[str, Any], tmp_path: Path
+) -> None:
+    """An ``AudioBlock(url=...)`` is fetched by llama-index-llms-openai and sent inline: five
+    minutes of speech (12.8 MB sent) were reserved 73 µ$, the few bytes of its URL, where the
+    proxy reserves 19,260 µ$ for the request the LLM sent. It is now bounded as a file the
+    request names, by the model's window, as its path is."""
+    (tmp_path / "talk.wav").write_bytes(_wav(seconds=300))
+    files = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)),
+    )
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        ns = LocalNullSpend()
+        instrument(client=ns)
+        reserved = reserved_estimates(ns)
+        llm = openai_llm(fake)
+        llm.model, llm.max_tokens = "gpt-4o-mini-audio-preview", 100
+        url = f"http://127.0.0.1:{files.server_port}/talk.wav"
+        for block in (AudioBlock(url=url, format="wav"), AudioBlock(path=tmp_path / "talk.wav")):
+            llm.chat([ChatMessage(role="user", blocks=[TextBlock(text="Transcribe"), block])])
+    finally:
+        files.shutdown()
+    sent = [estimate_request_body(r["json"], OPENAI_CHAT) for r in fake[1].state.requests]
+    assert reserved == [estimate.microdollars for estimate in sent]
+
+
+def _wav(seconds: int) -> bytes:
+    """Silence, 16 kHz 16-bit mono."""
+    data = bytes(32_000 * seconds)
+    header = struct.pack("<IHHIIHH", 16, 1, 1, 16_000, 32_000, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + header
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
+    )
 
 
 def test_openai_responses_instructions_are_reserved(fake: tuple[str, Any]) -> None:

@@ -679,9 +679,9 @@ def _tool_specs(llm: Any, sent: Mapping[str, Any]) -> list[Any]:
 def _blocks(prompt: Any) -> tuple[Media | None, int]:
     """What a prompt's blocks hold that its text does not show as billed (``wire.media``): its
     images (billed by their pixels, not by the bytes a block prints as), its PDFs (billed by
-    their pages) and the documents it names by URL (billed by their content); and the bytes the
-    files it names by path (a document, audio, video) go out as, base64-encoded, read from disk
-    only when the call is sent (a PDF's, to count its pages, now)."""
+    their pages) and the documents and audio it names by URL (billed by their content); and the
+    bytes the files it names by path (a document, audio, video) go out as, base64-encoded, read
+    from disk only when the call is sent (a PDF's, to count its pages, now)."""
     media, size = Media(), 0
     for message in prompt if isinstance(prompt, list) else ():
         for block in getattr(message, "blocks", ()):
@@ -705,7 +705,10 @@ def _blocks(prompt: Any) -> tuple[Media | None, int]:
                     size += -(-os.path.getsize(path) // 3) * 4
                 except (OSError, TypeError, ValueError):
                     continue  # LlamaIndex will fail to read it too: the call is not sent
-            elif kind == "document":
+            elif kind == "document" or getattr(block, "url", None) is not None:
+                # Named by URL: a document (Anthropic's sends the URL, OpenAI's fetches it) and
+                # audio (fetched, sent inline) bill their content, which the text does not hold:
+                # bounded by the model's window, as a file a request only names.
                 media.named_files += 1
     return (media if media.images or media.named_files or media.pdf_pages else None), size
 
