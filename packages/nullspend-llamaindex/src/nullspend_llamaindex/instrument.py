@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -494,10 +494,11 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     # What the estimate counts: the prompt (and the files its blocks name by path, which go
     # out inline), and the tools' schemas (billed as input too).
     structured = name.endswith("structured_predict")
-    prompt = (
-        None if structured else args[0] if args else kwargs.get("messages", kwargs.get("prompt"))
-    )
-    text = _structured_prompt(args, kwargs) if structured else str(prompt or "")
+    if structured:
+        text, prompt = _structured_prompt(args, kwargs)
+    else:
+        prompt = args[0] if args else kwargs.get("messages", kwargs.get("prompt"))
+        text = str(prompt or "")
     if given := kwargs.get("tools"):
         text += json.dumps(given, default=str)
     own = getattr(llm, "additional_kwargs", None) or {}
@@ -683,7 +684,7 @@ def _blocks(prompt: Any) -> tuple[Media | None, int]:
     bytes the files it names by path (a document, audio, video) go out as, base64-encoded, read
     from disk only when the call is sent (a PDF's, to count its pages, now)."""
     media, size = Media(), 0
-    for message in prompt if isinstance(prompt, list) else ():
+    for message in _messages(prompt):
         for block in getattr(message, "blocks", ()):
             kind = getattr(block, "block_type", None)
             path = getattr(block, "path", None)
@@ -740,7 +741,7 @@ def _cache_ttl(llm: Any, prompt: Any, request: Mapping[str, Any]) -> str | None:
     controls: list[Any] = (
         [{"type": "ephemeral"}] if getattr(llm, "cache_idx", None) is not None else []
     )
-    for message in prompt if isinstance(prompt, list) else ():
+    for message in _messages(prompt):
         extra = getattr(message, "additional_kwargs", None)
         controls.append(extra.get("cache_control") if isinstance(extra, Mapping) else None)
         controls += [
@@ -781,18 +782,26 @@ def _provider_llm(llm: Any) -> Any:
     return inner if isinstance(inner, BaseLLM) else llm
 
 
-def _structured_prompt(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _messages(prompt: Any) -> Sequence[Any]:
+    """A chat's messages (a list, or any sequence LlamaIndex takes: a tuple); none for a
+    completion's prompt."""
+    return prompt if isinstance(prompt, Sequence) and not isinstance(prompt, str) else ()
+
+
+def _structured_prompt(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
     """What ``structured_predict(output_cls, prompt, llm_kwargs=None, **prompt_args)`` sends:
-    the prompt filled in, and the output's JSON schema."""
+    the prompt filled in, and the output's JSON schema; and the messages it fills in, whose
+    blocks (an image to read a receipt from) bill as a chat's."""
     output_cls = args[0] if args else kwargs.get("output_cls")
     template = args[1] if len(args) > 1 else kwargs.get("prompt")
     prompt_args = {k: v for k, v in kwargs.items() if k not in _STRUCTURED_PARAMETERS}
     try:
-        text = str(template.format_messages(**prompt_args))  # type: ignore[union-attr]
+        messages = template.format_messages(**prompt_args)  # type: ignore[union-attr]
+        text = str(messages)
     except Exception:  # a template of another kind, or arguments it refuses: its text
-        text = str(template)
+        messages, text = None, str(template)
     schema = getattr(output_cls, "model_json_schema", None)
-    return text + json.dumps(schema()) if callable(schema) else text
+    return (text + json.dumps(schema()) if callable(schema) else text), messages
 
 
 _STRUCTURED_PARAMETERS = frozenset({"output_cls", "prompt", "llm_kwargs"})
