@@ -709,6 +709,50 @@ def test_a_call_that_failed_after_it_was_sent_is_charged_its_estimate(
     assert sorted(e.cost_microdollars for e in ns.cost_events().data) == sorted(reserved)
 
 
+def test_each_attempt_the_provider_took_and_the_client_retried_is_charged(
+    fake: tuple[str, Any],
+) -> None:
+    """An attempt the openai SDK timed out on after sending it was taken by the provider,
+    which bills it, and was retried (``max_retries``): a chat whose first attempt timed out
+    and whose retry answered made two requests and was charged the answer alone, 157 µ$, and
+    one that timed out twice its estimate once. Each attempt left is now charged its
+    estimate, as the proxy charges a call its client left (and the tracked clients, which
+    meter each attempt)."""
+
+    def first_hangs(request: httpx.Request) -> None:
+        if request.headers.get("x-stainless-retry-count") == "0":
+            request.headers["x-fake-fault"] = "hang"
+
+    async def first_hangs_async(request: httpx.Request) -> None:
+        first_hangs(request)
+
+    ns = LocalNullSpend()
+    instrument(client=ns)
+    reserved = reserved_estimates(ns)
+    llm = openai_llm(fake)
+    llm.max_retries, llm.timeout = 1, 1.0
+    llm.max_tokens = 100
+    llm._http_client = httpx.Client(event_hooks={"request": [first_hangs]})
+    llm._async_http_client = httpx.AsyncClient(event_hooks={"request": [first_hangs_async]})
+    assert llm.chat(HELLO).message.content
+    assert list(llm.stream_chat(HELLO))
+
+    async def answered() -> None:
+        assert (await llm.achat(HELLO)).message.content
+
+    asyncio.run(answered())
+    never = openai_llm(fake)
+    never.max_retries, never.timeout, never.max_tokens = 1, 1.0, 100
+    never.default_headers = {**(never.default_headers or {}), "x-fake-fault": "hang"}
+    with pytest.raises(openai.APITimeoutError):
+        never.chat(HELLO)
+    assert len(fake[1].state.requests) == 8
+    estimate = reserved[0]
+    assert reserved == [estimate] * 4
+    costs = [e.cost_microdollars for e in ns.cost_events().data]
+    assert sorted(costs) == sorted([COST + estimate] * 3 + [2 * estimate])
+
+
 def test_a_refused_call_and_one_never_sent_are_released(fake: tuple[str, Any]) -> None:
     """The provider's refusal (400, 429) bills nothing, nor does a call its SDK refuses before
     sending, even inside ``except APITimeoutError`` (a retry): the first version of the charge

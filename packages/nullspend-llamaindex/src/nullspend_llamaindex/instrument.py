@@ -103,6 +103,9 @@ class _Call:
     on, so the caller sees the stream it asked for."""
     covering: bool = False
     """A gated call made inside this one is in flight, covered by this one's reservation."""
+    attempts_left: int = 0
+    """Attempts at this call the provider may have taken and the client gave up on (a read
+    timeout), retried by the SDK or by LlamaIndex (``max_retries``): each was billed."""
 
     def settle(self) -> None:
         if self.done:
@@ -116,6 +119,8 @@ class _Call:
             provider=self.wire.provider,
             started=self.started,
         )
+        # Each attempt left is charged its estimate, as the proxy charges a call its client left.
+        options["cost_microdollars"] += self.attempts_left * self.estimate_microdollars
         self.client.settle_later(self.reservation_id, **options)
 
     def release(self) -> None:
@@ -147,7 +152,7 @@ class _Call:
         parse) was billed: settled from that answer, or at the estimate. So was one after the
         provider may have taken the request (a cancellation, a read timeout): at the estimate,
         as the proxy charges a call its client left. Before it: released."""
-        self.settle() if self.answered or may_have_been_taken(error) else self.release()
+        self.end_broken(False, error)
 
     def end_if_never_stepped(self) -> None:
         """A stream dropped before its first step: released if its request was never sent,
@@ -160,8 +165,11 @@ class _Call:
         """A stream stopped or failed: released if nothing came yet and its request may not
         have gone out, else settled from what was heard, or at the estimate (a stream broken or
         cancelled before its first chunk, once the provider may have taken it)."""
-        taken = received or self.answered or may_have_been_taken(error)
-        self.settle() if taken else self.release()
+        taken = received or self.answered
+        if not taken and self.attempts_left:  # the last attempt left is this failure: its own
+            self.attempts_left -= 1
+            taken = True
+        self.settle() if taken or may_have_been_taken(error) else self.release()
 
     def hear(self, event: Any) -> None:
         """One event of the provider's stream: the two that carry usage are read."""
@@ -562,18 +570,30 @@ def _hear_clients(llm: Any, wire: WireFormat) -> None:
       ``parse``: ``responses.parse`` (OpenAIResponses), ``beta.messages.parse`` (Anthropic);
     - an Anthropic stream's input side is only in its ``message_start`` event, which no step
       LlamaIndex makes carries; and its request is sent before the stream's first step.
+    - each attempt the openai SDK sends (its ``_send_request``): one the provider may have
+      taken and the client gave up on is billed, retried or not.
     Outside a gated call the wrappers only pass the answer on."""
+    base = sys.modules.get("openai._base_client")
+    for sdk_client in (getattr(base, "SyncAPIClient", None), getattr(base, "AsyncAPIClient", None)):
+        _wrap(sdk_client, "_send_request", _passed, _attempt_failed)
     for client in (getattr(llm, "_client", None), getattr(llm, "_aclient", None)):
         if wire is OPENAI_RESPONSES:
-            _wrap(getattr(client, "responses", None), "parse", _answered)
+            _wrap(getattr(client, "responses", None), "parse", _answered, _note_failure)
         elif wire is ANTHROPIC_MESSAGES:
-            _wrap(getattr(getattr(client, "beta", None), "messages", None), "parse", _answered)
-            _wrap(getattr(client, "messages", None), "create", _created)
+            parsed = getattr(getattr(client, "beta", None), "messages", None)
+            _wrap(parsed, "parse", _answered, _note_failure)
+            _wrap(getattr(client, "messages", None), "create", _created, _note_failure)
 
 
-def _wrap(resource: Any, name: str, then: Callable[[Any, Mapping[str, Any]], Any]) -> None:
-    """``resource.name``, answering ``then(answer, its keyword arguments)``; an async client's
-    method answers an awaitable (not always from an ``async def``: a wrapper's)."""
+def _wrap(
+    resource: Any,
+    name: str,
+    then: Callable[[Any, Mapping[str, Any]], Any],
+    failed: Callable[[Exception], None],
+) -> None:
+    """``resource.name``, answering ``then(answer, its keyword arguments)``, telling ``failed``
+    of an error; an async client's method answers an awaitable (not always from an ``async
+    def``: a wrapper's)."""
     method = getattr(resource, name, None)
     if method is None or getattr(method, _GATED, False):
         return
@@ -582,10 +602,10 @@ def _wrap(resource: Any, name: str, then: Callable[[Any, Mapping[str, Any]], Any
         try:
             answer = method(*args, **kwargs)
         except Exception as error:
-            _note_failure(error)
+            failed(error)
             raise
         if inspect.isawaitable(answer):
-            return _then_awaited(answer, kwargs, then)
+            return _then_awaited(answer, kwargs, then, failed)
         return then(answer, kwargs)
 
     setattr(heard, _GATED, True)
@@ -593,12 +613,15 @@ def _wrap(resource: Any, name: str, then: Callable[[Any, Mapping[str, Any]], Any
 
 
 async def _then_awaited(
-    answer: Awaitable[Any], kwargs: Mapping[str, Any], then: Callable[[Any, Mapping[str, Any]], Any]
+    answer: Awaitable[Any],
+    kwargs: Mapping[str, Any],
+    then: Callable[[Any, Mapping[str, Any]], Any],
+    failed: Callable[[Exception], None],
 ) -> Any:
     try:
         answered = await answer
     except Exception as error:
-        _note_failure(error)
+        failed(error)
         raise
     return then(answered, kwargs)
 
@@ -617,6 +640,16 @@ def _note_failure(error: Exception) -> None:
     api_errors = tuple(m.APIError for m in sdks)
     if isinstance(error, (ValueError, *sdk_errors)) and not isinstance(error, api_errors):
         call.sent = True
+
+
+def _attempt_failed(error: Exception) -> None:
+    """One attempt's sending failed: left by the client once the provider may have taken it."""
+    if (call := _current.get()) is not None and may_have_been_taken(error):
+        call.attempts_left += 1
+
+
+def _passed(answer: Any, kwargs: Mapping[str, Any]) -> Any:
+    return answer
 
 
 def _answered(answer: Any, kwargs: Mapping[str, Any]) -> Any:
