@@ -890,6 +890,49 @@ def test_a_cancelled_ainvoke_is_charged_its_estimate(fake: tuple[str, Any]) -> N
     asyncio.run(cancel_while_waiting())
 
 
+def test_a_call_that_failed_after_its_request_went_out_is_charged_its_estimate(
+    fake: tuple[str, Any],
+) -> None:
+    """A call whose request was sent but whose answer never came (the model's ``timeout``, an
+    ``astream`` cancelled before its first chunk) was released: three timed-out ``invoke`` calls
+    reached the provider, which bills them, and recorded nothing, while the tracked clients
+    and a cancelled ``ainvoke`` charge such a call its estimate. It is charged its estimate
+    now; a call the provider refused, or never received, is still released."""
+    engine = LocalNullSpend([LocalBudget.total(10**9)])
+    reserved = reserved_estimates(engine)
+    handler = NullSpendCallbackHandler(client=engine)
+    timing_out = chat_openai(fake, fault="hang", timeout=0.3, callbacks=[handler])
+    for _ in range(3):
+        with pytest.raises(openai.APITimeoutError):
+            timing_out.invoke("Hello")
+    assert len(fake[1].state.requests) == 3
+    assert [e.cost_microdollars for e in engine.cost_events().data] == reserved
+
+    async def cancel_before_the_first_chunk() -> None:
+        async def read() -> None:
+            async for _ in chat_openai(fake, fault="hang", callbacks=[handler]).astream("Hi"):
+                pass
+
+        reading = asyncio.create_task(read())
+        await _until(lambda: len(fake[1].state.requests) == 4)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    asyncio.run(cancel_before_the_first_chunk())
+    assert len(engine.cost_events().data) == len(reserved) == 4
+    refused = chat_openai(fake, fault="status:500", callbacks=[handler])
+    with pytest.raises(openai.InternalServerError):
+        refused.invoke("Hello")
+    unreachable = chat_openai(fake, base="http://127.0.0.1:9", callbacks=[handler])
+    with pytest.raises(openai.APIConnectionError):
+        unreachable.invoke("Hello")
+    (status,) = engine.budget_status()
+    assert len(reserved) == 6
+    assert (status.spend_microdollars, status.reserved_microdollars) == (sum(reserved[:4]), 0)
+    assert len(engine.cost_events().data) == 4
+
+
 def test_a_chain_stream_closed_after_its_usage_is_charged_its_usage(
     fake: tuple[str, Any],
 ) -> None:

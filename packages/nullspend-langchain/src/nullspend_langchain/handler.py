@@ -36,7 +36,7 @@ from nullspend.pricing.estimate import (
     estimate_input_tokens,
     served_by_anthropic,
 )
-from nullspend.tracked.metering import settlement
+from nullspend.tracked.metering import may_have_been_taken, settlement
 from nullspend.usage import Usage
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
@@ -555,9 +555,12 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         self.client.settle_later(call.reservation_id, **options)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        """A call that failed before anything came back cost nothing: released. A stream that
-        broke off (or was stopped) had spent tokens: settled from what usage it reported, else
-        at the estimate. An answer refused after it came (the openai SDK's
+        """A call that failed before its request was sent (no connection), or that the provider
+        refused, cost nothing: released. One that failed after (a read timeout, a connection
+        lost, cancelled while waiting) may have been answered and billed, the provider going on
+        without the client: charged its estimate, as the tracked clients charge it. A stream
+        that broke off (or was stopped) had spent tokens: settled from what usage it reported,
+        else at the estimate. An answer refused after it came (the openai SDK's
         ``LengthFinishReasonError``: a structured output cut off at max_tokens) was billed:
         settled from the usage the error carries."""
         with self._lock:
@@ -580,7 +583,10 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             return
         with self._lock:
             self._open.pop(run_id, None)
-        self.client.release_later(call.reservation_id)
+        if may_have_been_taken(error):
+            self._settle(call, NO_READING)
+        else:
+            self.client.release_later(call.reservation_id)
 
     def _end_siblings(self, failed: _Open) -> None:
         """End the other prompts of a sync ``generate`` stopped by ``failed``: those before it
