@@ -191,6 +191,47 @@ def test_images_by_url_stay_under_a_hard_cap(fake: tuple[str, Any]) -> None:
     assert reserved[0] < 100_000
 
 
+def test_a_structured_outputs_schema_stays_under_a_hard_cap(fake: tuple[str, Any]) -> None:
+    """``with_structured_output`` sends its schema as ``response_format`` (ChatOpenAI) or
+    ``output_config`` (ChatAnthropic's json_schema method), billed as input as a tool's is, but
+    it was left out of the estimate: a 60-field schema (7.6 kB) reserved 63 µ$ for a call
+    billed 360, and an abatch of 20 under a 3,000 µ$ cap spent 7,200. The schema is now
+    counted, as the tracked clients count the request's body."""
+    from pydantic import Field, create_model
+
+    record = create_model(  # type: ignore[call-overload]
+        "Record",
+        **{
+            f"field_{n}": (str, Field(description=f"Attribute {n} of the record, at some length."))
+            for n in range(60)
+        },
+    )
+    cap = 3_000
+    engine = LocalNullSpend([LocalBudget.total(cap)])
+    billed = {**USAGE, "input": 2_000, "cached": 0, "output": 100}  # 7.6 kB of schema
+    model = chat_openai(fake, usage=billed, max_tokens=100)
+    extracting = model.with_structured_output(record, include_raw=True)
+    config: Any = {"callbacks": [NullSpendCallbackHandler(client=engine)]}
+
+    async def twenty() -> list[Any]:
+        return await extracting.abatch(["Extract it"] * 20, config, return_exceptions=True)
+
+    answers = asyncio.run(twenty())
+    served = sum(not isinstance(a, DeniedError) for a in answers)
+    (status,) = engine.budget_status()
+    assert 0 < served == len(fake[1].state.requests)
+    assert (status.reserved_microdollars, status.spend_microdollars <= cap) == (0, True)
+    roomy = LocalNullSpend([LocalBudget.total(10**9)])
+    reserved = reserved_estimates(roomy)
+    claude = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=roomy)])
+    claude.invoke("Extract it")
+    claude.with_structured_output(record, method="json_schema", include_raw=True).invoke(
+        "Extract it"
+    )
+    schema_bytes = len(json.dumps(record.model_json_schema()))
+    assert reserved[1] - reserved[0] >= schema_bytes // 3 * 3  # $3 per M input tokens
+
+
 def test_an_anthropic_stream_that_reported_no_usage_is_charged_its_estimate(
     fake: tuple[str, Any],
 ) -> None:

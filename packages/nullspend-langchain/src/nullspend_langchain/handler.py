@@ -24,6 +24,7 @@ from langchain_core.language_models import BaseChatModel, BaseLLM
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.utils.function_calling import convert_to_json_schema
 
 from nullspend.attribution import tag_errors
 from nullspend.client import NullSpend
@@ -59,6 +60,13 @@ _CACHE_HIT = Reading(_NO_USAGE, None)
 # What a call that reported no usage is read as: it is charged its estimate.
 # One encoder for every estimate: json.dumps(default=...) would build a new one per call.
 _encode_json = json.JSONEncoder(default=str).encode
+
+
+# The parameters that carry a structured output's schema, billed as input as a tool's is:
+# ChatOpenAI's response_format (a class from with_structured_output) and the Responses API's
+# text format, ChatAnthropic's output_config (and the output_format it replaced), and the
+# legacy functions.
+_OUTPUT_SCHEMAS = ("response_format", "text", "output_config", "output_format", "functions")
 
 
 # The prompts of one multi-prompt generate(): their parent run and their invocation_params' id.
@@ -217,6 +225,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         tools = request.get("tools")
         if tools:
             raw += _encode_json(tools).encode()
+        for field in _OUTPUT_SCHEMAS:
+            if schema := request.get(field):
+                raw += _encode_json(_as_sent(schema)).encode()
         # Only content blocks, tools and the call's own parameters can ask for prompt caching.
         cache_ttl = (
             _cache_ttl(text, request) if blocks or tools or "cache_control" in request else None
@@ -689,6 +700,17 @@ def _web_searches(message: BaseMessage) -> int:
         elif kind == "server_tool_call":
             openai_calls.append({"type": "web_search_call", "action": block.get("args")})
     return anthropic_searches + web_search_calls(openai_calls)
+
+
+def _as_sent(schema: Any) -> Any:
+    """A structured output's schema as the model sends it: a class (Pydantic, a TypedDict)
+    as its JSON schema, not its name."""
+    if not isinstance(schema, type):
+        return schema
+    try:
+        return convert_to_json_schema(schema)
+    except Exception:  # a class LangChain cannot read: the model's request fails on it anyway
+        return schema
 
 
 def _web_searches_allowed(request: Mapping[str, Any]) -> int:
