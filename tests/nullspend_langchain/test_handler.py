@@ -113,6 +113,25 @@ def test_streams_with_and_without_usage(ns: NullSpend, fake: tuple[str, Any]) ->
     assert estimated.cost_microdollars > COST  # the estimate, which bounds it from above
 
 
+def test_a_warning_turned_into_an_error_leaves_the_call_recorded(fake: tuple[str, Any]) -> None:
+    """Under ``filterwarnings = error`` (a common pytest setting) the warning for a stream
+    without usage was raised before the settle: the call its message said was "recorded at its
+    estimate" was not recorded at all, its 62 µ$ reservation held for the hour. It is settled
+    first, then warned."""
+    import warnings
+
+    engine = LocalNullSpend([LocalBudget.total(10**6)])
+    reserved = reserved_estimates(engine)
+    model = chat_openai(fake, max_tokens=100, callbacks=[NullSpendCallbackHandler(client=engine)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="recorded at its estimate"):
+            list(model.stream("Hi"))
+    (status,) = engine.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (reserved[0], 0)
+    assert [e.cost_microdollars for e in engine.cost_events().data] == reserved
+
+
 def test_a_stream_that_outlasts_its_reservation_is_charged_its_usage(
     database_url: str, fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -519,13 +519,15 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         call = self._open.pop(run_id, None)  # atomic: a batch's denial pops under the lock
         if call is None:
             return
+        # Warned once settled: a warning turned into an error (pytest's filterwarnings =
+        # error) would otherwise leave the call unrecorded, its reservation held.
+        notes: list[str] = []
         try:
             reading = _reading(response, batched=call.batch is not None, cache_ttl=call.cache_ttl)
         except Exception as error:  # the call was answered (and billed): never the caller's error
-            warnings.warn(
+            notes.append(
                 f"the usage of a LangChain call could not be read ({error}); recorded at its "
-                "estimate",
-                stacklevel=2,
+                "estimate"
             )
             reading = NO_READING
         if reading is _CACHE_HIT:
@@ -541,19 +543,19 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # No call reads nothing. LangChain reports no input when a stream's last event
             # leaves it out (Anthropic-compatible servers answering as the API did before
             # mid-2025): the input is counted at the estimate rather than at zero.
-            warnings.warn(
-                "a LangChain call reported no input tokens; its input is recorded at the estimate",
-                stacklevel=2,
+            notes.append(
+                "a LangChain call reported no input tokens; its input is recorded at the estimate"
             )
             usage = dataclasses.replace(usage, input_tokens=call.estimated_input_tokens)
             reading = dataclasses.replace(reading, usage=usage)
         if usage is None and call.renewal is not None:
-            warnings.warn(
+            notes.append(
                 "a streamed LangChain call ended without usage; recorded at its estimate. "
-                "Models with a custom base_url report stream usage only with stream_usage=True",
-                stacklevel=2,
+                "Models with a custom base_url report stream usage only with stream_usage=True"
             )
         self._settle(call, reading)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
 
     def _settle(self, call: _Open, reading: Reading) -> None:
         options = settlement(
