@@ -753,6 +753,17 @@ def test_a_structured_answer_refused_after_it_came_is_charged_its_usage(
     assert [e.cost_microdollars for e in engine.cost_events().data] == [COST]
     (status,) = engine.budget_status()
     assert status.reserved_microdollars == 0
+    # An answer whose usage cannot be read (a server's negative count) raised the wire's
+    # ValueError out of the handler in place of the SDK's refusal, and its reservation (9,839
+    # µ$) was held: the refusal is raised, and the call charged its estimate.
+    unreadable = {**USAGE, "cached": -1}
+    reserved = reserved_estimates(engine)
+    odd = chat_openai(fake, fault=fault, usage=unreadable, callbacks=refused.callbacks)
+    with pytest.raises(refusal):
+        odd.with_structured_output(Answer, method="json_schema").invoke("Answer in JSON")
+    assert [e.cost_microdollars for e in engine.cost_events().data] == [*reserved, COST]
+    (status,) = engine.budget_status()
+    assert status.reserved_microdollars == 0
 
 
 def test_a_batch_whose_reservation_fails_part_way_holds_nothing(

@@ -672,7 +672,10 @@ def _answer_in(error: BaseException) -> Reading | None:
             return None
     if not isinstance(body, dict) or (wire := format_of(body)) is None:
         return None
-    reading = wire.read_response(body)
+    try:
+        reading = wire.read_response(body)
+    except Exception:  # answered and billed, its usage unreadable: never the caller's error
+        return NO_READING  # charged its estimate
     return reading if reading.usage is not None else None
 
 
