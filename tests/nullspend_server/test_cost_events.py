@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from nullspend_server.accounts import create_key, create_organization
+from nullspend_server.api.event_queries import encode_cursor
 from nullspend_server.db.database import Database
 from tests.nullspend_server.conftest import RunningServer
 
@@ -251,6 +252,9 @@ def test_filters(admin: httpx.Client) -> None:
     [
         {"providr": "openai"},
         {"cursor": "garbage"},
+        # A position past what the seq column holds: a 500 on SQLite (an OverflowError)
+        {"cursor": encode_cursor(2**63)},
+        {"cursor": encode_cursor(10**30)},
         {"limit": "0"},
         {"limit": "201"},
         {"from": "yesterday"},

@@ -15,6 +15,7 @@ from sqlmodel import col
 
 from nullspend.attribution import tag_errors
 from nullspend.errors import ErrorCode
+from nullspend.limits import BIGINT_MAX
 from nullspend_server.db.tables import CostEvent, CostEventTag, utcnow
 from nullspend_server.errors import ApiError
 
@@ -87,7 +88,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, seq = text.partition(":")
-        if version != "v1" or not seq.isdigit():
+        # A position is a stored seq: one past BIGINT could only fail in the database.
+        if version != "v1" or not seq.isdecimal() or int(seq) > BIGINT_MAX:
             raise ValueError(cursor)
         return int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):
