@@ -456,5 +456,38 @@ def test_a_reserve_sent_again_under_its_id_answers_the_reservation_it_made(
     assert read_budget(admin, b["id"])["reservedMicrodollars"] == 1_000
 
 
+def test_another_request_under_a_reservations_id_is_refused(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    """A reserve under an id already used answered the reservation made, whatever it asked:
+    an estimate of 5,000,000 against a budget with 960,000 left was answered 200 "admitted"
+    with estimateMicrodollars 5,000,000, holding 40,000; another key's (whose own budget is
+    spent) was admitted as well. Neither was checked against a budget: each is a 409."""
+    b = org_budget(admin, 1_000_000)
+    chosen = "rsv_" + "c" * 32
+    assert reserve(admin, 40_000, reservationId=chosen).status_code == 201
+    other_key = server.new_key()
+    with server.client(other_key) as other:
+        key_id = other.get("/api/auth/introspect").json()["data"]["keyId"]
+        spent = {"entityType": "api_key", "entityId": key_id, "limitMicrodollars": 1}
+        assert admin.post("/api/budgets", json=spent).status_code == 201
+        assert reserve(other, 40_000, reservationId=chosen).status_code == 409
+    for changed in (
+        {"estimateMicrodollars": 5_000_000},
+        {"customer": "acme"},
+        {"sessionId": "run-1"},
+        {"tags": {"team": "ml"}},
+        {"model": "gpt-4o"},
+    ):
+        answer = admin.post(
+            "/api/reservations",
+            json={"estimateMicrodollars": 40_000, "reservationId": chosen, **changed},
+        )
+        assert answer.status_code == 409, (changed, answer.text)
+        assert answer.json()["error"]["code"] == "conflict"
+    assert read_budget(admin, b["id"])["reservedMicrodollars"] == 40_000
+    assert reserve(admin, 40_000, reservationId=chosen).status_code == 200  # the same again
+
+
 async def reserve_async(client: httpx.AsyncClient, estimate: int, **fields: Any) -> httpx.Response:
     return await client.post("/api/reservations", json={"estimateMicrodollars": estimate, **fields})

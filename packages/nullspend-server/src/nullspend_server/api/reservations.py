@@ -162,7 +162,8 @@ async def create(
     except ReservationIdTakenError:
         raise ApiError(
             ErrorCode.CONFLICT,
-            "this reservationId names another reservation, or one already finished",
+            "this reservationId names another reservation (another organization's, or one"
+            " made for a different request), or one already finished",
             {"reservationId": body.reservation_id},
         ) from None
     if admission.replayed:

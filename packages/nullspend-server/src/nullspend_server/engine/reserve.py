@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import BigInteger, String, bindparam, or_, select
 
@@ -25,9 +26,24 @@ from nullspend_server.ids import new_id
 # organization's, then its customer's, then its tags'.
 _ENTITY_ORDER = {"api_key": 0, "user": 1, "customer": 2, "tag": 3}
 _INSERT_RESERVATION = RESERVATIONS.insert()
-_EARLIER = select(RESERVATIONS.c.org_id, RESERVATIONS.c.status, RESERVATIONS.c.expires_at).where(
-    RESERVATIONS.c.id == bindparam("id", type_=String)
+# What a request sent again under its reservation id must repeat to be answered the reservation
+# it made: whose it is, how much it holds, and what it is counted against.
+_SAME_REQUEST = (
+    "api_key_id",
+    "estimate_microdollars",
+    "provider",
+    "model",
+    "customer",
+    "session_id",
+    "trace_id",
+    "tags",
 )
+_EARLIER = select(
+    RESERVATIONS.c.org_id,
+    RESERVATIONS.c.status,
+    RESERVATIONS.c.expires_at,
+    *(RESERVATIONS.c[name] for name in _SAME_REQUEST),
+).where(RESERVATIONS.c.id == bindparam("id", type_=String))
 # Adds the estimate to a budget's reserved amount and stores its velocity window. The database
 # refuses it if it would overdraw a strict budget: a guard, the locked checks already decided.
 _estimate = bindparam("estimate", type_=BigInteger)
@@ -91,7 +107,8 @@ class ReservationRequest:
 
 
 class ReservationIdTakenError(Exception):
-    """The caller's reservation id names another organization's, or a finished, reservation."""
+    """The caller's reservation id names another organization's, or a finished, reservation,
+    or one made for another request."""
 
 
 def effective_tags(principal: Principal, request: ReservationRequest) -> dict[str, str]:
@@ -123,14 +140,39 @@ async def reserve(
     transaction can change before this one commits. A denial also leaves state to commit
     (period resets, a tripped velocity cooldown).
     """
+    estimate = request.estimate_microdollars
+    tags = effective_tags(principal, request)
+    reservation_id = request.reservation_id or new_id("rsv")
+    made: dict[str, Any] = {
+        "id": reservation_id,
+        "org_id": principal.org_id,
+        "api_key_id": principal.key_id,
+        "status": "active",
+        "estimate_microdollars": estimate,
+        "source": request.source,
+        "provider": request.provider,
+        "model": request.model,
+        "customer": request.customer,
+        "session_id": request.session_id,
+        "trace_id": request.trace_id,
+        "tags": tags,
+        "instance_id": instance_id,
+        "created_at": now,
+        "expires_at": expires_at,
+        "finished_at": None,
+    }
     if request.reservation_id is not None:
         earlier = (await db.execute(_EARLIER, {"id": request.reservation_id})).first()
         if earlier is not None:
-            if earlier.org_id != principal.org_id or earlier.status != "active":
+            # Another request under the id (another key, estimate, customer ...) was never
+            # checked against its budgets: answered the reservation, it would go uncapped.
+            if (
+                earlier.org_id != principal.org_id
+                or earlier.status != "active"
+                or any(getattr(earlier, name) != made[name] for name in _SAME_REQUEST)
+            ):
                 raise ReservationIdTakenError(request.reservation_id)
             return Admission(request.reservation_id, earlier.expires_at, None, replayed=True)
-    estimate = request.estimate_microdollars
-    tags = effective_tags(principal, request)
     budgets = await lock_budgets(db, principal.org_id, principal.key_id, request.customer, tags)
     await reset_due_periods(db, budgets, now)
 
@@ -157,29 +199,7 @@ async def reserve(
         await change_session_spend(
             db, principal.org_id, request.session_id, reserved=estimate, actual=0, now=now
         )
-    reservation_id = request.reservation_id or new_id("rsv")
-    await db.execute(
-        _INSERT_RESERVATION,
-        {
-            "id": reservation_id,
-            "org_id": principal.org_id,
-            "api_key_id": principal.key_id,
-            "status": "active",
-            "estimate_microdollars": estimate,
-            "budget_ids": [b.id for b in budgets],
-            "source": request.source,
-            "provider": request.provider,
-            "model": request.model,
-            "customer": request.customer,
-            "session_id": request.session_id,
-            "trace_id": request.trace_id,
-            "tags": tags,
-            "instance_id": instance_id,
-            "created_at": now,
-            "expires_at": expires_at,
-            "finished_at": None,
-        },
-    )
+    await db.execute(_INSERT_RESERVATION, {**made, "budget_ids": [b.id for b in budgets]})
     return Admission(reservation_id, expires_at, _tightest(budgets, estimate))
 
 
