@@ -69,6 +69,22 @@ def test_settle_with_usage_prices_it_with_the_catalog(admin: httpx.Client) -> No
     assert settled.json()["data"]["costMicrodollars"] == 3_000 + 45_000 + 30_000
 
 
+def test_a_settle_with_usage_of_no_active_reservation_says_so(admin: httpx.Client) -> None:
+    """Settled with usage (its model left to the reservation), a missing reservation answered
+    400 "model None is not in the pricing catalog", and a released one the same: now 404 and
+    409, as a settle with costMicrodollars answers."""
+    usage = {"usage": {"inputTokens": 10, "outputTokens": 10}}
+    missing = admin.post("/api/reservations/rsv_missing_00000000000/settle", json=usage)
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    rid = reserve(admin, 500, model="gpt-4o-mini").json()["data"]["reservationId"]
+    assert admin.delete(f"/api/reservations/{rid}").status_code == 200
+    released = admin.post(f"/api/reservations/{rid}/settle", json=usage)
+    assert (released.status_code, released.json()["error"]["code"]) == (409, "conflict")
+    unnamed = reserve(admin, 500).json()["data"]["reservationId"]  # no model to price with
+    unpriced = admin.post(f"/api/reservations/{unnamed}/settle", json=usage)
+    assert (unpriced.status_code, unpriced.json()["error"]["code"]) == (400, "validation_error")
+
+
 def test_settles_priced_from_usage_at_once_never_starve_the_pool(
     small_pool_server: RunningServer,
 ) -> None:

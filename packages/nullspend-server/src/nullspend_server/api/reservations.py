@@ -43,6 +43,7 @@ from nullspend_server.engine import (
     ReservationRequest,
     Settlement,
 )
+from nullspend_server.engine.settle import active
 from nullspend_server.errors import ApiError, denial_error, estimate_above_a_call
 from nullspend_server.ids import CLIENT_RESERVATION_ID
 
@@ -184,11 +185,13 @@ async def _usage_cost(
     """Price reported usage with the catalog (the model from the body, else the reservation)."""
     model = body.model
     if model is None:
-        query = select(Reservation.model).where(
-            col(Reservation.id) == reservation_id, col(Reservation.org_id) == org_id
+        query = select(Reservation.org_id, Reservation.status, Reservation.model).where(
+            col(Reservation.id) == reservation_id
         )
-        model = (await session.exec(query)).first()
+        reservation = (await session.exec(query)).first()
         await end_read(session)  # the settle's write transaction comes next
+        # One that is missing or finished is answered so (404, 409), not as a model unpriced.
+        model = active(reservation, org_id, reservation_id).model
     try:
         cost = pricing.cost(usage, model or "", service_tier=body.service_tier).total_microdollars
     except UnpricedModelError:

@@ -85,7 +85,7 @@ async def release(
     if reservation is None and key_id and re.match(CLIENT_RESERVATION_ID, reservation_id):
         await db.execute(_INSERT_RELEASED, _released(org_id, key_id, reservation_id, now))
         return
-    await _finish(db, _active(reservation, org_id, reservation_id), None, "released", now)
+    await _finish(db, active(reservation, org_id, reservation_id), None, "released", now)
 
 
 async def extend(db: Executor, org_id: str, reservation_id: str, expires_at: dt.datetime) -> None:
@@ -121,7 +121,7 @@ async def _lock(db: Executor, reservation_id: str) -> Any:
 
 
 async def _lock_active(db: Executor, org_id: str, reservation_id: str) -> Any:
-    return _active(await _lock(db, reservation_id), org_id, reservation_id)
+    return active(await _lock(db, reservation_id), org_id, reservation_id)
 
 
 def _released(org_id: str, key_id: str, reservation_id: str, now: dt.datetime) -> dict[str, Any]:
@@ -142,7 +142,9 @@ def _released(org_id: str, key_id: str, reservation_id: str, now: dt.datetime) -
     }
 
 
-def _active(reservation: Any, org_id: str, reservation_id: str) -> Any:
+def active(reservation: Any, org_id: str, reservation_id: str) -> Any:
+    """``reservation`` (a row with its ``org_id`` and ``status``), if it is the organization's
+    and still active: else 404 not_found, or 409 conflict once it is finished."""
     if reservation is None or reservation.org_id != org_id:
         raise ApiError(ErrorCode.NOT_FOUND, f"no reservation {reservation_id!r}")
     if reservation.status != "active":
