@@ -15,6 +15,7 @@ from nullspend_server.accounts import create_key, create_organization
 from nullspend_server.api.event_queries import encode_cursor
 from nullspend_server.db.database import Database
 from tests.nullspend_server.conftest import RunningServer
+from tests.nullspend_server.dbtools import execute, rows
 
 EVENT = {
     "provider": "openai",
@@ -108,6 +109,37 @@ def test_reported_calls_count_against_their_budgets_and_session(
     in_session = {"estimateMicrodollars": 1, "sessionId": "s-1"}
     refused = admin.post("/api/reservations", json=in_session)
     assert refused.json()["error"]["details"]["session_spend_microdollars"] == 7_000
+
+
+def test_a_spend_that_reaches_the_most_a_bigint_holds_stays_there(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    """A call's cost is capped (10^15 µ$), a spend that never resets is not: 9,223 calls at
+    that most overflowed a budget's spend. PostgreSQL then refused the next reported call (400,
+    its cost lost) and every settle (the reservation left active for good); SQLite kept a REAL
+    and the budget reads answered 500. The spend now stays at the most, and the calls count."""
+    most = 2**63 - 1
+    budget = {"entityType": "user", "limitMicrodollars": most, "resetInterval": "none"}
+    created = admin.post("/api/budgets", json={**budget, "policy": "warn"})
+    budget_id = created.json()["data"]["id"]
+    execute(server.database_url, "UPDATE budgets SET spend_microdollars = :s", s=most - 10)
+    assert ingest(admin, sessionId="s-1").status_code == 201
+    execute(server.database_url, "UPDATE session_spend SET spend_microdollars = :s", s=most - 10)
+    made = admin.post(
+        "/api/reservations", json={"estimateMicrodollars": 10**15, "sessionId": "s-1"}
+    )
+    assert made.status_code == 201, made.text
+    settle = f"/api/reservations/{made.json()['data']['reservationId']}/settle"
+    settled = admin.post(settle, json={"costMicrodollars": 10**15})
+    assert settled.status_code == 200, settled.text
+    read = admin.get(f"/api/budgets/{budget_id}")
+    assert read.status_code == 200, read.text
+    assert (
+        read.json()["data"]["spendMicrodollars"],
+        read.json()["data"]["reservedMicrodollars"],
+    ) == (most, 0)
+    [session] = rows(server.database_url, "SELECT spend_microdollars FROM session_spend")
+    assert session["spend_microdollars"] == most
 
 
 def test_idempotency_key(admin: httpx.Client) -> None:

@@ -10,8 +10,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, fields
 
-from sqlalchemy import BigInteger, BindParameter, String, and_, bindparam, or_, select
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    String,
+    and_,
+    bindparam,
+    case,
+    literal,
+    or_,
+    select,
+)
 
+from nullspend.limits import BIGINT_MAX
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import BUDGETS
 
@@ -62,6 +74,17 @@ _BY_ID = (
     .order_by(BUDGETS.c.id)
     .with_for_update()
 )
+
+
+def spent_plus(spend: ColumnElement[int], actual: BindParameter[int]) -> ColumnElement[int]:
+    """``spend + actual``, held at the most a BIGINT holds. A call's cost is capped, a spend
+    that never resets is not: 9,223 calls at the most one may cost overflowed it, which
+    PostgreSQL refused (a reported call's cost refused, a settle failing until its reservation
+    was stuck active) and SQLite turned into a REAL that reads then failed on."""
+    room = BIGINT_MAX - actual
+    return case((spend > room, literal(BIGINT_MAX, BigInteger)), else_=spend + actual)
+
+
 # Settling: the estimate leaves the reserved amount, the actual cost joins the spend.
 SETTLE_BUDGETS = (
     BUDGETS.update()
@@ -69,7 +92,9 @@ SETTLE_BUDGETS = (
     .values(
         reserved_microdollars=BUDGETS.c.reserved_microdollars
         - bindparam("estimate", type_=BigInteger),
-        spend_microdollars=BUDGETS.c.spend_microdollars + bindparam("actual", type_=BigInteger),
+        spend_microdollars=spent_plus(
+            BUDGETS.c.spend_microdollars, bindparam("actual", type_=BigInteger)
+        ),
         updated_at=bindparam("now", type_=BUDGETS.c.updated_at.type),
     )
 )

@@ -9,6 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from nullspend_server.db.database import Executor
 from nullspend_server.db.tables import SESSION_SPEND
+from nullspend_server.engine.matching import spent_plus
 
 _ONE = (
     SESSION_SPEND.c.org_id == bindparam("org", type_=String),
@@ -36,8 +37,9 @@ _CHANGE = (
     .values(
         reserved_microdollars=SESSION_SPEND.c.reserved_microdollars
         + bindparam("reserved", type_=BigInteger),
-        spend_microdollars=SESSION_SPEND.c.spend_microdollars
-        + bindparam("actual", type_=BigInteger),
+        spend_microdollars=spent_plus(
+            SESSION_SPEND.c.spend_microdollars, bindparam("actual", type_=BigInteger)
+        ),
         updated_at=bindparam("now"),
     )
 )
