@@ -356,6 +356,30 @@ def test_summary_and_attribution(admin: httpx.Client) -> None:
         assert admin.get("/api/cost-events/attribution", params=bad).status_code == 400
 
 
+def test_totals_past_what_a_bigint_holds_are_exact(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    """9,223 calls at one call's most (10^15 µ$) sum past a BIGINT: SQLite's sum() refused
+    ("integer overflow") and every summary and attribution of the period answered 503
+    budget_unavailable. Shown with three events of 2^62 µ$ each, written straight in."""
+    for _ in range(3):
+        ingest(admin, tags={"team": "ml"})
+    execute(server.database_url, "UPDATE cost_events SET cost_microdollars = :c", c=2**62)
+    total = 3 * 2**62  # past 2^63 - 1, exact
+    summary = admin.get("/api/cost-events/summary")
+    assert summary.status_code == 200, summary.text
+    assert summary.json()["data"]["totalCostMicrodollars"] == total
+    assert summary.json()["data"]["byDay"][0]["costMicrodollars"] == total
+    by_team = admin.get("/api/cost-events/attribution", params={"groupBy": "team"})
+    assert by_team.json()["data"] == [
+        {"key": "ml", "totalCostMicrodollars": total, "requestCount": 3}
+    ]
+    csv_body = admin.get("/api/cost-events/attribution.csv", params={"groupBy": "team"}).text
+    assert csv_body.splitlines()[1] == f"ml,{total},3"
+    detail = admin.get("/api/cost-events/attribution/ml", params={"groupBy": "team"})
+    assert detail.json()["data"]["totalCostMicrodollars"] == total
+
+
 def test_csv_exports(admin: httpx.Client) -> None:
     for i in range(3):
         ingest(admin, costMicrodollars=100 * (i + 1), tags={"team": "ml"})

@@ -28,8 +28,22 @@ COLUMN_GROUPS = {
     "model": CostEvent.model,
     "provider": CostEvent.provider,
 }
-TOTAL = func.coalesce(func.sum(CostEvent.cost_microdollars), 0)
+# A total is summed in two parts, whole thousands of dollars and the rest, added up here: past
+# 9,223 calls at one call's most (10^15 µ$), a sum overflows a BIGINT, which SQLite's sum()
+# refuses ("integer overflow": every summary of the period answered 503). Both parts divide as
+# integers on both databases, and order as the total does.
+_SPLIT = 10**9
+_COST = CostEvent.cost_microdollars
+TOTAL = (
+    func.coalesce(func.sum(_COST // _SPLIT), 0).label("total_high"),
+    func.coalesce(func.sum(_COST % _SPLIT), 0).label("total_low"),
+)
+BY_TOTAL: tuple[Any, ...] = (desc("total_high"), desc("total_low"))
 COUNT = func.count()
+
+
+def total_of(row: Any) -> int:
+    return int(row.total_high) * _SPLIT + int(row.total_low)
 
 
 class Group(ApiModel):
@@ -93,7 +107,7 @@ def _grouping(group_by: str) -> tuple[str, Any]:
 
 
 def _grouped(filters: EventFilters, group_by: str, key: Any) -> Any:
-    query = filters.apply(select(key.label("key"), TOTAL.label("total"), COUNT.label("requests")))
+    query = filters.apply(select(key.label("key"), *TOTAL, COUNT.label("requests")))
     if key is CostEventTag.value:
         query = query.join(CostEventTag, col(CostEventTag.event_seq) == col(CostEvent.seq)).where(
             col(CostEventTag.key) == group_by
@@ -102,9 +116,10 @@ def _grouped(filters: EventFilters, group_by: str, key: Any) -> Any:
 
 
 async def _groups(session: Session, filters: EventFilters, group_by: str, key: Any) -> list[Group]:
-    rows = await session.execute(_grouped(filters, group_by, key).order_by(desc("total")))
+    rows = await session.execute(_grouped(filters, group_by, key).order_by(*BY_TOTAL))
     return [
-        Group(key=r.key, total_cost_microdollars=r.total, request_count=r.requests) for r in rows
+        Group(key=r.key, total_cost_microdollars=total_of(r), request_count=r.requests)
+        for r in rows
     ]
 
 
@@ -115,7 +130,7 @@ async def _days(
     join_tag: str | None = None,
 ) -> list[Day]:
     day = utc_day(session.bind.dialect.name)  # type: ignore[union-attr]
-    query = filters.apply(select(day.label("day"), TOTAL.label("total"), COUNT.label("requests")))
+    query = filters.apply(select(day.label("day"), *TOTAL, COUNT.label("requests")))
     if join_tag is not None:
         query = query.join(CostEventTag, col(CostEventTag.event_seq) == col(CostEvent.seq)).where(
             col(CostEventTag.key) == join_tag
@@ -123,19 +138,19 @@ async def _days(
     if extra is not None:
         query = query.where(extra)
     rows = await session.execute(query.group_by(day).order_by(day))
-    return [Day(date=r.day, cost_microdollars=r.total, request_count=r.requests) for r in rows]
+    return [Day(date=r.day, cost_microdollars=total_of(r), request_count=r.requests) for r in rows]
 
 
 @router.get("/api/cost-events/summary")
 async def summary(principal: Viewer, session: Session, query: Filters) -> SummaryResponse:
     filters = query.filters(principal.org_id, "30d")
-    total = (await session.execute(filters.apply(select(TOTAL, COUNT)))).one()
+    total = (await session.execute(filters.apply(select(*TOTAL, COUNT.label("requests"))))).one()
     return SummaryResponse(
         data=Summary(
             start=filters.start,
             end=filters.end,
-            total_cost_microdollars=total[0],
-            request_count=total[1],
+            total_cost_microdollars=total_of(total),
+            request_count=total.requests,
             by_day=await _days(session, filters),
             by_model=await _groups(session, filters, "model", CostEvent.model),
             by_provider=await _groups(session, filters, "provider", CostEvent.provider),
@@ -166,13 +181,13 @@ async def attribution_csv(
     group_by, key = _grouping(group_by)
     # Read whole (one row a group), and the connection given back before the first byte: a
     # cursor streamed to a client that reads slowly held it, and 25 such emptied the pool.
-    rows = (await session.execute(_grouped(filters, group_by, key).order_by(desc("total")))).all()
+    rows = (await session.execute(_grouped(filters, group_by, key).order_by(*BY_TOTAL))).all()
     await end_read(session)
 
     async def lines() -> AsyncIterator[str]:
         yield _csv_line([group_by, "total_cost_microdollars", "request_count"])
         for row in rows:
-            yield _csv_line([row.key, row.total, row.requests])
+            yield _csv_line([row.key, total_of(row), row.requests])
 
     return StreamingResponse(
         lines(),
