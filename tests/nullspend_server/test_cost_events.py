@@ -380,6 +380,21 @@ def test_totals_past_what_a_bigint_holds_are_exact(
     assert detail.json()["data"]["totalCostMicrodollars"] == total
 
 
+def test_every_group_an_attribution_lists_has_its_detail(admin: httpx.Client) -> None:
+    """A group's key is any model name or tag value: OpenRouter's and Bedrock's model names
+    hold a '/', a tag value may too, or be empty. Their details answered 404 (no route took a
+    '/', or an empty value) for groups the attribution itself listed."""
+    ingest(admin, model="openai/gpt-4o", tags={"path": "a/b", "empty": ""}, costMicrodollars=5)
+    for group_by, value in (("model", "openai%2Fgpt-4o"), ("path", "a/b"), ("empty", "")):
+        [group] = admin.get("/api/cost-events/attribution", params={"groupBy": group_by}).json()[
+            "data"
+        ]
+        detail = admin.get(f"/api/cost-events/attribution/{value}", params={"groupBy": group_by})
+        assert detail.status_code == 200, detail.text
+        assert detail.json()["data"]["key"] == group["key"]
+        assert detail.json()["data"]["totalCostMicrodollars"] == 5
+
+
 def test_csv_exports(admin: httpx.Client) -> None:
     for i in range(3):
         ingest(admin, costMicrodollars=100 * (i + 1), tags={"team": "ml"})

@@ -196,7 +196,8 @@ async def attribution_csv(
     )
 
 
-@router.get("/api/cost-events/attribution/{value}")
+# Any text: a model name or tag value may hold a '/' ("openai/gpt-4o"), or be empty.
+@router.get("/api/cost-events/attribution/{value:path}")
 async def attribution_detail(
     value: str, principal: Viewer, session: Session, query: Filters, group_by: GroupBy
 ) -> GroupDetailResponse:
