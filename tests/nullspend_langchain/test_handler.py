@@ -26,8 +26,9 @@ from nullspend.client import NullSpend, renewal
 from nullspend.embedded import LocalBudget, LocalNullSpend
 from nullspend.errors import ConnectionFailedError, CustomerBudgetExceededError, DeniedError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR
-from nullspend.pricing import cost, default_catalog
+from nullspend.pricing import cost, default_catalog, estimate_request_body
 from nullspend.usage import Usage
+from nullspend.wire import ANTHROPIC_MESSAGES
 from nullspend_langchain import NullSpendCallbackHandler
 from nullspend_langchain import handler as handler_module
 from tests.estimates import reserved_estimates
@@ -326,6 +327,52 @@ def test_chat_anthropic(ns: NullSpend, fake: tuple[str, Any]) -> None:
     (event,) = settled_events(ns, 1)
     assert event.cost_microdollars == ANTHROPIC_COST
     assert (event.cached_input_tokens, event.cache_write_5m_tokens) == (6000, 1500)
+
+
+def test_anthropic_passes_billed_besides_the_answer_are_charged(fake: tuple[str, Any]) -> None:
+    """Compaction and the advisor tool bill passes the answer's top-level usage leaves out
+    (``usage.iterations``, which langchain-anthropic keeps in response_metadata): they were not
+    charged, 84,000 µ$ recorded for an 821,500 µ$ bill (the docs' compaction example and an
+    Opus advisor call). Now each is priced at its model."""
+    usage = {"input": 23000, "cached": 0, "output": 1000, "reasoning": 0, "cache_write": 0}
+    iterations = [
+        {"type": "compaction", "input": 180000, "output": 3500},
+        {"type": "advisor_message", "model": "claude-opus-4-8", "input": 21000, "output": 1600},
+    ]
+    bill = (23000 * 3 + 1000 * 15) + (180000 * 3 + 3500 * 15) + (21000 * 5 + 1600 * 25)
+    engine = LocalNullSpend()
+    model = chat_anthropic(fake, callbacks=[NullSpendCallbackHandler(client=engine)])
+    model.default_headers = {**fake_headers(usage, ""), "x-fake-iterations": json.dumps(iterations)}
+    model.invoke("Hello")
+    (event,) = engine.cost_events().data
+    assert event.cost_microdollars == bill
+    assert (event.input_tokens, event.output_tokens) == (224000, 6100)
+
+
+def test_anthropic_passes_besides_the_call_are_reserved(fake: tuple[str, Any]) -> None:
+    """An advisor tool's calls and compaction are reserved as core reserves the request the
+    model sent (the proxy's estimate of it): they were left out, so a Haiku call with two
+    Opus advisor calls reserved less than a tenth of what it may bill."""
+    engine = LocalNullSpend([LocalBudget.total(10**9)])
+    reserved = reserved_estimates(engine)
+    compacting = {
+        "edits": [
+            {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 50_000}}
+        ]
+    }
+    model = chat_anthropic(
+        fake,
+        callbacks=[NullSpendCallbackHandler(client=engine)],
+        context_management=compacting,
+    )
+    advisor = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-8"}
+    model.bind_tools([{**advisor, "max_uses": 2}]).invoke("Hello " * 60_000)
+    sent = fake[1].state.requests[-1]["json"]
+    assert sent["context_management"] == compacting
+    core = estimate_request_body(sent, ANTHROPIC_MESSAGES).microdollars
+    alone = estimate_request_body({**sent, "tools": [], "context_management": None}).microdollars
+    assert core > 10 * alone
+    assert core * 0.9 <= reserved[0] <= core * 1.1
 
 
 def test_a_stream_reporting_no_input_is_charged_its_estimated_input(fake: tuple[str, Any]) -> None:

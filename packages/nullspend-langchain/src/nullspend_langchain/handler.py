@@ -47,6 +47,7 @@ from nullspend.wire import (
     Reading,
     format_of,
 )
+from nullspend.wire.base import SideCall
 from nullspend.wire.media import media_of
 from nullspend.wire.openai_responses import web_search_calls
 from nullspend_langchain.usage import reading_from_metadata
@@ -170,8 +171,19 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             for m in batch
             if isinstance(m, AIMessage) and m.tool_calls and isinstance(m.content, str)
         ]
+        # ChatAnthropic's context_management (compaction) is not among its invocation params.
+        constructed = serialized.get("kwargs") if serialized else None
+        managed = constructed.get("context_management") if type(constructed) is dict else None
         self._reserve(
-            run_id, parent_run_id, tags, metadata, invocation_params, batch_size, text, calls
+            run_id,
+            parent_run_id,
+            tags,
+            metadata,
+            invocation_params,
+            batch_size,
+            text,
+            calls,
+            managed,
         )
 
     def on_llm_start(
@@ -201,6 +213,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         batch_size: int,
         text: list[Any],
         tool_calls: list[Any],
+        context_management: Any = None,
     ) -> None:
         params = invocation_params or {}
         metadata = metadata or {}
@@ -257,6 +270,11 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             # Bound tools in either provider's shape; a search is billed on top of tokens.
             web_searches=_web_searches_allowed(request) if tools else 0,
             audio_output=OPENAI_CHAT.requests_audio_output(request),  # speech bills above text
+            # Passes Claude may run besides the call: compaction, an advisor tool's calls.
+            side_calls=_side_calls(request, context_management)
+            if (tools or context_management or "context_management" in request)
+            and served_by_anthropic(provider, model)
+            else (),
         )
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope
@@ -741,6 +759,30 @@ def _model_of(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | N
     return model if isinstance(model, str) else None
 
 
+def _side_calls(request: Mapping[str, Any], context_management: Any) -> tuple[SideCall, ...]:
+    """The passes Claude may run besides a call (compaction, an advisor tool's calls), served
+    wherever it is (the Anthropic API, Bedrock, Vertex, a gateway)."""
+    if context_management is not None:
+        request = {**request, "context_management": context_management}
+    return ANTHROPIC_MESSAGES.requested_side_calls(request)
+
+
+def _with_passes_billed_besides(reading: Reading, response_metadata: Mapping[str, Any]) -> Reading:
+    """``reading`` with the passes an Anthropic answer billed besides its own usage, which
+    usage_metadata leaves out (compaction's, an advisor's: ``usage.iterations``, kept raw in
+    response_metadata by langchain-anthropic; a stream's chunks drop them), each at its model,
+    and the model a fallback served the call on."""
+    raw = response_metadata.get("usage")
+    if not (isinstance(raw, Mapping) and raw.get("iterations")):
+        return reading
+    try:
+        billed = ANTHROPIC_MESSAGES.read_response({"usage": raw, "model": reading.model})
+    except ValueError:  # unreadable: the call's own usage stands
+        return reading
+    reading.extra, reading.model = billed.extra, billed.model
+    return reading
+
+
 def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None) -> Reading:
     """The usage and model a result reports (``_CACHE_HIT`` for an answer from LangChain's
     cache): from the message's usage_metadata (chat models; ``cache_ttl`` is what the call
@@ -765,9 +807,10 @@ def _reading(response: LLMResult, *, batched: bool, cache_ttl: str | None = None
                         return NO_READING
                     # Only an answer in content blocks can hold a server tool's searches.
                     searches = _web_searches(message) if type(message.content) is list else 0
-                    return reading_from_metadata(
+                    reading = reading_from_metadata(
                         metadata, model, cache_ttl=cache_ttl, web_searches=searches
                     )
+                    return _with_passes_billed_besides(reading, message.response_metadata)
     output = response.llm_output or {}
     token_usage = output.get("token_usage") or output.get("usage")
     if isinstance(token_usage, Mapping) and token_usage:

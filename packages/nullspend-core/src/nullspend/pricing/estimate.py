@@ -30,7 +30,7 @@ each reading the prompt and the call's whole output on its own model, to its own
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ def estimate_request(
 ) -> Estimate:
     """Estimate a request in ``wire``'s format; ``model`` names it where the body does not."""
     model = model or wire.requested_model(body)
-    estimate = estimate_call(
+    return estimate_call(
         model,
         estimate_input_tokens(raw_body) + wire.hidden_input_tokens(body),
         wire.requested_output_cap(body),
@@ -109,37 +109,34 @@ def estimate_request(
         service_tier=wire.requested_service_tier(body),
         web_searches=wire.requested_web_searches(body),
         audio_output=wire.requests_audio_output(body),
+        side_calls=wire.requested_side_calls(body),
         catalog=catalog,
         unpriced_microdollars=unpriced_microdollars,
     )
-    for side in wire.requested_side_calls(body):
-        estimate.microdollars += _side_call_microdollars(
-            side, estimate, model, catalog, unpriced_microdollars
-        )
-    return estimate
 
 
-def _side_call_microdollars(
-    side: SideCall,
+def _plus_side_calls(
     call: Estimate,
-    model: str | None,
+    side_calls: Iterable[SideCall],
     catalog: Catalog | None,
     unpriced_microdollars: int,
-) -> int:
-    """What the inferences a request may run besides the call (compaction, an advisor) may
-    bill: each run reads the whole transcript, the prompt and all the call may have written
+) -> Estimate:
+    """``call`` with what the inferences a request may run besides it (compaction, an advisor)
+    may bill: each run reads the whole transcript, the prompt and all the call may have written
     before it, on its own model (the request's where it names none), to its own output cap."""
-    if call.input_tokens < side.min_input_tokens:
-        return 0  # the prompt cannot reach its trigger: it never runs
-    one_run = estimate_call(
-        side.model or model,
-        call.input_tokens + call.output_tokens,
-        side.output_cap,
-        cache_ttl=side.cache_ttl,
-        catalog=catalog,
-        unpriced_microdollars=unpriced_microdollars,
-    )
-    return side.calls * one_run.microdollars
+    for side in side_calls:
+        if call.input_tokens < side.min_input_tokens:
+            continue  # the prompt cannot reach its trigger: it never runs
+        one_run = estimate_call(
+            side.model or call.requested_model,
+            call.input_tokens + call.output_tokens,
+            side.output_cap,
+            cache_ttl=side.cache_ttl,
+            catalog=catalog,
+            unpriced_microdollars=unpriced_microdollars,
+        )
+        call.microdollars += side.calls * one_run.microdollars
+    return call
 
 
 def estimate_call(
@@ -154,6 +151,7 @@ def estimate_call(
     service_tier: str | None = None,
     web_searches: int = 0,
     audio_output: bool = False,
+    side_calls: Iterable[SideCall] = (),
     catalog: Catalog | None = None,
     unpriced_microdollars: int = UNPRICED_ESTIMATE_MICRODOLLARS,
 ) -> Estimate:
@@ -164,7 +162,9 @@ def estimate_call(
     context window; ``cache_ttl`` ("5m" or "1h") prices the prompt as a cache write;
     ``service_tier`` (what the request asks for) prices the call in that processing tier;
     ``web_searches`` (the most its search tools may make) adds each search's fee;
-    ``audio_output`` (the request asks for speech) prices the output at the audio rate."""
+    ``audio_output`` (the request asks for speech) prices the output at the audio rate;
+    ``side_calls`` (``WireFormat.requested_side_calls``) are the passes the provider may run
+    besides the call, each added at its own model."""
     priced = (catalog or default_catalog()).resolve(model, service_tier) if model else None
     model_cap = priced.max_output_tokens if priced else None
     cap = output_cap or model_cap or DEFAULT_OUTPUT_CAP
@@ -172,7 +172,8 @@ def estimate_call(
         cap = min(cap, model_cap)  # the provider refuses a larger one: no more can bill
     output_tokens = choices * cap
     if priced is None:
-        return Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
+        unpriced = Estimate(unpriced_microdollars, model, None, input_tokens, output_tokens)
+        return _plus_side_calls(unpriced, side_calls, catalog, unpriced_microdollars)
     image_tokens = audio_tokens = 0
     if media is not None:
         input_tokens, image_tokens = _with_media(priced, input_tokens, media)
@@ -211,7 +212,8 @@ def estimate_call(
     microdollars = -(
         -total // PICODOLLARS_PER_MICRODOLLAR
     )  # round up: an estimate must not fall short
-    return Estimate(microdollars, model, priced, input_tokens + audio_tokens, output_tokens)
+    estimate = Estimate(microdollars, model, priced, input_tokens + audio_tokens, output_tokens)
+    return _plus_side_calls(estimate, side_calls, catalog, unpriced_microdollars)
 
 
 def _with_media(priced: PricedModel, input_tokens: int, media: Media) -> tuple[int, int]:
