@@ -72,6 +72,7 @@ from nullspend.client.models import (
     Reservation,
     Settled,
 )
+from nullspend.client.reporter import close_reporters_of
 from nullspend.errors import (
     ApiError,
     ConflictError,
@@ -365,10 +366,13 @@ class _Tenancy:
         self.release()
 
     def _let_go(self, refusal: str) -> None:
-        """Refuse calls from now on, then charge what the engine still holds its estimate:
-        no engine will hear those calls end (a newer one reads them from the file)."""
+        """Send what the reporters on the engine hold (refused afterwards, their events would
+        be lost), refuse calls from now on, then charge what the engine still holds its
+        estimate: no engine will hear those calls end (a newer one reads them from the file)."""
         if self.refusal is not None:
             return
+        for twin in list(self.engines):
+            close_reporters_of(twin)
         self.refusal = refusal
         # Twins share what they hold: any one of them charges it.
         if (engine := next(iter(list(self.engines)), None)) is not None:
@@ -496,9 +500,10 @@ class LocalNullSpend(TrackedClients):
 
     def close(self) -> None:
         """Free the file given as ``path`` for the next engine (this one then refuses calls),
-        once what it still holds is charged its estimate (its calls' end could no longer be
-        heard); at exit it is done for you. With no file, there is nothing to close; nor on a
-        scoped copy (``customer``, ``scoped``), whose file is its original's."""
+        once a ``CostReporter`` on it has sent what it holds and what it still holds is charged
+        its estimate (its calls' end could no longer be heard); at exit it is done for you.
+        With no file, there is nothing to close; nor on a scoped copy (``customer``,
+        ``scoped``), whose file is its original's."""
         if not self._scoped_copy:
             self._tenancy.close()
 
