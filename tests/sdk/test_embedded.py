@@ -998,6 +998,45 @@ def test_what_a_reporter_holds_is_recorded_before_the_file_is_let_go(tmp_path: P
     assert len(LocalNullSpend(path=path).cost_events().data) == 10
 
 
+def test_a_report_priced_while_the_file_is_let_go_is_refused_not_left_uncounted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine checked it still had its file before pricing a report, not under its lock: a
+    report priced while a newer engine took the file over was written after that engine had
+    summed the file. In a bug hunt the new engine's cap saw 0 of the 2,500 microdollars the
+    report then put on file."""
+    path = tmp_path / "spend.db"
+    pricing_started, priced = threading.Event(), threading.Event()
+    catalog_cost = embedded._catalog_cost
+
+    def priced_slowly(*args: Any) -> int:
+        pricing_started.set()
+        priced.wait(30)
+        return catalog_cost(*args)
+
+    monkeypatch.setattr(embedded, "_catalog_cost", priced_slowly)
+    older = LocalNullSpend(path=path)
+    answers: list[object] = []
+
+    def report() -> None:
+        try:
+            answers.append(older.report(REPORTED))
+        except ConflictError as error:
+            answers.append(error)
+
+    reporting = threading.Thread(target=report)
+    reporting.start()
+    assert pricing_started.wait(30)
+    newer = LocalNullSpend([LocalBudget.total(10**9)], path=path)
+    priced.set()
+    reporting.join(30)
+    assert isinstance(answers[0], ConflictError)
+    (status,) = newer.budget_status()
+    newer.close()
+    (on_file,) = LocalNullSpend([LocalBudget.total(10**9)], path=path).budget_status()
+    assert status.spend_microdollars == on_file.spend_microdollars == 0
+
+
 def test_async_embedded_has_the_async_clients_calls() -> None:
     async def run() -> None:
         ns = AsyncLocalNullSpend([LocalBudget.total(10**9)])

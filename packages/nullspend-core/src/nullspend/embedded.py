@@ -608,7 +608,6 @@ class LocalNullSpend(TrackedClients):
 
     def _record(self, reservation_id: str, options: SettleOptions) -> _Event:
         """Settle: the reservation's event recorded and its spend counted."""
-        self._tenancy.check()
         cost = options.get("cost_microdollars")
         usage = options.get("usage")
         if cost is None and usage is None:
@@ -616,6 +615,7 @@ class LocalNullSpend(TrackedClients):
         if error := _settle_error(options):
             raise ValidationError(error)
         with self._lock:
+            self._tenancy.check()  # under the lock, as in reserve_id: it writes to the file
             if (held := self._held.get(reservation_id)) is None:
                 raise self._not_held(reservation_id)
             if cost is None:
@@ -760,7 +760,6 @@ class LocalNullSpend(TrackedClients):
     def _report(
         self, reports: list[NewCostEvent], idempotency_key: str | None, *, batch: bool
     ) -> list[_Event]:
-        self._tenancy.check()
         if not 1 <= len(reports) <= MAX_BATCH:
             raise ValidationError(f"report 1 to {MAX_BATCH} events at once")
         events = [self._reported_event(report) for report in reports]
@@ -770,6 +769,9 @@ class LocalNullSpend(TrackedClients):
             key = (batch, idempotency_key)
             fingerprint = json.dumps([r.wire() for r in reports], sort_keys=True)
         with self._lock:
+            # Under the lock: checked before it, a report priced while the file was let go was
+            # written after the next engine had summed the file, a cost its cap never saw.
+            self._tenancy.check()
             if key is not None and key in self._reported:
                 earlier, recorded = self._reported[key]
                 if earlier != fingerprint:
