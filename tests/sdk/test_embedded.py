@@ -658,6 +658,26 @@ def test_a_settle_the_file_refuses_changes_nothing(
     assert (status.spend_microdollars, status.reserved_microdollars) == (700, 0)
 
 
+def test_a_file_that_cannot_be_written_is_refused_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only file opened, and every settle then failed: in a bug hunt 3 calls were
+    admitted and served, none recorded, their 9,000 of a 10,000 cap held for good."""
+    path = tmp_path / "spend.db"
+    LocalNullSpend(path=path).close()
+    connect = sqlite3.connect
+
+    def read_only(database: Path, **options: Any) -> sqlite3.Connection:
+        # As SQLite opens a file the process may not write (root may write a 0444 file).
+        return connect(f"{database.as_uri()}?mode=ro", uri=True, **options)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    with pytest.raises(PermissionError, match="the spend file cannot be written"):
+        LocalNullSpend([LocalBudget.total(10_000)], path=path)
+    monkeypatch.undo()
+    LocalNullSpend(path=path).close()  # the refusal let go of the file
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import errno
 import itertools
 import json
 import logging
@@ -280,6 +281,17 @@ class _Store:
 
     def __post_init__(self) -> None:
         self._connection = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            self._prepare()
+        except sqlite3.OperationalError as error:
+            self._connection.close()
+            if error.sqlite_errorname != "SQLITE_READONLY":
+                raise
+            raise PermissionError(
+                errno.EACCES, f"the spend file cannot be written ({error})", str(self.path)
+            ) from None
+
+    def _prepare(self) -> None:
         # As the server's SQLite: a commit appends to the WAL without waiting on the disk (an
         # fsync per settle cost a call about a millisecond); a crash of the process loses
         # nothing, only one of the machine can lose the latest commits.
@@ -292,6 +304,11 @@ class _Store:
             "CREATE TABLE IF NOT EXISTS reported_keys (seq INTEGER PRIMARY KEY, batch INTEGER"
             " NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, event_ids TEXT NOT NULL);"
         )
+        # A file that can be read but not written (read-only, on a read-only mount) opened,
+        # then every settle failed: calls admitted and served, never recorded, their estimates
+        # held for good. A write that changes nothing refuses such a file now.
+        with self._connection:
+            self._connection.execute("DELETE FROM reported_keys WHERE 0")
 
     def events(self) -> list[_Event]:
         rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
