@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from functools import partial
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -215,6 +216,49 @@ def open_elsewhere(path: Path, **popen: Any) -> subprocess.Popen[str]:
         text=True,
         **{"stdin": subprocess.DEVNULL, **popen},
     )
+
+
+def _peak_bytes_opening(path: Path, doublings: int) -> int:
+    """The most memory opening ``path`` took, with 100 events reported to it and then copied
+    (each with an id of its own) until there are 100 * 2**doublings."""
+    with LocalNullSpend(path=path) as ns:
+        first = ns.report_batch([REPORTED] * 100, idempotency_key="first")
+    with sqlite3.connect(path) as connection:
+        for copy in range(doublings):
+            connection.execute(
+                "INSERT INTO cost_events (body) SELECT json_set(body, '$.id', ? || seq)"
+                " FROM cost_events",
+                (f"ce_copy{copy}_",),
+            )
+    tracemalloc.start()
+    try:
+        opened = LocalNullSpend([LocalBudget.total(10**12)], path=path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    (status,) = opened.budget_status()
+    assert status.spend_microdollars == 100 * 2**doublings * first_cost(opened)
+    # The first events are long gone from those kept, not from what their key recorded.
+    assert opened.report_batch([REPORTED] * 100, idempotency_key="first") == first
+    opened.close()
+    return peak
+
+
+def first_cost(ns: LocalNullSpend) -> int:
+    return ns.cost_events(limit=1).data[0].cost_microdollars
+
+
+def test_opening_a_file_holds_its_events_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the file read every event on it into one list: a file of a million events took
+    650 MB of memory to open (in a bug hunt; 59 MB one at a time). What opening holds is what
+    the engine keeps (the latest events, what report keys recorded), whatever the file's size
+    (past pydantic's cache of the strings it parsed, bounded too)."""
+    monkeypatch.setattr(embedded, "EVENTS_KEPT", 100)
+    smaller = _peak_bytes_opening(tmp_path / "smaller.db", 8)  # 25,600 events
+    bigger = _peak_bytes_opening(tmp_path / "bigger.db", 9)  # 51,200
+    assert bigger < 1.5 * smaller  # not twice as much
 
 
 def test_a_file_in_use_is_refused_to_another_process_until_closed(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Unpack
@@ -310,20 +310,29 @@ class _Store:
         with self._connection:
             self._connection.execute("DELETE FROM reported_keys WHERE 0")
 
-    def events(self) -> list[_Event]:
-        rows = self._connection.execute("SELECT body FROM cost_events ORDER BY seq")
-        return [_Event.of(CostEvent.model_validate_json(body)) for (body,) in rows]
-
-    def reported(self, events: Mapping[str, _Event]) -> dict[_ReportKey, _Reported]:
-        """The latest keys on file (as many as an engine keeps), with what each recorded."""
+    def read(self, count: Callable[[_Event], None]) -> dict[_ReportKey, _Reported]:
+        """Give ``count`` every event on file, oldest first, one at a time (held all at once, a
+        file of a million events took 650 MB to open); answer the latest report keys (as many
+        as an engine keeps) with the events each recorded."""
         rows = self._connection.execute(
             "SELECT batch, key, fingerprint, event_ids FROM reported_keys ORDER BY seq DESC"
             " LIMIT ?",
             (EVENTS_KEPT,),
         ).fetchall()
+        keys = [
+            ((bool(batch), key), fingerprint, json.loads(ids))
+            for batch, key, fingerprint, ids in rows
+        ]
+        wanted = {event_id for _, _, ids in keys for event_id in ids}
+        recorded: dict[str, _Event] = {}
+        for (body,) in self._connection.execute("SELECT body FROM cost_events ORDER BY seq"):
+            event = _Event.of(CostEvent.model_validate_json(body))
+            count(event)
+            if event.id in wanted:
+                recorded[event.id] = event
         return {
-            (bool(batch), key): (fingerprint, [events[i] for i in json.loads(ids)])
-            for batch, key, fingerprint, ids in reversed(rows)
+            key: (fingerprint, [recorded[i] for i in ids])
+            for key, fingerprint, ids in reversed(keys)
         }
 
     def add(self, *events: _Event, key: _ReportKey | None = None, fingerprint: str = "") -> None:
@@ -506,10 +515,10 @@ class LocalNullSpend(TrackedClients):
         if path is not None:
             try:
                 self._store = _Store(Path(path))
-                on_file = self._store.events()
-                for event in on_file:  # spend so far, from the events on file
-                    self._count(event, self._matching(event.customer, event.tags))
-                self._reported = self._store.reported({event.id: event for event in on_file})
+                # Spend so far, from the events on file.
+                self._reported = self._store.read(
+                    lambda event: self._count(event, self._matching(event.customer, event.tags))
+                )
             except BaseException:  # free the file at once, for a retry in this process
                 self._tenancy.release()
                 raise
