@@ -702,6 +702,30 @@ def test_a_settle_the_file_refuses_changes_nothing(
     assert (status.spend_microdollars, status.reserved_microdollars) == (700, 0)
 
 
+@pytest.mark.parametrize(
+    "made_by",
+    [
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)",  # an application's
+        "CREATE TABLE cost_events (id TEXT PRIMARY KEY, cost_microdollars INTEGER)",  # a server's
+    ],
+)
+def test_another_programs_file_is_refused_and_left_as_it_was(tmp_path: Path, made_by: str) -> None:
+    """A mistyped path (an application's database, the server's) was taken over: switched to
+    WAL and given the engine's tables, the server's then failing with "no such column: body"."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(made_by)
+    connection.close()
+    before = path.read_bytes()
+    for _ in range(2):  # and the refusal lets the file's lock go
+        with pytest.raises(ValueError, match="is not a LocalNullSpend spend file"):
+            LocalNullSpend(path=path)
+    assert path.read_bytes() == before
+    path.write_bytes(b"not SQLite at all")
+    with pytest.raises(ValueError, match=r"is not a LocalNullSpend spend file \(file is not"):
+        LocalNullSpend(path=path)
+
+
 def test_a_file_that_cannot_be_written_is_refused_when_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -282,14 +282,35 @@ class _Store:
     def __post_init__(self) -> None:
         self._connection = sqlite3.connect(self.path, check_same_thread=False)
         try:
+            self._refuse_another_programs_file()
             self._prepare()
-        except sqlite3.OperationalError as error:
+        except BaseException as error:
             self._connection.close()
-            if error.sqlite_errorname != "SQLITE_READONLY":
-                raise
-            raise PermissionError(
-                errno.EACCES, f"the spend file cannot be written ({error})", str(self.path)
-            ) from None
+            if getattr(error, "sqlite_errorname", None) == "SQLITE_READONLY":
+                raise PermissionError(
+                    errno.EACCES, f"the spend file cannot be written ({error})", str(self.path)
+                ) from None
+            raise
+
+    def _refuse_another_programs_file(self) -> None:
+        """Raise ValueError, changing nothing, if the file is not SQLite or holds tables of
+        another program's (a path mistyped, the server's database): it was switched to WAL and
+        given the engine's tables, or failed with \"no such column: body\"."""
+        try:
+            tables = {
+                name
+                for (name,) in self._connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+        except sqlite3.DatabaseError as error:  # "file is not a database"
+            raise ValueError(f"{self.path} is not a LocalNullSpend spend file ({error})") from None
+        columns = [row[1] for row in self._connection.execute("PRAGMA table_info(cost_events)")]
+        if not tables <= {"cost_events", "reported_keys"} or columns not in ([], ["seq", "body"]):
+            raise ValueError(
+                f"{self.path} is not a LocalNullSpend spend file: it holds another program's "
+                f"tables ({', '.join(sorted(tables))}); give the engine a file of its own"
+            )
 
     def _prepare(self) -> None:
         # As the server's SQLite: a commit appends to the WAL without waiting on the disk (an
