@@ -891,19 +891,24 @@ class LocalNullSpend(TrackedClients):
     def cost_events(
         self, *, limit: int = 50, cursor: str | None = None, **filters: Unpack[EventFilters]
     ) -> CostEventPage:
-        """Newest first; ``cursor`` is the id of the last event of the previous page."""
+        """Newest first; ``cursor`` is the id of the last event of the previous page: a
+        position, as on the server, whatever the filters (an id no longer kept, none older)."""
         if type(limit) is not int or not 1 <= limit <= MAX_EVENTS_PAGE:  # as the server answers
             raise ValidationError(f"limit must be a whole number from 1 to {MAX_EVENTS_PAGE}")
         self._tenancy.check()
         with self._lock:
             self._expire_due()
-            found = [e for e in reversed(self._events) if _matches(e, filters)]
-        events = [e.read() for e in found]
-        if cursor is not None:
-            ids = [e.id for e in events]
-            events = events[ids.index(cursor) + 1 :] if cursor in ids else []
-        page = events[:limit]
-        return CostEventPage(data=page, cursor=page[-1].id if len(events) > limit else None)
+            newest_first: Iterable[_Event] = reversed(self._events)
+            if cursor is not None:
+                older = itertools.dropwhile(lambda e: e.id != cursor, newest_first)
+                newest_first = itertools.islice(older, 1, None)  # the cursor's own event was read
+            # Only the page (and one more, to tell whether another follows) is read: every event
+            # kept read into a CostEvent made a page of one take 230 ms, with 10,000 kept.
+            found = list(
+                itertools.islice((e for e in newest_first if _matches(e, filters)), limit + 1)
+            )
+        page = [e.read() for e in found[:limit]]
+        return CostEventPage(data=page, cursor=page[-1].id if len(found) > limit else None)
 
     # --- inside -------------------------------------------------------------------------------
 
