@@ -607,6 +607,22 @@ def test_a_released_reservation_id_is_finished_as_on_the_server(server: RunningS
         assert ns.budget_status()[0].reserved_microdollars == 0
 
 
+def test_another_request_under_a_held_reservation_id_is_refused(server: RunningServer) -> None:
+    """Sent again under its id, a reserve is answered the reservation it made; another request
+    under the id (a $5 estimate where $0.04 was held, another customer) was answered it too,
+    never checked against a budget: past the cap. Refused, as the server refuses it."""
+    for ns in (with_a_total(server, 1_000_000), LocalNullSpend([LocalBudget.total(1_000_000)])):
+        chosen = "rsv_" + "c" * 32
+        assert ns.reserve(40_000, reservation_id=chosen, customer="acme").reservation_id == chosen
+        assert ns.reserve(40_000, reservation_id=chosen, customer="acme").reservation_id == chosen
+        for other in ({"customer": "acme", "tags": {"team": "ml"}}, {"customer": "other"}):
+            with pytest.raises(ConflictError):
+                ns.reserve(40_000, reservation_id=chosen, **other)
+        with pytest.raises(ConflictError):
+            ns.reserve(5_000_000, reservation_id=chosen, customer="acme")
+        assert ns.budget_status()[0].reserved_microdollars == 40_000
+
+
 def test_the_released_ids_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embedded, "EVENTS_KEPT", 3)
     ns = LocalNullSpend()

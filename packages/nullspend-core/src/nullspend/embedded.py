@@ -616,11 +616,31 @@ class LocalNullSpend(TrackedClients):
         with self._lock:
             self._tenancy.check()  # under the lock: the engine may let go while this waits
             if chosen_id is not None:
-                if chosen_id in self._held:  # sent again: what it made
+                held = self._held.get(chosen_id)
+                # Sent again: what it made. Another request under the id was never checked
+                # against its budgets: answered the reservation, it would go uncapped.
+                if held is not None and (
+                    held.estimate,
+                    held.tags,
+                    held.model,
+                    held.provider,
+                    held.customer,
+                    held.session_id,
+                    held.trace_id,
+                ) == (
+                    estimate_microdollars,
+                    tags,
+                    options.get("model"),
+                    options.get("provider"),
+                    customer,
+                    session_id,
+                    options.get("trace_id"),
+                ):
                     return chosen_id
-                if self._finished(chosen_id) is not None:
+                if held is not None or self._finished(chosen_id) is not None:
                     raise ConflictError(  # the server's answer
-                        "this reservationId names another reservation, or one already finished",
+                        "this reservationId names another reservation (one made for a different"
+                        " request), or one already finished",
                         details={"reservationId": chosen_id},
                     )
             self._expire_due()
