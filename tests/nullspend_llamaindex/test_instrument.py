@@ -814,6 +814,23 @@ def test_embedded_mode_with_the_budgets_declared_in_code(
     assert fake[1].state.requests == []
 
 
+def test_embedded_spend_in_a_file_outlives_the_instrumentation(
+    fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``path=``, as the LangChain handler and ``connect`` take it: instrument() had none, so
+    its embedded spend was in memory only, a cap that started over with every process."""
+    monkeypatch.delenv("NULLSPEND_API_KEY", raising=False)
+    monkeypatch.delenv("NULLSPEND_BASE_URL", raising=False)
+    spend = tmp_path / "spend.db"
+    active = instrument(budgets=(LocalBudget.total(10**6),), path=spend)
+    openai_llm(fake).complete("Hello")
+    assert isinstance(active.client, LocalNullSpend)
+    (event,) = active.client.cost_events().data
+    active.client.close()
+    with LocalNullSpend([LocalBudget.total(10**6)], path=spend) as reopened:
+        assert reopened.budget_status()[0].spend_microdollars == event.cost_microdollars > 0
+
+
 class ThreadWatchingNullSpend(NullSpend):
     """A server client that notes the thread of each reserve, settle and release it sends."""
 

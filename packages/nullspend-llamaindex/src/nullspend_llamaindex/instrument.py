@@ -27,6 +27,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.base import BaseLLM
@@ -221,15 +222,17 @@ def instrument(
     session_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     budgets: tuple[LocalBudget, ...] = (),
+    path: str | Path | None = None,
     client: NullSpend | LocalNullSpend | None = None,
 ) -> Instrumentation:
     """Price, attribute and cap every LlamaIndex LLM call from now on, whenever its LLM object
     was made. Server mode with ``api_key``/``base_url`` (or ``NULLSPEND_API_KEY`` and
-    ``NULLSPEND_BASE_URL``), else embedded with ``budgets``. Calling it again replaces the
+    ``NULLSPEND_BASE_URL``), else embedded with ``budgets``, spend kept in memory or in the
+    SQLite file at ``path`` (see ``nullspend.embedded``). Calling it again replaces the
     settings."""
     global _active
     if client is None:
-        client = connect(api_key, base_url, budgets=budgets)
+        client = connect(api_key, base_url, budgets=budgets, path=path)
     first = _active is None
     # On top of the client's own scope: a scoped client (ns.customer("acme")) scopes every call.
     _active = Instrumentation(client, client.scope.narrowed(customer, session_id, tags))
