@@ -535,3 +535,16 @@ def test_a_reserve_whose_answer_is_lost_holds_nothing_it_does_not_use(
             time.sleep(0.1)
         (event,) = ns.cost_events().data
         assert event.cost_microdollars == 600
+
+
+def test_a_reservation_id_is_one_path_segment(server: RunningServer) -> None:
+    """The id went into the path as it was: ``release("../budgets/<id>")`` was DELETE
+    /api/budgets/<id>, and deleted that budget (its cap gone). Whatever it holds, it is one
+    segment of a reservation's path, which names no reservation."""
+    budget(server, entityType="user", limitMicrodollars=10**9)
+    with NullSpend(server.admin_key, server.base_url, max_retries=0) as ns:
+        (capped,) = ns.budgets()
+        for call in (ns.release, ns.extend, lambda rid: ns.settle(rid, cost_microdollars=1)):
+            with pytest.raises(NotFoundError):
+                call(f"../budgets/{capped.id}")
+        assert [b.id for b in ns.budgets()] == [capped.id]

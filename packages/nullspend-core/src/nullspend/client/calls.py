@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -322,7 +323,7 @@ def settle(reservation_id: str, **options: Unpack[SettleOptions]) -> Call[Settle
     # Retried: a settle whose first try landed is refused as already settled, which is success.
     return Call(
         "POST",
-        f"/api/reservations/{reservation_id}/settle",
+        _reservation_path(reservation_id, "/settle"),
         _data(Settled),
         json=_present(body),
         idempotent=True,
@@ -333,7 +334,7 @@ def settle(reservation_id: str, **options: Unpack[SettleOptions]) -> Call[Settle
 def release(reservation_id: str) -> Call[Settled]:
     return Call(
         "DELETE",
-        f"/api/reservations/{reservation_id}",
+        _reservation_path(reservation_id),
         _data(Settled),
         idempotent=True,
         landed=_already(reservation_id, "released"),
@@ -343,8 +344,14 @@ def release(reservation_id: str) -> Call[Settled]:
 def extend(reservation_id: str) -> Call[Extended]:
     # Retried: a second extension only moves the expiry again.
     return Call(
-        "POST", f"/api/reservations/{reservation_id}/extend", _data(Extended), idempotent=True
+        "POST", _reservation_path(reservation_id, "/extend"), _data(Extended), idempotent=True
     )
+
+
+def _reservation_path(reservation_id: str, action: str = "") -> str:
+    # One path segment, whatever the id holds: "../budgets/bgt_..." must not name another
+    # resource (a release of it deleted that budget).
+    return f"/api/reservations/{urllib.parse.quote(reservation_id, safe='')}{action}"
 
 
 def _already(reservation_id: str, status: str) -> Callable[[Exception], Settled | None]:
