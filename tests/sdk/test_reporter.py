@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -66,6 +68,33 @@ def test_flush_on_the_interval(server: RunningServer) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert reporter.flush(5)
+        reporter.close()
+
+
+def test_flush_while_a_batch_is_being_sent(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flush()'s wake-up reached no one while the thread was sending a batch: it then waited
+    the interval (30 s here) before sending what flush() was asked to send, and flush(10)
+    answered False."""
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        answered, sending = threading.Event(), threading.Event()
+        report_batch = ns.report_batch
+
+        def held(events: list[NewCostEvent], **options: Any) -> RecordedBatch:
+            sending.set()
+            answered.wait(10)
+            return report_batch(events, **options)
+
+        monkeypatch.setattr(ns, "report_batch", held)
+        reporter = CostReporter(ns, interval=30, batch_size=2)
+        reporter.report(EVENT)
+        reporter.report(EVENT)  # a full batch: sent at once, its answer held
+        assert sending.wait(10)
+        reporter.report(EVENT)
+        threading.Timer(0.2, answered.set).start()
+        assert reporter.flush(10)
+        assert reporter.stats.sent == 3
         reporter.close()
 
 

@@ -90,6 +90,7 @@ class CostReporter:
         self._idle.set()
         self._sent = self._dropped_full = self._dropped_failed = 0
         self._sending = 0  # the batch being sent: still to send until it is sent or dropped
+        self._flushing = False  # flush() asked: send what waits without waiting the interval
         self._thread = threading.Thread(target=self._run, name="nullspend-reporter", daemon=True)
         if not self._closed:
             self._thread.start()
@@ -110,6 +111,9 @@ class CostReporter:
         """Send what is queued now and wait until it is sent (or given up on); False if
         ``timeout`` ran out first."""
         with self._wake:
+            # Kept until the queue is empty: a wake-up alone is lost on a thread that is sending
+            # a batch, which then waited the interval before sending the rest.
+            self._flushing = True
             self._wake.notify()
         return self._idle.wait(timeout)
 
@@ -144,9 +148,10 @@ class CostReporter:
         while True:
             with self._wake:
                 if not self._queue and not self._closed:
+                    self._flushing = False
                     self._idle.set()
                     self._wake.wait(self.interval)
-                elif len(self._queue) < self.batch_size and not self._closed:
+                elif len(self._queue) < self.batch_size and not (self._closed or self._flushing):
                     self._wake.wait(self.interval)
                 batch = [
                     self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
