@@ -548,3 +548,26 @@ def test_a_reservation_id_is_one_path_segment(server: RunningServer) -> None:
             with pytest.raises(NotFoundError):
                 call(f"../budgets/{capped.id}")
         assert [b.id for b in ns.budgets()] == [capped.id]
+
+
+def test_an_answer_whose_body_cannot_be_decoded_is_no_answer() -> None:
+    """A proxy's answer marked gzip that is not: httpx's DecodingError reached the caller as
+    itself (no ``NullSpendError``) and was not retried. It is no answer, as a proxy's page is."""
+    tries: list[str] = []
+
+    async def broken_gzip(request: Request) -> Response:
+        tries.append(request.url.path)
+        return Response(b"not gzip", 200, {"Content-Encoding": "gzip"}, "application/json")
+
+    app = Starlette(routes=[Route("/{path:path}", broken_gzip, methods=["GET", "POST"])])
+    with serving(app) as base, NullSpend("ns_live_sk_" + "1" * 32, base, max_retries=1) as ns:
+        with pytest.raises(ConnectionFailedError):
+            ns.introspect()
+
+        async def run() -> None:
+            async with AsyncNullSpend("ns_live_sk_" + "1" * 32, base, max_retries=1) as ans:
+                with pytest.raises(ConnectionFailedError):
+                    await ans.introspect()
+
+        asyncio.run(run())
+    assert tries == ["/api/auth/introspect"] * 4

@@ -120,7 +120,7 @@ class AsyncNullSpend(AsyncTrackedClients):
     async def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
             return await self._http.get().request(**call.request(self.connection))
-        except httpx.TransportError as error:
+        except httpx.RequestError as error:  # no answer, or one that cannot be read
             raise calls.connection_failed(self.connection, error) from error
 
     async def introspect(self) -> Introspection:

@@ -216,9 +216,10 @@ class Tries:
         return wait
 
 
-def connection_failed(connection: Connection, error: httpx.TransportError) -> ConnectionFailedError:
-    """The error for a try that had no answer. httpx quotes a request header it could not send,
-    which may be the key: of that error only its kind is told."""
+def connection_failed(connection: Connection, error: httpx.RequestError) -> ConnectionFailedError:
+    """The error for a try that had no answer, or one whose body could not be decoded (a proxy's
+    broken gzip): as no answer. httpx quotes a request header it could not send, which may be
+    the key: of that error only its kind is told."""
     told = type(error).__name__ if isinstance(error, httpx.LocalProtocolError) else repr(error)
     return ConnectionFailedError(f"{connection.base_url}: {told}")
 

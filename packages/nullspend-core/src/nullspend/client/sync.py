@@ -115,7 +115,7 @@ class NullSpend(TrackedClients):
     def _attempt(self, call: calls.Call[Any]) -> httpx.Response:
         try:
             return self._http.get().request(**call.request(self.connection))
-        except httpx.TransportError as error:
+        except httpx.RequestError as error:  # no answer, or one that cannot be read
             raise calls.connection_failed(self.connection, error) from error
 
     def introspect(self) -> Introspection:
