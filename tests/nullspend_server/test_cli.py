@@ -1,5 +1,6 @@
 """The server's commands, run as a user runs them: the installed `nullspend` program."""
 
+import os
 import re
 import socket
 import subprocess
@@ -122,4 +123,33 @@ def test_unusable_database_is_a_clear_error(url: str) -> None:
     done = run("migrate", "--db", url)
     assert done.returncode == 2
     assert "cannot use the database" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "environment", "message"),
+    [
+        (["keys", "list"], {"NULLSPEND_PORT": "abc"}, "NULLSPEND_PORT='abc'"),
+        (["migrate"], {"NULLSPEND_RATE_LIMIT_PER_MINUTE": "many"}, "NULLSPEND_RATE_LIMIT"),
+        (["migrate"], {"NULLSPEND_UPSTREAM_ALLOWLIST": "not json"}, "upstream_allowlist"),
+        (["serve", "--db", "sqlite:///s.db"], {"NULLSPEND_PORT": "99999"}, "not 99999"),
+        (["serve", "--db", "sqlite:///s.db", "--port", "99999"], {}, "--port"),
+    ],
+)
+def test_a_bad_setting_is_a_clear_error(
+    tmp_path: Path, args: list[str], environment: dict[str, str], message: str
+) -> None:
+    """A setting in the environment that could not be read was a pydantic traceback from every
+    command; a port above 65535 was taken modulo 65536 (99999 listened on 34463 while the
+    server said it ran on 99999)."""
+    done = subprocess.run(
+        [NULLSPEND, *args],  # the database in tmp_path: ./nullspend.db unless --db
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **environment},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr

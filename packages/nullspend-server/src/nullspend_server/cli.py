@@ -9,6 +9,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
+import pydantic
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
@@ -34,8 +35,23 @@ T = TypeVar("T")
 DATABASE_ERRORS = (SQLAlchemyError, OSError, ValueError)
 
 
+def _settings() -> ServerSettings:
+    """The settings in the environment; one that cannot be read is a clear error, not a
+    traceback."""
+    try:
+        return ServerSettings()
+    except pydantic.ValidationError as error:
+        problems = "; ".join(
+            f"NULLSPEND_{str(e['loc'][0]).upper()}={e['input']!r}: {e['msg']}"
+            for e in error.errors(include_url=False)
+        )
+        raise fail(f"invalid setting: {problems}") from None
+    except ValueError as error:  # pydantic-settings' SettingsError: a list that is not JSON
+        raise fail(f"invalid setting: {error}") from None
+
+
 def _database_url(db: str | None) -> str:
-    return db or ServerSettings().database_url
+    return db or _settings().database_url
 
 
 def _with_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -59,14 +75,18 @@ async def _in_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]
 
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.", min=1, max=65535)] = None,
     db: DbOption = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
 ) -> None:
     """Run the NullSpend server (migrating the database first)."""
     import uvicorn
 
-    settings = ServerSettings()
+    settings = _settings()
+    port = port or settings.port
+    # Out of range, the port was taken modulo 65536 (99999 listened on 34463, announcing 99999).
+    if not 1 <= port <= 65535:
+        raise fail(f"the port must be 1 to 65535, not {port} (NULLSPEND_PORT)")
     url = _database_url(db)
     key = _with_session(url, bootstrap)
     if key:
@@ -78,7 +98,7 @@ def serve(
         "nullspend_server.app:create_app",
         factory=True,
         host=host or settings.host,
-        port=port or settings.port,
+        port=port,
         workers=workers or settings.workers,
         log_level="info",
     )
