@@ -80,6 +80,9 @@ def test_cost_with_forced_format_and_model() -> None:
         (["/nonexistent.json"], None, "No such file"),
         (["-"], b"not a response", "format"),
         (["-", "--format", "nope"], b"{}", "unknown format"),
+        # Nested past the JSON parser's depth: a RecursionError traceback, exit 1.
+        (["-"], b'{"object": "chat.completion", "x": ' + b"[" * 100_000, "nested too deeply"),
+        (["-", "--format", "openai.chat"], b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (
             ["-"],
             b'{"object": "chat.completion", "usage": {"prompt_tokens": 1,'

@@ -36,6 +36,8 @@ def cost(
         reading, streamed = _read(wire, data)
     except (OSError, ValueError) as error:
         raise fail(error) from None
+    except RecursionError:  # JSON nested past the parser's depth: unreadable, not a crash
+        raise fail("the response is JSON nested too deeply to read") from None
     reported = reading.model or model
     if reported is None:
         raise fail("the response names no model; pass --model")
