@@ -258,3 +258,24 @@ def test_one_bad_event_costs_only_itself(server: RunningServer) -> None:
         reporter.close()
         assert (reporter.stats.sent, reporter.stats.dropped_failed) == (9, 1)
         assert len(ns.cost_events(limit=20).data) == 9
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"interval": 0}, "interval"),
+        ({"interval": -1}, "interval"),
+        ({"interval": float("nan")}, "interval"),
+        ({"attempts": 0}, "attempts"),
+        ({"batch_size": 101}, "batch_size"),
+    ],
+)
+def test_options_that_cannot_work_are_refused(options: dict[str, Any], message: str) -> None:
+    """``interval=0`` left the idle thread spinning (a quarter of a core, sending nothing);
+    ``attempts=0`` never sent a batch, nor counted it dropped: flush() said done, with the
+    events still counted as queued."""
+    with (
+        NullSpend("ns_live_sk_" + "1" * 32, "http://127.0.0.1:9") as ns,
+        pytest.raises(ValueError, match=message),
+    ):
+        CostReporter(ns, **options)

@@ -9,6 +9,7 @@ import atexit
 import collections
 import inspect
 import logging
+import math
 import threading
 import time
 import uuid
@@ -71,6 +72,12 @@ class CostReporter:
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {MAX_BATCH}")
+        # An interval of 0 made the idle thread spin on the CPU; 0 attempts sent nothing, yet
+        # counted nothing as dropped either.
+        if not (math.isfinite(interval) and interval > 0):
+            raise ValueError("interval must be a number of seconds above 0")
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         self.client = _synchronous(client)
         self.interval = interval
         self.batch_size = batch_size
