@@ -15,7 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nullspend.client import AsyncNullSpend, NewCostEvent, NullSpend, Reservation, calls
+from nullspend.client import (
+    AsyncNullSpend,
+    CostReporter,
+    NewCostEvent,
+    NullSpend,
+    Reservation,
+    calls,
+)
 from nullspend.errors import (
     API_ERRORS,
     AuthenticationError,
@@ -571,3 +578,41 @@ def test_an_answer_whose_body_cannot_be_decoded_is_no_answer() -> None:
 
         asyncio.run(run())
     assert tries == ["/api/auth/introspect"] * 4
+
+
+def test_an_async_clients_settles_go_the_way_its_http_client_does(server: RunningServer) -> None:
+    """A gateway in front of the server wants a token, which the caller's ``http_client``
+    carries. The settles, sent from a thread with a synchronous client of their own, went
+    without it: refused, and their reservations held (and charged their estimates at expiry).
+    A ``CostReporter`` on the client sent nothing either."""
+    refused: list[str] = []
+
+    async def gateway(request: Request) -> Response:
+        if request.headers.get("x-gateway-token") != "secret":
+            refused.append(request.url.path)
+            return JSONResponse({"message": "no token"}, 401)
+        async with httpx.AsyncClient(base_url=server.base_url) as upstream:
+            real = await upstream.request(
+                request.method,
+                request.url.path,
+                content=await request.body(),
+                headers={k: v for k, v in request.headers.items() if k != "host"},
+            )
+        return Response(real.content, real.status_code, media_type="application/json")
+
+    methods = ["GET", "POST", "DELETE"]
+    app = Starlette(routes=[Route("/{path:path}", gateway, methods=methods)])
+
+    async def run(base: str) -> None:
+        given = httpx.AsyncClient(headers={"X-Gateway-Token": "secret"})
+        async with AsyncNullSpend(server.admin_key, base, http_client=given) as ans:
+            ans.settle_later(await ans.reserve_id(1_000), cost_microdollars=400)
+            reporter = CostReporter(ans, interval=30)
+            reporter.report(NewCostEvent(provider="openai", model="gpt-4o-mini"))
+        assert reporter.stats.sent == 1
+
+    with serving(app) as base:
+        asyncio.run(run(base))
+    assert refused == []
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        assert sorted(e.cost_microdollars for e in ns.cost_events().data) == [0, 400]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -51,13 +52,15 @@ class AsyncNullSpend(AsyncTrackedClients):
         self._settler = _LoopsSettler(
             self.connection.api_key,
             self.connection.base_url,
-            timeout=http_client.timeout if http_client is not None else timeout,
+            timeout=timeout,
             max_retries=max_retries,
+            like=http_client,
         )
 
     @property
     def sync_client(self) -> NullSpend:
-        """The synchronous client, on the same server with the same key, that sends this one's
+        """The synchronous client, on the same server with the same key (and an ``http_client``'s
+        headers, auth and other settings httpx lets be read back), that sends this one's
         ``settle_later`` work: for code on a thread of its own (a ``CostReporter`` given this
         client sends with it). It has no scope (a scoped copy's is its original's); closing
         this client closes it."""
@@ -200,3 +203,35 @@ class _LoopsSettler(NullSpend):
     must never wait, so its queue grows past 10,000 (with a warning) rather than send there."""
 
     _caller_may_wait = False
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout | float,
+        max_retries: int,
+        like: httpx.AsyncClient | None,
+    ) -> None:
+        super().__init__(api_key, base_url, timeout=timeout, max_retries=max_retries)
+        if like is not None:
+            # The caller's client configured the way to the server (a gateway's token in its
+            # headers, say): its settles went without it, were refused, and their
+            # reservations were charged their estimates.
+            self._http.get().close()
+            self._http = processes.PerProcess(functools.partial(_sync_like, like))
+
+
+def _sync_like(given: httpx.AsyncClient) -> httpx.Client:
+    """A synchronous client configured as ``given``, as far as httpx lets it be read back: its
+    headers, auth, query parameters, cookies, timeout, redirects, and whether it takes proxies
+    and CA certificates from the environment (a transport of its own cannot be copied)."""
+    return httpx.Client(
+        headers=given.headers,
+        auth=given.auth,
+        params=given.params,
+        cookies=given.cookies,
+        timeout=given.timeout,
+        follow_redirects=given.follow_redirects,
+        trust_env=given.trust_env,
+    )
