@@ -11,11 +11,17 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from nullspend.client import AsyncNullSpend, CostReporter, NewCostEvent, NullSpend, RecordedBatch
 from nullspend.embedded import AsyncLocalNullSpend
 from nullspend.errors import ConflictError, ValidationError
+from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer
 from tests.sdk.test_client import Flaky, flaky  # noqa: F401 (fixture)
 
@@ -279,3 +285,30 @@ def test_options_that_cannot_work_are_refused(options: dict[str, Any], message: 
         pytest.raises(ValueError, match=message),
     ):
         CostReporter(ns, **options)
+
+
+def test_a_batch_over_a_proxys_body_limit_is_sent_event_by_event(server: RunningServer) -> None:
+    """A proxy in front of the server refuses bodies over its limit (nginx: 1 MB by default)
+    with its own 413 page: the whole batch was dropped, though each event fits."""
+
+    async def body_limit(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 2_000:
+            return Response(b"<html>413 Request Entity Too Large</html>", 413)
+        async with httpx.AsyncClient(base_url=server.base_url) as upstream:
+            real = await upstream.post(
+                request.url.path,
+                content=body,
+                headers={k: v for k, v in request.headers.items() if k != "host"},
+            )
+        return Response(real.content, real.status_code, media_type="application/json")
+
+    app = Starlette(routes=[Route("/api/cost-events/batch", body_limit, methods=["POST"])])
+    with serving(app) as base, NullSpend(server.admin_key, base) as ns:
+        reporter = CostReporter(ns, interval=30)
+        for _ in range(10):
+            reporter.report(EVENT)
+        reporter.close()
+    assert (reporter.stats.sent, reporter.stats.dropped_failed) == (10, 0)
+    with NullSpend(server.admin_key, server.base_url) as reader:
+        assert len(reader.cost_events(limit=20).data) == 10

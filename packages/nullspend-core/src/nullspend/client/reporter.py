@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from nullspend.client import processes
 from nullspend.client.calls import wait_before_retry
 from nullspend.client.models import MAX_BATCH, NewCostEvent, RecordedBatch
-from nullspend.errors import ValidationError
+from nullspend.errors import PayloadTooLargeError, ValidationError
 
 if TYPE_CHECKING:
     from nullspend.client.aio import AsyncNullSpend
@@ -179,8 +179,9 @@ class CostReporter:
             except Exception as error:  # whatever it is, the thread must live on and count it
                 wait = wait_before_retry(attempt, error)
                 log.warning("reporting %d cost events failed (%s)", len(batch), error)
-                if isinstance(error, ValidationError) and len(batch) > 1:
-                    # A batch is recorded all or none: one bad event must not cost the others.
+                if isinstance(error, ValidationError | PayloadTooLargeError) and len(batch) > 1:
+                    # A batch is recorded all or none: one bad event must not cost the others,
+                    # nor a proxy's body limit (nginx's 1 MB) that the whole batch is over.
                     for event in batch:
                         self._send([event])
                     return
