@@ -5,10 +5,12 @@ server side of it: a batch sent again under the same Idempotency-Key is recorded
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from nullspend.client import AsyncNullSpend, CostReporter, NewCostEvent, NullSpend, RecordedBatch
-from nullspend.embedded import AsyncLocalNullSpend
+from nullspend.embedded import AsyncLocalNullSpend, LocalNullSpend
 from nullspend.errors import ConflictError, ValidationError
 from tests.fakes.upstream import serving
 from tests.nullspend_server.conftest import RunningServer
@@ -312,3 +314,30 @@ def test_a_batch_over_a_proxys_body_limit_is_sent_event_by_event(server: Running
     assert (reporter.stats.sent, reporter.stats.dropped_failed) == (10, 0)
     with NullSpend(server.admin_key, server.base_url) as reader:
         assert len(reader.cost_events(limit=20).data) == 10
+
+
+def _report_into_a_file(path: str) -> None:
+    reporter = CostReporter(LocalNullSpend(path=path), interval=3600)
+    for _ in range(3):
+        reporter.report(EVENT)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_a_multiprocessing_child_reports_into_its_engine_before_it_closes(
+    tmp_path: Path, start_method: str
+) -> None:
+    """A child multiprocessing starts ends with ``os._exit``: its exit work runs as finalizers,
+    newest first, which closed the embedded engine before the reporter sent into it ("this
+    LocalNullSpend is closed"), and the child's 3 events were lost."""
+    path = str(tmp_path / "spend.db")
+    child = multiprocessing.get_context(start_method).Process(
+        target=_report_into_a_file, args=(path,)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    engine = LocalNullSpend(path=path)
+    try:
+        assert len(engine.cost_events().data) == 3
+    finally:
+        engine.close()
