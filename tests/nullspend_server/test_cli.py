@@ -101,6 +101,9 @@ def test_keys_commands_without_a_server(tmp_path: Path) -> None:
         (["keys", "create", "--name", "x", "--default-tags", "{bad"], "not JSON"),
         (["keys", "create", "--name", "x", "--default-tags", '{"_ns_x": "1"}'], "reserved"),
         (["keys", "revoke", "key_missing"], "no API key"),
+        # The API's bounds (PostgreSQL refused 201 characters with its SQL; SQLite kept them).
+        (["keys", "create", "--name", ""], "--name"),
+        (["keys", "create", "--name", "n" * 201], "at most 200 characters"),
     ],
 )
 def test_keys_command_errors(tmp_path: Path, args: list[str], message: str) -> None:

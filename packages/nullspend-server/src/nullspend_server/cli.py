@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from nullspend.attribution import tag_errors
 from nullspend.cli.options import fail
 from nullspend_server.accounts import bootstrap, create_key, default_org_id
+from nullspend_server.api.keys import KeyCreate
 from nullspend_server.db.database import Database
 from nullspend_server.db.migrate import migrate as run_migrations
 from nullspend_server.db.tables import ApiKey, utcnow
@@ -129,6 +130,10 @@ def keys_create(
     """Create an API key and print it (it is shown once)."""
     if role not in ROLES:
         raise fail(f"--role must be one of {', '.join(ROLES)}")
+    try:  # the API's rule: unchecked, PostgreSQL refused a long name with its SQL for an error
+        KeyCreate(name=name)
+    except pydantic.ValidationError as error:
+        raise fail(f"--name: {error.errors()[0]['msg']}") from None
     try:
         tags = json.loads(default_tags) if default_tags else {}
     except ValueError as error:
