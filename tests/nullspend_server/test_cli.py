@@ -120,13 +120,21 @@ def test_migrate_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["mysql://x/y", "not a url", "postgresql+psycopg://u@127.0.0.1:1/x"]
+    "url",
+    [
+        "mysql://x/y",
+        "not a url",
+        "postgresql+psycopg://u@127.0.0.1:1/x",
+        "postgresql+psycopg://u:hunter2@127.0.0.1:1/x",
+    ],
 )
-def test_unusable_database_is_a_clear_error(url: str) -> None:
-    done = run("migrate", "--db", url)
+@pytest.mark.parametrize("command", [["migrate"], ["keys", "list"]])
+def test_unusable_database_is_a_clear_error(url: str, command: list[str]) -> None:
+    done = run(*command, "--db", url)
     assert done.returncode == 2
     assert "cannot use the database" in done.stderr
     assert "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr  # the URL's password was printed, into the logs
 
 
 @pytest.mark.parametrize(

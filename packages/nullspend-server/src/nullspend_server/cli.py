@@ -11,7 +11,8 @@ from typing import Annotated, TypeVar
 
 import pydantic
 import typer
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -55,6 +56,14 @@ def _database_url(db: str | None) -> str:
     return db or _settings().database_url
 
 
+def _shown(url: str) -> str:
+    """The database URL as an error may print it: without its password (a log keeps it)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(its URL cannot be read)"
+
+
 def _with_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Migrate the database, then run one operation in a session; a database that cannot be
     used is a clear error, not a traceback."""
@@ -62,7 +71,7 @@ def _with_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]]) -
         run_migrations(url)
         return asyncio.run(_in_session(url, operation))
     except DATABASE_ERRORS as error:
-        raise fail(f"cannot use the database {url}: {error}") from None
+        raise fail(f"cannot use the database {_shown(url)}: {error}") from None
 
 
 async def _in_session(url: str, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -111,7 +120,7 @@ def migrate(db: DbOption = None) -> None:
     try:
         run_migrations(url)
     except DATABASE_ERRORS as error:
-        raise fail(f"cannot use the database {url}: {error}") from None
+        raise fail(f"cannot use the database {_shown(url)}: {error}") from None
     typer.echo("database is up to date")
 
 
