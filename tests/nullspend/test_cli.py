@@ -74,6 +74,55 @@ def test_cost_with_forced_format_and_model() -> None:
     assert out["cost"]["total_microdollars"] == 1000 * 1.25 + 100 * 10  # type: ignore[index]
 
 
+def test_cost_prices_the_passes_billed_besides_the_answer() -> None:
+    """Anthropic's compaction bills a pass its top-level usage leaves out (``usage.iterations``):
+    ``nullspend cost`` printed 84,000 µ$ for the docs' example, billed 676,500."""
+    body = {
+        "type": "message",
+        "model": "claude-sonnet-4-5",
+        "usage": {
+            "input_tokens": 23000,
+            "output_tokens": 1000,
+            "iterations": [
+                {
+                    "type": "compaction",
+                    "input_tokens": 180000,
+                    "output_tokens": 3500,
+                    "cache_read_input_tokens": 0,
+                    "cache_creation_input_tokens": 0,
+                },
+                {
+                    "type": "message",
+                    "input_tokens": 23000,
+                    "output_tokens": 1000,
+                    "cache_read_input_tokens": 0,
+                    "cache_creation_input_tokens": 0,
+                },
+            ],
+        },
+    }
+    out = run_cost("-", stdin=json.dumps(body).encode())
+    cost = out["cost"]
+    assert isinstance(cost, dict)
+    assert cost["total_microdollars"] == 23000 * 3 + 1000 * 15 + 180000 * 3 + 3500 * 15
+    [compaction] = cost["passes"]
+    assert compaction["cost"]["total_microdollars"] == 180000 * 3 + 3500 * 15
+
+
+def test_cost_model_option_names_the_model_only_where_the_response_names_none() -> None:
+    """``--model`` priced a response that names its model as another (a Claude answer at
+    Gemini's prices) while printing the response's model; as its help says, it now names the
+    model only where the response has none."""
+    body = {
+        "type": "message",
+        "model": "claude-sonnet-4-5",
+        "usage": {"input_tokens": 1000, "output_tokens": 100},
+    }
+    out = run_cost("-", "--model", "gemini-2.5-flash", stdin=json.dumps(body).encode())
+    assert out["resolved_model"] == "claude-sonnet-4-5-20250929"
+    assert out["cost"]["total_microdollars"] == 1000 * 3 + 100 * 15  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [

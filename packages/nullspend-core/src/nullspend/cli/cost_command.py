@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from nullspend.cli.options import PricingFileOption, catalog_for, fail
-from nullspend.pricing import Cost, price_usage
+from nullspend.money import picodollars_to_microdollars
+from nullspend.pricing import Catalog, Cost, PricedModel, parts_picodollars, price_usage
 from nullspend.wire import FORMATS, detect_format
-from nullspend.wire.base import Reading, WireFormat
+from nullspend.wire.base import PricedPart, Reading, WireFormat
 
 
 def cost(
@@ -41,7 +42,7 @@ def cost(
     reported = reading.model or model
     if reported is None:
         raise fail("the response names no model; pass --model")
-    priced = catalog.resolve(model or reported, reading.service_tier)
+    priced = catalog.resolve(reported, reading.service_tier)
     result: dict[str, Any] = {
         "format": wire.name,
         "provider": wire.provider,
@@ -58,7 +59,30 @@ def cost(
         result["cost"] = {"total_microdollars": None, "unpriced": True}
     else:
         result["cost"] = _cost_json(price_usage(reading.usage, priced))
+        if reading.extra:  # passes billed besides the answer (Anthropic's compaction, advisor)
+            total = parts_picodollars(
+                reading.usage, priced, reading.extra, catalog, reading.service_tier
+            )
+            result["cost"]["total_microdollars"] = (
+                None if total is None else picodollars_to_microdollars(total)
+            )
+            result["cost"]["passes"] = [
+                _pass_json(part, priced, catalog, reading.service_tier) for part in reading.extra
+            ]
     typer.echo(json.dumps(result, indent=2))
+
+
+def _pass_json(
+    part: PricedPart, call: PricedModel, catalog: Catalog, service_tier: str | None
+) -> dict[str, Any]:
+    priced = call if part.model is None else catalog.resolve(part.model, service_tier)
+    return {
+        "model": priced.id if priced else part.model,
+        "usage": part.usage.as_dict(),
+        "cost": _cost_json(price_usage(part.usage, priced))
+        if priced
+        else {"total_microdollars": None, "unpriced": True},
+    }
 
 
 def _choose_format(data: bytes, name: str | None) -> WireFormat:
