@@ -623,6 +623,20 @@ def test_another_request_under_a_held_reservation_id_is_refused(server: RunningS
         assert ns.budget_status()[0].reserved_microdollars == 40_000
 
 
+def test_a_call_named_only_by_its_model_is_recorded_under_its_provider(
+    server: RunningServer,
+) -> None:
+    """A reserve and settle that name the model but no provider were recorded as provider
+    "unknown", which a provider filter misses; the catalog knows whose model it is."""
+    for ns in (with_a_total(server, 10**9), LocalNullSpend([LocalBudget.total(10**9)])):
+        held = ns.reserve_id(1_000, model="gpt-4o-mini")
+        ns.settle(held, usage=Usage(input_tokens=10, output_tokens=5), model="gpt-4o-mini")
+        unpriced = ns.reserve_id(1_000, model="acme-private-1")
+        ns.settle(unpriced, cost_microdollars=3)
+        assert [e.provider for e in ns.cost_events(provider="openai").data] == ["openai"]
+        assert [e.provider for e in ns.cost_events().data] == ["unknown", "openai"]
+
+
 def test_the_released_ids_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embedded, "EVENTS_KEPT", 3)
     ns = LocalNullSpend()

@@ -705,7 +705,9 @@ class LocalNullSpend(TrackedClients):
             self._ids.next("ce"),
             time.time_ns() // 1000,
             reservation_id,
-            options.get("provider") or held.provider or "unknown",
+            pricing.recorded_provider(
+                options.get("provider") or held.provider, options.get("model") or held.model
+            ),
             options.get("model") or held.model or "unknown",
             options.get("usage") or _NO_USAGE,
             cost,

@@ -6,6 +6,7 @@ from nullspend.pricing.catalog import (
     Prices,
     default_catalog,
     load_catalog,
+    recorded_provider,
     shipped_catalog,
 )
 from nullspend.pricing.cost import (
@@ -38,6 +39,7 @@ __all__ = [
     "load_catalog",
     "parts_picodollars",
     "price_usage",
+    "recorded_provider",
     "shipped_catalog",
     "total_picodollars",
 ]

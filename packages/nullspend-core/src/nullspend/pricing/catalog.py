@@ -289,4 +289,22 @@ def default_catalog() -> Catalog:
     return load_catalog(CoreSettings().pricing_file)
 
 
-__all__ = ["Catalog", "PricedModel", "Prices", "default_catalog", "load_catalog", "shipped_catalog"]
+def recorded_provider(provider: str | None, model: str | None) -> str:
+    """The provider a cost event records: the one given, else the one the catalog serves
+    ``model`` by (a settle that named only its model was recorded as "unknown", missed by a
+    provider filter), else "unknown"."""
+    if provider:
+        return provider
+    priced = default_catalog().resolve(model) if model else None
+    return priced.provider if priced else "unknown"
+
+
+__all__ = [
+    "Catalog",
+    "PricedModel",
+    "Prices",
+    "default_catalog",
+    "load_catalog",
+    "recorded_provider",
+    "shipped_catalog",
+]

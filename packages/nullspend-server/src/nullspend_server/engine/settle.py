@@ -14,6 +14,7 @@ from sqlalchemy import String, bindparam, select
 
 from nullspend.attribution import TAG_ESTIMATED, TAG_EXPIRED
 from nullspend.errors import ErrorCode
+from nullspend.pricing import recorded_provider
 from nullspend.usage import Usage
 from nullspend_server.budget_periods import reset_due_periods
 from nullspend_server.cost_events import record_cost_events
@@ -194,7 +195,9 @@ def _event(reservation: Any, settlement: Settlement, now: dt.datetime) -> dict[s
         "org_id": reservation.org_id,
         "api_key_id": reservation.api_key_id,
         "source": reservation.source,
-        "provider": settlement.provider or reservation.provider or "unknown",
+        "provider": recorded_provider(
+            settlement.provider or reservation.provider, settlement.model or reservation.model
+        ),
         "model": settlement.model or reservation.model or "unknown",
         **usage.event_columns(),
         "cost_microdollars": settlement.cost_microdollars,
