@@ -8,6 +8,7 @@ cloned from a migrated template (CREATE DATABASE ... TEMPLATE is much faster tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import secrets
@@ -62,10 +63,21 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _template_held() -> Iterator[None]:
+    """The PostgreSQL template to one test process at a time (pytest-xdist's workers): two
+    migrating a new database at once collide, and a clone fails while another connects."""
+    assert PG_URL is not None
+    with psycopg.connect(_pg_admin(PG_URL), autocommit=True) as admin:
+        admin.execute("SELECT pg_advisory_lock(hashtext('nullspend test template'))")
+        yield
+
+
 @pytest.fixture(scope="session")
 def pg_template() -> str:
     assert PG_URL is not None
-    migrate(PG_URL)
+    with _template_held():
+        migrate(PG_URL)
     return make_url(PG_URL).database or ""
 
 
@@ -78,7 +90,7 @@ def fresh_database(dialect: str, tmp_path: Path, request: pytest.FixtureRequest)
     assert PG_URL is not None
     template = request.getfixturevalue("pg_template")
     name = f"nullspend_t_{secrets.token_hex(6)}"
-    with psycopg.connect(_pg_admin(PG_URL), autocommit=True) as admin:
+    with _template_held(), psycopg.connect(_pg_admin(PG_URL), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(_pg_admin(PG_URL), autocommit=True) as admin:
