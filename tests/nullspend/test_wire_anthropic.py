@@ -166,7 +166,7 @@ def test_compaction_iterations_are_billed_besides_the_top_level_counts() -> None
     assert reading == Reading(
         Usage(input_tokens=23000, output_tokens=1000),
         MODEL,
-        extra=(PricedPart(None, Usage(input_tokens=180000, output_tokens=3500)),),
+        extra=(PricedPart(MODEL, Usage(input_tokens=180000, output_tokens=3500)),),
     )
     assert reading.billed_usage() == Usage(input_tokens=203000, output_tokens=4500)
     # Each pass at the model's rates (Sonnet 4.5: $3 in, $15 out): 0.609 + 0.0675 = $0.6765.
@@ -221,6 +221,22 @@ def test_a_fallback_served_answer_is_billed_at_the_serving_model() -> None:
     assert reading == Reading(Usage(input_tokens=500, output_tokens=200), "claude-opus-4-8")
 
 
+def test_compaction_is_billed_at_the_model_asked_for_when_a_fallback_served() -> None:
+    """Compaction runs on the request's model; a fallback that then served the answer made it
+    priced at the fallback's (180,000 Opus tokens priced as Haiku's)."""
+    usage = {
+        "input_tokens": 500,
+        "output_tokens": 200,
+        "iterations": [
+            iteration("compaction", 180000, 3500),
+            iteration("fallback_message", 500, 200, model="claude-haiku-4-5"),
+        ],
+    }
+    reading = ANTHROPIC_MESSAGES.read_response(message_with(usage, "claude-opus-4-8"))
+    assert reading.model == "claude-haiku-4-5"
+    assert [part.model for part in reading.extra] == ["claude-opus-4-8"]
+
+
 def test_message_and_unknown_iterations_add_nothing() -> None:
     usage = {
         "input_tokens": 30,
@@ -251,7 +267,7 @@ def test_stream_reads_the_iterations_of_the_last_delta() -> None:
     reading = read_stream(ANTHROPIC_MESSAGES, data)
     assert reading.usage is not None
     assert reading.usage.output_tokens == 1000
-    assert reading.extra == (PricedPart(None, Usage(input_tokens=180000, output_tokens=3500)),)
+    assert reading.extra == (PricedPart(MODEL, Usage(input_tokens=180000, output_tokens=3500)),)
     fallback = {
         "output_tokens": 87,
         "iterations": [iteration("fallback_message", 20, 87, model="claude-opus-4-8")],

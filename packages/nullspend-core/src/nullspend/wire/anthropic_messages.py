@@ -77,13 +77,14 @@ def _reading_from(usage: JSONObject, model: str | None) -> Reading:
     Types this reader does not know are left out: they cannot be priced.
     """
     extra: list[PricedPart] = []
+    requested = model  # compaction's model, whichever model a fallback then served on
     for n, entry in enumerate(items(usage, "iterations", _WHERE)):
         where = f"{_WHERE}.iterations[{n}]"
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where} must be an object, got {type(entry).__name__}")
         kind = entry.get("type")
         if kind == "compaction":
-            extra.append(PricedPart(None, _usage_from(entry, where)))
+            extra.append(PricedPart(requested, _usage_from(entry, where)))
         elif kind == "advisor_message":
             # An advisor part names its model; one that does not is billed at the call's model.
             extra.append(PricedPart(text(entry, "model"), _usage_from(entry, where)))
