@@ -270,6 +270,10 @@ llm = claude()
 llm.tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
 out["constructor_tools"] = run(lambda: llm.chat(hello()))
 llm = claude()
+llm.tools = [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-8",
+              "max_uses": 2, "max_tokens": 1000}]
+out["advisor"] = run(lambda: llm.chat(hello()))
+llm = claude()
 llm.cache_idx = -1
 out["cache_idx"] = run(lambda: llm.chat(hello()))
 out["plain"] = run(lambda: claude().chat(hello()))
@@ -378,6 +382,9 @@ def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path, tmp_path: Pat
     # Tools given to the constructor are sent with every call: their searches are reserved.
     (with_search,), (plain,) = out["constructor_tools"]["reserved"], out["plain"]["reserved"]
     assert with_search - plain >= 3 * prices.web_search // PICODOLLARS_PER_MICRODOLLAR
+    # An advisor tool's calls (two, to 1,000 tokens each on Opus at $25) are reserved.
+    (with_advisor,) = out["advisor"]["reserved"]
+    assert with_advisor - plain >= 2 * 1000 * 25
     # cache_idx writes the prompt to the cache: estimated at the write rate.
     (cached,) = out["cache_idx"]["reserved"]
     assert cached > plain
@@ -392,7 +399,7 @@ def test_anthropic(fake: tuple[str, Any], anthropic_below_1: Path, tmp_path: Pat
     # A user's router LLM around Anthropic's: its answer read as Anthropic's (was $0, "openai").
     (routed,) = out["router"]["events"]
     assert (routed["provider"], routed["cost_microdollars"]) == ("anthropic", ANTHROPIC_COST)
-    assert len(fake[1].state.requests) == 16  # the denied one never went out
+    assert len(fake[1].state.requests) == 17  # the denied one never went out
 
 
 def test_server_mode(server: RunningServer, fake: tuple[str, Any]) -> None:

@@ -552,6 +552,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         # OpenAIResponses' built-in tools (a web search: billed per search) are its own field.
         web_searches=wire.requested_web_searches(request),
         audio_output=wire.requests_audio_output(sent),  # speech bills above text
+        side_calls=wire.requested_side_calls(request),  # Claude's compaction, advisor calls
     )
     options = {**_active.scope.options(), "model": model or "unknown", "provider": wire.provider}
     _hear_clients(llm, wire)  # before reserving: nothing may come between it and the call
