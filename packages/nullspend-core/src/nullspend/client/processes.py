@@ -40,11 +40,7 @@ _ANCHOR = _Anchor()
 
 
 def _finalize_at_exit(_: object) -> None:
-    # Run in the order registered (finalizers of one priority run newest first): the settle
-    # queues and the reporters, then the embedded engine (whose module imports this package,
-    # so registers after them). Newest first closed the engine before a reporter sent into it,
-    # and the reporter's events were lost.
-    for close in reversed(_at_child_exit):
+    for close in _at_child_exit:
         multiprocessing.util.Finalize(None, close, exitpriority=0)
 
 
