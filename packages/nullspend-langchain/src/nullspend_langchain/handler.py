@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import sys
 import threading
@@ -240,7 +241,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             raw += _encode_json(tools).encode()
         for field in _OUTPUT_SCHEMAS:
             if schema := request.get(field):
-                raw += _encode_json(_as_sent(schema)).encode()
+                raw += _schema_as_sent(schema)
         # Only content blocks, tools and the call's own parameters can ask for prompt caching.
         cache_ttl = (
             _cache_ttl(text, request) if blocks or tools or "cache_control" in request else None
@@ -252,7 +253,9 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
         # (and its own tools' definitions) to a call that sends tools: none of it is text here.
         # Claude adds it wherever it is served (Bedrock, Vertex, a gateway): read by the model.
         input_tokens = estimate_input_tokens(raw) + MESSAGE_FRAMING_TOKENS * len(text)
-        if tools and served_by_anthropic(provider, model):
+        managed = context_management is not None or "context_management" in request
+        by_claude = (tools or managed) and served_by_anthropic(provider, model)
+        if tools and by_claude:
             input_tokens += ANTHROPIC_MESSAGES.hidden_input_tokens(request)
         estimate = estimate_call(
             model,
@@ -271,10 +274,7 @@ class NullSpendCallbackHandler(BaseCallbackHandler):
             web_searches=_web_searches_allowed(request) if tools else 0,
             audio_output=OPENAI_CHAT.requests_audio_output(request),  # speech bills above text
             # Passes Claude may run besides the call: compaction, an advisor tool's calls.
-            side_calls=_side_calls(request, context_management)
-            if (tools or context_management or "context_management" in request)
-            and served_by_anthropic(provider, model)
-            else (),
+            side_calls=_side_calls(request, context_management) if by_claude else (),
         )
         trace_id = self._root(parent_run_id or run_id).hex
         run = self.scope
@@ -725,15 +725,22 @@ def _web_searches(message: BaseMessage) -> int:
     return anthropic_searches + web_search_calls(openai_calls)
 
 
-def _as_sent(schema: Any) -> Any:
-    """A structured output's schema as the model sends it: a class (Pydantic, a TypedDict)
-    as its JSON schema, not its name."""
-    if not isinstance(schema, type):
-        return schema
+def _schema_as_sent(schema: Any) -> bytes:
+    """A structured output's schema as the model sends it, encoded: a class (Pydantic, a
+    TypedDict) as its JSON schema, not its name."""
+    if isinstance(schema, type):
+        return _class_schema_as_sent(schema)
+    return _encode_json(schema).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _class_schema_as_sent(schema: type) -> bytes:
+    # Converted once per class: a conversion took 110-500 µs, on every call.
     try:
-        return convert_to_json_schema(schema)
+        sent: Any = convert_to_json_schema(schema)
     except Exception:  # a class LangChain cannot read: the model's request fails on it anyway
-        return schema
+        sent = schema
+    return _encode_json(sent).encode()
 
 
 def _web_searches_allowed(request: Mapping[str, Any]) -> int:
