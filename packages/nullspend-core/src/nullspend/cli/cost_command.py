@@ -10,8 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from nullspend.cli.options import PricingFileOption, catalog_for, fail
-from nullspend.money import picodollars_to_microdollars
-from nullspend.pricing import Catalog, Cost, PricedModel, parts_picodollars, price_usage
+from nullspend.pricing import Catalog, Cost, PricedModel, price_usage, reading_cost
 from nullspend.wire import FORMATS, detect_format
 from nullspend.wire.base import PricedPart, Reading, WireFormat
 
@@ -42,7 +41,7 @@ def cost(
     reported = reading.model or model
     if reported is None:
         raise fail("the response names no model; pass --model")
-    priced = catalog.resolve(reported, reading.service_tier)
+    priced, total = reading_cost(reading, model, catalog)
     result: dict[str, Any] = {
         "format": wire.name,
         "provider": wire.provider,
@@ -60,12 +59,8 @@ def cost(
     else:
         result["cost"] = _cost_json(price_usage(reading.usage, priced))
         if reading.extra:  # passes billed besides the answer (Anthropic's compaction, advisor)
-            total = parts_picodollars(
-                reading.usage, priced, reading.extra, catalog, reading.service_tier
-            )
-            result["cost"]["total_microdollars"] = (
-                None if total is None else picodollars_to_microdollars(total)
-            )
+            result["cost"]["total_microdollars"] = total
+            result["cost"]["unpriced"] = total is None  # a pass's model is not in the catalog
             result["cost"]["passes"] = [
                 _pass_json(part, priced, catalog, reading.service_tier) for part in reading.extra
             ]

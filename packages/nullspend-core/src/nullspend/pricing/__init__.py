@@ -15,6 +15,7 @@ from nullspend.pricing.cost import (
     cost,
     parts_picodollars,
     price_usage,
+    reading_cost,
     total_picodollars,
 )
 from nullspend.pricing.estimate import (
@@ -39,6 +40,7 @@ __all__ = [
     "load_catalog",
     "parts_picodollars",
     "price_usage",
+    "reading_cost",
     "recorded_provider",
     "shipped_catalog",
     "total_picodollars",

@@ -8,7 +8,7 @@ from nullspend.errors import UnpricedModelError
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR, picodollars_to_microdollars
 from nullspend.pricing.catalog import Catalog, PricedModel, Prices, default_catalog
 from nullspend.usage import Usage
-from nullspend.wire.base import PricedPart
+from nullspend.wire.base import PricedPart, Reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,24 @@ def parts_picodollars(
             return None
         total += total_picodollars(part.usage, priced)
     return total
+
+
+def reading_cost(
+    reading: Reading, model: str | None, catalog: Catalog | None = None
+) -> tuple[PricedModel | None, int | None]:
+    """What a call's answer (or stream) bills, as every surface records it: the call's model
+    (the one the answer names, else ``model``, the one asked for) resolved in the tier it was
+    served in, and the microdollars of its usage at that model and of each part billed besides
+    at its own (``parts_picodollars``). The cost is None when there is no usage or a model is
+    not in the catalog: the call is then charged its estimate, never zero."""
+    name = reading.model or model
+    priced = (catalog or default_catalog()).resolve(name, reading.service_tier) if name else None
+    if reading.usage is None or priced is None:
+        return priced, None
+    picodollars = parts_picodollars(
+        reading.usage, priced, reading.extra, catalog, reading.service_tier
+    )
+    return priced, None if picodollars is None else picodollars_to_microdollars(picodollars)
 
 
 def _picodollars(usage: Usage, prices: Prices) -> int:

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nullspend.errors import UnmeteredRouteError
-from nullspend.money import picodollars_to_microdollars
-from nullspend.pricing import default_catalog, estimate_request, parts_picodollars
-from nullspend.usage import Usage
+from nullspend.pricing import estimate_request, reading_cost
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     OPENAI_CHAT,
@@ -158,22 +156,11 @@ def settlement(
 ) -> dict[str, Any]:
     """The settle call's options for a finished call, whichever integration made it: the exact
     cost when the answer carried usage of a priced model, else the estimate (never zero)."""
+    cost = reading_cost(reading, model)[1]
     model = reading.model or model
-    priced = default_catalog().resolve(model, reading.service_tier) if model else None
-    usage: Usage | None = reading.usage
-    # The call's usage at its model, and what it billed besides at another (an advisor's).
-    picodollars = (
-        parts_picodollars(usage, priced, reading.extra, service_tier=reading.service_tier)
-        if usage is not None and priced is not None
-        else None
-    )
-    if picodollars is None:
-        cost = estimate_microdollars
-    else:
-        cost = picodollars_to_microdollars(picodollars)
     usage = reading.billed_usage()
     options: dict[str, Any] = {
-        "cost_microdollars": cost,
+        "cost_microdollars": estimate_microdollars if cost is None else cost,
         "duration_ms": int((time.perf_counter() - started) * 1000),
     }
     if provider:

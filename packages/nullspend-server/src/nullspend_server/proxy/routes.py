@@ -29,9 +29,7 @@ from nullspend.attribution import (
 )
 from nullspend.errors import ErrorCode
 from nullspend.limits import MAX_CALL_MICRODOLLARS
-from nullspend.money import picodollars_to_microdollars
-from nullspend.pricing import Estimate, default_catalog, estimate_request, parts_picodollars
-from nullspend.usage import Usage
+from nullspend.pricing import Estimate, estimate_request, reading_cost
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     NO_READING,
@@ -415,22 +413,13 @@ def _settlement(
     """The actual cost when the response carried usage of a priced model; else the estimate,
     tagged with why."""
     model = reading.model or call.estimate.requested_model
-    priced = default_catalog().resolve(model, reading.service_tier) if model else None
-    usage: Usage | None = reading.usage
+    priced, cost = reading_cost(reading, call.estimate.requested_model)
     tags = dict.fromkeys(extra_tags, "true")
-    if usage is None:
+    if reading.usage is None:
         tags[TAG_NO_USAGE] = "true"
-    # The call's usage at its model, and what it billed besides at another (an advisor's).
-    picodollars = (
-        parts_picodollars(usage, priced, reading.extra, service_tier=reading.service_tier)
-        if usage is not None and priced is not None
-        else None
-    )
-    if priced is None or (usage is not None and picodollars is None):
+    if priced is None or (reading.usage is not None and cost is None):
         tags[TAG_UNPRICED] = "true"
-    if picodollars is not None:
-        cost = picodollars_to_microdollars(picodollars)
-    else:
+    if cost is None:
         cost = call.estimate.microdollars
         tags[TAG_ESTIMATED] = "true"
     return Settlement(
