@@ -191,6 +191,19 @@ class _Held:
     expires: float
     """``time.monotonic()`` after which it is settled at its estimate."""
 
+    def request(self) -> tuple[object, ...]:
+        """What a reserve sent again under its id must repeat to be answered it, as the
+        server's: another request under the id was never checked against its budgets."""
+        return (
+            self.estimate,
+            self.tags,
+            self.model,
+            self.provider,
+            self.customer,
+            self.session_id,
+            self.trace_id,
+        )
+
 
 @dataclass(slots=True)
 class _Event:
@@ -613,30 +626,23 @@ class LocalNullSpend(TrackedClients):
             raise ValidationError("reservation_id must be a string, with no NUL or lone surrogate")
         tags = tags_with_customer(tags, customer)
         accounts = self._matching(customer, tags) if tags else self._totals
+        made = _Held(
+            estimate_microdollars,
+            accounts,
+            tags,
+            options.get("model"),
+            options.get("provider"),
+            customer,
+            session_id,
+            options.get("trace_id"),
+            0.0,
+        )
         with self._lock:
             self._tenancy.check()  # under the lock: the engine may let go while this waits
             if chosen_id is not None:
                 held = self._held.get(chosen_id)
-                # Sent again: what it made. Another request under the id was never checked
-                # against its budgets: answered the reservation, it would go uncapped.
-                if held is not None and (
-                    held.estimate,
-                    held.tags,
-                    held.model,
-                    held.provider,
-                    held.customer,
-                    held.session_id,
-                    held.trace_id,
-                ) == (
-                    estimate_microdollars,
-                    tags,
-                    options.get("model"),
-                    options.get("provider"),
-                    customer,
-                    session_id,
-                    options.get("trace_id"),
-                ):
-                    return chosen_id
+                if held is not None and held.request() == made.request():
+                    return chosen_id  # sent again: what it made
                 if held is not None or self._finished(chosen_id) is not None:
                     raise ConflictError(  # the server's answer
                         "this reservationId names another reservation (one made for a different"
@@ -651,17 +657,8 @@ class LocalNullSpend(TrackedClients):
             if session_id and self._session_limited:
                 self._session(session_id).reserved += estimate_microdollars
             reservation_id = chosen_id or self._ids.next("rsv")
-            self._held[reservation_id] = _Held(
-                estimate_microdollars,
-                accounts,
-                tags,
-                options.get("model"),
-                options.get("provider"),
-                customer,
-                session_id,
-                options.get("trace_id"),
-                time.monotonic() + self._ttl_seconds,
-            )
+            made.expires = time.monotonic() + self._ttl_seconds
+            self._held[reservation_id] = made
         return reservation_id
 
     def settle(self, reservation_id: str, **options: Unpack[SettleOptions]) -> Settled:
