@@ -132,8 +132,9 @@ class _Call:
 
     def learn_provider(self, inner: Any) -> None:
         """A gated call made inside this one (a user's router or fallback LLM calling the
-        provider's): its provider's answer is this call's, read in that provider's fields and
-        priced at its model, when this one's own LLM names no model the catalog knows."""
+        provider's), when neither names a model the catalog knows (a provider's call of a
+        priced model is reserved on its own: ``_around``): its provider's answer is this
+        call's, read in that provider's fields, under its model's name."""
         if _priced(self.model):
             return
         if model := _model_of(inner := _provider_llm(inner)):
