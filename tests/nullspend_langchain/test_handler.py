@@ -813,6 +813,29 @@ def test_a_structured_answer_refused_after_it_came_is_charged_its_usage(
     assert status.reserved_microdollars == 0
 
 
+def test_an_answer_refused_after_it_came_without_usage_is_charged_its_estimate() -> None:
+    """An answer the openai SDK refused after it came (cut off at max_tokens) that carried no
+    usage (a gateway that strips it) was released, though the provider billed it."""
+    completion = openai.types.chat.ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length",
+                    "message": {"role": "assistant", "content": '{"text": "cut'},
+                }
+            ],
+        }
+    )
+    reading = handler_module._answer_in(openai.LengthFinishReasonError(completion=completion))
+    assert reading is not None
+    assert (reading.usage, reading.model) == (None, "gpt-4o-mini")
+
+
 def test_a_batch_whose_reservation_fails_part_way_holds_nothing(
     fake: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -691,10 +691,9 @@ def _answer_in(error: BaseException) -> Reading | None:
     if not isinstance(body, dict) or (wire := format_of(body)) is None:
         return None
     try:
-        reading = wire.read_response(body)
+        return wire.read_response(body)  # with no usage, charged its estimate: it was billed
     except Exception:  # answered and billed, its usage unreadable: never the caller's error
         return NO_READING  # charged its estimate
-    return reading if reading.usage is not None else None
 
 
 def _web_searches(message: BaseMessage) -> int:
