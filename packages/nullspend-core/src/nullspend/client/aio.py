@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -213,13 +212,16 @@ class _LoopsSettler(NullSpend):
         max_retries: int,
         like: httpx.AsyncClient | None,
     ) -> None:
+        self._like = like
         super().__init__(api_key, base_url, timeout=timeout, max_retries=max_retries)
-        if like is not None:
-            # The caller's client configured the way to the server (a gateway's token in its
-            # headers, say): its settles went without it, were refused, and their
-            # reservations were charged their estimates.
-            self._http.get().close()
-            self._http = processes.PerProcess(functools.partial(_sync_like, like))
+
+    def _new_http(self, timeout: httpx.Timeout | float) -> httpx.Client:
+        if self._like is None:
+            return super()._new_http(timeout)
+        # The caller's client configured the way to the server (a gateway's token in its
+        # headers, say): settles sent without it were refused, and their reservations were
+        # charged their estimates.
+        return _sync_like(self._like)
 
 
 def _sync_like(given: httpx.AsyncClient) -> httpx.Client:

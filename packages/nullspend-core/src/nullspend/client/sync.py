@@ -56,8 +56,12 @@ class NullSpend(TrackedClients):
         self.connection = calls.Connection.resolve(api_key, base_url)
         self.max_retries = max_retries
         self.scope = Scope()
-        self._http = processes.PerProcess(lambda: httpx.Client(timeout=timeout), http_client)
+        self._http = processes.PerProcess(lambda: self._new_http(timeout), http_client)
         self._background = Background(caller_may_wait=self._caller_may_wait)
+
+    def _new_http(self, timeout: httpx.Timeout | float) -> httpx.Client:
+        """The HTTP client this process sends with, where the caller gave none."""
+        return httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         """Send what ``settle_later`` and ``release_later`` left queued, and what a
