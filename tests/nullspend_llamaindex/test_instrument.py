@@ -716,15 +716,9 @@ def test_a_call_that_failed_after_it_was_sent_is_charged_its_estimate(
     assert sorted(e.cost_microdollars for e in ns.cost_events().data) == sorted(reserved)
 
 
-def test_each_attempt_the_provider_took_and_the_client_retried_is_charged(
-    fake: tuple[str, Any],
-) -> None:
-    """An attempt the openai SDK timed out on after sending it was taken by the provider,
-    which bills it, and was retried (``max_retries``): a chat whose first attempt timed out
-    and whose retry answered made two requests and was charged the answer alone, 157 µ$, and
-    one that timed out twice its estimate once. Each attempt left is now charged its
-    estimate, as the proxy charges a call its client left (and the tracked clients, which
-    meter each attempt)."""
+def first_attempt_hangs(llm: OpenAI) -> None:
+    """``llm``'s first attempt at each call hangs (the provider took it and never answers),
+    its retry is answered; one second's timeout, one retry."""
 
     def first_hangs(request: httpx.Request) -> None:
         if request.headers.get("x-stainless-retry-count") == "0":
@@ -733,14 +727,25 @@ def test_each_attempt_the_provider_took_and_the_client_retried_is_charged(
     async def first_hangs_async(request: httpx.Request) -> None:
         first_hangs(request)
 
+    llm.max_retries, llm.timeout, llm.max_tokens = 1, 1.0, 100
+    llm._http_client = httpx.Client(event_hooks={"request": [first_hangs]})
+    llm._async_http_client = httpx.AsyncClient(event_hooks={"request": [first_hangs_async]})
+
+
+def test_each_attempt_the_provider_took_and_the_client_retried_is_charged(
+    fake: tuple[str, Any],
+) -> None:
+    """An attempt the openai SDK timed out on after sending it was taken by the provider,
+    which bills it, and was retried (``max_retries``): a chat whose first attempt timed out
+    and whose retry answered made two requests and was charged the answer alone, 157 µ$, and
+    one that timed out twice its estimate once. Each attempt left is now charged its
+    estimate, as the proxy charges a call its client left, and each attempt is reserved on its
+    own (as the tracked clients meter each attempt)."""
     ns = LocalNullSpend()
     instrument(client=ns)
     reserved = reserved_estimates(ns)
     llm = openai_llm(fake)
-    llm.max_retries, llm.timeout = 1, 1.0
-    llm.max_tokens = 100
-    llm._http_client = httpx.Client(event_hooks={"request": [first_hangs]})
-    llm._async_http_client = httpx.AsyncClient(event_hooks={"request": [first_hangs_async]})
+    first_attempt_hangs(llm)
     assert llm.chat(HELLO).message.content
     assert list(llm.stream_chat(HELLO))
 
@@ -755,9 +760,75 @@ def test_each_attempt_the_provider_took_and_the_client_retried_is_charged(
         never.chat(HELLO)
     assert len(fake[1].state.requests) == 8
     estimate = reserved[0]
-    assert reserved == [estimate] * 4
+    assert reserved == [estimate] * 8
     costs = [e.cost_microdollars for e in ns.cost_events().data]
-    assert sorted(costs) == sorted([COST + estimate] * 3 + [2 * estimate])
+    assert sorted(costs) == sorted([estimate, COST] * 3 + [estimate] * 2)
+
+
+@pytest.mark.parametrize("method", ["chat", "stream_chat", "achat", "astream_chat"])
+def test_a_retry_after_an_attempt_the_provider_took_is_held_to_the_cap(
+    fake: tuple[str, Any], method: str
+) -> None:
+    """The gate reserved one estimate per call, but charged each attempt the SDK timed out on
+    and retried: under a cap that allows one estimate, a chat whose first attempt timed out
+    was retried and spent its estimate and the answer's 157 µ$ past it. Each further attempt
+    is now reserved on its own: the retry is refused before it is sent, the timed-out attempt
+    charged its estimate, and nothing is left reserved."""
+    sizing = LocalNullSpend()
+    instrument(client=sizing)
+    reserved = reserved_estimates(sizing)
+    openai_llm(fake).chat(HELLO, max_tokens=100)
+    (estimate,) = reserved
+    ns = LocalNullSpend([LocalBudget.total(estimate)])
+    instrument(client=ns)
+    llm = openai_llm(fake)
+    first_attempt_hangs(llm)
+
+    async def call_async() -> None:
+        if method == "achat":
+            await llm.achat(HELLO)
+        else:
+            [chunk async for chunk in await llm.astream_chat(HELLO)]
+
+    def call() -> None:
+        if method == "chat":
+            llm.chat(HELLO)
+        elif method == "stream_chat":
+            list(llm.stream_chat(HELLO))
+        else:
+            asyncio.run(call_async())
+
+    fake[1].state.requests.clear()
+    with pytest.raises(DeniedError):
+        call()
+    assert len(fake[1].state.requests) == 1  # the retry was not sent
+    (status,) = ns.budget_status()
+    assert (status.spend_microdollars, status.reserved_microdollars) == (estimate, 0)
+    assert [e.cost_microdollars for e in ns.cost_events().data] == [estimate]
+
+
+def test_a_retry_after_an_attempt_left_is_held_to_a_servers_cap(
+    server: RunningServer, fake: tuple[str, Any]
+) -> None:
+    """With a server, an async call's further attempt is reserved off the event loop, and its
+    denial reaches the caller as the typed error, through the SDK's retry loop."""
+    sizing = LocalNullSpend()
+    instrument(client=sizing)
+    reserved = reserved_estimates(sizing)
+    openai_llm(fake).chat(HELLO, max_tokens=100)
+    (estimate,) = reserved
+    with NullSpend(server.admin_key, server.base_url) as ns:
+        key_id = ns.introspect().key_id
+        budget(server, entityType="api_key", entityId=key_id, limitMicrodollars=estimate)
+        instrument(client=ns)
+        llm = openai_llm(fake)
+        first_attempt_hangs(llm)
+        fake[1].state.requests.clear()
+        with pytest.raises(DeniedError):
+            asyncio.run(llm.achat(HELLO))
+        assert len(fake[1].state.requests) == 1
+        (status,) = ns.budget_status()
+        assert (status.spend_microdollars, status.reserved_microdollars) == (estimate, 0)
 
 
 def test_a_refused_call_and_one_never_sent_are_released(fake: tuple[str, Any]) -> None:

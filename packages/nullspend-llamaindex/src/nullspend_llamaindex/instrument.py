@@ -28,7 +28,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
@@ -40,9 +40,12 @@ from nullspend.client import NullSpend
 from nullspend.client.renewal import Renewal
 from nullspend.connect import connect
 from nullspend.embedded import LocalBudget, LocalNullSpend
+from nullspend.errors import ApiError, ConnectionFailedError
 from nullspend.pricing import default_catalog, estimate_call
 from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, may_have_been_taken, settlement
+from nullspend.tracked.providers import _as_openai_error
+from nullspend.tracked.transport import _refusal
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     NO_READING,
@@ -56,6 +59,7 @@ from nullspend.wire.media import Media, media_of
 from nullspend.wire.pdf import is_pdf
 
 S = TypeVar("S", Iterator[Any], AsyncIterator[Any])
+R = TypeVar("R")
 
 # Gated only on Anthropic's classes, which answer them with their client's parse: the others
 # stream them through stream_chat, gated on its own (an OpenAI stream asked for its usage).
@@ -87,6 +91,8 @@ class _Call:
     model: str | None
     wire: WireFormat
     started: float
+    options: dict[str, Any]
+    """What it was reserved under (attribution, model, provider): a further attempt's too."""
     raw: Any = None
     """The provider's answer, from the call's end event (None: settled at the estimate)."""
     done: bool = False
@@ -104,9 +110,9 @@ class _Call:
     on, so the caller sees the stream it asked for."""
     covering: bool = False
     """A gated call made inside this one is in flight, covered by this one's reservation."""
-    attempts_left: int = 0
-    """Attempts at this call the provider may have taken and the client gave up on (a read
-    timeout), retried by the SDK or by LlamaIndex (``max_retries``): each was billed."""
+    left: bool = False
+    """Its last attempt was left by the client once the provider may have taken it (a read
+    timeout): charged, so the next attempt (the SDK's retry, or LlamaIndex's) reserves anew."""
 
     def settle(self) -> None:
         if self.done:
@@ -120,8 +126,6 @@ class _Call:
             provider=self.wire.provider,
             started=self.started,
         )
-        # Each attempt left is charged its estimate, as the proxy charges a call its client left.
-        options["cost_microdollars"] += self.attempts_left * self.estimate_microdollars
         self.client.settle_later(self.reservation_id, **options)
 
     def release(self) -> None:
@@ -140,6 +144,26 @@ class _Call:
         if model := _model_of(inner := _provider_llm(inner)):
             self.model, self.wire = model, _wire_of(inner)
             _hear_clients(inner, self.wire)
+
+    def attempt_left(self) -> None:
+        """An attempt the client gave up on once the provider may have taken it was billed:
+        charged its estimate now, as the proxy charges a call its client left."""
+        if not self.done:
+            self.settle()
+            self.left = True
+
+    def reserve_again(self) -> str:
+        """A reservation for the attempt after one left, or the typed denial, raised as the
+        openai SDK's error too: its retry loop lets that through (any other it retries)."""
+        try:
+            return self.client.reserve_id(self.estimate_microdollars, **self.options)
+        except (ApiError, ConnectionFailedError) as error:
+            raise _refusal(error, _as_openai_error) from None
+
+    def attempting(self, reservation_id: str) -> None:
+        """The attempt after one left holds ``reservation_id``."""
+        self.reservation_id, self.started = reservation_id, time.perf_counter()
+        self.done = self.left = False
 
     def renewal(self) -> Renewal:
         return Renewal(self.client, self.reservation_id, self.started)
@@ -166,12 +190,10 @@ class _Call:
     def end_broken(self, received: bool, error: BaseException) -> None:
         """A stream stopped or failed: released if nothing came yet and its request may not
         have gone out, else settled from what was heard, or at the estimate (a stream broken or
-        cancelled before its first chunk, once the provider may have taken it)."""
-        taken = received or self.answered
-        if not taken and self.attempts_left:  # the last attempt left is this failure: its own
-            self.attempts_left -= 1
-            taken = True
-        self.settle() if taken or may_have_been_taken(error) else self.release()
+        cancelled before its first chunk, once the provider may have taken it). An attempt the
+        client left was settled as it failed (``attempt_left``)."""
+        taken = received or self.answered or may_have_been_taken(error)
+        self.settle() if taken else self.release()
 
     def hear(self, event: Any) -> None:
         """One event of the provider's stream: the two that carry usage are read."""
@@ -376,8 +398,7 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
     when it ends. Stopped or failed: released if nothing came yet, else settled at the estimate
     (tokens were spent)."""
     call.stepped = True
-    renewal = call.renewal()
-    received = False
+    renewal: Renewal | None = None  # made at the first chunk: its attempt holds the reservation
     try:
         while True:
             token = _current.set(call)
@@ -387,21 +408,20 @@ def _stream(responses: Iterator[Any], call: _Call) -> Iterator[Any]:
                 break
             finally:
                 _current.reset(token)
-            received = True
+            renewal = renewal or call.renewal()
             if not call.done:  # a router's, given back for its provider's call: not renewed
                 renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException as error:
-        call.end_broken(received, error)
+        call.end_broken(renewal is not None, error)
         raise
     call.settle()
 
 
 async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIterator[Any]:
     call.stepped = True
-    renewal = call.renewal()
-    received = False
+    renewal: Renewal | None = None  # made at the first chunk: its attempt holds the reservation
     try:
         while True:
             token = _current.set(call)
@@ -411,13 +431,13 @@ async def _async_stream(responses: AsyncIterator[Any], call: _Call) -> AsyncIter
                 break
             finally:
                 _current.reset(token)
-            received = True
+            renewal = renewal or call.renewal()
             if not call.done:  # a router's, given back for its provider's call: not renewed
                 renewal.heard()
             if not (call.hides_usage_chunk and _only_usage(response)):
                 yield response
     except BaseException as error:
-        call.end_broken(received, error)
+        call.end_broken(renewal is not None, error)
         raise
     call.settle()
 
@@ -451,45 +471,56 @@ def _only_usage(response: Any) -> bool:
 async def _reserve_off_loop(
     llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> _Call | None:
-    """``_reserve``, in a worker thread when it talks to a server: the event loop never waits
+    """``_reserve``, off the event loop (``_off_loop``)."""
+    if _active is None:
+        return None
+    reserve = functools.partial(_reserve, llm, name, args, kwargs)
+    return await _off_loop(_active.client, reserve, _Call.release)
+
+
+async def _off_loop(
+    client: NullSpend | LocalNullSpend,
+    reserve: Callable[[], R | None],
+    release: Callable[[R], None],
+) -> R | None:
+    """``reserve()``, in a worker thread when it talks to a server: the event loop never waits
     on NullSpend's HTTP. The embedded engine is a few microseconds of Python: run in place."""
-    if _active is None or isinstance(_active.client, LocalNullSpend):
-        return _reserve(llm, name, args, kwargs)
-    handoff = _Handoff()
+    if isinstance(client, LocalNullSpend):
+        return reserve()
+    handoff = _Handoff(release)
     try:
-        return await asyncio.to_thread(handoff.reserve, llm, name, args, kwargs)
+        return await asyncio.to_thread(handoff.reserve, reserve)
     except asyncio.CancelledError:
         handoff.abandon()
         raise
 
 
-class _Handoff:
+class _Handoff(Generic[R]):
     """A reservation made in a worker thread for a caller that may be cancelled meanwhile (a
     timeout around the call): the thread goes on, and the reservation it makes is released
     rather than held, unused, for its hour. Whichever side comes second releases it."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: Callable[[R], None]) -> None:
         self._lock = threading.Lock()
         self._abandoned = False
-        self._made: _Call | None = None
+        self._made: R | None = None
+        self._release = release
 
-    def reserve(
-        self, llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> _Call | None:
-        call = _reserve(llm, name, args, kwargs)
+    def reserve(self, reserve: Callable[[], R | None]) -> R | None:
+        made = reserve()
         with self._lock:
-            self._made = call
+            self._made = made
             abandoned = self._abandoned
-        if abandoned and call is not None:
-            call.release()
-        return call
+        if abandoned and made is not None:
+            self._release(made)
+        return made
 
     def abandon(self) -> None:
         with self._lock:
             self._abandoned = True
             made = self._made
         if made is not None:
-            made.release()
+            self._release(made)
 
 
 def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call | None:
@@ -565,6 +596,7 @@ def _reserve(llm: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         model,
         wire,
         time.perf_counter(),
+        options,
     )
 
 
@@ -575,12 +607,11 @@ def _hear_clients(llm: Any, wire: WireFormat) -> None:
       ``parse``: ``responses.parse`` (OpenAIResponses), ``beta.messages.parse`` (Anthropic);
     - an Anthropic stream's input side is only in its ``message_start`` event, which no step
       LlamaIndex makes carries; and its request is sent before the stream's first step.
-    - each attempt the openai SDK sends (its ``_send_request``): one the provider may have
-      taken and the client gave up on is billed, retried or not.
+    - each attempt the openai SDK sends (``_attempts``).
     Outside a gated call the wrappers only pass the answer on."""
     base = sys.modules.get("openai._base_client")
     for sdk_client in (getattr(base, "SyncAPIClient", None), getattr(base, "AsyncAPIClient", None)):
-        _wrap(sdk_client, "_send_request", _passed, _attempt_failed)
+        _attempts(sdk_client)
     for client in (getattr(llm, "_client", None), getattr(llm, "_aclient", None)):
         if wire is OPENAI_RESPONSES:
             _wrap(getattr(client, "responses", None), "parse", _answered, _note_failure)
@@ -588,6 +619,45 @@ def _hear_clients(llm: Any, wire: WireFormat) -> None:
             parsed = getattr(getattr(client, "beta", None), "messages", None)
             _wrap(parsed, "parse", _answered, _note_failure)
             _wrap(getattr(client, "messages", None), "create", _created, _note_failure)
+
+
+def _attempts(sdk_client: Any) -> None:
+    """Wrap (once) the openai SDK client's ``_send_request``, which sends each attempt at a
+    call (retried by the SDK, then by LlamaIndex: ``max_retries``): one the provider may have
+    taken and the client gave up on (a read timeout) is billed, charged its estimate as it
+    fails, and the attempt after it is reserved on its own, or denied before it is sent (each
+    held to the cap, as the tracked clients hold each attempt)."""
+    send = getattr(sdk_client, "_send_request", None)
+    if send is None or getattr(send, _GATED, False):
+        return
+    if inspect.iscoroutinefunction(send):
+
+        async def attempt_async(*args: Any, **kwargs: Any) -> Any:
+            if (call := _current.get()) is not None and call.left:
+                release = call.client.release_later
+                reservation = await _off_loop(call.client, call.reserve_again, release)
+                if reservation is not None:  # always: a denial raises
+                    call.attempting(reservation)
+            try:
+                return await send(*args, **kwargs)
+            except Exception as error:
+                _attempt_failed(error)
+                raise
+
+        attempt: Callable[..., Any] = attempt_async
+    else:
+
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            if (call := _current.get()) is not None and call.left:
+                call.attempting(call.reserve_again())
+            try:
+                return send(*args, **kwargs)
+            except Exception as error:
+                _attempt_failed(error)
+                raise
+
+    setattr(attempt, _GATED, True)
+    sdk_client._send_request = attempt
 
 
 def _wrap(
@@ -650,11 +720,7 @@ def _note_failure(error: Exception) -> None:
 def _attempt_failed(error: Exception) -> None:
     """One attempt's sending failed: left by the client once the provider may have taken it."""
     if (call := _current.get()) is not None and may_have_been_taken(error):
-        call.attempts_left += 1
-
-
-def _passed(answer: Any, kwargs: Mapping[str, Any]) -> Any:
-    return answer
+        call.attempt_left()
 
 
 def _answered(answer: Any, kwargs: Mapping[str, Any]) -> Any:
