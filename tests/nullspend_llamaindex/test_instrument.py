@@ -488,15 +488,21 @@ def test_a_pdf_reserves_what_its_pages_bill_not_its_bytes(
 ) -> None:
     """A 100-page PDF of 21 kB (inline or by path) was estimated by its bytes, 1,519 µ$, where
     the provider bills each page as its text and an image of it and the proxy reserves 19,260
-    µ$ for the request the LLM sent: it now reserves what the proxy does."""
+    µ$ for the request the LLM sent: it now reserves what the proxy does. So is one whose name
+    does not end in ``.pdf`` (``report.PDF``, ``contract``), which LlamaIndex sends all the
+    same (Anthropic's LLMs send any document as a PDF): those were still estimated by their
+    bytes, 1,520 µ$."""
     ns = LocalNullSpend()
     instrument(client=ns)
     reserved = reserved_estimates(ns)
     pdf = document(100)
-    (tmp_path / "report.pdf").write_bytes(pdf)
+    names = ("report.pdf", "report.PDF", "contract")
+    for name in names:
+        (tmp_path / name).write_bytes(pdf)
     llm = openai_llm(fake)
     llm.max_tokens = 100
-    for block in (DocumentBlock(data=pdf), DocumentBlock(path=tmp_path / "report.pdf")):
+    by_path = [DocumentBlock(path=tmp_path / name) for name in names]
+    for block in (DocumentBlock(data=pdf), *by_path):
         llm.chat([ChatMessage(role="user", blocks=[TextBlock(text="Summarize"), block])])
     sent = [estimate_request_body(r["json"], OPENAI_CHAT) for r in fake[1].state.requests]
     assert reserved == [estimate.microdollars for estimate in sent]

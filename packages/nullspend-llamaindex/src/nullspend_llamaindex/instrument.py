@@ -786,7 +786,8 @@ def _blocks(prompt: Any) -> tuple[Media | None, int]:
     images (billed by their pixels, not by the bytes a block prints as), its PDFs (billed by
     their pages) and the documents and audio it names by URL (billed by their content); and the
     bytes the files it names by path (a document, audio, video) go out as, base64-encoded, read
-    from disk only when the call is sent (a PDF's, to count its pages, now)."""
+    from disk only when the call is sent (but a document's header now, to tell a PDF, and a
+    PDF whole, to count its pages)."""
     media, size = Media(), 0
     for message in _messages(prompt):
         for block in getattr(message, "blocks", ()):
@@ -823,16 +824,23 @@ _INLINE_FIELDS = ("image", "data", "audio", "video")
 
 def _pdf_of(document: Any) -> str | None:
     """A document block's PDF as it is sent, base64: its ``data`` (kept base64), or the file
-    its ``path`` names; None for another kind of document, or one not readable."""
+    its ``path`` names, read whole once its header shows a PDF, whatever its name (LlamaIndex
+    sends a ``report.PDF`` too, and Anthropic's LLMs send any document as a PDF); None for
+    another kind of document, or one not readable. (``wire.pdf`` reads base64 only: the file
+    is encoded to be counted.)"""
     data = getattr(document, "data", None)
     if isinstance(data, bytes):
         text = data.decode("ascii", "ignore")
         return text if is_pdf(text) else None
     path = getattr(document, "path", None)
-    if path is None or getattr(document, "document_mimetype", None) != "application/pdf":
+    if path is None:
         return None
     try:
         with open(path, "rb") as file:
+            # The first 1,024 bytes hold a PDF's header, as is_pdf reads it.
+            if not is_pdf(base64.b64encode(file.read(1024)).decode()):
+                return None
+            file.seek(0)
             return base64.b64encode(file.read()).decode()
     except (OSError, TypeError, ValueError):
         return None  # LlamaIndex will fail to read it too: the call is not sent
