@@ -260,3 +260,25 @@ def test_a_parameter_the_route_does_not_take_is_refused(server: RunningServer, q
         answer = client.get(query)
         assert answer.status_code == 400, answer.text
         assert "unknown query parameter" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_api_body_past_the_limit_is_refused_unread(
+    server: RunningServer, declared: bool
+) -> None:
+    """NULLSPEND_MAX_BODY_BYTES held on the proxy only: the API read any body whole, before it
+    even checked the key (an anonymous 300 MB POST /api/keys took the server from 136 MB to
+    618 MB). Now a 413 payload_too_large on every route, and nothing is created."""
+    limit = server.settings.max_body_bytes
+    body = json.dumps({"name": "big", "defaultTags": {"team": "x" * limit}}).encode()
+    with server.client() as client:
+        before = client.get("/api/keys").json()["data"]
+        sent = body if declared else iter([body[:1000], body[1000:]])  # an iterator is chunked
+        for headers in ({}, {"X-NullSpend-Key": ""}):  # with the admin key, and anonymous
+            answer = client.post("/api/keys", content=sent, headers={**JSON_CONTENT, **headers})
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["error"]["code"] == "payload_too_large"
+            sent = body if declared else iter([body[:1000], body[1000:]])
+        assert client.get("/api/keys").json()["data"] == before
+        # a body within the limit is still read
+        assert client.post("/api/keys", json={"name": "small"}).status_code == 201

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from nullspend.errors import ErrorCode
 from nullspend_server.api import analytics, budgets, cost_events, keys, reservations
@@ -45,7 +46,34 @@ class NullSpendApp(FastAPI):
             )
             await refused(scope, receive, send)
             return
+        if scope["type"] == "http":
+            # The API reads a body whole (FastAPI does, before any dependency checks the key):
+            # held to the proxy's limit, so no client can make the server hold more.
+            limit: int = self.state.settings.max_body_bytes
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > limit:
+                too_large = f"request bodies are limited to {limit} bytes"
+                await error_response(ErrorCode.PAYLOAD_TOO_LARGE, too_large)(scope, receive, send)
+                return
+            receive = _limited(receive, limit)
         await super().__call__(scope, receive, send)
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive`` that fails with a 413 once the body has passed ``limit`` bytes (a body sent
+    without a length, in chunks)."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            # FastAPI answers an HTTPException raised while it reads a body as it is
+            raise HTTPException(413, f"request bodies are limited to {limit} bytes")
+        return message
+
+    return limited
 
 
 def create_app(settings: ServerSettings | None = None) -> NullSpendApp:
