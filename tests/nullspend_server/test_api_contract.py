@@ -282,3 +282,33 @@ def test_an_api_body_past_the_limit_is_refused_unread(
         assert client.get("/api/keys").json()["data"] == before
         # a body within the limit is still read
         assert client.post("/api/keys", json={"name": "small"}).status_code == 201
+
+
+def test_openapi_describes_the_errors_and_the_key(admin: httpx.Client) -> None:
+    """The description promised every route with input a 422 ``{"detail": [...]}``, which no
+    route answers (a refused body is a 400 ``{"error": ...}``), and named no way to
+    authenticate: a client generated from it could neither send the key nor read an error."""
+    spec = admin.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    error = schemas["ErrorBody"]
+    assert error["required"] == ["error"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            assert responses["4XX"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorBody"
+            }, (method, path)
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-NullSpend-Key"}
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert spec["security"] == [{"apiKey": []}, {"bearer": []}]
+    refused = admin.post("/api/keys", json={"name": 5})
+    assert refused.status_code == 400
+    assert set(refused.json()["error"]) == set(error_properties(schemas))
+
+
+def error_properties(schemas: dict[str, Any]) -> list[str]:
+    detail = schemas["ErrorBody"]["properties"]["error"]["$ref"].rsplit("/", 1)[1]
+    return list(schemas[detail]["properties"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -15,7 +16,7 @@ from nullspend_server.api import analytics, budgets, cost_events, keys, reservat
 from nullspend_server.auth import KeyCache
 from nullspend_server.db.database import Database
 from nullspend_server.engine import Engine
-from nullspend_server.errors import error_response, install_error_handlers
+from nullspend_server.errors import ErrorBody, error_response, install_error_handlers
 from nullspend_server.proxy import routes as proxy_routes
 from nullspend_server.proxy.upstream import upstream_session
 from nullspend_server.rate_limit import RateLimiter
@@ -57,6 +58,18 @@ class NullSpendApp(FastAPI):
                 return
             receive = _limited(receive, limit)
         await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's description, naming the key every API route takes: the routes read it
+        themselves (nullspend_server.auth), so FastAPI cannot tell."""
+        if self.openapi_schema is None:
+            spec = super().openapi()
+            spec["components"]["securitySchemes"] = {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-NullSpend-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            }
+            spec["security"] = [{"apiKey": []}, {"bearer": []}]
+        return super().openapi()
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -105,6 +118,10 @@ def create_app(settings: ServerSettings | None = None) -> NullSpendApp:
     app = NullSpendApp(title="NullSpend", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    # Every error is the one body (a refused request too: 400, not FastAPI's 422 {"detail"}).
+    errors: dict[int | str, dict[str, Any]] = {
+        "4XX": {"model": ErrorBody, "description": "The request was refused"}
+    }
     for module in API_MODULES:
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors)
     return app

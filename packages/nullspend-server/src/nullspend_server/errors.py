@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +20,18 @@ from nullspend.limits import MAX_CALL_MICRODOLLARS
 from nullspend.policy.denials import Denial
 
 log = logging.getLogger("nullspend.server")
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] | None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body, as the OpenAPI description states it."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):
