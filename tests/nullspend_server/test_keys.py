@@ -1,8 +1,13 @@
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from nullspend_server.auth import KeyCache, Principal
+from nullspend_server.db.database import Database
 from tests.nullspend_server.conftest import RunningServer
 
 
@@ -104,3 +109,38 @@ def test_unknown_route_is_not_found_in_the_error_format(admin: httpx.Client) -> 
     response = admin.get("/api/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_key_revoked_while_it_is_looked_up_is_not_cached(
+    server: RunningServer, admin: httpx.Client
+) -> None:
+    """A lookup that read the key before its revocation committed stored that stale answer
+    after the revocation had emptied the cache: the revoked key was then let in for the whole
+    cache time (60 s here), in the very process that revoked it."""
+    created = admin.post("/api/keys", json={"name": "raced"}).json()["data"]
+    cache = KeyCache(ttl=60)
+
+    async def lookups() -> tuple[Principal | None, Principal | None]:
+        db = Database(server.database_url)
+
+        class RevokedDuringTheRead:
+            """The database, with the key revoked (and the cache emptied, as the revoking
+            route does) between the lookup's read and its caching of what it read."""
+
+            @contextlib.asynccontextmanager
+            async def sessions(self) -> AsyncIterator[object]:
+                async with db.sessions() as session:
+                    yield session
+                revoked = await asyncio.to_thread(admin.delete, f"/api/keys/{created['id']}")
+                assert revoked.status_code == 200
+                cache.forget()
+
+        try:
+            raced = await cache.lookup(RevokedDuringTheRead(), created["key"])  # type: ignore[arg-type]
+            return raced, await cache.lookup(db, created["key"])
+        finally:
+            await db.dispose()
+
+    raced, after = asyncio.run(lookups())
+    assert raced is not None  # read before the revocation: that request raced it
+    assert after is None

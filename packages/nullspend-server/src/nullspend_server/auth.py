@@ -33,6 +33,8 @@ class KeyCache:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._forgotten = 0
+        """How many times the cache was emptied: a lookup it emptied during must not store."""
 
     async def lookup(self, db: Database, key: str) -> Principal | None:
         digest = hash_key(key)
@@ -40,6 +42,7 @@ class KeyCache:
         hit = self._entries.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        forgotten = self._forgotten
         async with db.sessions() as session:
             row = (await session.exec(select(ApiKey).where(ApiKey.key_hash == digest))).first()
         principal = (
@@ -49,11 +52,13 @@ class KeyCache:
         )
         if len(self._entries) > 10_000:
             self._entries.clear()  # keys come from requests: keep the cache bounded
-        self._entries[digest] = (now + self.ttl, principal)
+        if forgotten == self._forgotten:  # else a revocation came since the read: it is stale
+            self._entries[digest] = (now + self.ttl, principal)
         return principal
 
     def forget(self) -> None:
         self._entries.clear()
+        self._forgotten += 1
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
