@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -312,3 +315,34 @@ def test_openapi_describes_the_errors_and_the_key(admin: httpx.Client) -> None:
 def error_properties(schemas: dict[str, Any]) -> list[str]:
     detail = schemas["ErrorBody"]["properties"]["error"]["$ref"].rsplit("/", 1)[1]
     return list(schemas[detail]["properties"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NULLSPEND_HEARTBEAT_SECONDS", "0"),
+        ("NULLSPEND_HEARTBEAT_SECONDS", "nan"),
+        ("NULLSPEND_RESERVATION_TTL_SECONDS", "0"),
+        ("NULLSPEND_RATE_LIMIT_PER_MINUTE", "0"),
+        ("NULLSPEND_MAX_BODY_BYTES", "-1"),
+        ("NULLSPEND_UPSTREAM_TIMEOUT_SECONDS", "0"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_at_start(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    """Out of range, a setting was taken: a heartbeat of 0 spun an idle server at 68 % of a
+    core and took every proxied call's reservation for abandoned, a reservation TTL of 0
+    expired each reservation as it was made, a rate limit of 0 refused every call."""
+    nullspend = str(Path(sys.executable).with_name("nullspend"))
+    done = subprocess.run(
+        [nullspend, "serve", "--db", f"sqlite:///{tmp_path / 's.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, variable: value},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{variable}={value!r}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "s.db").exists()  # refused before anything was done
