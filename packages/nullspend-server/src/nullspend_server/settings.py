@@ -37,4 +37,4 @@ class ServerSettings(BaseSettings):
     the estimate and tagged _ns_unpriced)."""
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     rate_limit_per_minute: int = Field(default=600, gt=0)
-    """Requests per minute per API key on the proxy routes."""
+    """Requests per minute per API key: proxied calls and reservations, counted together."""
