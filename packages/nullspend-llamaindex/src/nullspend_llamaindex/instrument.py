@@ -44,8 +44,8 @@ from nullspend.errors import ApiError, ConnectionFailedError
 from nullspend.pricing import default_catalog, estimate_call
 from nullspend.pricing.estimate import estimate_input_tokens
 from nullspend.tracked.metering import Scope, may_have_been_taken, settlement
-from nullspend.tracked.providers import _as_openai_error
-from nullspend.tracked.transport import _refusal
+from nullspend.tracked.providers import as_openai_error
+from nullspend.tracked.transport import refusal
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     NO_READING,
@@ -158,7 +158,7 @@ class _Call:
         try:
             return self.client.reserve_id(self.estimate_microdollars, **self.options)
         except (ApiError, ConnectionFailedError) as error:
-            raise _refusal(error, _as_openai_error) from None
+            raise refusal(error, as_openai_error) from None
 
     def attempting(self, reservation_id: str) -> None:
         """The attempt after one left holds ``reservation_id``."""

@@ -66,13 +66,13 @@ def _flavoured(error: ApiError, sdk_error: type[Exception]) -> Exception:
     )
 
 
-def _as_openai_error(error: ApiError) -> Exception:
+def as_openai_error(error: ApiError) -> Exception:
     import openai
 
     return _flavoured(error, openai.OpenAIError)
 
 
-def _as_anthropic_error(error: ApiError) -> Exception:
+def as_anthropic_error(error: ApiError) -> Exception:
     import anthropic
 
     return _flavoured(error, anthropic.AnthropicError)
@@ -94,7 +94,7 @@ def _refuse_sockets(client: Any) -> None:
 
 
 def _refuse_socket(path: str, *args: Any, **kwargs: Any) -> Any:
-    raise _as_openai_error(unmetered_route_error(f"a WebSocket to {path}", path))
+    raise as_openai_error(unmetered_route_error(f"a WebSocket to {path}", path))
 
 
 def _http_library(http_client: Any) -> ModuleType:
@@ -182,7 +182,7 @@ def openai_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> openai
         TrackedTransport,
         ns,
         OPENAI_ROUTES,
-        _as_openai_error,
+        as_openai_error,
         allow_unmetered,
         opens_sockets=True,
     )
@@ -200,7 +200,7 @@ def async_openai_client(
         AsyncTrackedTransport,
         ns,
         OPENAI_ROUTES,
-        _as_openai_error,
+        as_openai_error,
         allow_unmetered,
         opens_sockets=True,
     )
@@ -216,7 +216,7 @@ def anthropic_client(ns: NullSpend, allow_unmetered: bool, **kwargs: Any) -> ant
         TrackedTransport,
         ns,
         ANTHROPIC_ROUTES,
-        _as_anthropic_error,
+        as_anthropic_error,
         allow_unmetered,
     )
     return tracking.build(kwargs)  # type: ignore[no-any-return]
@@ -233,7 +233,7 @@ def async_anthropic_client(
         AsyncTrackedTransport,
         ns,
         ANTHROPIC_ROUTES,
-        _as_anthropic_error,
+        as_anthropic_error,
         allow_unmetered,
     )
     return tracking.build(kwargs)  # type: ignore[no-any-return]

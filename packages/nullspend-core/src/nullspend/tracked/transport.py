@@ -38,7 +38,9 @@ RaiseAs = Callable[[ApiError], Exception]
 Settle = Callable[[Metered, Reading], None]
 
 
-def _refusal(error: NullSpendError, raise_as: RaiseAs) -> Exception:
+def refusal(error: NullSpendError, raise_as: RaiseAs) -> Exception:
+    """``error`` (a denial, or the server out of reach: budgets cannot be checked, so the call
+    is refused) as the provider SDK lets it through unwrapped: the LlamaIndex gate uses it too."""
     if isinstance(error, ConnectionFailedError):  # budgets cannot be checked: fail closed
         error = BudgetUnavailableError(f"the NullSpend server cannot be reached: {error}")
     assert isinstance(error, ApiError)
@@ -199,7 +201,7 @@ class TrackedTransport(_Metering, httpx.BaseTransport):
                 metered.estimate_microdollars, **_reserve_options(metered, self.ns.scope)
             )
         except NullSpendError as error:
-            raise _refusal(error, self.raise_as) from None
+            raise refusal(error, self.raise_as) from None
         try:
             response = self.inner.handle_request(_forwarded(request, metered))
         except BaseException as error:
@@ -256,7 +258,7 @@ class AsyncTrackedTransport(_Metering, httpx.AsyncBaseTransport):
                 metered.estimate_microdollars, **_reserve_options(metered, self.ns.scope)
             )
         except NullSpendError as error:
-            raise _refusal(error, self.raise_as) from None
+            raise refusal(error, self.raise_as) from None
         forwarded = _forwarded(request, metered)
         sending = _Sending(forwarded.extensions) if self.traces_sending else None
         try:
