@@ -3,6 +3,7 @@ storage failure, budget headers, and exact stream costs."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -102,6 +103,33 @@ def test_rate_limit_per_key(database_url: str, fake: tuple[str, Any]) -> None:
         limited = post(server)
         assert limited.json()["error"]["code"] == "rate_limited"
         assert int(limited.headers["Retry-After"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_made_up_keys_share_one_count_and_a_pasted_key_s_space_is_ignored(
+    database_url: str, fake: tuple[str, Any]
+) -> None:
+    """Every made-up key presented to the proxy was counted on its own, kept for the rest of
+    the minute before the lookup refused it (5,000 random 8 kB keys: 15 MB); they now share
+    one count. A key with a trailing space (pasted) was refused as malformed, where the API
+    took it as a Bearer key."""
+    server = serve(database_url, fake[0], rate_limit_per_minute=3, upstream_allowlist=[fake[0]])
+    try:
+        statuses = [post(server, **{"X-NullSpend-Key": f"bad-{i}"}).status_code for i in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        # httpx refuses to send the space; curl, as users paste keys, sends it.
+        host, port = server.base_url.removeprefix("http://").split(":")
+        spaced = {"X-NullSpend-Key": f"{server.admin_key} ", "X-NullSpend-Upstream": fake[0]}
+        for method, path, body in (
+            ("POST", "/v1/chat/completions", json.dumps(CHAT)),
+            ("GET", "/api/auth/introspect", None),
+        ):
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request(method, path, body, {**spaced, "Content-Type": "application/json"})
+            answer = connection.getresponse()
+            assert answer.status == 200, answer.read()
+            connection.close()
     finally:
         server.stop()
 

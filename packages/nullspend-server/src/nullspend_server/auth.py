@@ -64,11 +64,12 @@ class KeyCache:
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key a request presents, from its (lower-case) header names."""
     key = headers.get("x-nullspend-key")
-    if key is None:
-        authorization = headers.get("authorization", "")
-        if authorization[:7].lower() == "bearer ":
-            key = authorization[7:].strip()
-    return key
+    if key is not None:
+        return key.strip()  # as a Bearer key is: a pasted key's trailing space or newline
+    authorization = headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
 
 
 async def principal_for(key: str | None, db: Database, cache: KeyCache) -> Principal:

@@ -60,7 +60,8 @@ def nullspend_key(headers: Mapping[str, str]) -> str | None:
                 f" X-NullSpend-Key, and the provider's key in {name}",
                 {"header": name},
             )
-    return headers.get("x-nullspend-key")
+    key = headers.get("x-nullspend-key")
+    return None if key is None else key.strip()  # as the API reads it
 
 
 @dataclass

@@ -49,6 +49,7 @@ from nullspend_server.errors import (
     error_response_for,
     estimate_above_a_call,
 )
+from nullspend_server.keys import KEY_PATTERN
 from nullspend_server.proxy.headers import (
     NOT_RETURNED,
     Attribution,
@@ -183,7 +184,9 @@ async def proxy(request: Incoming) -> ASGIApp:
     started = time.perf_counter()
     route, method, settings = request.path, request.method, request.settings
     key = nullspend_key(request.headers)
-    request.state.rate_limiter.enforce(key or "")
+    # Counted per well-formed key (before the lookup it protects): made-up ones share one
+    # count, where each was kept for the rest of the minute.
+    request.state.rate_limiter.enforce(key if key and KEY_PATTERN.fullmatch(key) else "")
     principal = await principal_for(key, request.state.db, request.state.key_cache)
     if (method, route) in FREE:
         provider = (
