@@ -740,3 +740,27 @@ def test_an_async_call_cancelled_in_its_proxys_tunnel_is_released(
     asyncio.run(cancelled_in_the_tunnel())
     budget = released_budget(ns.engine)
     assert (budget.spend_microdollars, budget.reserved_microdollars) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input": 10**30, "output": 5},  # counts past a BIGINT
+        {"input": 10**16, "output": 5},  # storable, but $1.5B: past one call's most
+    ],
+)
+def test_usage_no_call_can_have_is_charged_its_estimate(
+    fake: tuple[str, Any], usage: dict[str, int]
+) -> None:
+    """A broken gateway's count of 10**30 prompt tokens priced a call above one call's most:
+    its settle was refused, so the call was never recorded and its reservation held until it
+    expired. It is recorded at its estimate, without the usage."""
+    ns = LocalNullSpend([LocalBudget.total(5_000_000)])
+    kwargs = client_kwargs(fake)
+    client = ns.openai(**{**kwargs, "default_headers": {"x-fake-usage": json.dumps(usage)}})
+    reserved = reserved_estimates(ns)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=100)
+    status = released_budget(ns)
+    (event,) = ns.cost_events().data
+    assert event.cost_microdollars == status.spend_microdollars == reserved[0] > 0
+    assert event.input_tokens == 0

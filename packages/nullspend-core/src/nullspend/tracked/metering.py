@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nullspend.errors import UnmeteredRouteError
+from nullspend.limits import BIGINT_MAX, MAX_CALL_MICRODOLLARS
 from nullspend.pricing import estimate_request, reading_cost
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
@@ -155,10 +156,18 @@ def settlement(
     started: float,
 ) -> dict[str, Any]:
     """The settle call's options for a finished call, whichever integration made it: the exact
-    cost when the answer carried usage of a priced model, else the estimate (never zero)."""
+    cost when the answer carried usage of a priced model, else the estimate (never zero).
+
+    Usage no call can have (counts past a BIGINT, a price past one call's most: a broken
+    gateway's) is left out and the estimate charged: a settle carrying it would be refused,
+    leaving the call unrecorded and its reservation held until it expired."""
     cost = reading_cost(reading, model)[1]
     model = reading.model or model
     usage = reading.billed_usage()
+    if (cost is not None and cost > MAX_CALL_MICRODOLLARS) or (
+        usage is not None and usage.total_tokens + usage.web_search_requests > BIGINT_MAX
+    ):
+        cost = usage = None
     options: dict[str, Any] = {
         "cost_microdollars": estimate_microdollars if cost is None else cost,
         "duration_ms": int((time.perf_counter() - started) * 1000),
