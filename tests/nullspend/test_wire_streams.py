@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nullspend.wire import FORMATS, WireFormat
+from nullspend.wire.usage_chunks import UsageChunkFilter
 from tests.nullspend.wire_testing import fixture, read_bytewise, read_stream, sse
 
 STREAMS = [
@@ -149,3 +150,14 @@ def test_deeply_nested_json_never_raises(fmt: WireFormat) -> None:
     )
     read_stream(fmt, data)
     json.loads("[]")  # the stdlib parser is still usable afterwards
+
+
+def test_the_usage_chunk_filter_passes_deeply_nested_json_on() -> None:
+    """A chunk nested past the JSON parser's depth raised RecursionError out of the filter that
+    takes out the usage chunk NullSpend asked for: into the caller's stream loop (a tracked
+    client), or mid-stream in the proxy. It passes on as it came, as any chunk it cannot read."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    chunk = b'data: {"usage":null,"choices":' + deep + b"}\n\n"
+    chunk_filter = UsageChunkFilter()
+    out = chunk_filter.feed(chunk) + chunk_filter.finish()
+    assert out == chunk

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from nullspend.wire._json import parse_object
 from nullspend.wire.base import WireFormat
 from nullspend.wire.openai_chat import OPENAI_CHAT
 
@@ -75,9 +76,9 @@ def _filter_event(event: bytes) -> bytes:
         return event
     data = b"".join(line[5:] for line in event.splitlines() if line.startswith(b"data:"))
     try:
-        payload = json.loads(data)
+        payload = parse_object(data)  # not json.loads: a chunk nested too deeply raises
     except ValueError:
         return event
-    if isinstance(payload, dict) and payload.get("choices") == [] and payload.get("usage"):
+    if payload.get("choices") == [] and payload.get("usage"):
         return b""  # the usage-only chunk the client did not ask for
     return _NULL_USAGE.sub(b"", event, count=1)
