@@ -415,6 +415,18 @@ def event_estimate(proxy: RunningServer, event: dict[str, Any]) -> int:
     return estimate
 
 
+def test_usage_no_call_can_have_is_charged_the_estimate(proxy: RunningServer) -> None:
+    """A gateway's answer claiming 10**30 prompt tokens priced past one call's most: the settle
+    was refused, so the call was never recorded and its reservation stayed active."""
+    usage = json.dumps({**USAGE, "input": 10**30, "cached": 0})
+    openai_client(proxy, **{"x-fake-usage": usage}).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=10
+    )
+    [event] = events(proxy)
+    assert event["cost_microdollars"] == event_estimate(proxy, event)
+    assert {"_ns_estimated", "_ns_no_usage"} <= tags_of(proxy, event).keys()
+
+
 def test_client_disconnect_settles_at_the_estimate(proxy: RunningServer) -> None:
     headers = {"X-NullSpend-Key": proxy.admin_key, "x-fake-fault": "slow:300"}
     body = {

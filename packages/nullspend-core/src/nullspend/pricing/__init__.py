@@ -17,6 +17,7 @@ from nullspend.pricing.cost import (
     price_usage,
     reading_cost,
     total_picodollars,
+    unrecordable,
 )
 from nullspend.pricing.estimate import (
     Estimate,
@@ -44,4 +45,5 @@ __all__ = [
     "recorded_provider",
     "shipped_catalog",
     "total_picodollars",
+    "unrecordable",
 ]

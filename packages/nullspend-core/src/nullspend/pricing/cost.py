@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nullspend.errors import UnpricedModelError
+from nullspend.limits import BIGINT_MAX, MAX_CALL_MICRODOLLARS
 from nullspend.money import PICODOLLARS_PER_MICRODOLLAR, picodollars_to_microdollars
 from nullspend.pricing.catalog import Catalog, PricedModel, Prices, default_catalog
 from nullspend.usage import Usage
@@ -119,6 +120,15 @@ def reading_cost(
         reading.usage, priced, reading.extra, catalog, reading.service_tier
     )
     return priced, None if picodollars is None else picodollars_to_microdollars(picodollars)
+
+
+def unrecordable(cost_microdollars: int | None, usage: Usage | None) -> bool:
+    """Whether an answer's usage is none a call can have (counts past a BIGINT, a price past one
+    call's most: a broken gateway's): a settle carrying it would be refused, leaving the call
+    unrecorded and its reservation held until it expired; it is charged its estimate instead."""
+    return (cost_microdollars is not None and cost_microdollars > MAX_CALL_MICRODOLLARS) or (
+        usage is not None and usage.total_tokens + usage.web_search_requests > BIGINT_MAX
+    )
 
 
 def _picodollars(usage: Usage, prices: Prices) -> int:

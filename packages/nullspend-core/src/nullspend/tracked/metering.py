@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nullspend.errors import UnmeteredRouteError
-from nullspend.limits import BIGINT_MAX, MAX_CALL_MICRODOLLARS
-from nullspend.pricing import estimate_request, reading_cost
+from nullspend.pricing import estimate_request, reading_cost, unrecordable
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     OPENAI_CHAT,
@@ -164,9 +163,7 @@ def settlement(
     cost = reading_cost(reading, model)[1]
     model = reading.model or model
     usage = reading.billed_usage()
-    if (cost is not None and cost > MAX_CALL_MICRODOLLARS) or (
-        usage is not None and usage.total_tokens + usage.web_search_requests > BIGINT_MAX
-    ):
+    if unrecordable(cost, usage):
         cost = usage = None
     options: dict[str, Any] = {
         "cost_microdollars": estimate_microdollars if cost is None else cost,

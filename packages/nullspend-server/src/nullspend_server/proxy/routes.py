@@ -29,7 +29,7 @@ from nullspend.attribution import (
 )
 from nullspend.errors import ErrorCode
 from nullspend.limits import MAX_CALL_MICRODOLLARS
-from nullspend.pricing import Estimate, estimate_request, reading_cost
+from nullspend.pricing import Estimate, estimate_request, reading_cost, unrecordable
 from nullspend.wire import (
     ANTHROPIC_MESSAGES,
     NO_READING,
@@ -417,10 +417,13 @@ def _settlement(
     tagged with why."""
     model = reading.model or call.estimate.requested_model
     priced, cost = reading_cost(reading, call.estimate.requested_model)
+    usage = reading.billed_usage()
+    if unrecordable(cost, usage):  # a broken gateway's counts: charged the estimate
+        cost = usage = None
     tags = dict.fromkeys(extra_tags, "true")
-    if reading.usage is None:
+    if usage is None:
         tags[TAG_NO_USAGE] = "true"
-    if priced is None or (reading.usage is not None and cost is None):
+    if priced is None or (usage is not None and cost is None):
         tags[TAG_UNPRICED] = "true"
     if cost is None:
         cost = call.estimate.microdollars
@@ -429,7 +432,7 @@ def _settlement(
         cost_microdollars=cost,
         provider=call.provider,
         model=model,
-        usage=reading.billed_usage(),
+        usage=usage,
         duration_ms=int((time.perf_counter() - call.started) * 1000),
         upstream_status=status,
         trace_id=call.attribution.trace_id,
