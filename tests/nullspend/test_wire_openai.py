@@ -33,20 +33,6 @@ def chat_usage(**fields: Any) -> dict[str, Any]:
 # --- Chat Completions: JSON bodies ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["m" * 257, "gpt-4o\x00", "gpt-4o\ud800"])
-def test_a_model_no_event_can_store_reads_as_absent(model: str) -> None:
-    """An answer naming a model of 257 characters, or with a NUL or a lone surrogate (a broken
-    gateway's), was read as its model: its settle was then refused ("model must be a string of
-    1-256 characters..."), the call left unrecorded and its reservation held until it expired.
-    It reads as naming none: the call is priced at the model it asked for."""
-    body = {**chat_usage(prompt_tokens=10, completion_tokens=5), "model": model}
-    assert OPENAI_CHAT.read_response(body).model is None
-    chunk = {**body, "choices": [], "object": "chat.completion.chunk"}
-    reading = read_stream(OPENAI_CHAT, sse((None, chunk), (None, "[DONE]")))
-    assert reading.usage is not None
-    assert reading.model is None
-
-
 def test_chat_prompt_tokens_include_cached_tokens() -> None:
     reading = OPENAI_CHAT.read_response(fixture_json("openai_chat.json"))
     assert reading.model == "o4-mini-2025-04-16"

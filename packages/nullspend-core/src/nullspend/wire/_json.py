@@ -6,7 +6,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nullspend.attribution import model_error
 from nullspend.wire.base import NO_READING, JSONObject, Reading, WireFormat
 
 _EMPTY: JSONObject = {}
@@ -44,11 +43,9 @@ def items(obj: JSONObject, key: str, where: str) -> list[Any]:
 
 
 def text(obj: JSONObject, key: str) -> str | None:
-    """A string field such as a model name; anything else reads as absent (it is only a label),
-    as does one no cost event can store (past ``MAX_MODEL`` characters, a NUL, a lone
-    surrogate): a settle naming it would be refused, leaving the call unrecorded."""
+    """A string field such as a model name; anything else reads as absent (it is only a label)."""
     value = obj.get(key)
-    return value if isinstance(value, str) and model_error(value) is None else None
+    return value if isinstance(value, str) and value else None
 
 
 def request_int(obj: JSONObject, key: str) -> int | None:
